@@ -1,0 +1,106 @@
+"""The ``cracknet`` command.
+
+    cracknet demo                                   # train on the dev set (or generated images) and test
+    cracknet train --data URI --output URI [...]    # Ray Train fine-tuning, writes URI/model/
+    cracknet evaluate --model URI --data URI [--json PATH]
+
+Every user-facing failure ends in one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from cracknet import storage
+from cracknet.config import TrainConfig, add_arguments, from_arguments
+from cracknet.errors import CracknetError
+
+DEV_DATA = os.path.join("..", "shared", "data", "metu-dev")
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc")
+
+
+def _format_metrics(metrics: dict) -> str:
+    parts = [f"{name} {metrics[name]:.4f}" for name in METRIC_NAMES]
+    return ", ".join(parts) + f" (threshold {metrics['threshold']:.3f}, n={metrics['n']})"
+
+
+def _print_training(card: dict) -> None:
+    print(f"Test metrics: {_format_metrics(card['metrics']['test'])}")
+    print(f"Model artifact: {card['folder']} (model_id {card['model_id']})")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from cracknet.train import run_training
+
+    _print_training(run_training(from_arguments(TrainConfig, args)))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from cracknet.evaluate import evaluate
+
+    report = evaluate(args.model, args.data, args.batch_size)
+    print(f"{report['images']} images under {report['data']}, {len(report['unreadable'])} unreadable.")
+    print(f"Metrics: {_format_metrics(report['metrics'])}")
+    print(f"At 0.5:  {_format_metrics(report['metrics_at_0.5'])}")
+    if args.json:
+        storage.write_bytes(args.json, json.dumps(report, indent=2).encode())
+        print(f"Wrote {args.json}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from cracknet.synthetic import generate
+    from cracknet.train import run_training
+
+    data = args.data
+    if not storage.exists(data):
+        data = storage.join(args.output, "synthetic-data")
+        print(f"{args.data} is not here; generating a synthetic crack set under {data}.")
+        if not storage.exists(data):
+            generate(data, per_class=300, size=96)
+    cfg = TrainConfig(data=data, output=args.output, epochs=args.epochs, image_size=args.image_size,
+                      batch_size=32, num_workers=2, weights="none", overwrite=True)
+    _print_training(run_training(cfg))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cracknet", description="Find cracks in photos of concrete.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune ResNet50 with Ray Train and write <output>/model/")
+    add_arguments(train, TrainConfig)
+    train.set_defaults(run=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="metrics of a model on a labelled tree")
+    evaluate.add_argument("--model", required=True, help="the model/ folder, or the training output above it")
+    evaluate.add_argument("--data", required=True, help="labelled tree: local path or s3://bucket/prefix")
+    evaluate.add_argument("--json", help="also write the metrics as JSON here (path or s3://)")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="train a small model on the dev set (or generated images) on local Ray")
+    demo.add_argument("--data", default=DEV_DATA, help=f"labelled tree (default: {DEV_DATA}, else generated)")
+    demo.add_argument("--output", default=os.path.join("runs", "demo"))
+    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--image-size", type=int, default=64)
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except CracknetError as exc:
+        print(f"cracknet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cracknet: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

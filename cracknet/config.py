@@ -1,0 +1,95 @@
+"""Run settings as frozen dataclasses; the command-line flags are built from their fields.
+
+    cfg = TrainConfig(data="../shared/data/metu-dev", output="runs/demo", image_size=64)
+
+Each field's ``help`` metadata is its flag's help text, so a setting is
+declared once and the CLI, the Ray job entrypoint and the tests all share it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, get_type_hints
+
+from cracknet.errors import CracknetError
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = field(metadata={"help": "labelled image tree <root>/<label>/...: a local path or s3://bucket/prefix"})
+    output: str = field(metadata={"help": "where the model artifact (<output>/model/) and checkpoints go"})
+    epochs: int = _opt(10, "total epochs, including the head-only epochs of two-stage fine-tuning")
+    image_size: int = _opt(224, "side in pixels the images are resized to")
+    batch_size: int = _opt(64, "images per worker per step")
+    num_workers: int = _opt(2, "Ray Train data-parallel workers")
+    use_gpu: bool = _opt(False, "one GPU per worker, bf16 autocast and channels_last")
+    cpus_per_worker: float = _opt(1.0, "CPUs reserved for each training worker")
+    weights: str = _opt("imagenet", "starting weights: imagenet, none, or a state-dict file (path or s3://)")
+    head_epochs: int = _opt(1, "epochs training only the new head before unfreezing (pretrained weights only)")
+    lr: float = _opt(1e-3, "peak learning rate (training from scratch, and the head-only stage)")
+    finetune_lr: float = _opt(1e-4, "peak learning rate once the whole pretrained network trains")
+    weight_decay: float = _opt(0.05, "AdamW weight decay")
+    warmup_epochs: float = _opt(0.5, "linear warm-up length at the start of each stage, in epochs")
+    val_fraction: float = _opt(0.15, "share of images (by content hash) held out for validation")
+    test_fraction: float = _opt(0.15, "share of images (by content hash) held out for the final test")
+    max_bad_fraction: float = _opt(0.01, "fail when more than this share of the images cannot be decoded")
+    max_failures: int = _opt(3, "worker failures to recover from (resuming from the last checkpoint)")
+    seed: int = _opt(0, "random seed for initialisation, shuffling and augmentation")
+    overwrite: bool = _opt(False, "replace a finished model and start training afresh")
+    ray_address: Optional[str] = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
+            (self.batch_size >= 2, f"--batch-size must be at least 2, got {self.batch_size}."),
+            (self.num_workers >= 1, f"--num-workers must be at least 1, got {self.num_workers}."),
+            (self.head_epochs >= 0, f"--head-epochs must not be negative, got {self.head_epochs}."),
+            (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 0.9,
+             "--val-fraction and --test-fraction must be positive and leave at least 10% for training."),
+            (0.0 <= self.max_bad_fraction < 1.0, f"--max-bad-fraction must be in [0, 1), got {self.max_bad_fraction}."),
+            (self.max_failures >= 0, f"--max-failures must not be negative, got {self.max_failures}."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CracknetError(message)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != "none"
+
+    @property
+    def stage_epochs(self) -> tuple[int, int]:
+        """(head-only epochs, whole-network epochs): two-stage only with pretrained weights."""
+        head = min(self.head_epochs, self.epochs - 1) if self.pretrained else 0
+        return head, self.epochs - head
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, **defaults: Any) -> None:
+    """Add one flag per dataclass field; fields without a default are required."""
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = defaults.get(f.name, f.default)
+        required = default is dataclasses.MISSING
+        help_text = f.metadata.get("help", "")
+        if hints[f.name] is bool:
+            parser.add_argument(flag, action="store_true", default=bool(default), help=help_text)
+            continue
+        kind = {int: int, float: float}.get(hints[f.name], str)
+        parser.add_argument(
+            flag,
+            type=kind,
+            required=required,
+            default=None if required else default,
+            help=help_text + ("" if required or default is None else f" (default: {default})"),
+        )
+
+
+def from_arguments(cls: type, args: argparse.Namespace) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

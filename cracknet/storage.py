@@ -1,0 +1,145 @@
+"""Storage, resolved in one place.
+
+A URI is either a local path or ``s3://bucket/key``. Every other module passes
+URIs around; only this one knows about pyarrow filesystems. An S3-compatible
+endpoint (MinIO, Ceph, R2, moto ...) is chosen with the standard
+``AWS_ENDPOINT_URL`` variable; credentials come from the standard AWS chain
+(environment, config files, instance or pod roles) and are never logged.
+
+    >>> fs, path = resolve("s3://bucket/data")      # (S3FileSystem, "bucket/data")
+    >>> read_bytes("runs/demo/model/model.json")
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import uuid
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from cracknet.errors import CracknetError
+
+S3_PREFIX = "s3://"
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3_PREFIX)
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem for AWS or for the endpoint named by AWS_ENDPOINT_URL."""
+    kwargs: dict = {
+        "connect_timeout": 10,
+        "request_timeout": 60,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=6),
+    }
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem holding ``uri`` and the path of ``uri`` inside it."""
+    if not uri:
+        raise CracknetError("An empty location was given; pass a local path or s3://bucket/prefix.")
+    if is_s3(uri):
+        path = uri[len(S3_PREFIX):].strip("/")
+        if not path:
+            raise CracknetError(f"{uri!r} names no bucket; use s3://bucket/prefix.")
+        return s3_filesystem(), path
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def to_uri(path: str, like: str) -> str:
+    """Turn a filesystem path back into a URI of the same kind as ``like``."""
+    return S3_PREFIX + path.lstrip("/") if is_s3(like) else path
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_s3(uri):
+        return S3_PREFIX + posixpath.join(uri[len(S3_PREFIX):].rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise CracknetError(f"{uri} does not exist.") from None
+    except OSError as exc:
+        raise CracknetError(f"Cannot read {uri}: {_reason(exc)}") from None
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object; readers never see a partly written one.
+
+    An S3 PUT is atomic. On local disk the bytes go to a temporary file in the
+    same folder first and are renamed into place.
+    """
+    fs, path = resolve(uri)
+    try:
+        if is_s3(uri):
+            with fs.open_output_stream(path) as stream:
+                stream.write(data)
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CracknetError(f"Cannot write {uri}: {_reason(exc)}") from None
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as exc:
+        raise CracknetError(f"Cannot look up {uri}: {_reason(exc)}") from None
+
+
+def list_files(uri: str) -> list[str]:
+    """Every file below ``uri``, recursively, as URIs, sorted."""
+    fs, path = resolve(uri)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise CracknetError(f"{uri} does not exist.")
+        if info.type == pafs.FileType.File:
+            raise CracknetError(f"{uri} is a file; expected a folder or prefix.")
+        entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    except OSError as exc:
+        raise CracknetError(f"Cannot list {uri}: {_reason(exc)}") from None
+    return sorted(to_uri(e.path, uri) for e in entries if e.type == pafs.FileType.File)
+
+
+def delete_tree(uri: str) -> None:
+    fs, path = resolve(uri)
+    try:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return
+        if is_s3(uri):
+            fs.delete_dir_contents(path, missing_dir_ok=True)
+        else:
+            shutil.rmtree(path)
+    except OSError as exc:
+        raise CracknetError(f"Cannot delete {uri}: {_reason(exc)}") from None

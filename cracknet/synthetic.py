@@ -1,0 +1,90 @@
+"""A generated crack / no-crack image set, for demos and tests where no real data is at hand.
+
+    python -m cracknet.synthetic runs/synthetic --per-class 200 --size 96
+
+Backgrounds are concrete-like (grey, noisy, with blotches and pores); a crack
+is a dark, jagged random walk of varying width across the patch. Generation is
+deterministic for a given seed; the JPEGs are real files, decoded like any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from cracknet import storage
+
+
+def concrete(rng: np.random.Generator, size: int) -> Image.Image:
+    base = rng.uniform(110, 190)
+    tint = rng.uniform(-8, 8, size=3)
+    noise = rng.normal(0, rng.uniform(6, 16), size=(size, size, 1))
+    coarse = rng.normal(0, 12, size=(max(2, size // 16), max(2, size // 16)))
+    blotches = np.asarray(Image.fromarray(coarse.astype(np.float32), mode="F").resize((size, size), Image.BICUBIC))
+    arr = base + tint + noise + blotches[..., None]
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(0, size // 8 + 1))):  # pores
+        x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.5, 1.8)
+        shade = int(base * rng.uniform(0.5, 0.8))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=(shade, shade, shade))
+    return img.filter(ImageFilter.GaussianBlur(0.6))
+
+
+def draw_crack(img: Image.Image, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """Draw one crack; returns its polyline (for tests that need to know where it is)."""
+    size = img.size[0]
+    x, y = rng.uniform(0, size), 0.0
+    if rng.random() < 0.5:
+        x, y = 0.0, rng.uniform(0, size)
+    heading = math.atan2(size / 2 - y, size / 2 - x) + rng.uniform(-0.6, 0.6)
+    points = [(x, y)]
+    step = max(2.0, size / 24)
+    while 0 <= x <= size and 0 <= y <= size and len(points) < 200:
+        heading += rng.normal(0, 0.35)
+        x, y = x + step * math.cos(heading), y + step * math.sin(heading)
+        points.append((x, y))
+    draw = ImageDraw.Draw(img)
+    width = max(1, int(round(rng.uniform(0.012, 0.035) * size)))
+    shade = int(rng.uniform(15, 60))
+    draw.line(points, fill=(shade, shade, shade), width=width, joint="curve")
+    return points
+
+
+def image_bytes(img: Image.Image, quality: int = 92) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def generate(root: str, per_class: int = 200, size: int = 96, seed: int = 0) -> list[str]:
+    """Write ``per_class`` crack and no_crack JPEGs under ``root``; returns their URIs."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for i in range(per_class):
+        for label in ("crack", "no_crack"):
+            img = concrete(rng, size)
+            if label == "crack":
+                draw_crack(img, rng)
+            uri = storage.join(root, label, f"{label}-{i:05d}.jpg")
+            storage.write_bytes(uri, image_bytes(img, quality=int(rng.integers(80, 96))))
+            written.append(uri)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="folder or s3:// prefix to write crack/ and no_crack/ into")
+    parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(f"Wrote {len(generate(args.root, args.per_class, args.size, args.seed))} images under {args.root}.")
+
+
+if __name__ == "__main__":
+    main()

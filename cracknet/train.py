@@ -1,0 +1,312 @@
+"""Ray Train data-parallel fine-tuning of ResNet50 on a labelled crack tree.
+
+    cracknet train --data ../shared/data/metu-dev --output runs/demo \\
+        --epochs 3 --image-size 64 --num-workers 2 --weights none
+    ray job submit --working-dir . -- python jobs/train.py --data s3://b/data --output s3://b/runs/r1
+
+Layout of ``--output``:
+    checkpoints/run.json          settings of the run (a rerun with other settings is refused)
+    checkpoints/train/epoch-NNNN/ one Ray Train checkpoint per epoch (model, optimiser, history)
+    model/weights.pt, model.json  the artifact, written only after training and testing finished
+
+A run that dies (driver or workers) resumes from its last checkpoint when the
+same command is run again; worker failures inside a run are recovered by Ray
+Train itself (``--max-failures``), resuming at the right epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import cracknet
+from cracknet import storage
+from cracknet.config import TrainConfig
+from cracknet.data import CLASS_NAMES, discover
+from cracknet.datasets import load_labelled, split_datasets
+from cracknet.engine import Precision, log_loss, lr_at, predict, train_one_epoch
+from cracknet.errors import CracknetError
+from cracknet.metrics import binary_metrics, choose_threshold
+from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_starting_weights,
+                            save_artifact, set_backbone_trainable)
+from cracknet.transforms import Preprocessing
+
+RUN_NAME = "train"
+STATE_FILE = "state.pt"
+# Settings that must not change when an unfinished run is resumed.
+RESUME_KEYS = ("data", "image_size", "weights", "seed", "val_fraction", "test_fraction", "head_epochs")
+
+
+# ---------------------------------------------------------------------------
+# On each Ray Train worker
+
+
+def _gather(obj: Any) -> list:
+    """The object from every worker, in rank order (works on gloo and NCCL)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _predict_split(model, iterator, spec, device, precision, rank, world, batch_size):
+    """Predict a whole (unsplit) dataset, each worker scoring the rows with idx % world == rank."""
+    batches = iterator.iter_torch_batches(batch_size=batch_size)
+    local = predict(model, batches, spec, device, precision, keep=lambda idx: idx % world == rank)
+    parts = _gather(local)
+    probs, labels, idx = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    order = np.argsort(idx)
+    return probs[order], labels[order]
+
+
+def _optimizer(module: torch.nn.Module, cfg: TrainConfig, stage: str) -> torch.optim.Optimizer:
+    params = [p for p in module.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=0.0, weight_decay=cfg.weight_decay if stage == "all" else 0.0)
+
+
+def _load_state(checkpoint) -> dict:
+    with checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+
+
+def train_loop_per_worker(config: dict) -> dict | None:
+    """The Ray Train loop: unpack, build, resume, train, report; rank 0 returns predictions."""
+    import ray.train
+    import ray.train.torch
+
+    cfg: TrainConfig = config["cfg"]
+    spec: Preprocessing = config["spec"]
+    steps_per_epoch: int = config["steps_per_epoch"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    precision = Precision.for_device(device)
+    torch.manual_seed(cfg.seed)
+
+    module = build_model()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = _load_state(checkpoint)
+        module.load_state_dict(state["model"])
+        start_epoch, history, restarts = state["epoch"], state["history"], state["restarts"] + 1
+    else:
+        state = None
+        load_starting_weights(module, cfg.weights)
+        start_epoch, history, restarts = 0, [], 0
+    if precision.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+
+    head_epochs, _ = cfg.stage_epochs
+    train_shard = ray.train.get_dataset_shard("train")
+    model = optimizer = stage = None
+    for epoch in range(start_epoch, cfg.epochs):
+        epoch_stage = "head" if epoch < head_epochs else "all"
+        if epoch_stage != stage:
+            # DDP must be built after requires_grad is set, so each stage wraps afresh.
+            model = None
+            set_backbone_trainable(module, epoch_stage == "all")
+            model = ray.train.torch.prepare_model(module)
+            optimizer = _optimizer(module, cfg, epoch_stage)
+            if state is not None and state["stage"] == epoch_stage:
+                optimizer.load_state_dict(state["optimizer"])
+            stage = epoch_stage
+        first, length = (0, head_epochs) if stage == "head" else (head_epochs, cfg.epochs - head_epochs)
+        peak = cfg.finetune_lr if stage == "all" and cfg.pretrained else cfg.lr
+        warmup = min(cfg.warmup_epochs, length)
+
+        def lr_for_step(step: int, epoch=epoch, first=first, length=length, peak=peak, warmup=warmup) -> float:
+            return lr_at(epoch - first + min(step + 1, steps_per_epoch) / steps_per_epoch, length, warmup, peak)
+
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
+        batches = train_shard.iter_torch_batches(
+            batch_size=cfg.batch_size, drop_last=True,
+            local_shuffle_buffer_size=cfg.batch_size * 8, local_shuffle_seed=cfg.seed + epoch * 97 + rank,
+        )
+        started = time.monotonic()
+        loss_sum, seen = train_one_epoch(model, batches, optimizer, spec, device, generator, lr_for_step,
+                                         precision, backbone_frozen=(stage == "head"))
+        totals = _gather((loss_sum, seen))
+        val_probs, val_labels = _predict_split(model, ray.train.get_dataset_shard("val"), spec, device,
+                                               precision, rank, world, cfg.batch_size)
+        val = binary_metrics(val_probs, val_labels)
+        metrics = {
+            "epoch": epoch + 1,
+            "stage": stage,
+            "train_loss": sum(t[0] for t in totals) / max(1, sum(t[1] for t in totals)),
+            "train_images": sum(t[1] for t in totals),
+            "val_loss": log_loss(val_probs, val_labels),
+            **{f"val_{k}": val[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
+            "lr": lr_for_step(steps_per_epoch - 1),
+            "seconds": time.monotonic() - started,
+        }
+        history.append(metrics)
+        with tempfile.TemporaryDirectory() as folder:
+            saved = None
+            if rank == 0:
+                torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(), "stage": stage,
+                            "epoch": epoch + 1, "history": history, "restarts": restarts},
+                           os.path.join(folder, STATE_FILE))
+                saved = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+        state = None
+
+    if model is None:  # resumed after the last epoch: only the final predictions are left to do
+        model = ray.train.torch.prepare_model(module)
+    val = _predict_split(model, ray.train.get_dataset_shard("val"), spec, device, precision, rank, world,
+                         cfg.batch_size)
+    test = _predict_split(model, ray.train.get_dataset_shard("test"), spec, device, precision, rank, world,
+                          cfg.batch_size)
+    if rank != 0:
+        return None
+    return {"val": val, "test": test, "history": history, "restarts": restarts}
+
+
+# ---------------------------------------------------------------------------
+# On the driver
+
+
+def _check_output(cfg: TrainConfig) -> tuple[str, str]:
+    """Refuse to clobber a finished model; start afresh or resume an unfinished run."""
+    model_dir = storage.join(cfg.output, "model")
+    checkpoints = storage.join(cfg.output, "checkpoints")
+    if cfg.overwrite:
+        storage.delete_tree(model_dir)
+        storage.delete_tree(checkpoints)
+    elif storage.exists(storage.join(model_dir, CARD_FILE)):
+        raise CracknetError(f"{cfg.output} already holds a finished model; pass --overwrite to replace it.")
+    record_uri = storage.join(checkpoints, "run.json")
+    settings = {key: getattr(cfg, key) for key in RESUME_KEYS}
+    if storage.exists(record_uri):
+        previous = json.loads(storage.read_bytes(record_uri))
+        changed = [f"{k} {previous.get(k)!r} -> {settings[k]!r}" for k in RESUME_KEYS if previous.get(k) != settings[k]]
+        if changed:
+            raise CracknetError(
+                f"{cfg.output} holds an unfinished run with other settings ({', '.join(changed)}); "
+                "pass --overwrite to start afresh."
+            )
+    else:
+        storage.write_bytes(record_uri, json.dumps(settings, indent=2).encode())
+    return model_dir, checkpoints
+
+
+def _check_weights(weights: str) -> None:
+    """Fail before any cluster work when the starting weights cannot be had."""
+    if weights == "imagenet":
+        imagenet_state_dict()  # also fills torchvision's cache for workers on this node
+    elif weights != "none" and not storage.exists(weights):
+        raise CracknetError(f"The weights file {weights} does not exist; use imagenet, none, or a state-dict file.")
+
+
+def ensure_ray(address: str | None, min_cpus: float = 0) -> None:
+    """Connect to the given (or RAY_ADDRESS) cluster, or start a local Ray in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # Reserve logical CPUs for Ray Data next to the training workers on small machines.
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(min_cpus) + 1), _node_ip_address="127.0.0.1")
+
+
+def _versions() -> dict[str, str]:
+    import ray
+    import torchvision
+
+    return {"cracknet": cracknet.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "ray": ray.__version__, "python": platform.python_version()}
+
+
+def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Train, test and write ``<output>/model/``; returns the model card."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    started = time.monotonic()
+    spec = Preprocessing(cfg.image_size)
+    images = discover(cfg.data)
+    _check_weights(cfg.weights)
+    model_dir, checkpoints = _check_output(cfg)
+    log(f"Found {len(images)} labelled images under {cfg.data}.")
+
+    ensure_ray(cfg.ray_address, min_cpus=cfg.num_workers * cfg.cpus_per_worker)
+    decoded, plan = load_labelled(images, cfg.data, spec, cfg.val_fraction, cfg.test_fraction, cfg.max_bad_fraction)
+    log(f"Split by content hash: {json.dumps(plan.counts)}; {plan.duplicates} duplicate copies and "
+        f"{plan.conflicts} images with conflicting labels dropped, {len(plan.unreadable)} unreadable skipped.")
+    n_train = len(plan.members["train"])
+    steps_per_epoch = n_train // (cfg.num_workers * cfg.batch_size)
+    if steps_per_epoch < 1:
+        raise CracknetError(
+            f"The train split holds {n_train} images, fewer than one batch per worker "
+            f"({cfg.num_workers} x {cfg.batch_size}); lower --batch-size or --num-workers."
+        )
+
+    fs, path = storage.resolve(checkpoints)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "spec": spec, "steps_per_epoch": steps_per_epoch},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name=RUN_NAME, storage_path=path, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets=split_datasets(decoded, plan),
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        raise CracknetError(f"Training failed: {_root_cause(exc)}") from None
+    if result.error is not None:
+        raise CracknetError(f"Training failed: {_root_cause(result.error)}")
+    out = result.return_value
+    state = _load_state(result.checkpoint)
+
+    (val_probs, val_labels), (test_probs, test_labels) = out["val"], out["test"]
+    threshold = choose_threshold(val_probs, val_labels)
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("overwrite", "ray_address")}
+    card = {
+        "format_version": 1,
+        "class_names": list(CLASS_NAMES),
+        "positive_class": CLASS_NAMES[1],
+        "preprocessing": {**dataclasses.asdict(spec), "resize": "bilinear, whole image to a square",
+                          "colour": "RGB, EXIF orientation applied"},
+        "threshold": threshold,
+        "threshold_rule": "highest F1 on the validation split",
+        "metrics": {
+            "test": binary_metrics(test_probs, test_labels, threshold),
+            "test_at_0.5": binary_metrics(test_probs, test_labels, 0.5),
+            "val": binary_metrics(val_probs, val_labels, threshold),
+        },
+        "data": {"uri": cfg.data, **plan.summary()},
+        "training": {**settings, "epochs_completed": state["epoch"], "restarts": out["restarts"],
+                     "history": out["history"], "seconds": round(time.monotonic() - started, 1),
+                     "checkpoints": checkpoints},
+        "versions": _versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    card = save_artifact(model_dir, state["model"], card)
+    return {**card, "folder": model_dir}
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error's first line: what the user needs, not Ray's wrapping."""
+    for _ in range(10):
+        inner = exc.__cause__ or getattr(exc, "cause", None)
+        if not isinstance(inner, BaseException) or inner is exc:
+            break
+        exc = inner
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}".strip()

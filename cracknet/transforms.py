@@ -1,0 +1,165 @@
+"""The one preprocessing definition shared by training, evaluation and scoring.
+
+Decoding (bytes -> RGB uint8 array at the model's scale) runs on CPU workers:
+
+    decode -> apply EXIF orientation -> RGB -> resize to (S, S) -> uint8 (S, S, 3)
+
+The tensor presets run where the model runs (on the GPU when there is one):
+
+    eval_preset:  uint8 (N, S, S, 3) -> float (N, 3, S, S), normalised
+    train_preset: the same, with augmentation suited to cracks in between
+                  (flips, 90 degree turns, mild brightness/contrast jitter, small zooms)
+
+Both presets are built from the same ``Preprocessing`` so that training and
+scoring can never disagree about size or normalisation.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cracknet.errors import CracknetError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Well above a 48 MP survey photo, far below a decompression bomb.
+DEFAULT_MAX_PIXELS = 150_000_000
+
+# We check the pixel count ourselves (with a clear message), so PIL's own
+# warning threshold must not fire first.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageError(CracknetError):
+    """An input file that cannot be turned into a model input."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    image_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self):
+        if not 16 <= self.image_size <= 4096:
+            raise CracknetError(f"Image size must be between 16 and 4096 pixels, got {self.image_size}.")
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an encoded image lazily (header only), refusing empty files and bombs."""
+    if not data:
+        raise ImageError("the file is empty")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("the file is not a recognised image") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"the image header is unreadable ({exc})") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageError(f"{width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Apply EXIF orientation and convert any mode (L, P, RGBA, CMYK, 16-bit) to 8-bit RGB."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit greyscale: scale the full range down to 8 bits.
+        arr = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+    """Decode bytes into an upright 8-bit RGB image.
+
+    ``draft_size`` lets JPEG decoding downscale in the DCT domain to no less
+    than that many pixels per side, which is much faster for large photos.
+    """
+    img = open_image(data, max_pixels)
+    try:
+        if draft_size is not None and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        return to_rgb(img)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"the image data is unreadable ({exc})") from None
+
+
+def decode(data: bytes, spec: Preprocessing) -> np.ndarray:
+    """Bytes -> uint8 array (S, S, 3): the model's view of one image."""
+    size = spec.image_size
+    img = load_rgb(data, spec.max_pixels, draft_size=size)
+    img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _normalise(x: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
+    mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _to_float(images: torch.Tensor) -> torch.Tensor:
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"Expected a uint8 batch of shape (N, H, W, 3), got {tuple(images.shape)}.")
+    return images.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W) in [0, 1]
+
+
+def eval_preset(images: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W)."""
+    return _normalise(_to_float(images), spec)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random label-preserving changes for crack patches; x is float (N, 3, S, S) in [0, 1].
+
+    Cracks have no preferred orientation, so flips and 90 degree turns are free
+    data; brightness/contrast jitter covers lighting; a small zoom covers the
+    distance of the camera from the wall.
+    """
+    n = x.shape[0]
+
+    def draw(*shape):
+        return torch.rand(*shape, generator=generator, device="cpu").to(x.device)
+
+    flip_h = draw(n) < 0.5
+    x = torch.where(flip_h.view(n, 1, 1, 1), x.flip(3), x)
+    flip_v = draw(n) < 0.5
+    x = torch.where(flip_v.view(n, 1, 1, 1), x.flip(2), x)
+    if x.shape[2] == x.shape[3]:
+        turns = (draw(n) * 4).long().clamp_(max=3)
+        x = torch.stack([torch.rot90(img, int(k), dims=(1, 2)) for img, k in zip(x, turns)])
+
+    # Zoom in by up to 15% around a random centre (per sample, one affine resample).
+    scale = 1.0 - 0.15 * draw(n)
+    shift = (1.0 - scale).unsqueeze(1) * (draw(n, 2) * 2 - 1)
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0] = scale
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    brightness = 1.0 + 0.2 * (draw(n, 1, 1, 1) - 0.5)
+    contrast = 1.0 + 0.2 * (draw(n, 1, 1, 1) - 0.5)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * contrast + mean) * brightness
+    return x.clamp_(0.0, 1.0)
+
+
+def train_preset(images: torch.Tensor, spec: Preprocessing, generator: torch.Generator) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> augmented, normalised float (N, 3, H, W)."""
+    return _normalise(augment(_to_float(images), generator), spec)
+
