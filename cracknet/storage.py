@@ -72,7 +72,10 @@ def join(uri: str, *parts: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    reason = text[0] if text else type(exc).__name__
+    if "ACCESS_DENIED" in reason or "InvalidAccessKeyId" in reason or "SignatureDoesNotMatch" in reason:
+        reason += " (the endpoint refused the credentials: check the AWS_* credentials and AWS_ENDPOINT_URL)"
+    return reason
 
 
 def read_bytes(uri: str) -> bytes:

@@ -1,0 +1,27 @@
+# Set-up and everyday commands. `make demo` and `make test` each work on a fresh machine
+# with Python 3.11 and pip: they create .venv and install the pinned dependencies first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/cracknet demo
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/python bench/train_quality.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,132 @@
+"""Shared fixtures: a real S3-compatible endpoint (moto's server), a real local Ray, real images.
+
+Ray starts after the S3 endpoint so that its workers inherit the endpoint and
+the test credentials from the environment, exactly as on a real cluster node.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEV_DATA = REPO.parent / "shared" / "data" / "metu-dev"
+TEST_ACCESS_KEY = "AKIACRACKNETTESTKEY1"
+TEST_SECRET_KEY = "cracknet-test-secret-do-not-log-0123456789"
+BUCKET = "cracknet-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"Nothing listened on port {port} within {timeout} s.")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto in server mode on a free localhost port; boto3 and pyarrow both talk to it over HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=TEST_ACCESS_KEY,
+                      AWS_SECRET_ACCESS_KEY=TEST_SECRET_KEY, AWS_DEFAULT_REGION="us-east-1")
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def strict_s3_endpoint(tmp_path_factory):
+    """A second moto server, in its own process, that enforces credentials (unknown keys get 403)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
+    log = open(tmp_path_factory.mktemp("strict-s3") / "moto.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint):
+    """A real local Ray with 4 logical CPUs (2 training workers plus Ray Data), token auth on."""
+    import ray
+
+    ray.init(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _copy_subset(source: Path, dest: Path, per_class: int) -> Path:
+    for label in ("crack", "no_crack"):
+        (dest / label).mkdir(parents=True, exist_ok=True)
+        for path in sorted((source / label).iterdir())[:per_class]:
+            shutil.copy(path, dest / label / path.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def labelled_tree(tmp_path_factory) -> Path:
+    """A small labelled tree: real METU patches when the dev set is present, generated ones otherwise."""
+    dest = tmp_path_factory.mktemp("labelled")
+    if DEV_DATA.is_dir():
+        return _copy_subset(DEV_DATA, dest, per_class=60)
+    from cracknet.synthetic import generate
+
+    generate(str(dest), per_class=60, size=96, seed=1)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def synthetic_tree(tmp_path_factory) -> Path:
+    from cracknet.synthetic import generate
+
+    dest = tmp_path_factory.mktemp("synthetic")
+    generate(str(dest), per_class=40, size=64, seed=2)
+    return dest
+
+
+@pytest.fixture
+def cracknet_cli():
+    """Run the installed ``cracknet`` command in a subprocess; returns the CompletedProcess."""
+
+    def run(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cracknet.cli", *args], capture_output=True, text=True,
+                              env={**os.environ, **(env or {})}, timeout=timeout, cwd=REPO)
+
+    return run

@@ -1,0 +1,103 @@
+"""Bad input on the command line: one clear line on stderr, exit status 2, never a traceback.
+
+All of these fail before any cluster work starts, so no Ray is needed.
+"""
+
+import pytest
+import torch
+
+from cracknet.model import build_model, save_artifact
+
+from conftest import BUCKET
+
+
+def assert_one_line_error(result, expected):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("cracknet: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert expected in lines[-1], lines[-1]
+
+
+def make_tree(root, layout):
+    for rel in layout:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not decoded before the checks")
+    return root
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ([], "No images"),
+    (["crack/a.jpg", "crack/b.jpg"], "only crack images"),
+    (["crack/a.jpg", "no_crack/b.jpg", "unsure/c.jpg"], "not labels"),
+])
+def test_train_refuses_unusable_trees(tmp_path, cracknet_cli, layout, expected):
+    data = make_tree(tmp_path / "data", layout)
+    data.mkdir(exist_ok=True)
+    result = cracknet_cli("train", "--data", str(data), "--output", str(tmp_path / "out"), "--weights", "none")
+    assert_one_line_error(result, expected)
+
+
+def test_train_refuses_a_missing_data_location(tmp_path, cracknet_cli):
+    result = cracknet_cli("train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "out"))
+    assert_one_line_error(result, "does not exist")
+
+
+def test_train_refuses_a_missing_weights_file(synthetic_tree, tmp_path, cracknet_cli):
+    result = cracknet_cli("train", "--data", str(synthetic_tree), "--output", str(tmp_path / "out"),
+                          "--weights", str(tmp_path / "missing.pt"))
+    assert_one_line_error(result, "does not exist")
+
+
+def test_train_refuses_to_overwrite_a_finished_model(synthetic_tree, tmp_path, cracknet_cli):
+    save_artifact(str(tmp_path / "out" / "model"), build_model().state_dict(), {})
+    result = cracknet_cli("train", "--data", str(synthetic_tree), "--output", str(tmp_path / "out"),
+                          "--weights", "none")
+    assert_one_line_error(result, "already holds a finished model; pass --overwrite")
+
+
+def test_train_refuses_to_resume_with_other_settings(synthetic_tree, tmp_path, cracknet_cli):
+    (tmp_path / "out" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "out" / "checkpoints" / "run.json").write_text(
+        f'{{"data": "{synthetic_tree}", "image_size": 128, "weights": "none", "seed": 0, '
+        '"val_fraction": 0.15, "test_fraction": 0.15, "head_epochs": 1}')
+    result = cracknet_cli("train", "--data", str(synthetic_tree), "--output", str(tmp_path / "out"),
+                          "--weights", "none", "--image-size", "64")
+    assert_one_line_error(result, "image_size 128 -> 64")
+
+
+def test_train_with_refused_s3_credentials(strict_s3_endpoint, tmp_path, cracknet_cli):
+    result = cracknet_cli("train", "--data", "s3://crack-data/tree", "--output", str(tmp_path / "out"),
+                          env={"AWS_ENDPOINT_URL": strict_s3_endpoint, "AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000001",
+                               "AWS_SECRET_ACCESS_KEY": "not-a-real-secret", "AWS_DEFAULT_REGION": "us-east-1"})
+    assert_one_line_error(result, "refused the credentials")
+
+
+def test_train_with_a_missing_bucket(s3_endpoint, tmp_path, cracknet_cli):
+    result = cracknet_cli("train", "--data", "s3://no-such-bucket/tree", "--output", f"s3://{BUCKET}/out")
+    assert_one_line_error(result, "does not exist")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--val-fraction", "0.5", "--test-fraction", "0.5"], "leave at least 10%"),
+    (["--image-size", "4"], "Image size must be between"),
+])
+def test_train_refuses_bad_settings(synthetic_tree, tmp_path, cracknet_cli, flags, expected):
+    result = cracknet_cli("train", "--data", str(synthetic_tree), "--output", str(tmp_path / "out"),
+                          "--weights", "none", *flags)
+    assert_one_line_error(result, expected)
+
+
+def test_evaluate_refuses_a_missing_model(synthetic_tree, tmp_path, cracknet_cli):
+    result = cracknet_cli("evaluate", "--model", str(tmp_path / "nothing"), "--data", str(synthetic_tree))
+    assert_one_line_error(result, "holds no finished model")
+
+
+def test_evaluate_refuses_damaged_weights(synthetic_tree, tmp_path, cracknet_cli):
+    folder = tmp_path / "model"
+    save_artifact(str(folder), build_model().state_dict(), {"preprocessing": {"image_size": 32}})
+    torch.save({"conv1.weight": torch.zeros(1)}, folder / "weights.pt")
+    result = cracknet_cli("evaluate", "--model", str(folder), "--data", str(synthetic_tree))
+    assert_one_line_error(result, "does not match the hash")

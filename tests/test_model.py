@@ -1,0 +1,133 @@
+"""Model construction, starting weights from every source, and the artifact format."""
+
+import io
+import json
+import os
+
+import pytest
+import torch
+import torchvision
+
+from cracknet import storage
+from cracknet.errors import CracknetError
+from cracknet.model import (build_model, load_artifact, load_starting_weights, model_folder, read_card,
+                            save_artifact)
+
+
+def test_model_gives_one_logit_per_image():
+    assert build_model().eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 1)
+
+
+@pytest.fixture(scope="module")
+def imagenet_like_file(tmp_path_factory):
+    """A torchvision-format ResNet50 state dict (1000-class head), as a weights file would hold."""
+    torch.manual_seed(0)
+    state = torchvision.models.resnet50(weights=None).state_dict()
+    path = tmp_path_factory.mktemp("weights") / "resnet50.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def assert_backbone_equal(model, state):
+    own = model.state_dict()
+    for key, value in state.items():
+        if not key.startswith("fc."):
+            assert torch.equal(own[key], value), key
+
+
+def test_weights_from_a_file_load_the_backbone_and_keep_the_new_head(imagenet_like_file):
+    path, state = imagenet_like_file
+    model = build_model()
+    load_starting_weights(model, str(path))
+    assert_backbone_equal(model, state)
+    assert model.fc.out_features == 1
+
+
+def test_weights_from_object_storage(imagenet_like_file, s3_endpoint):
+    path, state = imagenet_like_file
+    uri = "s3://cracknet-test/weights/resnet50.pth"
+    storage.write_bytes(uri, path.read_bytes())
+    model = build_model()
+    load_starting_weights(model, uri)
+    assert_backbone_equal(model, state)
+
+
+def test_imagenet_weights_come_through_torchvisions_cache(imagenet_like_file, tmp_path, monkeypatch):
+    path, state = imagenet_like_file
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / os.path.basename(url)).write_bytes(path.read_bytes())
+    model = build_model()
+    load_starting_weights(model, "imagenet")
+    assert_backbone_equal(model, state)
+
+
+def test_imagenet_weights_offline_fail_with_one_clear_line(tmp_path, monkeypatch):
+    # An empty cache and a proxy on a closed localhost port: the download fails at once, offline.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    with pytest.raises(CracknetError, match="--weights none") as info:
+        load_starting_weights(build_model(), "imagenet")
+    assert "\n" not in str(info.value)
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickled_payload_is_refused_without_running(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"conv1.weight": torch.zeros(1), "x": Payload(str(marker))}, path)
+    with pytest.raises(CracknetError, match="Refusing to load"):
+        load_starting_weights(build_model(), str(path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(p.with_name("good.pt").read_bytes()[:5000]), "not a readable PyTorch weights file"),
+    (lambda p: torch.save(torchvision.models.resnet18().state_dict(), p), "not a ResNet50 state dict"),
+    (lambda p: torch.save([1, 2, 3], p), "does not hold a state dict"),
+    (lambda p: None, "does not exist"),
+])
+def test_bad_weights_files_give_clear_errors(tmp_path, make, message):
+    torch.save(build_model().state_dict(), tmp_path / "good.pt")
+    path = tmp_path / "bad.pt"
+    make(path)
+    with pytest.raises(CracknetError, match=message):
+        load_starting_weights(build_model(), str(path))
+
+
+def test_artifact_round_trip_and_damage_detection(tmp_path):
+    model = build_model().eval()
+    folder = str(tmp_path / "run" / "model")
+    card = save_artifact(folder, model.state_dict(), {"preprocessing": {"image_size": 32}})
+    assert model_folder(str(tmp_path / "run")) == folder
+    loaded, read = load_artifact(str(tmp_path / "run"))
+    assert read["model_id"] == card["model_id"] == card["weights_sha256"][:16]
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+    # The weights load with weights_only=True: no arbitrary object is unpickled.
+    torch.load(os.path.join(folder, "weights.pt"), weights_only=True)
+
+    damaged = bytearray(open(os.path.join(folder, "weights.pt"), "rb").read())
+    damaged[-100] ^= 0xFF
+    open(os.path.join(folder, "weights.pt"), "wb").write(bytes(damaged))
+    with pytest.raises(CracknetError, match="does not match the hash"):
+        load_artifact(folder)
+
+
+def test_weights_without_a_card_are_not_a_model(tmp_path):
+    torch.save(build_model().state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(CracknetError, match="holds no finished model"):
+        read_card(str(tmp_path))
+    (tmp_path / "model.json").write_text(json.dumps({"architecture": "vit"}))
+    with pytest.raises(CracknetError, match="'vit' model"):
+        read_card(str(tmp_path))

@@ -1,0 +1,49 @@
+"""Storage on local disk and on a real S3-compatible endpoint (moto server over HTTP)."""
+
+import pytest
+
+from cracknet import storage
+from cracknet.errors import CracknetError
+
+from conftest import BUCKET
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "store")
+    request.getfixturevalue("s3_endpoint")
+    return f"s3://{BUCKET}/storage-test/{request.node.name}"
+
+
+def test_write_read_list_delete(root):
+    storage.write_bytes(storage.join(root, "a", "one.bin"), b"1")
+    storage.write_bytes(storage.join(root, "a", "b", "two.bin"), b"22")
+    assert storage.read_bytes(storage.join(root, "a", "b", "two.bin")) == b"22"
+    assert storage.list_files(root) == [storage.join(root, "a", "b", "two.bin"), storage.join(root, "a", "one.bin")]
+    assert storage.exists(storage.join(root, "a")) and not storage.exists(storage.join(root, "zzz"))
+    storage.delete_tree(storage.join(root, "a"))
+    assert not storage.exists(storage.join(root, "a", "one.bin"))
+
+
+def test_missing_objects_and_buckets_are_sentences(root, s3_endpoint):
+    with pytest.raises(CracknetError, match="does not exist"):
+        storage.read_bytes(storage.join(root, "missing.bin"))
+    with pytest.raises(CracknetError, match="does not exist"):
+        storage.list_files("s3://no-such-bucket-here/prefix")
+
+
+def test_refused_credentials_are_one_line(strict_s3_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", strict_s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+    with pytest.raises(CracknetError) as info:
+        storage.list_files("s3://any-bucket/prefix")
+    message = str(info.value)
+    assert "\n" not in message and "s3://any-bucket/prefix" in message and "refused the credentials" in message
+    assert "AKIAUNKNOWNKEY000001" not in message and "not-a-real-secret" not in message
+
+
+def test_s3_uri_without_bucket_is_refused():
+    with pytest.raises(CracknetError, match="names no bucket"):
+        storage.resolve("s3://")

@@ -1,0 +1,141 @@
+"""Ray Train end to end on a real local Ray: 2 DDP workers on CPU (gloo), tiny images, few epochs."""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from cracknet import storage
+from cracknet.cli import main as cli_main
+from cracknet.config import TrainConfig
+from cracknet.data import LabelledImage, content_hash, discover, split_of
+from cracknet.engine import predict
+from cracknet.evaluate import decoded_batches
+from cracknet.metrics import binary_metrics
+from cracknet.model import load_artifact, preprocessing_of
+from cracknet.train import run_training
+
+from conftest import BUCKET
+
+pytestmark = pytest.mark.ray
+
+
+def tiny(data, output, **overrides):
+    settings = dict(data=str(data), output=str(output), epochs=2, image_size=32, batch_size=8, num_workers=2,
+                    weights="none", warmup_epochs=0.2)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def split_images(root, split):
+    out = []
+    for image in discover(str(root)):
+        if split_of(content_hash(storage.read_bytes(image.uri)), 0.15, 0.15) == split:
+            out.append(image)
+    return out
+
+
+def test_ddp_training_writes_a_complete_self_describing_artifact(ray_cluster, labelled_tree, tmp_path):
+    card = run_training(tiny(labelled_tree, tmp_path / "run"), log=lambda _: None)
+
+    folder = tmp_path / "run" / "model"
+    assert sorted(os.listdir(folder)) == ["model.json", "weights.pt"]
+    on_disk = json.loads((folder / "model.json").read_text())
+    assert on_disk["model_id"] == card["model_id"]
+    training = on_disk["training"]
+    assert training["epochs_completed"] == 2 and training["restarts"] == 0
+    assert [h["epoch"] for h in training["history"]] == [1, 2]
+    assert training["history"][0]["train_images"] == training["history"][1]["train_images"] > 0
+    assert sum(sum(c.values()) for c in on_disk["data"]["counts"].values()) == 120
+    assert on_disk["preprocessing"]["image_size"] == 32 and on_disk["class_names"] == ["no_crack", "crack"]
+    assert 0 < on_disk["threshold"] < 1 and len(on_disk["data"]["fingerprint"]) == 64
+    assert set(on_disk["versions"]) >= {"torch", "torchvision", "ray", "cracknet"}
+    # The weights are a plain tensor dict.
+    torch.load(folder / "weights.pt", weights_only=True)
+
+    # The test metrics in the card are reproduced by scoring the test split outside Ray.
+    model, read = load_artifact(str(tmp_path / "run"))
+    test = split_images(labelled_tree, "test")
+    probs, labels, _ = predict(model, decoded_batches(test, preprocessing_of(read), 16, []),
+                               preprocessing_of(read), torch.device("cpu"))
+    recomputed = binary_metrics(probs, labels, read["threshold"])
+    assert recomputed["n"] == on_disk["metrics"]["test"]["n"] == len(test)
+    assert recomputed["roc_auc"] == pytest.approx(on_disk["metrics"]["test"]["roc_auc"], abs=1e-6)
+
+    # `cracknet evaluate` on the same tree prints and writes the same kind of report.
+    report_path = tmp_path / "eval.json"
+    assert cli_main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(labelled_tree),
+                     "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["model_id"] == card["model_id"] and report["metrics"]["n"] == 120
+    assert set(report["metrics"]) >= {"accuracy", "precision", "recall", "f1", "roc_auc"}
+
+
+def test_two_stage_fine_tuning_freezes_then_trains_the_backbone(ray_cluster, synthetic_tree, tmp_path):
+    torch.manual_seed(1)
+    start = torchvision.models.resnet50(weights=None).state_dict()
+    weights = tmp_path / "start.pth"
+    torch.save(start, weights)
+    card = run_training(tiny(synthetic_tree, tmp_path / "run", weights=str(weights), head_epochs=1),
+                        log=lambda _: None)
+    assert [h["stage"] for h in card["training"]["history"]] == ["head", "all"]
+
+    first = torch.load(tmp_path / "run" / "checkpoints" / "train" / "epoch-0001" / "state.pt", weights_only=True)
+    backbone = [k for k in start if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+    # Stage one: the backbone (BatchNorm statistics included) is exactly the starting weights.
+    assert all(torch.equal(first["model"][k], start[k]) for k in backbone)
+    final, _ = load_artifact(str(tmp_path / "run"))
+    changed = [k for k in backbone if not torch.equal(final.state_dict()[k], start[k])]
+    assert len(changed) > len(backbone) // 2
+
+
+def test_training_reads_and_writes_object_storage(ray_cluster, s3_endpoint, synthetic_tree):
+    data = f"s3://{BUCKET}/train-data"
+    for path in synthetic_tree.rglob("*.jpg"):
+        storage.write_bytes(f"{data}/{path.relative_to(synthetic_tree).as_posix()}", path.read_bytes())
+    output = f"s3://{BUCKET}/runs/s3-run"
+    card = run_training(tiny(data, output), log=lambda _: None)
+
+    assert card["folder"] == f"{output}/model"
+    files = storage.list_files(output)
+    assert f"{output}/model/model.json" in files and f"{output}/model/weights.pt" in files
+    assert any("/checkpoints/train/epoch-0002/state.pt" in f for f in files)
+    model, read = load_artifact(output)
+    assert read["model_id"] == card["model_id"] and read["data"]["uri"] == data
+
+
+def train_worker_pids():
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "ray::RayTrainWorker" in line]
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, labelled_tree, tmp_path):
+    cfg = tiny(labelled_tree, tmp_path / "run", epochs=5, image_size=64, max_failures=2)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(card=run_training(cfg, log=lambda _: None)))
+    thread.start()
+
+    # Wait until the controller has registered the first epoch's checkpoint, then SIGKILL a worker.
+    snapshot = tmp_path / "run" / "checkpoints" / "train" / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (snapshot.exists() and "epoch-0001" in snapshot.read_text()):
+        time.sleep(0.1)
+    pids = train_worker_pids()
+    assert pids, "no Ray Train worker process found"
+    os.kill(pids[0], signal.SIGKILL)
+
+    thread.join(timeout=600)
+    assert "card" in outcome, "training did not finish"
+    training = outcome["card"]["training"]
+    assert training["restarts"] >= 1
+    assert training["epochs_completed"] == 5
+    # Each epoch appears once, in order, and every epoch saw the same number of images.
+    assert [h["epoch"] for h in training["history"]] == [1, 2, 3, 4, 5]
+    assert len({h["train_images"] for h in training["history"]}) == 1
+    assert np.isfinite(outcome["card"]["metrics"]["test"]["roc_auc"])

@@ -1,0 +1,107 @@
+"""The shared preprocessing: decoding odd real-world files, and the tensor presets."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cracknet.synthetic import concrete, draw_crack, image_bytes
+from cracknet.transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageError, Preprocessing, augment, decode,
+                                 eval_preset, train_preset)
+
+SPEC = Preprocessing(image_size=32)
+
+
+def encode(img, fmt, **kw):
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+def test_decodes_a_real_jpeg_to_the_model_scale(labelled_tree):
+    data = next((labelled_tree / "crack").iterdir()).read_bytes()
+    arr = decode(data, SPEC)
+    assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8 and arr.std() > 1
+
+
+def test_exif_orientation_is_applied():
+    # Wide image: red left half, blue right half. EXIF 6 = "rotate 90 degrees clockwise to view",
+    # which brings the left half to the top.
+    arr = np.zeros((40, 80, 3), dtype=np.uint8)
+    arr[:, :40] = (255, 0, 0)
+    arr[:, 40:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = decode(encode(Image.fromarray(arr), "JPEG", exif=exif.tobytes(), quality=95), SPEC)
+    top, bottom = out[:12].reshape(-1, 3).mean(0), out[-12:].reshape(-1, 3).mean(0)
+    assert top[0] > 200 and top[2] < 60, top
+    assert bottom[2] > 200 and bottom[0] < 60, bottom
+
+
+@pytest.mark.parametrize("make", [
+    lambda: encode(Image.new("L", (50, 30), 128), "PNG"),
+    lambda: encode(Image.new("RGBA", (30, 30), (10, 200, 30, 0)), "PNG"),
+    lambda: encode(Image.new("P", (30, 30), 3), "GIF"),
+    lambda: encode(Image.new("CMYK", (30, 30), (0, 255, 255, 0)), "JPEG"),
+    lambda: encode(Image.new("RGB", (30, 30), (1, 2, 3)), "TIFF"),
+])
+def test_any_colour_mode_becomes_8_bit_rgb(make):
+    out = decode(make(), SPEC)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+def test_16_bit_greyscale_keeps_its_range():
+    ramp = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (64, 1))
+    out = decode(encode(Image.fromarray(ramp), "PNG"), SPEC)
+    assert out[..., 0].min() < 10 and out[..., 0].max() > 245
+
+
+def png_with_declared_size(width, height):
+    data = encode(Image.new("L", (8, 8)), "PNG")
+    ihdr = struct.pack(">II", width, height) + data[24:29]
+    chunk = b"IHDR" + ihdr
+    return data[:12] + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
+
+
+def test_bad_files_raise_image_errors_with_reasons():
+    good = image_bytes(concrete(np.random.default_rng(0), 64))
+    cases = {
+        b"": "empty",
+        b"this is not an image at all": "not a recognised image",
+        good[: len(good) // 2]: "unreadable",
+        png_with_declared_size(100_000, 100_000): "exceeds the limit",
+    }
+    for data, reason in cases.items():
+        with pytest.raises(ImageError, match=reason):
+            decode(data, SPEC)
+
+
+def test_eval_preset_normalises_with_the_recorded_statistics():
+    images = torch.full((2, 8, 8, 3), 255, dtype=torch.uint8)
+    x = eval_preset(images, SPEC)
+    assert x.shape == (2, 3, 8, 8)
+    expected = [(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor(expected))
+
+
+def test_augmentation_keeps_shape_range_and_is_seeded():
+    rng = np.random.default_rng(1)
+    batch = []
+    for _ in range(6):
+        img = concrete(rng, 32)
+        draw_crack(img, rng)
+        batch.append(np.asarray(img))
+    images = torch.from_numpy(np.stack(batch))
+    x = images.permute(0, 3, 1, 2).float() / 255
+    a = augment(x.clone(), torch.Generator().manual_seed(5))
+    b = augment(x.clone(), torch.Generator().manual_seed(5))
+    c = augment(x.clone(), torch.Generator().manual_seed(6))
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, x)
+    # The crack survives: the darkest pixels stay far darker than the background.
+    assert (a.mean(1).flatten(1).min(1).values < a.mean(1).flatten(1).median(1).values - 0.2).all()
+    assert train_preset(images, SPEC, torch.Generator().manual_seed(0)).shape == (6, 3, 32, 32)
