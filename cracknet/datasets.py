@@ -11,6 +11,8 @@ functions are plain module-level functions, testable without Ray.
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 
 from cracknet import storage
@@ -55,12 +57,18 @@ def select_split(batch: dict, members: dict[str, int]) -> dict:
 
 
 def load_labelled(images: list[LabelledImage], root: str, spec: Preprocessing,
-                  val_fraction: float, test_fraction: float, max_bad_fraction: float):
-    """Read and decode every image in Ray Data; plan the split on the driver."""
+                  val_fraction: float, test_fraction: float, max_bad_fraction: float, seed: int = 0):
+    """Read and decode every image in Ray Data; plan the split on the driver.
+
+    The files are read in a seeded random order: listed in folder order, every
+    block would hold one class, and even a local shuffle buffer would then feed
+    the model long single-class runs (which wrecks BatchNorm statistics).
+    """
     import ray.data
 
     fs, root_path = storage.resolve(root)
     paths = [storage.resolve(image.uri)[1] for image in images]
+    random.Random(seed).shuffle(paths)
     decoded = (
         ray.data.read_binary_files(paths, filesystem=fs, include_paths=True)
         .map_batches(decode_batch, fn_kwargs={"spec": spec, "root": root_path},
@@ -73,8 +81,11 @@ def load_labelled(images: list[LabelledImage], root: str, spec: Preprocessing,
 
 
 def split_datasets(decoded, plan: SplitPlan) -> dict:
-    return {
+    splits = {
         split: decoded.map_batches(select_split, fn_kwargs={"members": members},
                                    batch_format="numpy").materialize()
         for split, members in plan.members.items()
     }
+    # A new block order every epoch; workers add a local shuffle within their stream.
+    splits["train"] = splits["train"].randomize_block_order()
+    return splits

@@ -37,7 +37,7 @@ HEAD_PREFIX = "fc."
 
 def build_model() -> nn.Module:
     """torchvision ResNet50 whose classifier is one crack logit."""
-    model = torchvision.models.resnet50(weights=None)
+    model = torchvision.models.resnet50(weights=None, zero_init_residual=True)
     model.fc = nn.Linear(model.fc.in_features, 1)
     return model
 

@@ -242,7 +242,8 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     log(f"Found {len(images)} labelled images under {cfg.data}.")
 
     ensure_ray(cfg.ray_address, min_cpus=cfg.num_workers * cfg.cpus_per_worker)
-    decoded, plan = load_labelled(images, cfg.data, spec, cfg.val_fraction, cfg.test_fraction, cfg.max_bad_fraction)
+    decoded, plan = load_labelled(images, cfg.data, spec, cfg.val_fraction, cfg.test_fraction,
+                                  cfg.max_bad_fraction, cfg.seed)
     log(f"Split by content hash: {json.dumps(plan.counts)}; {plan.duplicates} duplicate copies and "
         f"{plan.conflicts} images with conflicting labels dropped, {len(plan.unreadable)} unreadable skipped.")
     n_train = len(plan.members["train"])
