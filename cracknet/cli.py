@@ -17,6 +17,7 @@ import sys
 from cracknet import storage
 from cracknet.config import TrainConfig, add_arguments, from_arguments
 from cracknet.errors import CracknetError
+from cracknet.metrics import json_safe
 
 DEV_DATA = os.path.join("..", "shared", "data", "metu-dev")
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc")
@@ -46,7 +47,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"Metrics: {_format_metrics(report['metrics'])}")
     print(f"At 0.5:  {_format_metrics(report['metrics_at_0.5'])}")
     if args.json:
-        storage.write_bytes(args.json, json.dumps(report, indent=2).encode())
+        storage.write_bytes(args.json, json.dumps(json_safe(report), indent=2, allow_nan=False).encode())
         print(f"Wrote {args.json}")
 
 

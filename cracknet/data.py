@@ -56,7 +56,7 @@ def label_of(root: str, uri: str) -> Optional[int]:
     return LABELS.get(parts[0].strip().lower()) if len(parts) > 1 else None
 
 
-def discover(root: str) -> list[LabelledImage]:
+def discover(root: str, require_both_classes: bool = True) -> list[LabelledImage]:
     """Every image in a labelled tree, with its label; refuses trees it cannot train on."""
     files = [uri for uri in storage.list_files(root) if is_image_name(uri)]
     if not files:
@@ -79,7 +79,7 @@ def discover(root: str) -> list[LabelledImage]:
             "the label folders are crack and no_crack (or Positive and Negative)."
         )
     present = {image.label for image in images}
-    if len(present) < 2:
+    if require_both_classes and len(present) < 2:
         raise CracknetError(
             f"{root} holds only {CLASS_NAMES[present.pop()]} images; training needs both crack and no_crack."
         )

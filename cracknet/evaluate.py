@@ -36,8 +36,12 @@ def decoded_batches(images: list[LabelledImage], spec: Preprocessing, batch_size
     """Batches of decoded images in a thread pool; failures are appended to ``unreadable``."""
     with ThreadPoolExecutor(READ_THREADS) as pool:
         for start in range(0, len(images), batch_size):
-            chunk = pool.map(_decode_one, images[start:start + batch_size], [spec] * batch_size)
-            good = [(img, arr) for img, arr, err in chunk if err is None or unreadable.append((img.uri, err))]
+            good = []
+            for img, arr, err in pool.map(_decode_one, images[start:start + batch_size], [spec] * batch_size):
+                if err is None:
+                    good.append((img, arr))
+                else:
+                    unreadable.append((img.uri, err))
             if good:
                 yield {
                     "image": torch.from_numpy(np.stack([arr for _, arr in good])),
@@ -49,7 +53,7 @@ def decoded_batches(images: list[LabelledImage], spec: Preprocessing, batch_size
 def evaluate(model_uri: str, data_uri: str, batch_size: int = 64) -> dict:
     model, card = load_artifact(model_uri)
     spec = preprocessing_of(card)
-    images = discover(data_uri)
+    images = discover(data_uri, require_both_classes=False)  # e.g. a folder of known cracks
     unreadable: list[tuple[str, str]] = []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)

@@ -70,3 +70,14 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
     f1 = np.divide(2.0 * tp, denominator, out=np.zeros(len(candidates)), where=denominator > 0)
     best = np.lexsort((np.abs(candidates - 0.5), -f1))[0]  # highest F1, then nearest 0.5
     return float(candidates[best])
+
+
+def json_safe(value):
+    """JSON has no NaN: metrics that are undefined (e.g. ROC-AUC on one class) become null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -27,6 +27,7 @@ from torch import nn
 from cracknet import storage
 from cracknet.data import content_hash
 from cracknet.errors import CracknetError
+from cracknet.metrics import json_safe
 from cracknet.transforms import Preprocessing
 
 ARCHITECTURE = "resnet50"
@@ -127,7 +128,8 @@ def save_artifact(folder: str, state_dict: dict[str, torch.Tensor], card: dict[s
     card = {**card, "architecture": ARCHITECTURE, "weights_file": WEIGHTS_FILE,
             "weights_sha256": digest, "model_id": digest[:16]}
     storage.write_bytes(storage.join(folder, WEIGHTS_FILE), data)
-    storage.write_bytes(storage.join(folder, CARD_FILE), json.dumps(card, indent=2).encode())
+    text = json.dumps(json_safe(card), indent=2, allow_nan=False)
+    storage.write_bytes(storage.join(folder, CARD_FILE), text.encode())
     return card
 
 
