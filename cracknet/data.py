@@ -110,6 +110,7 @@ class SplitPlan:
     conflicts: int = 0
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     fingerprint: str = ""
+    typical_side: int = 0  # median longest side of the readable images, in source pixels
 
     @property
     def total(self) -> int:
@@ -131,19 +132,20 @@ def plan_splits(
     test_fraction: float,
     max_bad_fraction: float = 0.01,
 ) -> SplitPlan:
-    """Assign decoded rows (``path``, ``label``, ``sha256``, ``error``) to splits.
+    """Assign decoded rows (``path``, ``label``, ``sha256``, ``error``, optional ``side``) to splits.
 
     Rows with an ``error`` are unreadable images: counted, and fatal above
     ``max_bad_fraction`` of all images.
     """
     by_hash: dict[str, list[tuple[str, int]]] = {}
-    unreadable, seen = [], 0
+    unreadable, sides, seen = [], [], 0
     for row in rows:
         seen += 1
         if row["error"]:
             unreadable.append((row["path"], row["error"]))
         else:
             by_hash.setdefault(row["sha256"], []).append((row["path"], int(row["label"])))
+            sides.append(int(row.get("side", 0)))
     if seen and len(unreadable) > max_bad_fraction * seen:
         examples = "; ".join(f"{uri}: {err}" for uri, err in unreadable[:3])
         raise CracknetError(
@@ -175,4 +177,5 @@ def plan_splits(
                 f"({sum(counts[split].values())} images in it); the data set is too small "
                 "to split, add images or raise --val-fraction/--test-fraction."
             )
-    return SplitPlan(members, counts, duplicates, conflicts, unreadable, fingerprint.hexdigest())
+    typical_side = int(sorted(sides)[len(sides) // 2]) if sides else 0
+    return SplitPlan(members, counts, duplicates, conflicts, unreadable, fingerprint.hexdigest(), typical_side)

@@ -17,22 +17,24 @@ import numpy as np
 
 from cracknet import storage
 from cracknet.data import LabelledImage, SplitPlan, content_hash, label_of, plan_splits
-from cracknet.transforms import ImageError, Preprocessing, decode
+from cracknet.transforms import ImageError, Preprocessing, decode, open_image
 
 DECODE_BATCH = 32
 
 
 def decode_batch(batch: dict, spec: Preprocessing, root: str) -> dict:
-    """Bytes rows -> path, label, sha256, image (uint8 S x S x 3) and error ("" when fine)."""
+    """Bytes rows -> path, label, sha256, side (longest, in source pixels), image (uint8 S x S x 3), error."""
     size = spec.image_size
     n = len(batch["path"])
     images = np.zeros((n, size, size, 3), dtype=np.uint8)
     labels = np.zeros(n, dtype=np.int64)
+    sides = np.zeros(n, dtype=np.int64)
     hashes, errors = [], []
     for i, (path, data) in enumerate(zip(batch["path"], batch["bytes"])):
         labels[i] = label_of(root, path)
         hashes.append(content_hash(data))
         try:
+            sides[i] = max(open_image(data, spec.max_pixels).size)
             images[i] = decode(data, spec)
             errors.append("")
         except ImageError as exc:
@@ -41,6 +43,7 @@ def decode_batch(batch: dict, spec: Preprocessing, root: str) -> dict:
         "path": np.asarray(batch["path"], dtype=object),
         "label": labels,
         "sha256": np.asarray(hashes, dtype=object),
+        "side": sides,
         "image": images,
         "error": np.asarray(errors, dtype=object),
     }
@@ -75,7 +78,7 @@ def load_labelled(images: list[LabelledImage], root: str, spec: Preprocessing,
                      batch_size=DECODE_BATCH, batch_format="numpy")
         .materialize()
     )
-    rows = decoded.select_columns(["path", "label", "sha256", "error"]).iter_rows()
+    rows = decoded.select_columns(["path", "label", "sha256", "side", "error"]).iter_rows()
     plan = plan_splits(rows, val_fraction, test_fraction, max_bad_fraction)
     return decoded, plan
 

@@ -53,6 +53,7 @@ def test_ddp_training_writes_a_complete_self_describing_artifact(ray_cluster, la
     assert [h["epoch"] for h in training["history"]] == [1, 2]
     assert training["history"][0]["train_images"] == training["history"][1]["train_images"] > 0
     assert sum(sum(c.values()) for c in on_disk["data"]["counts"].values()) == 120
+    assert on_disk["preprocessing"]["source_size"] in (227, 96)  # METU patches or generated ones
     assert on_disk["preprocessing"]["image_size"] == 32 and on_disk["class_names"] == ["no_crack", "crack"]
     assert 0 < on_disk["threshold"] < 1 and len(on_disk["data"]["fingerprint"]) == 64
     assert set(on_disk["versions"]) >= {"torch", "torchvision", "ray", "cracknet"}
@@ -99,8 +100,10 @@ def test_training_reads_and_writes_object_storage(ray_cluster, s3_endpoint, synt
     data = f"s3://{BUCKET}/train-data"
     for path in synthetic_tree.rglob("*.jpg"):
         storage.write_bytes(f"{data}/{path.relative_to(synthetic_tree).as_posix()}", path.read_bytes())
+    storage.write_bytes(f"{data}/crack/truncated.jpg", b"\xff\xd8\xff\xe0 cut short")  # skipped and counted
     output = f"s3://{BUCKET}/runs/s3-run"
-    card = run_training(tiny(data, output), log=lambda _: None)
+    card = run_training(tiny(data, output, max_bad_fraction=0.05), log=lambda _: None)
+    assert card["data"]["unreadable"] == 1
 
     assert card["folder"] == f"{output}/model"
     files = storage.list_files(output)
