@@ -15,7 +15,7 @@ import os
 import sys
 
 from cracknet import storage
-from cracknet.config import TrainConfig, add_arguments, from_arguments
+from cracknet.config import ScoreConfig, TrainConfig, add_arguments, from_arguments
 from cracknet.errors import CracknetError
 from cracknet.metrics import json_safe
 
@@ -51,6 +51,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"Wrote {args.json}")
 
 
+def cmd_score(args: argparse.Namespace) -> None:
+    from cracknet.score import ScoreConfig, run_scoring
+
+    s = run_scoring(from_arguments(ScoreConfig, args))
+    print(f"Scored {s['scored']} images ({s['errors']} errors), skipped {s['skipped']} already scored by model "
+          f"{s['model_id']}, {s['images_per_second']:.1f} images/s; results in {s['output']} (run {s['run_id']}).")
+
+
+def cmd_query(args: argparse.Namespace) -> None:
+    from cracknet.query import render, run_query
+
+    print(render(run_query(args.results, args.sql), args.format))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from cracknet.synthetic import generate
     from cracknet.train import run_training
@@ -80,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", help="also write the metrics as JSON here (path or s3://)")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.set_defaults(run=cmd_evaluate)
+
+    score = sub.add_parser("score", help="score images from storage with Ray Data and commit Parquet results")
+    add_arguments(score, ScoreConfig)
+    score.set_defaults(run=cmd_score)
+
+    query = sub.add_parser("query", help="SQL over committed scoring results (views: images, tiles, ...)")
+    query.add_argument("--results", required=True, help="the scoring output: a folder or s3:// prefix")
+    query.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    query.add_argument("sql", help="a DuckDB SQL query, e.g. \"SELECT * FROM likely_cracks_since('2026-11-23')\"")
+    query.set_defaults(run=cmd_query)
 
     demo = sub.add_parser("demo", help="train a small model on the dev set (or generated images) on local Ray")
     demo.add_argument("--data", default=DEV_DATA, help=f"labelled tree (default: {DEV_DATA}, else generated)")

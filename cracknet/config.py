@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, get_type_hints
 
 from cracknet.errors import CracknetError
+from cracknet.transforms import DEFAULT_MAX_PIXELS
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -70,6 +71,27 @@ class TrainConfig:
         return head, self.epochs - head
 
 
+@dataclass(frozen=True)
+class ScoreConfig:
+    model: str = field(metadata={"help": "the model/ folder, or the training output above it"})
+    input: str = field(metadata={"help": "images: a folder, s3://bucket/prefix, or a Parquet/CSV manifest of URIs"})
+    output: str = field(metadata={"help": "results folder or s3:// prefix (images/, tiles/, _manifests/)"})
+    batch_size: int = _opt(64, "images (or tiles) per model call")
+    num_actors: int = _opt(0, "model actors (default: one per GPU, or one on a CPU-only cluster)")
+    tile_size: int = _opt(0, "tile side in source pixels for large images (default: the model's training images)")
+    tile_overlap: float = _opt(0.25, "overlap of neighbouring tiles, as a share of the tile side")
+    max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused (decompression bombs)")
+    read_batch_size: int = _opt(16, "images per read-and-decode task")
+    ray_address: Optional[str] = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.read_batch_size < 1 or self.num_actors < 0 or self.tile_size < 0:
+            raise CracknetError("--batch-size and --read-batch-size must be positive; --num-actors and "
+                                "--tile-size must not be negative.")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise CracknetError(f"--tile-overlap must be in [0, 1), got {self.tile_overlap}.")
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, **defaults: Any) -> None:
     """Add one flag per dataclass field; fields without a default are required."""
     hints = get_type_hints(cls)
@@ -87,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, **defaults: Any) -
             type=kind,
             required=required,
             default=None if required else default,
-            help=help_text + ("" if required or default is None else f" (default: {default})"),
+            help=help_text + ("" if required or default is None or "default" in help_text
+                              else f" (default: {default})"),
         )
 
 

@@ -12,6 +12,7 @@ endpoint (MinIO, Ceph, R2, moto ...) is chosen with the standard
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import shutil
@@ -47,6 +48,29 @@ def s3_filesystem() -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def s3_client():
+    """A boto3 S3 client for AWS or for the endpoint named by AWS_ENDPOINT_URL (boto3 reads it itself).
+
+    Clients are cached per process and per endpoint/credentials, since making one is slow.
+    """
+    keys = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_REGION")
+    return _cached_client(tuple(os.environ.get(k) for k in keys))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_client(_environment: tuple):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(retries={"max_attempts": 6, "mode": "standard"},
+                                            connect_timeout=10, read_timeout=60))
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len(S3_PREFIX):].partition("/")
+    return bucket, key
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem holding ``uri`` and the path of ``uri`` inside it."""
     if not uri:
@@ -73,7 +97,7 @@ def join(uri: str, *parts: str) -> str:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     reason = text[0] if text else type(exc).__name__
-    if "ACCESS_DENIED" in reason or "InvalidAccessKeyId" in reason or "SignatureDoesNotMatch" in reason:
+    if any(code in reason for code in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
         reason += " (the endpoint refused the credentials: check the AWS_* credentials and AWS_ENDPOINT_URL)"
     return reason
 
@@ -146,3 +170,48 @@ def delete_tree(uri: str) -> None:
             shutil.rmtree(path)
     except OSError as exc:
         raise CracknetError(f"Cannot delete {uri}: {_reason(exc)}") from None
+
+
+def list_versions(uri: str) -> list[tuple[str, str]]:
+    """Every file below ``uri`` with a version tag: the ETag on S3, size and mtime on local disk."""
+    if not is_s3(uri):
+        fs, path = resolve(uri)
+        files = list_files(uri)
+        return [(f, _local_version(fs.get_file_info(resolve(f)[1]))) for f in files]
+    bucket, prefix = split_s3(uri.rstrip("/") + "/")
+    out = []
+    try:
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for item in page.get("Contents", []):
+                if not item["Key"].endswith("/"):
+                    out.append((f"{S3_PREFIX}{bucket}/{item['Key']}", item["ETag"].strip('"')))
+    except Exception as exc:  # botocore's ClientError, EndpointConnectionError, NoSuchBucket ...
+        raise CracknetError(f"Cannot list {uri}: {_reason(exc)}") from None
+    return sorted(out)
+
+
+def _local_version(info: pafs.FileInfo) -> str:
+    return f"{info.size}-{info.mtime_ns}"
+
+
+def read_versioned(uri: str) -> tuple[bytes, str]:
+    """The bytes of one file and its version tag, read in one go."""
+    if not is_s3(uri):
+        fs, path = resolve(uri)
+        try:
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.Directory:
+                raise CracknetError(f"{uri} is a folder, not a file.")
+        except OSError as exc:
+            raise CracknetError(f"Cannot read {uri}: {_reason(exc)}") from None
+        return read_bytes(uri), _local_version(info)
+    bucket, key = split_s3(uri)
+    try:
+        response = s3_client().get_object(Bucket=bucket, Key=key)
+        return response["Body"].read(), response["ETag"].strip('"')
+    except Exception as exc:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404"):
+            raise CracknetError(f"{uri} does not exist.") from None
+        raise CracknetError(f"Cannot read {uri}: {_reason(exc)}") from None

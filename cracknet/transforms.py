@@ -163,3 +163,47 @@ def train_preset(images: torch.Tensor, spec: Preprocessing, generator: torch.Gen
     """uint8 (N, H, W, 3) -> augmented, normalised float (N, 3, H, W)."""
     return _normalise(augment(_to_float(images), generator), spec)
 
+
+
+def tile_boxes(width: int, height: int, tile: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """Boxes (x, y, w, h) of ``tile``-sided squares covering an image, neighbours overlapping by ``overlap``.
+
+    The last row and column are shifted inwards to end at the image edge, so
+    every box lies inside the image and every pixel is covered.
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise CracknetError(f"Tile overlap must be in [0, 1), got {overlap}.")
+    stride = max(1, int(round(tile * (1.0 - overlap))))
+
+    def starts(extent: int) -> list[int]:
+        if extent <= tile:
+            return [0]
+        last = extent - tile
+        return sorted(set(range(0, last, stride)) | {last})
+
+    return [(x, y, min(tile, width), min(tile, height)) for y in starts(height) for x in starts(width)]
+
+
+def decode_tiles(data: bytes, spec: Preprocessing, tile: int, overlap: float):
+    """Bytes -> (width, height, uint8 tiles (T, S, S, 3), boxes (T, 4)).
+
+    An image no larger than 1.5 tiles per side is one whole-image "tile",
+    decoded exactly as in training; a larger one is cut into ``tile``-pixel
+    squares at its native resolution (the scale the model learned on), each
+    resized to S. Only one full-size copy of the image is held at a time.
+    """
+    img = open_image(data, spec.max_pixels)
+    width, height = img.size
+    if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF turns the image a quarter
+        width, height = height, width
+    if max(width, height) <= 1.5 * tile:
+        arr = decode(data, spec)
+        return width, height, arr[None], np.array([[0, 0, width, height]], dtype=np.int32)
+    full = load_rgb(data, spec.max_pixels)
+    width, height = full.size
+    boxes = tile_boxes(width, height, tile, overlap)
+    size = spec.image_size
+    tiles = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
+    for i, (x, y, w, h) in enumerate(boxes):
+        tiles[i] = np.asarray(full.crop((x, y, x + w, y + h)).resize((size, size), Image.Resampling.BILINEAR))
+    return width, height, tiles, np.asarray(boxes, dtype=np.int32)

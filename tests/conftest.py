@@ -11,7 +11,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,16 @@ def cracknet_cli():
                               env={**os.environ, **(env or {})}, timeout=timeout, cwd=REPO)
 
     return run
+
+
+def png_with_declared_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's shape)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    chunk = b"IHDR" + struct.pack(">II", width, height) + data[24:29]
+    return data[:12] + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]

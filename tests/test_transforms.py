@@ -1,8 +1,6 @@
 """The shared preprocessing: decoding odd real-world files, and the tensor presets."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -12,6 +10,8 @@ from PIL import Image
 from cracknet.synthetic import concrete, draw_crack, image_bytes
 from cracknet.transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageError, Preprocessing, augment, decode,
                                  eval_preset, train_preset)
+
+from conftest import png_with_declared_size
 
 SPEC = Preprocessing(image_size=32)
 
@@ -60,13 +60,6 @@ def test_16_bit_greyscale_keeps_its_range():
     assert out[..., 0].min() < 10 and out[..., 0].max() > 245
 
 
-def png_with_declared_size(width, height):
-    data = encode(Image.new("L", (8, 8)), "PNG")
-    ihdr = struct.pack(">II", width, height) + data[24:29]
-    chunk = b"IHDR" + ihdr
-    return data[:12] + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
-
-
 def test_bad_files_raise_image_errors_with_reasons():
     good = image_bytes(concrete(np.random.default_rng(0), 64))
     cases = {
@@ -105,3 +98,27 @@ def test_augmentation_keeps_shape_range_and_is_seeded():
     # The crack survives: the darkest pixels stay far darker than the background.
     assert (a.mean(1).flatten(1).min(1).values < a.mean(1).flatten(1).median(1).values - 0.2).all()
     assert train_preset(images, SPEC, torch.Generator().manual_seed(0)).shape == (6, 3, 32, 32)
+
+
+@pytest.mark.parametrize("width, height, tile, overlap", [(400, 300, 96, 0.25), (96, 500, 96, 0.0),
+                                                         (1000, 1000, 227, 0.5), (50, 40, 96, 0.25)])
+def test_tiles_cover_every_pixel_and_stay_inside(width, height, tile, overlap):
+    from cracknet.transforms import tile_boxes
+
+    covered = np.zeros((height, width), dtype=bool)
+    for x, y, w, h in tile_boxes(width, height, tile, overlap):
+        assert 0 <= x and 0 <= y and x + w <= width and y + h <= height
+        covered[y:y + h, x:x + w] = True
+    assert covered.all()
+
+
+def test_large_images_are_tiled_at_native_scale_and_small_ones_kept_whole():
+    from cracknet.transforms import decode_tiles
+
+    big = encode(Image.new("RGB", (500, 200), (120, 120, 120)), "JPEG")
+    width, height, tiles, boxes = decode_tiles(big, SPEC, tile=100, overlap=0.0)
+    assert (width, height) == (500, 200) and tiles.shape == (10, 32, 32, 3) and len(boxes) == 10
+    small = encode(Image.new("RGB", (120, 90), (120, 120, 120)), "JPEG")
+    width, height, tiles, boxes = decode_tiles(small, SPEC, tile=100, overlap=0.0)
+    assert tiles.shape == (1, 32, 32, 3) and boxes.tolist() == [[0, 0, 120, 90]]
+    assert np.array_equal(tiles[0], decode(small, SPEC))  # whole images decode exactly as in training

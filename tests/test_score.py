@@ -1,0 +1,171 @@
+"""Bulk scoring on a real local Ray: error rows, tiling, incremental reruns, commits, and querying."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from cracknet import storage
+from cracknet.cli import main as cli_main
+from cracknet.config import ScoreConfig
+from cracknet.model import build_model, save_artifact
+from cracknet.query import run_query
+from cracknet.score import run_scoring
+from cracknet.synthetic import concrete, draw_crack, image_bytes
+from cracknet.transforms import IMAGENET_MEAN, IMAGENET_STD, tile_boxes
+
+from conftest import BUCKET, png_with_declared_size
+
+pytestmark = pytest.mark.ray
+
+BAD = {"empty.jpg": "empty", "truncated.jpg": "unreadable", "notes.png": "not a recognised image",
+       "bomb.png": "exceeds the limit"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "model"
+    save_artifact(str(folder), build_model().state_dict(),
+                  {"preprocessing": {"image_size": 32, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                                     "source_size": 96},
+                   "threshold": 0.5})
+    return folder
+
+
+def encode(img, fmt, **kw):
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+def survey_images(rng):
+    """Good images of every awkward kind, a large photo to tile, and hostile or broken files."""
+    files = {}
+    for i in range(12):
+        img = concrete(rng, 96)
+        if i % 2:
+            draw_crack(img, rng)
+        files[f"bridge-a/pier-{i // 6}/img{i:02d}.jpg"] = image_bytes(img)
+    big = Image.new("RGB", (400, 300), (150, 150, 150))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    files["bridge-b/drone/large.jpg"] = encode(big, "JPEG", quality=85)
+    files["bridge-b/rotated.JPG"] = encode(Image.new("RGB", (96, 60), (90, 90, 90)), "JPEG", exif=exif.tobytes())
+    files["bridge-b/cmyk.jpg"] = encode(Image.new("CMYK", (64, 64), (0, 0, 0, 80)), "JPEG")
+    files["bridge-b/grey16.png"] = encode(Image.fromarray(np.full((64, 64), 40000, dtype=np.uint16)), "PNG")
+    files["bridge-b/alpha.png"] = encode(Image.new("RGBA", (64, 64), (100, 100, 100, 10)), "PNG")
+    good = image_bytes(concrete(rng, 96))
+    files["bad/empty.jpg"] = b""
+    files["bad/truncated.jpg"] = good[: len(good) // 3]
+    files["bad/notes.png"] = b"inspection notes, not an image"
+    files["bad/bomb.png"] = png_with_declared_size(100_000, 100_000)
+    return files
+
+
+def write_tree(root, files):
+    for rel, data in files.items():
+        storage.write_bytes(storage.join(root, *rel.split("/")), data)
+
+
+def count(results, sql):
+    return run_query(str(results), sql).to_pylist()
+
+
+def test_scoring_writes_one_row_per_image_and_error_rows_for_bad_ones(ray_cluster, model_dir, tmp_path):
+    files = survey_images(np.random.default_rng(0))
+    write_tree(str(tmp_path / "in"), files)
+    os.mkdir(tmp_path / "in" / "bad" / "folder.jpg")  # a directory named like an image is not an image
+    results = tmp_path / "results"
+    summary = run_scoring(ScoreConfig(model=str(model_dir), input=str(tmp_path / "in"), output=str(results),
+                                      batch_size=16, read_batch_size=4), log=lambda _: None)
+    assert summary["scored"] == len(files) and summary["errors"] == len(BAD) and summary["skipped"] == 0
+
+    rows = {r["image_uri"].rsplit("/", 1)[-1]: r for r in count(results, "SELECT * FROM images")}
+    assert len(rows) == len(files)
+    for name, reason in BAD.items():
+        assert rows[name]["crack_probability"] is None and reason in rows[name]["error"], rows[name]
+    good = [r for n, r in rows.items() if n not in BAD]
+    assert all(r["error"] is None and 0.0 <= r["crack_probability"] <= 1.0 for r in good)
+    assert all(r["is_crack"] == (r["crack_probability"] >= 0.5) for r in good)
+    assert (rows["rotated.JPG"]["width"], rows["rotated.JPG"]["height"]) == (60, 96)  # EXIF applied
+
+    # The large photo is tiled at the model's source scale; its probability is the tile maximum.
+    large = rows["large.jpg"]
+    expected_tiles = len(tile_boxes(400, 300, 96, 0.25))
+    assert large["tiles_scored"] == expected_tiles > 1
+    tiles = count(results, f"SELECT * FROM tiles_above('{large['image_uri']}', 0.0)")
+    assert len(tiles) == expected_tiles
+    assert max(t["crack_probability"] for t in tiles) == pytest.approx(large["crack_probability"])
+    assert all(r["tiles_scored"] == 1 for n, r in rows.items() if n not in BAD and n != "large.jpg")
+
+    # Parquet: zstd, the model's metadata in the key-value metadata.
+    part = next((results / "images").rglob("*.parquet"))
+    meta = pq.ParquetFile(part).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    assert json.loads(meta.metadata[b"cracknet"])["model_id"] == summary["model_id"]
+
+
+def test_reruns_score_only_new_images_and_orphans_are_never_read(ray_cluster, model_dir, tmp_path):
+    rng = np.random.default_rng(1)
+    inputs, results = str(tmp_path / "in"), tmp_path / "results"
+    write_tree(inputs, {f"s/{i}.jpg": image_bytes(concrete(rng, 96)) for i in range(6)})
+    cfg = ScoreConfig(model=str(model_dir), input=inputs, output=str(results), batch_size=8)
+    first = run_scoring(cfg, log=lambda _: None)
+    assert (first["scored"], first["skipped"]) == (6, 0)
+
+    again = run_scoring(cfg, log=lambda _: None)
+    assert (again["scored"], again["skipped"]) == (0, 6)
+
+    # A part written by a run that died before committing: invisible, then cleaned up.
+    orphan = results / "images" / "run_date=2026-01-01" / "part-dead-run.parquet"
+    committed_part = next((results / "images").rglob("*.parquet"))
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(committed_part.read_bytes())
+    assert count(results, "SELECT count(*) AS n FROM images")[0]["n"] == 6
+
+    write_tree(inputs, {"s/new.jpg": image_bytes(concrete(rng, 96))})
+    third = run_scoring(cfg, log=lambda _: None)
+    assert (third["scored"], third["skipped"], third["orphans_removed"]) == (1, 6, 1)
+    assert not orphan.exists()
+    per_image = count(results, "SELECT image_uri, count(*) AS n FROM images GROUP BY 1")
+    assert len(per_image) == 7 and all(r["n"] == 1 for r in per_image)
+
+
+def test_scoring_from_s3_with_a_manifest_and_querying_from_the_cli(ray_cluster, s3_endpoint, model_dir,
+                                                                   tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    prefix = f"s3://{BUCKET}/survey/2026-11-24"
+    write_tree(prefix, {f"tunnel-{t}/{i}.jpg": image_bytes(concrete(rng, 96)) for t in "xy" for i in range(3)})
+    storage.write_bytes(f"{prefix}/tunnel-x/gone.jpg", image_bytes(concrete(rng, 96)))
+    listed = sorted(storage.list_files(prefix))
+    manifest = f"s3://{BUCKET}/survey/manifest.csv"
+    storage.write_bytes(manifest, ("image_uri\n" + "\n".join(listed) + "\n").encode())
+    storage.resolve(f"{prefix}/tunnel-x/gone.jpg")[0].delete_file(f"{BUCKET}/survey/2026-11-24/tunnel-x/gone.jpg")
+
+    results = f"s3://{BUCKET}/results"
+    assert cli_main(["score", "--model", str(model_dir), "--input", manifest, "--output", results]) == 0
+    assert "Scored 7 images (1 errors)" in capsys.readouterr().out
+
+    assert cli_main(["query", "--results", results, "--format", "json",
+                     "SELECT structure, images, errors FROM structures ORDER BY structure"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [(r["structure"].rsplit("/", 1)[-1], r["images"], r["errors"]) for r in summary] == \
+        [("tunnel-x", 4, 1), ("tunnel-y", 3, 0)]
+    assert cli_main(["query", "--results", results, "SELECT image_uri, error FROM failures"]) == 0
+    out = capsys.readouterr().out
+    assert "gone.jpg" in out and "does not exist" in out and "(1 rows)" in out
+    assert cli_main(["query", "--results", results, "--format", "csv",
+                     "SELECT count(*) AS n FROM likely_cracks_since('2000-01-01')"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "n"
+
+
+def test_query_errors_are_one_line(tmp_path, capsys):
+    tmp_path.joinpath("results").mkdir()
+    assert cli_main(["query", "--results", str(tmp_path / "results"), "SELECT nope FROM images"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cracknet: error: The query failed") and "\n" not in err
+    assert cli_main(["query", "--results", str(tmp_path / "missing"), "SELECT 1"]) == 2
