@@ -56,7 +56,8 @@ def cmd_score(args: argparse.Namespace) -> None:
 
     s = run_scoring(from_arguments(ScoreConfig, args))
     print(f"Scored {s['scored']} images ({s['errors']} errors), skipped {s['skipped']} already scored by model "
-          f"{s['model_id']}, {s['images_per_second']:.1f} images/s; results in {s['output']} (run {s['run_id']}).")
+          f"{s['model_id']}, {s['images_per_second']:.1f} images/s in {s['seconds']:.1f} s "
+          f"({s.get('pipeline_seconds', 0.0):.1f} s in the pipeline); results in {s['output']} (run {s['run_id']}).")
 
 
 def cmd_query(args: argparse.Namespace) -> None:

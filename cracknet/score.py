@@ -332,7 +332,7 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     done = already_scored(cfg.output, card["model_id"], manifests)
     # A manifest row without a version counts as scored once its URI was scored at any version.
     done_uris = {u for u, _ in done}
-    todo = [(u, v) for u, v in inputs if (u, v) not in done and not (v == "" and u in done_uris)]
+    todo = [(u, v) for u, v in dict.fromkeys(inputs) if (u, v) not in done and not (v == "" and u in done_uris)]
     now = datetime.now(timezone.utc)
     run_id = now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
     summary = {"run_id": run_id, "model_id": card["model_id"], "listed": len(inputs),
@@ -360,7 +360,9 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
                                                  "scored_at": now.isoformat(), "metadata": metadata},
                          batch_size=4096, batch_format="numpy")
         )
+        pipeline_started = time.monotonic()
         parts = ds.take_all()
+        summary["pipeline_seconds"] = round(time.monotonic() - pipeline_started, 2)
         manifest = {
             "run_id": run_id, "model_id": card["model_id"], "created_at": now.isoformat(),
             "input": cfg.input,
