@@ -81,7 +81,8 @@ class ScoreConfig:
     tile_size: int = _opt(0, "tile side in source pixels for large images (default: the model's training images)")
     tile_overlap: float = _opt(0.25, "overlap of neighbouring tiles, as a share of the tile side")
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused (decompression bombs)")
-    read_batch_size: int = _opt(16, "images per read-and-decode task")
+    fp32: bool = _opt(False, "score in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
+    read_batch_size: int = _opt(4, "images per read-and-decode call (keep it small for very large photos)")
     ray_address: Optional[str] = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self):

@@ -34,6 +34,7 @@ ARCHITECTURE = "resnet50"
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "model.json"
 HEAD_PREFIX = "fc."
+REQUIRED_CARD_FIELDS = ("weights_file", "weights_sha256", "model_id", "threshold", "preprocessing")
 
 
 def build_model() -> nn.Module:
@@ -141,6 +142,12 @@ def read_card(uri: str) -> dict[str, Any]:
         raise CracknetError(f"{storage.join(folder, CARD_FILE)} is not valid JSON.") from None
     if card.get("architecture") != ARCHITECTURE:
         raise CracknetError(f"{folder} holds a {card.get('architecture')!r} model; cracknet reads {ARCHITECTURE}.")
+    preprocessing = card.get("preprocessing") if isinstance(card.get("preprocessing"), dict) else {}
+    missing = [k for k in REQUIRED_CARD_FIELDS if k not in card] + \
+        [f"preprocessing.{k}" for k in ("image_size", "mean", "std") if k not in preprocessing]
+    if missing:
+        raise CracknetError(
+            f"{storage.join(folder, CARD_FILE)} lacks {', '.join(missing)}; it is not a cracknet model card.")
     return {**card, "folder": folder}
 
 

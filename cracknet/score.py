@@ -187,7 +187,7 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 class CrackPredictor:
     """Loads the model once per actor; scores every tile of a batch of images."""
 
-    def __init__(self, model_uri: str, batch_size: int, threads: int = 0):
+    def __init__(self, model_uri: str, batch_size: int, threads: int = 0, fp32: bool = False):
         import torch
 
         from cracknet.engine import Precision
@@ -199,7 +199,7 @@ class CrackPredictor:
         self.model, self.card = load_artifact(model_uri)
         self.spec = preprocessing_of(self.card)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.precision = Precision.for_device(self.device)
+        self.precision = Precision.for_inference(self.device, allow_bf16=not fp32)
         self.model.to(self.device)
         if self.precision.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -345,13 +345,15 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
         threads = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
         metadata = {"model_id": card["model_id"], "model": card["folder"], "threshold": card["threshold"],
                     "preprocessing": card["preprocessing"], "tile_size": tile, "tile_overlap": cfg.tile_overlap,
+                    "fp32": cfg.fp32,
                     "run_id": run_id}
         ds = (
             ray.data.from_items([{"image_uri": u, "version": v} for u, v in todo])
             .map_batches(read_and_tile, fn_kwargs={"spec": spec, "tile": tile, "overlap": cfg.tile_overlap},
                          batch_size=cfg.read_batch_size, batch_format="numpy")
             .map_batches(CrackPredictor, fn_constructor_kwargs={"model_uri": card["folder"],
-                                                               "batch_size": cfg.batch_size, "threads": threads},
+                                                               "batch_size": cfg.batch_size, "threads": threads,
+                                                               "fp32": cfg.fp32},
                          compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
                          num_cpus=0 if gpus else 1, batch_size=cfg.batch_size, batch_format="numpy")
             .map_batches(write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id,

@@ -145,3 +145,12 @@ def png_with_declared_size(width: int, height: int) -> bytes:
     data = buffer.getvalue()
     chunk = b"IHDR" + struct.pack(">II", width, height) + data[24:29]
     return data[:12] + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
+
+
+def model_card(image_size: int = 32, source_size: int = 96, threshold: float = 0.5) -> dict:
+    """The fields a model card needs besides what save_artifact adds (for artifacts made in tests)."""
+    from cracknet.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    return {"preprocessing": {"image_size": image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                              "source_size": source_size},
+            "threshold": threshold}

@@ -8,7 +8,7 @@ import torch
 
 from cracknet.model import build_model, save_artifact
 
-from conftest import BUCKET
+from conftest import BUCKET, model_card
 
 
 def assert_one_line_error(result, expected):
@@ -97,7 +97,36 @@ def test_evaluate_refuses_a_missing_model(synthetic_tree, tmp_path, cracknet_cli
 
 def test_evaluate_refuses_damaged_weights(synthetic_tree, tmp_path, cracknet_cli):
     folder = tmp_path / "model"
-    save_artifact(str(folder), build_model().state_dict(), {"preprocessing": {"image_size": 32}})
+    save_artifact(str(folder), build_model().state_dict(), model_card())
     torch.save({"conv1.weight": torch.zeros(1)}, folder / "weights.pt")
     result = cracknet_cli("evaluate", "--model", str(folder), "--data", str(synthetic_tree))
     assert_one_line_error(result, "does not match the hash")
+
+
+def test_score_refuses_missing_inputs_with_one_line(synthetic_tree, tmp_path, cracknet_cli):
+    result = cracknet_cli("score", "--model", str(tmp_path / "no-model"), "--input", str(synthetic_tree),
+                          "--output", str(tmp_path / "results"))
+    assert_one_line_error(result, "holds no finished model")
+
+    model = tmp_path / "model"
+    save_artifact(str(model), build_model().state_dict(), {"preprocessing": {"image_size": 32}, "threshold": 0.5})
+    result = cracknet_cli("score", "--model", str(model), "--input", str(synthetic_tree),
+                          "--output", str(tmp_path / "results"))
+    assert_one_line_error(result, "lacks preprocessing.mean, preprocessing.std")
+
+    save_artifact(str(model), build_model().state_dict(), model_card())
+    result = cracknet_cli("score", "--model", str(model), "--input", str(tmp_path / "nowhere"),
+                          "--output", str(tmp_path / "results"))
+    assert_one_line_error(result, "does not exist")
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    result = cracknet_cli("score", "--model", str(model), "--input", str(tmp_path / "empty"),
+                          "--output", str(tmp_path / "results"))
+    assert_one_line_error(result, "No images")
+
+    (tmp_path / "list.csv").write_text("path_to_image\na.jpg\n")
+    result = cracknet_cli("score", "--model", str(model), "--input", str(tmp_path / "list.csv"),
+                          "--output", str(tmp_path / "results"))
+    assert_one_line_error(result, "has no image_uri column")
+    assert not (tmp_path / "results" / "_manifests").exists()

@@ -5,13 +5,12 @@ import shutil
 
 from cracknet.cli import main as cli_main
 from cracknet.model import build_model, save_artifact
-from cracknet.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+from conftest import model_card
 
 
 def test_evaluate_one_class_tree_with_an_unreadable_file(synthetic_tree, tmp_path):
-    save_artifact(str(tmp_path / "model"), build_model().state_dict(),
-                  {"preprocessing": {"image_size": 32, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
-                   "threshold": 0.5})
+    save_artifact(str(tmp_path / "model"), build_model().state_dict(), model_card())
     data = tmp_path / "known-cracks"
     shutil.copytree(synthetic_tree / "crack", data / "crack")
     (data / "crack" / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")

@@ -10,6 +10,7 @@ import torchvision
 
 from cracknet import storage
 from cracknet.errors import CracknetError
+from conftest import model_card
 from cracknet.model import (build_model, load_artifact, load_starting_weights, model_folder, read_card,
                             save_artifact)
 
@@ -108,7 +109,7 @@ def test_bad_weights_files_give_clear_errors(tmp_path, make, message):
 def test_artifact_round_trip_and_damage_detection(tmp_path):
     model = build_model().eval()
     folder = str(tmp_path / "run" / "model")
-    card = save_artifact(folder, model.state_dict(), {"preprocessing": {"image_size": 32}})
+    card = save_artifact(folder, model.state_dict(), model_card())
     assert model_folder(str(tmp_path / "run")) == folder
     loaded, read = load_artifact(str(tmp_path / "run"))
     assert read["model_id"] == card["model_id"] == card["weights_sha256"][:16]

@@ -16,9 +16,9 @@ from cracknet.model import build_model, save_artifact
 from cracknet.query import run_query
 from cracknet.score import run_scoring
 from cracknet.synthetic import concrete, draw_crack, image_bytes
-from cracknet.transforms import IMAGENET_MEAN, IMAGENET_STD, tile_boxes
+from cracknet.transforms import tile_boxes
 
-from conftest import BUCKET, png_with_declared_size
+from conftest import BUCKET, model_card, png_with_declared_size
 
 pytestmark = pytest.mark.ray
 
@@ -29,10 +29,7 @@ BAD = {"empty.jpg": "empty", "truncated.jpg": "unreadable", "notes.png": "not a 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model") / "model"
-    save_artifact(str(folder), build_model().state_dict(),
-                  {"preprocessing": {"image_size": 32, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-                                     "source_size": 96},
-                   "threshold": 0.5})
+    save_artifact(str(folder), build_model().state_dict(), model_card())
     return folder
 
 
