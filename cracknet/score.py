@@ -98,7 +98,14 @@ def committed_manifests(output: str) -> list[dict]:
     folder = storage.join(output, MANIFESTS)
     if not storage.exists(folder):
         return []
-    return [json.loads(storage.read_bytes(uri)) for uri in storage.list_files(folder) if uri.endswith(".json")]
+    manifests = []
+    for uri in storage.list_files(folder):
+        if uri.endswith(".json"):
+            try:
+                manifests.append(json.loads(storage.read_bytes(uri)))
+            except json.JSONDecodeError:
+                raise CracknetError(f"The run manifest {uri} is not valid JSON; the results are damaged.") from None
+    return manifests
 
 
 def already_scored(output: str, model_id: str, manifests: list[dict]) -> set[tuple[str, str]]:

@@ -31,7 +31,18 @@ def is_s3(uri: str) -> bool:
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
-    """An S3 filesystem for AWS or for the endpoint named by AWS_ENDPOINT_URL."""
+    """An S3 filesystem for AWS or for the endpoint named by AWS_ENDPOINT_URL (cached per process)."""
+    return _cached_filesystem(_environment())
+
+
+def _environment() -> tuple:
+    keys = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_REGION",
+            "AWS_DEFAULT_REGION")
+    return tuple(os.environ.get(k) for k in keys)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_filesystem(_environment: tuple) -> pafs.S3FileSystem:
     kwargs: dict = {
         "connect_timeout": 10,
         "request_timeout": 60,
@@ -53,8 +64,7 @@ def s3_client():
 
     Clients are cached per process and per endpoint/credentials, since making one is slow.
     """
-    keys = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_REGION")
-    return _cached_client(tuple(os.environ.get(k) for k in keys))
+    return _cached_client(_environment())
 
 
 @functools.lru_cache(maxsize=4)

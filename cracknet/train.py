@@ -208,7 +208,11 @@ def _check_weights(weights: str) -> None:
 
 
 def ensure_ray(address: str | None, min_cpus: float = 0) -> None:
-    """Connect to the given (or RAY_ADDRESS) cluster, or start a local Ray in this process."""
+    """Connect to the given (or RAY_ADDRESS) cluster, or start a local Ray in this process.
+
+    Without an address this always starts a fresh local Ray, even when a `ray start`
+    cluster runs on this machine: pass --ray-address auto to use that one.
+    """
     import ray
 
     if ray.is_initialized():
@@ -218,7 +222,8 @@ def ensure_ray(address: str | None, min_cpus: float = 0) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         # Reserve logical CPUs for Ray Data next to the training workers on small machines.
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(min_cpus) + 1), _node_ip_address="127.0.0.1")
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(min_cpus) + 1),
+                 _node_ip_address="127.0.0.1")
 
 
 def _versions() -> dict[str, str]:
