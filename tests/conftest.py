@@ -89,7 +89,9 @@ def ray_cluster(s3_endpoint):
     """A real local Ray with 4 logical CPUs (2 training workers plus Ray Data), token auth on."""
     import ray
 
-    ray.init(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    # address="local": always a fresh in-process cluster, never one a `ray start` left behind.
+    ray.init(address="local", num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False,
+             log_to_driver=False)
     yield ray
     ray.shutdown()
 
