@@ -29,7 +29,8 @@ def _format_metrics(metrics: dict) -> str:
 
 
 def _print_training(card: dict) -> None:
-    print(f"Test metrics: {_format_metrics(card['metrics']['test'])}")
+    # Start on a fresh line: Ray's progress bars may have left the cursor mid-line.
+    print(f"\nTest metrics: {_format_metrics(card['metrics']['test'])}")
     print(f"Model artifact: {card['folder']} (model_id {card['model_id']})")
 
 
