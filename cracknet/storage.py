@@ -156,6 +156,11 @@ def exists(uri: str) -> bool:
 
 def list_files(uri: str) -> list[str]:
     """Every file below ``uri``, recursively, as URIs, sorted."""
+    return sorted(to_uri(e.path, uri) for e in _file_infos(uri))
+
+
+def _file_infos(uri: str) -> list[pafs.FileInfo]:
+    """The FileInfo (path, size, mtime) of every file below ``uri``, from one recursive listing."""
     fs, path = resolve(uri)
     try:
         info = fs.get_file_info(path)
@@ -166,7 +171,7 @@ def list_files(uri: str) -> list[str]:
         entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     except OSError as exc:
         raise CracknetError(f"Cannot list {uri}: {_reason(exc)}") from None
-    return sorted(to_uri(e.path, uri) for e in entries if e.type == pafs.FileType.File)
+    return [e for e in entries if e.type == pafs.FileType.File]
 
 
 def delete_tree(uri: str) -> None:
@@ -185,9 +190,7 @@ def delete_tree(uri: str) -> None:
 def list_versions(uri: str) -> list[tuple[str, str]]:
     """Every file below ``uri`` with a version tag: the ETag on S3, size and mtime on local disk."""
     if not is_s3(uri):
-        fs, path = resolve(uri)
-        files = list_files(uri)
-        return [(f, _local_version(fs.get_file_info(resolve(f)[1]))) for f in files]
+        return sorted((to_uri(e.path, uri), _local_version(e)) for e in _file_infos(uri))
     bucket, prefix = split_s3(uri.rstrip("/") + "/")
     out = []
     try:
