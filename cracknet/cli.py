@@ -10,6 +10,7 @@ Every user-facing failure ends in one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -83,8 +84,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cracknet", description="Find cracks in photos of concrete.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="cracknet", description="Find cracks in photos of concrete.",
+                                     allow_abbrev=False)
+    # allow_abbrev=False: a mistyped flag is an error, never a silent match of a longer one.
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
 
     train = sub.add_parser("train", help="fine-tune ResNet50 with Ray Train and write <output>/model/")
     add_arguments(train, TrainConfig)

@@ -78,6 +78,8 @@ class ScoreConfig:
     output: str = field(metadata={"help": "results folder or s3:// prefix (images/, tiles/, _manifests/)"})
     batch_size: int = _opt(64, "images (or tiles) per model call")
     num_actors: int = _opt(0, "model actors (default: one per GPU, or one on a CPU-only cluster)")
+    use_gpu: bool = _opt(False, "one GPU per model actor even before GPU workers are up (autoscaling clusters); "
+                                "by default GPUs are used when the cluster has them")
     tile_size: int = _opt(0, "tile side in source pixels for large images (default: the model's training images)")
     tile_overlap: float = _opt(0.25, "overlap of neighbouring tiles, as a share of the tile side")
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused (decompression bombs)")

@@ -328,6 +328,7 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     from cracknet.train import ensure_ray
 
     started = time.monotonic()
+    storage.require_bucket(cfg.output)
     card = read_card(cfg.model)
     spec = dataclasses.replace(preprocessing_of(card), max_pixels=cfg.max_pixels)
     tile = cfg.tile_size or int(card["preprocessing"].get("source_size") or 227)
@@ -349,6 +350,8 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
         ensure_ray(cfg.ray_address)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = cfg.num_actors or max(1, gpus)
+        # An autoscaling cluster may have no GPU worker up yet: --use-gpu asks for them anyway.
+        gpus = max(gpus, 1 if cfg.use_gpu else 0)
         threads = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
         metadata = {"model_id": card["model_id"], "model": card["folder"], "threshold": card["threshold"],
                     "preprocessing": card["preprocessing"], "tile_size": tile, "tile_overlap": cfg.tile_overlap,

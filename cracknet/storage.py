@@ -107,9 +107,28 @@ def join(uri: str, *parts: str) -> str:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     reason = text[0] if text else type(exc).__name__
-    if any(code in reason for code in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
+    if any(code in reason for code in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                                       "(403)", "Forbidden")):
         reason += " (the endpoint refused the credentials: check the AWS_* credentials and AWS_ENDPOINT_URL)"
     return reason
+
+
+def require_bucket(uri: str) -> None:
+    """Fail with one sentence, before any work, when the bucket an s3:// output names is missing or refused."""
+    if not is_s3(uri):
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _ = split_s3(uri)
+    try:
+        s3_client().head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise CracknetError(f"The bucket {bucket!r} of {uri} does not exist; create it or fix the URI.") from None
+        raise CracknetError(f"Cannot use {uri}: {_reason(exc)}") from None
+    except BotoCoreError as exc:
+        raise CracknetError(f"Cannot reach the object store for {uri}: {_reason(exc)}") from None
 
 
 def read_bytes(uri: str) -> bytes:

@@ -177,6 +177,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
 def _check_output(cfg: TrainConfig) -> tuple[str, str]:
     """Refuse to clobber a finished model; start afresh or resume an unfinished run."""
+    storage.require_bucket(cfg.output)
     model_dir = storage.join(cfg.output, "model")
     checkpoints = storage.join(cfg.output, "checkpoints")
     if cfg.overwrite:

@@ -42,7 +42,8 @@ def ray_head(s3_endpoint, tmp_path_factory):
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(dashboard, timeout=120)
-        yield {"address": f"http://127.0.0.1:{dashboard}", "env": env, "token": token}
+        yield {"address": f"http://127.0.0.1:{dashboard}", "env": env, "token": token,
+               "home": str(tmp_path_factory.mktemp("empty-home"))}
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -116,9 +117,37 @@ def test_a_bad_input_uri_ends_failed_with_the_clear_line(ray_head):
     assert not storage.exists(f"s3://{BUCKET}/cluster/bad-run/model")
 
 
+def test_a_missing_model_or_output_bucket_ends_failed_with_one_line_and_writes_nothing(ray_head):
+    score = submit(ray_head, "jobs/score.py", "--model", f"s3://{BUCKET}/cluster/no-model",
+                   "--input", f"s3://{BUCKET}/cluster/data", "--output", f"s3://{BUCKET}/cluster/no-results",
+                   wait=False)
+    train = submit(ray_head, "jobs/train.py", "--data", f"s3://{BUCKET}/cluster/data",
+                   "--output", "s3://cracknet-no-such-bucket/run", "--weights", "none", wait=False)
+    score_job, train_job = job_id(score.stdout + score.stderr), job_id(train.stdout + train.stderr)
+    assert wait_for_status(ray_head, score_job) == "FAILED"
+    assert (f"cracknet: error: s3://{BUCKET}/cluster/no-model holds no finished model (no model.json there or in "
+            f"s3://{BUCKET}/cluster/no-model/model).") in job_logs(ray_head, score_job)
+    assert not storage.exists(f"s3://{BUCKET}/cluster/no-results")
+    assert wait_for_status(ray_head, train_job) == "FAILED"
+    assert ("cracknet: error: The bucket 'cracknet-no-such-bucket' of s3://cracknet-no-such-bucket/run does not "
+            "exist; create it or fix the URI.") in job_logs(ray_head, train_job)
+
+
 def test_a_wrong_token_is_refused(ray_head):
     result = submit(ray_head, "jobs/train.py", "--help")
     assert result.returncode == 0
     refused = ray_cli(ray_head, "job", "submit", "--address", ray_head["address"], "--", "python", "-c", "0",
                       env={"RAY_AUTH_TOKEN": "not-the-token"})
     assert refused.returncode != 0 and "Invalid authentication token" in refused.stdout + refused.stderr
+    env = {k: v for k, v in ray_head["env"].items() if k not in ("RAY_AUTH_TOKEN", "HOME")}
+    missing = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", ray_head["address"], "--",
+                              "python", "-c", "0"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                             env={**env, "HOME": str(Path(ray_head["home"]))})
+    assert missing.returncode != 0 and "token" in (missing.stdout + missing.stderr).lower()
+
+
+def test_a_wrong_address_fails_at_submit(ray_head):
+    result = ray_cli(ray_head, "job", "submit", "--address", f"http://127.0.0.1:{free_port()}", "--",
+                     "python", "-c", "0", timeout=120)
+    assert result.returncode != 0
+    assert "Failed to connect to Ray at address" in (result.stdout + result.stderr).strip().splitlines()[-1]

@@ -33,6 +33,15 @@ def test_missing_objects_and_buckets_are_sentences(root, s3_endpoint):
         storage.list_files("s3://no-such-bucket-here/prefix")
 
 
+def test_an_output_in_a_missing_bucket_is_refused_up_front(s3_endpoint, tmp_path):
+    storage.require_bucket(f"s3://{BUCKET}/results")
+    storage.require_bucket(str(tmp_path / "not-yet-made"))
+    with pytest.raises(CracknetError) as info:
+        storage.require_bucket("s3://no-such-bucket-here/results")
+    assert str(info.value) == ("The bucket 'no-such-bucket-here' of s3://no-such-bucket-here/results does not exist; "
+                               "create it or fix the URI.")
+
+
 def test_refused_credentials_are_one_line(strict_s3_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", strict_s3_endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000001")
@@ -42,6 +51,9 @@ def test_refused_credentials_are_one_line(strict_s3_endpoint, monkeypatch):
     message = str(info.value)
     assert "\n" not in message and "s3://any-bucket/prefix" in message and "refused the credentials" in message
     assert "AKIAUNKNOWNKEY000001" not in message and "not-a-real-secret" not in message
+    with pytest.raises(CracknetError, match="refused the credentials") as info:
+        storage.require_bucket("s3://any-bucket/results")
+    assert "\n" not in str(info.value) and "not-a-real-secret" not in str(info.value)
 
 
 def test_s3_uri_without_bucket_is_refused():
