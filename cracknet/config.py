@@ -85,12 +85,17 @@ class ScoreConfig:
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused (decompression bombs)")
     fp32: bool = _opt(False, "score in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
     read_batch_size: int = _opt(4, "images per read-and-decode call (keep it small for very large photos)")
+    rows_per_part: int = _opt(4096, "images per Parquet part file")
+    lease_seconds: float = _opt(300.0, "a run that stops renewing its lease on the output for this long is "
+                                       "presumed dead, and the next run takes the output over")
     ray_address: Optional[str] = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.read_batch_size < 1 or self.num_actors < 0 or self.tile_size < 0:
-            raise CracknetError("--batch-size and --read-batch-size must be positive; --num-actors and "
-                                "--tile-size must not be negative.")
+        if min(self.batch_size, self.read_batch_size, self.rows_per_part) < 1 or self.lease_seconds <= 0:
+            raise CracknetError("--batch-size, --read-batch-size, --rows-per-part and --lease-seconds must be "
+                                "positive.")
+        if self.num_actors < 0 or self.tile_size < 0:
+            raise CracknetError("--num-actors and --tile-size must not be negative.")
         if not 0.0 <= self.tile_overlap < 1.0:
             raise CracknetError(f"--tile-overlap must be in [0, 1), got {self.tile_overlap}.")
 

@@ -33,6 +33,7 @@ from cracknet import storage
 from cracknet.config import ScoreConfig
 from cracknet.data import is_image_name
 from cracknet.errors import CracknetError
+from cracknet.lease import Lease
 from cracknet.transforms import ImageError, Preprocessing, decode_tiles
 
 MANIFESTS = "_manifests"
@@ -126,8 +127,8 @@ def already_scored(output: str, model_id: str, manifests: list[dict]) -> set[tup
 def remove_orphans(output: str, manifests: list[dict]) -> int:
     """Delete parts that no committed manifest names (left by runs that died); returns how many.
 
-    Runs must not share an output concurrently: a part still being written by
-    another live run looks exactly like an orphan.
+    Only call this while holding the output's lease: a part still being
+    written by another live run would look exactly like an orphan.
     """
     import pyarrow.fs as pafs
 
@@ -321,70 +322,75 @@ def _write_table(table, uri: str) -> None:
 
 def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     """Score every new image under ``cfg.input``; commit the results; return the run summary."""
-    import ray
-    import ray.data
-
-    from cracknet.model import read_card, preprocessing_of
-    from cracknet.train import ensure_ray
+    from cracknet.model import read_card
 
     started = time.monotonic()
     storage.require_bucket(cfg.output)
     card = read_card(cfg.model)
-    spec = dataclasses.replace(preprocessing_of(card), max_pixels=cfg.max_pixels)
-    tile = cfg.tile_size or int(card["preprocessing"].get("source_size") or 227)
     inputs = list_inputs(cfg.input)
     if not inputs:
         raise CracknetError(f"No images (jpg, jpeg, png, tif) were found under {cfg.input}.")
-    manifests = committed_manifests(cfg.output)
-    removed = remove_orphans(cfg.output, manifests)
-    done = already_scored(cfg.output, card["model_id"], manifests)
-    # A manifest row without a version counts as scored once its URI was scored at any version.
-    done_uris = {u for u, _ in done}
-    todo = [(u, v) for u, v in dict.fromkeys(inputs) if (u, v) not in done and not (v == "" and u in done_uris)]
     now = datetime.now(timezone.utc)
     run_id = now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-    summary = {"run_id": run_id, "model_id": card["model_id"], "listed": len(inputs),
-               "skipped": len(inputs) - len(todo), "scored": 0, "errors": 0, "orphans_removed": removed,
-               "output": cfg.output}
-    if todo:
-        ensure_ray(cfg.ray_address)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        actors = cfg.num_actors or max(1, gpus)
-        # An autoscaling cluster may have no GPU worker up yet: --use-gpu asks for them anyway.
-        gpus = max(gpus, 1 if cfg.use_gpu else 0)
-        threads = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
-        metadata = {"model_id": card["model_id"], "model": card["folder"], "threshold": card["threshold"],
-                    "preprocessing": card["preprocessing"], "tile_size": tile, "tile_overlap": cfg.tile_overlap,
-                    "fp32": cfg.fp32,
-                    "run_id": run_id}
-        ds = (
-            ray.data.from_items([{"image_uri": u, "version": v} for u, v in todo])
-            .map_batches(read_and_tile, fn_kwargs={"spec": spec, "tile": tile, "overlap": cfg.tile_overlap},
-                         batch_size=cfg.read_batch_size, batch_format="numpy")
-            .map_batches(CrackPredictor, fn_constructor_kwargs={"model_uri": card["folder"],
-                                                               "batch_size": cfg.batch_size, "threads": threads,
-                                                               "fp32": cfg.fp32},
-                         compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
-                         num_cpus=0 if gpus else 1, batch_size=cfg.batch_size, batch_format="numpy")
-            .map_batches(write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id,
-                                                 "run_date": now.date().isoformat(), "model_id": card["model_id"],
-                                                 "threshold": float(card["threshold"]),
-                                                 "scored_at": now.isoformat(), "metadata": metadata},
-                         batch_size=4096, batch_format="numpy")
-        )
-        pipeline_started = time.monotonic()
-        parts = ds.take_all()
-        summary["pipeline_seconds"] = round(time.monotonic() - pipeline_started, 2)
-        manifest = {
-            "run_id": run_id, "model_id": card["model_id"], "created_at": now.isoformat(),
-            "input": cfg.input,
-            IMAGES: [{"path": p["images_path"], "rows": int(p["images_rows"])} for p in parts],
-            TILES: [{"path": p["tiles_path"], "rows": int(p["tiles_rows"])} for p in parts if p["tiles_path"]],
-        }
-        summary["scored"] = sum(m["rows"] for m in manifest[IMAGES])
-        summary["errors"] = sum(int(p["errors"]) for p in parts)
-        manifest["summary"] = summary
-        storage.write_bytes(storage.join(cfg.output, MANIFESTS, f"{run_id}.json"), json.dumps(manifest).encode())
+    # One writer at a time: orphan clean-up and the commit are only safe while no other run writes here.
+    with Lease(cfg.output, owner={"run_id": run_id, "model_id": card["model_id"]}, seconds=cfg.lease_seconds) as lease:
+        manifests = committed_manifests(cfg.output)
+        removed = remove_orphans(cfg.output, manifests)
+        done = already_scored(cfg.output, card["model_id"], manifests)
+        # A manifest row without a version counts as scored once its URI was scored at any version.
+        done_uris = {u for u, _ in done}
+        todo = [(u, v) for u, v in dict.fromkeys(inputs) if (u, v) not in done and not (v == "" and u in done_uris)]
+        summary = {"run_id": run_id, "model_id": card["model_id"], "listed": len(inputs),
+                   "skipped": len(inputs) - len(todo), "scored": 0, "errors": 0, "orphans_removed": removed,
+                   "output": cfg.output}
+        if todo:
+            pipeline_started = time.monotonic()
+            parts = _score_pipeline(cfg, card, todo, run_id, now).take_all()
+            summary["pipeline_seconds"] = round(time.monotonic() - pipeline_started, 2)
+            manifest = {
+                "run_id": run_id, "model_id": card["model_id"], "created_at": now.isoformat(), "input": cfg.input,
+                IMAGES: [{"path": p["images_path"], "rows": int(p["images_rows"])} for p in parts],
+                TILES: [{"path": p["tiles_path"], "rows": int(p["tiles_rows"])} for p in parts if p["tiles_path"]],
+            }
+            summary["scored"] = sum(m["rows"] for m in manifest[IMAGES])
+            summary["errors"] = sum(int(p["errors"]) for p in parts)
+            manifest["summary"] = summary
+            lease.check()  # a run whose lease was taken over must not commit
+            storage.write_bytes(storage.join(cfg.output, MANIFESTS, f"{run_id}.json"), json.dumps(manifest).encode())
     summary["seconds"] = round(time.monotonic() - started, 2)
     summary["images_per_second"] = round(summary["scored"] / summary["seconds"], 2) if summary["seconds"] else 0.0
     return summary
+
+
+def _score_pipeline(cfg: ScoreConfig, card: dict, todo: list[tuple[str, str]], run_id: str, now: datetime):
+    """The Ray Data pipeline: read and tile (CPU tasks) -> model (actor pool) -> Parquet parts (CPU tasks)."""
+    import ray
+    import ray.data
+
+    from cracknet.model import preprocessing_of
+    from cracknet.train import ensure_ray
+
+    spec = dataclasses.replace(preprocessing_of(card), max_pixels=cfg.max_pixels)
+    tile = cfg.tile_size or int(card["preprocessing"].get("source_size") or 227)
+    ensure_ray(cfg.ray_address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actors = cfg.num_actors or max(1, gpus)
+    # An autoscaling cluster may have no GPU worker up yet: --use-gpu asks for them anyway.
+    gpus = max(gpus, 1 if cfg.use_gpu else 0)
+    threads = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
+    metadata = {"model_id": card["model_id"], "model": card["folder"], "threshold": card["threshold"],
+                "preprocessing": card["preprocessing"], "tile_size": tile, "tile_overlap": cfg.tile_overlap,
+                "fp32": cfg.fp32, "run_id": run_id}
+    return (
+        ray.data.from_items([{"image_uri": u, "version": v} for u, v in todo])
+        .map_batches(read_and_tile, fn_kwargs={"spec": spec, "tile": tile, "overlap": cfg.tile_overlap},
+                     batch_size=cfg.read_batch_size, batch_format="numpy")
+        .map_batches(CrackPredictor, fn_constructor_kwargs={"model_uri": card["folder"], "batch_size": cfg.batch_size,
+                                                           "threads": threads, "fp32": cfg.fp32},
+                     compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
+                     num_cpus=0 if gpus else 1, batch_size=cfg.batch_size, batch_format="numpy")
+        .map_batches(write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id, "run_date": now.date().isoformat(),
+                                             "model_id": card["model_id"], "threshold": float(card["threshold"]),
+                                             "scored_at": now.isoformat(), "metadata": metadata},
+                     batch_size=cfg.rows_per_part, batch_format="numpy")
+    )

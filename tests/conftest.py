@@ -156,3 +156,13 @@ def model_card(image_size: int = 32, source_size: int = 96, threshold: float = 0
     return {"preprocessing": {"image_size": image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                               "source_size": source_size},
             "threshold": threshold}
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory) -> Path:
+    """A randomly initialised ResNet50 artifact (32 px input) for scoring tests."""
+    from cracknet.model import build_model, save_artifact
+
+    folder = tmp_path_factory.mktemp("random-model") / "model"
+    save_artifact(str(folder), build_model().state_dict(), model_card())
+    return folder

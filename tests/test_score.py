@@ -12,13 +12,12 @@ from PIL import Image
 from cracknet import storage
 from cracknet.cli import main as cli_main
 from cracknet.config import ScoreConfig
-from cracknet.model import build_model, save_artifact
 from cracknet.query import run_query
 from cracknet.score import run_scoring
 from cracknet.synthetic import concrete, draw_crack, image_bytes
 from cracknet.transforms import tile_boxes
 
-from conftest import BUCKET, model_card, png_with_declared_size
+from conftest import BUCKET, png_with_declared_size
 
 pytestmark = pytest.mark.ray
 
@@ -27,10 +26,8 @@ BAD = {"empty.jpg": "empty", "truncated.jpg": "unreadable", "notes.png": "not a 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "model"
-    save_artifact(str(folder), build_model().state_dict(), model_card())
-    return folder
+def model_dir(random_model):
+    return random_model
 
 
 def encode(img, fmt, **kw):

@@ -1,0 +1,189 @@
+"""One writer at a time under an output location: a lease held by the scoring driver.
+
+    with Lease(output, owner={"run_id": run_id}, seconds=300):
+        ...           # delete orphans, write parts, commit the manifest
+
+On S3 the lease is the object ``<output>/_lease.json``, created with a
+conditional write (``If-None-Match: *``), renewed every ``seconds / 4`` with
+``If-Match`` on its own ETag, and deleted when the run ends. A lease that was
+not renewed for ``seconds`` belongs to a run that died; the next run takes it
+over with ``If-Match`` on the stale ETag, so of two runs taking over at once
+exactly one wins. A run whose lease was taken over learns it at its next
+renewal and must not commit. AWS S3, MinIO and moto support these conditions.
+
+On local disk the lease is an exclusive ``flock`` on ``<output>/_lease``: the
+kernel releases it when the process dies, so it can never go stale.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+
+from cracknet import storage
+from cracknet.errors import CracknetError
+
+LEASE_FILE = "_lease.json"
+LOCAL_LEASE_FILE = "_lease"
+
+
+class LeaseLost(CracknetError):
+    pass
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _stamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class Lease:
+    def __init__(self, output: str, owner: dict, seconds: float = 300.0):
+        if seconds <= 0:
+            raise CracknetError(f"The lease length must be positive, got {seconds}.")
+        self.output, self.seconds = output, float(seconds)
+        self.owner = {**owner, "host": socket.gethostname(), "pid": os.getpid(), "acquired_at": _now()}
+        self._etag: str | None = None
+        self._file = None
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- public -----------------------------------------------------------------------------------
+    def acquire(self) -> "Lease":
+        if storage.is_s3(self.output):
+            self._acquire_s3()
+            self._thread = threading.Thread(target=self._renew_forever, name="cracknet-lease", daemon=True)
+            self._thread.start()
+        else:
+            self._acquire_local()
+        return self
+
+    def check(self) -> None:
+        """Raise LeaseLost unless this run still holds the lease (renewing it once more on S3)."""
+        if storage.is_s3(self.output):
+            self._renew()
+        if self._lost:
+            raise LeaseLost(self._lost)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+        if storage.is_s3(self.output):
+            if self._etag and not self._lost:
+                bucket, key = self._key()
+                try:
+                    storage.s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=self._etag)
+                except Exception:  # noqa: BLE001 - an unreleased lease only expires later
+                    pass
+        elif self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "Lease":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    # -- S3 ---------------------------------------------------------------------------------------
+    def _key(self) -> tuple[str, str]:
+        return storage.split_s3(storage.join(self.output, LEASE_FILE))
+
+    def _body(self) -> bytes:
+        return json.dumps({**self.owner, "renewed_at": _now(), "seconds": self.seconds}).encode()
+
+    def _put(self, **condition) -> str:
+        bucket, key = self._key()
+        return storage.s3_client().put_object(Bucket=bucket, Key=key, Body=self._body(),
+                                              ContentType="application/json", **condition)["ETag"]
+
+    def _acquire_s3(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._etag = self._put(IfNoneMatch="*")
+            return
+        except ClientError as exc:
+            if not _is_conflict(exc):
+                raise CracknetError(f"Cannot take the lease on {self.output}: {storage._reason(exc)}") from None
+        bucket, key = self._key()
+        try:
+            current = storage.s3_client().get_object(Bucket=bucket, Key=key)
+            holder, etag = json.loads(current["Body"].read()), current["ETag"]
+        except ClientError:
+            holder, etag = None, None  # released meanwhile: try once more below
+        if holder is not None and _now() - float(holder.get("renewed_at", 0)) < float(holder.get("seconds", 0)):
+            raise CracknetError(_busy_message(self.output, holder))
+        try:
+            self._etag = self._put(IfMatch=etag) if etag else self._put(IfNoneMatch="*")
+        except ClientError as exc:
+            if _is_conflict(exc):
+                raise CracknetError(f"Another scoring run took the lease on {self.output} at the same moment; "
+                                    "only one run may write there at a time.") from None
+            raise CracknetError(f"Cannot take the lease on {self.output}: {storage._reason(exc)}") from None
+
+    def _renew(self) -> None:
+        from botocore.exceptions import ClientError
+
+        with self._lock:
+            if self._lost or self._etag is None:
+                return
+            try:
+                self._etag = self._put(IfMatch=self._etag)
+            except ClientError as exc:
+                if _is_conflict(exc) or exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    self._lost = (f"This run's lease on {self.output} was taken over by another run (it was not "
+                                  f"renewed within {self.seconds:.0f} s); its results are not committed.")
+            except Exception:  # noqa: BLE001 - a missed renewal is retried; expiry is what counts
+                pass
+
+    def _renew_forever(self) -> None:
+        while not self._stop.wait(self.seconds / 4):
+            self._renew()
+
+    # -- local ------------------------------------------------------------------------------------
+    def _acquire_local(self) -> None:
+        path = os.path.join(os.path.abspath(self.output), LOCAL_LEASE_FILE)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read() or "{}")
+            except json.JSONDecodeError:
+                holder = {}
+            handle.close()
+            raise CracknetError(_busy_message(self.output, holder)) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({**self.owner, "renewed_at": _now()}))
+        handle.flush()
+        self._file = handle
+
+
+def _is_conflict(exc) -> bool:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status in (409, 412) or error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict")
+
+
+def _busy_message(output: str, holder: dict) -> str:
+    who = f"run {holder.get('run_id', '?')} on {holder.get('host', '?')} (pid {holder.get('pid', '?')})"
+    since = f", started {_stamp(float(holder['acquired_at']))}" if holder.get("acquired_at") else ""
+    expiry = ""
+    if holder.get("seconds"):
+        expiry = (f"; if it died, its lease expires {_stamp(float(holder['renewed_at']) + float(holder['seconds']))}")
+    return f"Another scoring run is writing to {output}: {who}{since}. Wait for it to finish{expiry}."
