@@ -76,7 +76,24 @@ def _optimizer(module: torch.nn.Module, cfg: TrainConfig, stage: str) -> torch.o
 
 def _load_state(checkpoint) -> dict:
     with checkpoint.as_directory() as folder:
-        return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+        return read_checkpoint_state(os.path.join(folder, STATE_FILE))
+
+
+def read_checkpoint_state(path: str) -> dict:
+    """A training checkpoint's state (tensors, numbers, lists), never unpickling other objects."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CracknetError(f"Refusing to resume from {path}: it holds Python objects other than tensors and "
+                            "numbers, and loading them could run code.") from None
+    except Exception as exc:
+        raise CracknetError(f"The checkpoint {path} is damaged ({type(exc).__name__}); "
+                            "pass --overwrite to start afresh.") from None
+    if not isinstance(state, dict) or not {"model", "epoch"} <= set(state):
+        raise CracknetError(f"{path} is not a cracknet training checkpoint.")
+    return state
 
 
 def train_loop_per_worker(config: dict) -> dict | None:

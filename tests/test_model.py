@@ -10,9 +10,11 @@ import torchvision
 
 from cracknet import storage
 from cracknet.errors import CracknetError
-from conftest import model_card
 from cracknet.model import (build_model, load_artifact, load_starting_weights, model_folder, read_card,
                             save_artifact)
+from cracknet.train import read_checkpoint_state
+
+from conftest import model_card
 
 
 def test_model_gives_one_logit_per_image():
@@ -132,3 +134,35 @@ def test_weights_without_a_card_are_not_a_model(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({"architecture": "vit"}))
     with pytest.raises(CracknetError, match="'vit' model"):
         read_card(str(tmp_path))
+
+
+def test_a_pickled_checkpoint_is_refused_without_running(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "state.pt"
+    torch.save({"model": build_model().state_dict(), "epoch": 1, "extra": Payload(str(marker))}, path)
+    with pytest.raises(CracknetError, match="Refusing to resume from .* could run code"):
+        read_checkpoint_state(str(path))
+    assert not marker.exists()
+    path.write_bytes(path.read_bytes()[:4000])
+    with pytest.raises(CracknetError, match="is damaged"):
+        read_checkpoint_state(str(path))
+    torch.save({"weights": torch.zeros(1)}, path)
+    with pytest.raises(CracknetError, match="not a cracknet training checkpoint"):
+        read_checkpoint_state(str(path))
+
+
+def test_a_model_artifact_whose_weights_hide_a_payload_is_refused(tmp_path):
+    """Even with a card whose hash matches (someone rewrote both), the payload never runs."""
+    import hashlib
+
+    marker = tmp_path / "payload-ran"
+    folder = tmp_path / "model"
+    save_artifact(str(folder), build_model().state_dict(), model_card())
+    evil = folder / "weights.pt"
+    torch.save({**build_model().state_dict(), "x": Payload(str(marker))}, evil)
+    card = json.loads((folder / "model.json").read_text())
+    card["weights_sha256"] = hashlib.sha256(evil.read_bytes()).hexdigest()
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(CracknetError, match="Refusing to load"):
+        load_artifact(str(folder))
+    assert not marker.exists()
