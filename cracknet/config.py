@@ -76,6 +76,8 @@ class ScoreConfig:
     model: str = field(metadata={"help": "the model/ folder, or the training output above it"})
     input: str = field(metadata={"help": "images: a folder, s3://bucket/prefix, or a Parquet/CSV manifest of URIs"})
     output: str = field(metadata={"help": "results folder or s3:// prefix (images/, tiles/, _manifests/)"})
+    input_prefix: Optional[str] = _opt(None, "images must lie under this location (default: the input folder, or "
+                                             "a manifest's bucket on S3 / its folder on local disk)")
     batch_size: int = _opt(64, "images (or tiles) per model call")
     num_actors: int = _opt(0, "model actors (default: one per GPU, or one on a CPU-only cluster)")
     use_gpu: bool = _opt(False, "one GPU per model actor even before GPU workers are up (autoscaling clusters); "

@@ -70,11 +70,27 @@ TILES_SCHEMA = pa.schema([
 # Inputs and what was already scored
 
 
+def is_manifest(uri: str) -> bool:
+    return uri.lower().endswith(MANIFEST_SUFFIXES) and storage.exists(uri)
+
+
 def list_inputs(uri: str) -> list[tuple[str, str]]:
     """(image URI, version) for a folder/prefix, or for a Parquet/CSV manifest of URIs."""
-    if uri.lower().endswith(MANIFEST_SUFFIXES) and storage.exists(uri):
+    if is_manifest(uri):
         return _read_manifest_input(uri)
     return [(u, v) for u, v in storage.list_versions(uri) if is_image_name(u)]
+
+
+def input_root(cfg: ScoreConfig) -> str:
+    """Where input images may come from: --input-prefix, else the input folder, or for a manifest its
+    bucket (S3) or its folder (local disk). Images named outside it become error rows, unread."""
+    if cfg.input_prefix:
+        return cfg.input_prefix
+    if not is_manifest(cfg.input):
+        return cfg.input
+    if storage.is_s3(cfg.input):
+        return storage.S3_PREFIX + storage.split_s3(cfg.input)[0]
+    return os.path.dirname(os.path.abspath(cfg.input))
 
 
 def _read_manifest_input(uri: str) -> list[tuple[str, str]]:
@@ -151,8 +167,11 @@ def remove_orphans(output: str, manifests: list[dict]) -> int:
 # Per-batch functions and the predictor (module level: Ray ships them to workers)
 
 
-def read_and_tile(batch: dict, spec: Preprocessing, tile: int, overlap: float) -> dict:
-    """image_uri, version -> decoded tiles per image, or an error; never raises for a bad image."""
+def read_and_tile(batch: dict, spec: Preprocessing, tile: int, overlap: float, root: str) -> dict:
+    """image_uri, version -> decoded tiles per image, or an error; never raises for a bad image.
+
+    Only images under ``root`` are read: a manifest cannot make the job read elsewhere.
+    """
     size = spec.image_size
     out = {k: [] for k in ("image_uri", "version", "width", "height", "tiles", "boxes", "error")}
     for uri, listed_version in zip(batch["image_uri"], batch["version"]):
@@ -161,6 +180,9 @@ def read_and_tile(batch: dict, spec: Preprocessing, tile: int, overlap: float) -
         boxes = np.zeros((0, 4), dtype=np.int32)
         error, version = "", listed_version  # "" keeps the column a string column in every block
         try:
+            if not storage.within(uri, root):
+                raise CracknetError(f"{uri} lies outside the input location {root}, so it was not read "
+                                    "(--input-prefix widens the location).")
             data, version = storage.read_versioned(uri)
             width, height, tiles, boxes = decode_tiles(data, spec, tile, overlap)
         except (ImageError, CracknetError) as exc:
@@ -383,7 +405,8 @@ def _score_pipeline(cfg: ScoreConfig, card: dict, todo: list[tuple[str, str]], r
                 "fp32": cfg.fp32, "run_id": run_id}
     return (
         ray.data.from_items([{"image_uri": u, "version": v} for u, v in todo])
-        .map_batches(read_and_tile, fn_kwargs={"spec": spec, "tile": tile, "overlap": cfg.tile_overlap},
+        .map_batches(read_and_tile, fn_kwargs={"spec": spec, "tile": tile, "overlap": cfg.tile_overlap,
+                                               "root": input_root(cfg)},
                      batch_size=cfg.read_batch_size, batch_format="numpy")
         .map_batches(CrackPredictor, fn_constructor_kwargs={"model_uri": card["folder"], "batch_size": cfg.batch_size,
                                                            "threads": threads, "fp32": cfg.fp32},

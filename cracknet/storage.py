@@ -104,6 +104,21 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *parts)
 
 
+def within(uri: str, root: str) -> bool:
+    """Whether ``uri`` lies under ``root`` once ``.``/``..`` segments (and, locally, symlinks) are resolved."""
+    if is_s3(uri) != is_s3(root):
+        return False
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        root_bucket, root_key = split_s3(root)
+        key = posixpath.normpath("/" + key).lstrip("/")
+        root_key = posixpath.normpath("/" + root_key).strip("/")
+        return bucket == root_bucket and (not root_key or key.startswith(root_key + "/"))
+    path = os.path.realpath(os.path.expanduser(uri))
+    base = os.path.realpath(os.path.expanduser(root))
+    return path.startswith(base.rstrip(os.sep) + os.sep)
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     reason = text[0] if text else type(exc).__name__
