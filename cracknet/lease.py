@@ -117,12 +117,10 @@ class Lease:
         except ClientError as exc:
             if not _is_conflict(exc):
                 raise CracknetError(f"Cannot take the lease on {self.output}: {storage._reason(exc)}") from None
-        bucket, key = self._key()
-        try:
-            current = storage.s3_client().get_object(Bucket=bucket, Key=key)
-            holder, etag = json.loads(current["Body"].read()), current["ETag"]
-        except ClientError:
-            holder, etag = None, None  # released meanwhile: try once more below
+        holder, etag = self._read()  # None when released meanwhile: try once more below
+        if self._is_mine(holder):  # our own first PUT succeeded, but its response was lost and it was retried
+            self._etag = etag
+            return
         if holder is not None and _now() - float(holder.get("renewed_at", 0)) < float(holder.get("seconds", 0)):
             raise CracknetError(_busy_message(self.output, holder))
         try:
@@ -143,10 +141,25 @@ class Lease:
                 self._etag = self._put(IfMatch=self._etag)
             except ClientError as exc:
                 if _is_conflict(exc) or exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    holder, etag = self._read()
+                    if self._is_mine(holder):  # a retried renewal whose first attempt went through
+                        self._etag = etag
+                        return
                     self._lost = (f"This run's lease on {self.output} was taken over by another run (it was not "
                                   f"renewed within {self.seconds:.0f} s); its results are not committed.")
             except Exception:  # noqa: BLE001 - a missed renewal is retried; expiry is what counts
                 pass
+
+    def _read(self) -> tuple[dict | None, str | None]:
+        bucket, key = self._key()
+        try:
+            current = storage.s3_client().get_object(Bucket=bucket, Key=key)
+            return json.loads(current["Body"].read()), current["ETag"]
+        except Exception:  # noqa: BLE001 - gone or unreadable: not ours
+            return None, None
+
+    def _is_mine(self, holder: dict | None) -> bool:
+        return bool(holder) and all(holder.get(k) == self.owner[k] for k in ("run_id", "host", "pid", "acquired_at"))
 
     def _renew_forever(self) -> None:
         while not self._stop.wait(self.seconds / 4):

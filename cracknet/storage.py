@@ -16,14 +16,16 @@ import functools
 import os
 import posixpath
 import shutil
+import time
 import uuid
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from cracknet.errors import CracknetError
+from cracknet.errors import CracknetError, StorageUnavailable
 
 S3_PREFIX = "s3://"
+BODY_READ_ATTEMPTS = 3
 
 
 def is_s3(uri: str) -> bool:
@@ -160,15 +162,21 @@ def read_bytes(uri: str) -> bytes:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole object; readers never see a partly written one.
 
-    An S3 PUT is atomic. On local disk the bytes go to a temporary file in the
-    same folder first and are renamed into place.
+    On S3 one PUT (atomic, and safe to retry when a response is lost; a
+    multipart upload's completion is not). On local disk the bytes go to a
+    temporary file in the same folder first and are renamed into place.
     """
+    if is_s3(uri):
+        resolve(uri)  # the same checks of the URI as every other call
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        except Exception as exc:  # botocore's ClientError, connection errors after its retries ...
+            error = StorageUnavailable if _transient(exc) else CracknetError
+            raise error(f"Cannot write {uri}: {_reason(exc)}") from None
+        return
     fs, path = resolve(uri)
     try:
-        if is_s3(uri):
-            with fs.open_output_stream(path) as stream:
-                stream.write(data)
-            return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         with open(tmp, "wb") as f:
@@ -254,11 +262,35 @@ def read_versioned(uri: str) -> tuple[bytes, str]:
             raise CracknetError(f"Cannot read {uri}: {_reason(exc)}") from None
         return read_bytes(uri), _local_version(info)
     bucket, key = split_s3(uri)
-    try:
-        response = s3_client().get_object(Bucket=bucket, Key=key)
-        return response["Body"].read(), response["ETag"].strip('"')
-    except Exception as exc:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "404"):
-            raise CracknetError(f"{uri} does not exist.") from None
-        raise CracknetError(f"Cannot read {uri}: {_reason(exc)}") from None
+    last: Exception | None = None
+    for attempt in range(BODY_READ_ATTEMPTS):
+        try:
+            response = s3_client().get_object(Bucket=bucket, Key=key)
+            # botocore retries a request, but not a connection that drops while the body streams.
+            return response["Body"].read(), response["ETag"].strip('"')
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404"):
+                raise CracknetError(f"{uri} does not exist.") from None
+            if not _transient(exc):
+                raise CracknetError(f"Cannot read {uri}: {_reason(exc)}") from None
+            last = exc
+            if getattr(exc, "response", None):
+                break  # an error response after botocore's own retries: retrying again only delays the verdict
+            time.sleep(0.2 * 2 ** attempt)
+    raise StorageUnavailable(f"Cannot read {uri}: the object store kept failing ({_reason(last)}).")
+
+
+def _transient(exc: BaseException) -> bool:
+    """Throttling, server errors, timeouts and dropped connections: worth retrying, not a fact about the data."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = response.get("Error", {}).get("Code", "")
+        return status >= 500 or code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                                         "InternalError", "ServiceUnavailable", "RequestTimeTooSkewed")
+    from botocore.exceptions import NoCredentialsError, ParamValidationError, PartialCredentialsError
+
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError, ParamValidationError)):
+        return False
+    return True  # no HTTP response at all: connection refused, reset or timed out, a body cut short

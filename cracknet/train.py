@@ -17,6 +17,7 @@ Train itself (``--max-failures``), resuming at the right epoch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -77,6 +78,25 @@ def _optimizer(module: torch.nn.Module, cfg: TrainConfig, stage: str) -> torch.o
 def _load_state(checkpoint) -> dict:
     with checkpoint.as_directory() as folder:
         return read_checkpoint_state(os.path.join(folder, STATE_FILE))
+
+
+def upload_checkpoint(checkpoint, dir_name: str, checkpoints: str):
+    """Copy a checkpoint's files to ``<checkpoints>/<run>/<dir_name>/`` with storage's verified writes.
+
+    Ray Train's own copy goes through a pyarrow multipart stream whose failed
+    final part can be reported only when the stream is destroyed, after the
+    checkpoint was registered as saved; a failed write here raises instead, so
+    the worker fails and the run resumes from the last checkpoint that exists.
+    """
+    import ray.train
+
+    destination = storage.join(checkpoints, RUN_NAME, dir_name)
+    with checkpoint.as_directory() as folder:
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name), "rb") as f:
+                storage.write_bytes(storage.join(destination, name), f.read())
+    fs, path = storage.resolve(destination)
+    return ray.train.Checkpoint(path=path, filesystem=fs)
 
 
 def read_checkpoint_state(path: str) -> dict:
@@ -174,7 +194,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
                             "epoch": epoch + 1, "history": history, "restarts": restarts},
                            os.path.join(folder, STATE_FILE))
                 saved = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+            ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"epoch-{epoch + 1:04d}",
+                             checkpoint_upload_fn=functools.partial(
+                                 upload_checkpoint, checkpoints=storage.join(cfg.output, "checkpoints")))
         state = None
 
     if model is None:  # resumed after the last epoch: only the final predictions are left to do

@@ -1,0 +1,99 @@
+"""Object-store faults between the jobs and the S3 endpoint: throttling (503 SlowDown), dropped
+connections before and after the store acted, and delays. Jobs retry and finish with complete,
+exactly-once results; when the faults never stop, a job fails with one clear line and commits nothing."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from cracknet import storage
+from cracknet.query import run_query
+from cracknet.score import IMAGES, committed_manifests
+from cracknet.synthetic import concrete, draw_crack, image_bytes
+
+from conftest import BUCKET, TEST_ACCESS_KEY, TEST_SECRET_KEY
+from faultproxy import FaultProxy, Faults
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+N_IMAGES = 240
+FLAKY = Faults(slow_down=0.08, drop_before=0.04, drop_after=0.04, delay=0.08)
+
+
+@pytest.fixture(scope="module")
+def survey(s3_endpoint):
+    rng = np.random.default_rng(11)
+    client = storage.s3_client()
+    for i in range(N_IMAGES):
+        img = concrete(rng, 32)
+        if i % 2:
+            draw_crack(img, rng)
+        client.put_object(Bucket=BUCKET, Key=f"faults/survey/s{i % 3}/img-{i:04d}.jpg", Body=image_bytes(img))
+    return f"s3://{BUCKET}/faults/survey"
+
+
+def through(proxy) -> dict:
+    return {"AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY}
+
+
+def test_scoring_through_a_flaky_store_finishes_exactly_once(s3_endpoint, survey, random_model, cracknet_cli):
+    results = f"s3://{BUCKET}/faults/results"
+    with FaultProxy(s3_endpoint, FLAKY, seed=1) as proxy:
+        run = cracknet_cli("score", "--model", str(random_model), "--input", survey, "--output", results,
+                           "--rows-per-part", "40", "--lease-seconds", "20", env=through(proxy), timeout=500)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"Scored {N_IMAGES} images (0 errors)" in run.stdout
+    faults = {k: v for k, v in proxy.counts.items() if k != "requests"}
+    assert all(n > 0 for n in faults.values()), proxy.counts  # every kind of fault really happened
+    (row,) = run_query(results, "SELECT count(*) AS n, count(DISTINCT image_uri) AS uris, "
+                                "count(error) AS errors FROM images").to_pylist()
+    assert row == {"n": N_IMAGES, "uris": N_IMAGES, "errors": 0}
+    assert not storage.exists(f"{results}/_lease.json")
+
+
+def test_training_checkpoints_through_a_flaky_store(s3_endpoint, synthetic_tree, cracknet_cli):
+    data, run_uri = f"s3://{BUCKET}/faults/train-data", f"s3://{BUCKET}/faults/run"
+    for path in synthetic_tree.rglob("*.jpg"):
+        storage.write_bytes(f"{data}/{path.relative_to(synthetic_tree).as_posix()}", path.read_bytes())
+    with FaultProxy(s3_endpoint, FLAKY, seed=2) as proxy:
+        run = cracknet_cli("train", "--data", data, "--output", run_uri, "--epochs", "2", "--image-size", "32",
+                           "--batch-size", "8", "--num-workers", "1", "--weights", "none", env=through(proxy),
+                           timeout=500)
+    assert run.returncode == 0, [line for line in run.stderr.splitlines() if "rror" in line][-15:]
+    assert proxy.counts["slow_down"] and proxy.counts["drop_before"] and proxy.counts["drop_after"], proxy.counts
+    card = json.loads(storage.read_bytes(f"{run_uri}/model/model.json"))
+    assert card["training"]["epochs_completed"] == 2
+    assert any(u.endswith("state.pt") for u in storage.list_files(f"{run_uri}/checkpoints"))
+
+
+def test_faults_that_never_stop_fail_the_run_with_one_line_and_commit_nothing(s3_endpoint, survey, random_model,
+                                                                              cracknet_cli):
+    results = f"s3://{BUCKET}/faults/outage"
+    with FaultProxy(s3_endpoint, Faults(), seed=3) as proxy:
+        import threading
+
+        def outage_once_parts_appear():
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if storage.exists(f"{results}/{IMAGES}"):  # straight to the store, not through the proxy
+                    proxy.faults = Faults(slow_down=1.0)
+                    return
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=outage_once_parts_appear, daemon=True)
+        watcher.start()
+        started = time.monotonic()
+        run = cracknet_cli("score", "--model", str(random_model), "--input", survey, "--output", results,
+                           "--rows-per-part", "20", env=through(proxy), timeout=500)
+        watcher.join(timeout=1)
+    assert proxy.faults.slow_down == 1.0, "the outage never began"
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert lines[-1].startswith("cracknet: error: Scoring stopped and nothing from run "), lines[-5:]
+    assert "SlowDown" in lines[-1] or "503" in lines[-1] or "kept failing" in lines[-1]
+    assert time.monotonic() - started < 400
+    assert committed_manifests(results) == []
+    assert run_query(results, "SELECT count(*) AS n FROM images").to_pylist() == [{"n": 0}]
