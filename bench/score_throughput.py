@@ -112,7 +112,7 @@ def tree_pss_kib(root: int) -> int:
     return total
 
 
-def score_process(model_dir: str, inputs: Path, output: Path) -> tuple[float, float, int]:
+def score_process(model_dir: str, inputs, output, *extra: str) -> tuple[float, float, int]:
     """Run `cracknet score` in its own process (with its own local Ray).
 
     Returns images/s over the whole command (Python and Ray start-up included),
@@ -120,7 +120,7 @@ def score_process(model_dir: str, inputs: Path, output: Path) -> tuple[float, fl
     """
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "cracknet.cli", "score", "--model", model_dir,
-                             "--input", str(inputs), "--output", str(output)],
+                             "--input", str(inputs), "--output", str(output), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "RAY_ADDRESS": ""})
     peak = 0

@@ -21,17 +21,26 @@ from cracknet.errors import CracknetError
 from cracknet.metrics import json_safe
 
 DEV_DATA = os.path.join("..", "shared", "data", "metu-dev")
-METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc")
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
 
 
 def _format_metrics(metrics: dict) -> str:
-    parts = [f"{name} {metrics[name]:.4f}" for name in METRIC_NAMES]
+    intervals = metrics.get("intervals_95", {})
+    parts = []
+    for name in METRIC_NAMES:
+        if name in metrics and metrics[name] is not None:
+            low, high = intervals.get(name, (None, None))
+            parts.append(f"{name} {metrics[name]:.4f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else ""))
     return ", ".join(parts) + f" (threshold {metrics['threshold']:.3f}, n={metrics['n']})"
 
 
 def _print_training(card: dict) -> None:
     # Start on a fresh line: Ray's progress bars may have left the cursor mid-line.
-    print(f"\nTest metrics: {_format_metrics(card['metrics']['test'])}")
+    point = card["operating_point"]
+    print(f"\nThreshold {card['threshold']:.3f}: recall >= {point['target_recall']} on validation "
+          f"(precision {point['val_precision']:.3f} there, {point['val_precision_at_0.5']:.3f} at 0.5)")
+    print(f"Test metrics: {_format_metrics(card['metrics']['test'])}")
+    print(f"Test at 0.5:  {_format_metrics(card['metrics']['test_at_0.5'])}")
     print(f"Model artifact: {card['folder']} (model_id {card['model_id']})")
 
 
@@ -44,10 +53,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from cracknet.evaluate import evaluate
 
-    report = evaluate(args.model, args.data, args.batch_size)
+    report = evaluate(args.model, args.data, args.batch_size, args.target_recall)
     print(f"{report['images']} images under {report['data']}, {len(report['unreadable'])} unreadable.")
     print(f"Metrics: {_format_metrics(report['metrics'])}")
     print(f"At 0.5:  {_format_metrics(report['metrics_at_0.5'])}")
+    if "for_target_recall" in report:
+        chosen = report["for_target_recall"]
+        print(f"For recall >= {chosen['target_recall']} on this data: {_format_metrics(chosen['metrics'])}")
     if args.json:
         storage.write_bytes(args.json, json.dumps(json_safe(report), indent=2, allow_nan=False).encode())
         print(f"Wrote {args.json}")
@@ -99,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="labelled tree: local path or s3://bucket/prefix")
     evaluate.add_argument("--json", help="also write the metrics as JSON here (path or s3://)")
     evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--target-recall", type=float,
+                          help="also report the threshold that keeps this recall on this data, and its precision")
     evaluate.set_defaults(run=cmd_evaluate)
 
     score = sub.add_parser("score", help="score images from storage with Ray Data and commit Parquet results")

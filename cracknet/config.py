@@ -39,6 +39,8 @@ class TrainConfig:
     warmup_epochs: float = _opt(0.5, "linear warm-up length at the start of each stage, in epochs")
     val_fraction: float = _opt(0.15, "share of images (by content hash) held out for validation")
     test_fraction: float = _opt(0.15, "share of images (by content hash) held out for the final test")
+    target_recall: float = _opt(0.98, "the decision threshold is the highest one that keeps at least this recall "
+                                      "on the validation split (a missed crack costs more than a false alarm)")
     max_bad_fraction: float = _opt(0.01, "fail when more than this share of the images cannot be decoded")
     max_failures: int = _opt(3, "worker failures to recover from (resuming from the last checkpoint)")
     seed: int = _opt(0, "random seed for initialisation, shuffling and augmentation")
@@ -54,6 +56,7 @@ class TrainConfig:
             (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 0.9,
              "--val-fraction and --test-fraction must be positive and leave at least 10% for training."),
             (0.0 <= self.max_bad_fraction < 1.0, f"--max-bad-fraction must be in [0, 1), got {self.max_bad_fraction}."),
+            (0.0 < self.target_recall <= 1.0, f"--target-recall must be in (0, 1], got {self.target_recall}."),
             (self.max_failures >= 0, f"--max-failures must not be negative, got {self.max_failures}."),
         ]
         for ok, message in checks:

@@ -17,7 +17,7 @@ import torch
 from cracknet import storage
 from cracknet.data import LabelledImage, discover
 from cracknet.engine import Precision, predict
-from cracknet.metrics import binary_metrics
+from cracknet.metrics import binary_metrics, evaluation, threshold_for_recall
 from cracknet.model import load_artifact, preprocessing_of
 from cracknet.transforms import ImageError, Preprocessing, decode
 
@@ -50,7 +50,11 @@ def decoded_batches(images: list[LabelledImage], spec: Preprocessing, batch_size
                 }
 
 
-def evaluate(model_uri: str, data_uri: str, batch_size: int = 64) -> dict:
+def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall: float | None = None) -> dict:
+    """Metrics of a model on a labelled tree at its own threshold and at 0.5, with bootstrap intervals.
+
+    With ``target_recall``, also the threshold this data would choose for that recall, and its precision.
+    """
     model, card = load_artifact(model_uri)
     spec = preprocessing_of(card)
     images = discover(data_uri, require_both_classes=False)  # e.g. a folder of known cracks
@@ -59,13 +63,18 @@ def evaluate(model_uri: str, data_uri: str, batch_size: int = 64) -> dict:
     model.to(device)
     probs, labels, _ = predict(model, decoded_batches(images, spec, batch_size, unreadable), spec, device,
                                Precision.for_device(device))
-    return {
+    report = {
         "model": card["folder"],
         "model_id": card["model_id"],
         "data": data_uri,
         "images": len(images),
         "threshold": card["threshold"],
-        "metrics": binary_metrics(probs, labels, card["threshold"]),
+        "metrics": evaluation(probs, labels, card["threshold"]),
         "metrics_at_0.5": binary_metrics(probs, labels, 0.5),
         "unreadable": [{"uri": uri, "error": err} for uri, err in unreadable],
     }
+    if target_recall is not None:
+        threshold = threshold_for_recall(probs, labels, target_recall)
+        report["for_target_recall"] = {"target_recall": target_recall, "threshold": threshold,
+                                       "metrics": binary_metrics(probs, labels, threshold)}
+    return report

@@ -49,27 +49,72 @@ def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5
     }
 
 
-def choose_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The threshold with the best F1 on these scores; among equals, the one nearest 0.5.
+def evaluation(probs: np.ndarray, labels: np.ndarray, threshold: float, seed: int = 0) -> dict:
+    """Metrics at ``threshold`` and at 0.5, average precision, and bootstrap intervals at ``threshold``."""
+    metrics = binary_metrics(probs, labels, threshold)
+    metrics["average_precision"] = average_precision(probs, labels)
+    metrics["intervals_95"] = bootstrap_intervals(probs, labels, threshold, seed=seed)
+    return metrics
 
-    Candidates are 0.5 and the midpoints between neighbouring distinct scores,
-    so the chosen cut never sits on a score itself.
+
+def threshold_for_recall(probs: np.ndarray, labels: np.ndarray, target: float) -> float:
+    """The highest threshold whose recall on these scores is at least ``target``.
+
+    Missing a crack costs more than a false alarm, so the operating point is
+    chosen for recall on purpose; the highest such threshold gives the best
+    precision that recall allows. Candidates are the midpoints between
+    neighbouring distinct scores (and one below the lowest score), so the cut
+    never sits on a score itself.
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
-    distinct = np.unique(probs)
-    candidates = np.concatenate([[0.5], (distinct[:-1] + distinct[1:]) / 2.0])
-    order = np.argsort(probs, kind="mergesort")
-    sorted_probs = probs[order]
-    positives_below = np.concatenate([[0], np.cumsum(labels[order])])  # positives among the i lowest
-    below = np.searchsorted(sorted_probs, candidates, side="left")  # scores under each threshold
-    tp = labels.sum() - positives_below[below]
-    fp = (len(probs) - below) - tp
-    fn = labels.sum() - tp
-    denominator = 2 * tp + fp + fn
-    f1 = np.divide(2.0 * tp, denominator, out=np.zeros(len(candidates)), where=denominator > 0)
-    best = np.lexsort((np.abs(candidates - 0.5), -f1))[0]  # highest F1, then nearest 0.5
-    return float(candidates[best])
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target recall must be in (0, 1], got {target}")
+    positives = np.sort(probs[labels])[::-1]
+    if len(positives) == 0:
+        return 0.5
+    needed = int(np.ceil(target * len(positives) - 1e-9))  # positives that must score at or above the cut
+    lowest_kept = positives[needed - 1]
+    below = probs[probs < lowest_kept]
+    # Midway between the lowest kept positive and the next lower score of any class.
+    return float((lowest_kept + below.max()) / 2.0) if len(below) else float(lowest_kept / 2.0)
+
+
+def average_precision(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the precision-recall curve as a step function (precision at each positive, averaged)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    if not labels.any():
+        return float("nan")
+    order = np.argsort(-probs, kind="mergesort")
+    sorted_probs, sorted_labels = probs[order], labels[order]
+    # Treat tied scores as one step: evaluate at the last index of each run of equal scores.
+    last = np.r_[np.nonzero(np.diff(sorted_probs))[0], len(probs) - 1]
+    tp = np.cumsum(sorted_labels)[last]
+    precision = tp / (last + 1)
+    recall = tp / labels.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def bootstrap_intervals(probs: np.ndarray, labels: np.ndarray, threshold: float, n: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals (images resampled with replacement) for the headline metrics."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    rng = np.random.default_rng(seed)
+    names = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
+    samples = {k: [] for k in names}
+    for _ in range(n):
+        pick = rng.integers(0, len(probs), len(probs))
+        p, y = probs[pick], labels[pick]
+        m = binary_metrics(p, y, threshold)
+        m["average_precision"] = average_precision(p, y)
+        for k in names:
+            samples[k].append(m[k])
+    tail = (1.0 - level) / 2.0 * 100.0
+    return {k: [float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100.0 - tail))]
+            if np.isfinite(v).any() else [float("nan"), float("nan")]
+            for k, v in ((k, np.asarray(v, dtype=np.float64)) for k, v in samples.items())}
 
 
 def json_safe(value):

@@ -23,7 +23,6 @@ import dataclasses
 import io
 import json
 import os
-import re
 import time
 import uuid
 from datetime import datetime, timezone
@@ -33,7 +32,7 @@ import pyarrow as pa
 from cracknet import storage
 from cracknet.config import ScoreConfig
 from cracknet.data import is_image_name
-from cracknet.errors import CracknetError, StorageUnavailable
+from cracknet.errors import CracknetError, StorageUnavailable, root_cause
 from cracknet.lease import Lease
 from cracknet.transforms import ImageError, Preprocessing, decode_tiles
 
@@ -374,7 +373,7 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
                 parts = _score_pipeline(cfg, card, todo, run_id, now).take_all()
             except Exception as exc:
                 raise CracknetError(f"Scoring stopped and nothing from run {run_id} was committed: "
-                                    f"{_root_cause(exc)} Rerun to finish; what was committed before is kept.") from None
+                                    f"{root_cause(exc)} Rerun to finish; what was committed before is kept.") from None
             summary["pipeline_seconds"] = round(time.monotonic() - pipeline_started, 2)
             manifest = {
                 "run_id": run_id, "model_id": card["model_id"], "created_at": now.isoformat(), "input": cfg.input,
@@ -389,21 +388,6 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     summary["seconds"] = round(time.monotonic() - started, 2)
     summary["images_per_second"] = round(summary["scored"] / summary["seconds"], 2) if summary["seconds"] else 0.0
     return summary
-
-
-def _root_cause(exc: BaseException) -> str:
-    """Ray hands a task's exception back as text inside its own: find cracknet's sentence in it."""
-    texts, seen = [], set()
-    while isinstance(exc, BaseException) and id(exc) not in seen:
-        seen.add(id(exc))
-        texts.append(str(exc))
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    for text in texts:
-        found = re.search(r"cracknet\.errors\.\w+: (.+)", text)
-        if found:
-            return found.group(1).strip()
-    lines = [line.strip() for text in texts for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "an unknown error"
 
 
 def _score_pipeline(cfg: ScoreConfig, card: dict, todo: list[tuple[str, str]], run_id: str, now: datetime):

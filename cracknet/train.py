@@ -35,8 +35,8 @@ from cracknet.config import TrainConfig
 from cracknet.data import CLASS_NAMES, discover
 from cracknet.datasets import load_labelled, split_datasets
 from cracknet.engine import Precision, log_loss, lr_at, predict, train_one_epoch
-from cracknet.errors import CracknetError
-from cracknet.metrics import binary_metrics, choose_threshold
+from cracknet.errors import CracknetError, root_cause
+from cracknet.metrics import binary_metrics, evaluation, threshold_for_recall
 from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_starting_weights,
                             save_artifact, set_backbone_trainable)
 from cracknet.transforms import Preprocessing
@@ -314,14 +314,15 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     try:
         result = trainer.fit()
     except Exception as exc:
-        raise CracknetError(f"Training failed: {_root_cause(exc)}") from None
+        raise CracknetError(f"Training failed: {root_cause(exc)}") from None
     if result.error is not None:
-        raise CracknetError(f"Training failed: {_root_cause(result.error)}")
+        raise CracknetError(f"Training failed: {root_cause(result.error)}")
     out = result.return_value
     state = _load_state(result.checkpoint)
 
     (val_probs, val_labels), (test_probs, test_labels) = out["val"], out["test"]
-    threshold = choose_threshold(val_probs, val_labels)
+    threshold = threshold_for_recall(val_probs, val_labels, cfg.target_recall)
+    at_threshold = binary_metrics(val_probs, val_labels, threshold)
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("overwrite", "ray_address")}
     card = {
         "format_version": 1,
@@ -331,11 +332,14 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                           "resize": "bilinear, whole image to a square",
                           "colour": "RGB, EXIF orientation applied"},
         "threshold": threshold,
-        "threshold_rule": "highest F1 on the validation split",
+        "threshold_rule": f"highest threshold with recall >= {cfg.target_recall} on the validation split",
+        "operating_point": {"target_recall": cfg.target_recall, "val_recall": at_threshold["recall"],
+                            "val_precision": at_threshold["precision"],
+                            "val_precision_at_0.5": binary_metrics(val_probs, val_labels, 0.5)["precision"]},
         "metrics": {
-            "test": binary_metrics(test_probs, test_labels, threshold),
+            "test": evaluation(test_probs, test_labels, threshold, seed=cfg.seed),
             "test_at_0.5": binary_metrics(test_probs, test_labels, 0.5),
-            "val": binary_metrics(val_probs, val_labels, threshold),
+            "val": at_threshold,
         },
         "data": {"uri": cfg.data, **plan.summary()},
         "training": {**settings, "epochs_completed": state["epoch"], "restarts": out["restarts"],
@@ -347,13 +351,3 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     card = save_artifact(model_dir, state["model"], card)
     return {**card, "folder": model_dir}
 
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost error's first line: what the user needs, not Ray's wrapping."""
-    for _ in range(10):
-        inner = exc.__cause__ or getattr(exc, "cause", None)
-        if not isinstance(inner, BaseException) or inner is exc:
-            break
-        exc = inner
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}".strip()

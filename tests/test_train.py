@@ -68,14 +68,23 @@ def test_ddp_training_writes_a_complete_self_describing_artifact(ray_cluster, la
     recomputed = binary_metrics(probs, labels, read["threshold"])
     assert recomputed["n"] == on_disk["metrics"]["test"]["n"] == len(test)
     assert recomputed["roc_auc"] == pytest.approx(on_disk["metrics"]["test"]["roc_auc"], abs=1e-6)
+    assert set(on_disk["metrics"]["test"]["intervals_95"]) >= {"recall", "precision", "roc_auc", "average_precision"}
+
+    # The threshold keeps the target recall on the validation split it was chosen on (recomputed outside Ray).
+    assert on_disk["operating_point"]["target_recall"] == 0.98
+    val = split_images(labelled_tree, "val")
+    val_probs, val_labels, _ = predict(model, decoded_batches(val, preprocessing_of(read), 16, []),
+                                       preprocessing_of(read), torch.device("cpu"))
+    assert binary_metrics(val_probs, val_labels, read["threshold"])["recall"] >= 0.98
 
     # `cracknet evaluate` on the same tree prints and writes the same kind of report.
     report_path = tmp_path / "eval.json"
     assert cli_main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(labelled_tree),
-                     "--json", str(report_path)]) == 0
+                     "--json", str(report_path), "--target-recall", "0.9"]) == 0
     report = json.loads(report_path.read_text())
     assert report["model_id"] == card["model_id"] and report["metrics"]["n"] == 120
-    assert set(report["metrics"]) >= {"accuracy", "precision", "recall", "f1", "roc_auc"}
+    assert set(report["metrics"]) >= {"accuracy", "precision", "recall", "f1", "roc_auc", "average_precision"}
+    assert report["for_target_recall"]["metrics"]["recall"] >= 0.9
 
 
 def test_two_stage_fine_tuning_freezes_then_trains_the_backbone(ray_cluster, synthetic_tree, tmp_path):
