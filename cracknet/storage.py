@@ -115,10 +115,10 @@ def within(uri: str, root: str) -> bool:
         root_bucket, root_key = split_s3(root)
         key = posixpath.normpath("/" + key).lstrip("/")
         root_key = posixpath.normpath("/" + root_key).strip("/")
-        return bucket == root_bucket and (not root_key or key.startswith(root_key + "/"))
+        return bucket == root_bucket and (not root_key or key == root_key or key.startswith(root_key + "/"))
     path = os.path.realpath(os.path.expanduser(uri))
     base = os.path.realpath(os.path.expanduser(root))
-    return path.startswith(base.rstrip(os.sep) + os.sep)
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def _reason(exc: BaseException) -> str:

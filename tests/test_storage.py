@@ -59,3 +59,20 @@ def test_refused_credentials_are_one_line(strict_s3_endpoint, monkeypatch):
 def test_s3_uri_without_bucket_is_refused():
     with pytest.raises(CracknetError, match="names no bucket"):
         storage.resolve("s3://")
+
+
+@pytest.mark.parametrize("uri, root, inside", [
+    ("s3://b/in/x.jpg", "s3://b/in", True),
+    ("s3://b/in/a/../x.jpg", "s3://b/in/", True),
+    ("s3://b/in/../out/x.jpg", "s3://b/in", False),
+    ("s3://b/in2/x.jpg", "s3://b/in", False),
+    ("s3://other/in/x.jpg", "s3://b/in", False),
+    ("s3://b/anything.jpg", "s3://b", True),
+    ("s3://b/in/x.jpg", "s3://b/in/x.jpg", True),
+    ("/data/in/x.jpg", "/data/in", True),
+    ("/data/in/../out/x.jpg", "/data/in", False),
+    ("/data/in2/x.jpg", "/data/in", False),
+    ("/data/in/x.jpg", "s3://b/data/in", False),
+])
+def test_within_resolves_dot_segments_before_comparing(uri, root, inside):
+    assert storage.within(uri, root) is inside
