@@ -2,7 +2,8 @@
 
     cracknet demo                                   # train on the dev set (or generated images) and test
     cracknet train --data URI --output URI [...]    # Ray Train fine-tuning, writes URI/model/
-    cracknet evaluate --model URI --data URI [--json PATH]
+    cracknet evaluate --model URI --data URI [--json PATH] [--target-recall R]
+    cracknet explain --model URI IMAGE --out PNG    # Grad-CAM overlay: where the model sees a crack
 
 Every user-facing failure ends in one line on stderr and exit status 2.
 """
@@ -65,6 +66,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"Wrote {args.json}")
 
 
+def cmd_explain(args: argparse.Namespace) -> None:
+    from cracknet.explain import explain
+
+    result = explain(args.model, args.image, args.out)
+    verdict = "crack" if result["is_crack"] else "no crack"
+    print(f"{args.image}: crack probability {result['crack_probability']:.3f} ({verdict} at threshold "
+          f"{result['threshold']:.3f}); Grad-CAM overlay written to {args.out}")
+
+
 def cmd_score(args: argparse.Namespace) -> None:
     from cracknet.score import ScoreConfig, run_scoring
 
@@ -114,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--target-recall", type=float,
                           help="also report the threshold that keeps this recall on this data, and its precision")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    explain = sub.add_parser("explain", help="Grad-CAM heatmap: which pixels made the model say crack (PNG)")
+    explain.add_argument("--model", required=True, help="the model/ folder, or the training output above it")
+    explain.add_argument("image", help="the image: a local path or s3:// URI")
+    explain.add_argument("--out", required=True, help="where the PNG overlay goes (path or s3://)")
+    explain.set_defaults(run=cmd_explain)
 
     score = sub.add_parser("score", help="score images from storage with Ray Data and commit Parquet results")
     add_arguments(score, ScoreConfig)

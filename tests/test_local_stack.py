@@ -35,7 +35,8 @@ def test_up_print_commands_run_them_down(tmp_path):
         assert all(listening(p) for p in ports.values())
 
         again = script("up.sh", "--state", str(state), *flags)
-        assert again.returncode == 2 and again.stderr.strip().startswith("local stack: error: A local stack is already up")
+        assert again.returncode == 2
+        assert again.stderr.strip().startswith("local stack: error: A local stack is already up")
 
         # The printed commands, exactly as printed, one after the other in one shell.
         printed = up.stdout.split("(paste in order, from any shell):\n", 1)[1].split("\nStop everything with:")[0]
