@@ -4,6 +4,7 @@
     cracknet train --data URI --output URI [...]    # Ray Train fine-tuning, writes URI/model/
     cracknet evaluate --model URI --data URI [--json PATH] [--target-recall R]
     cracknet explain --model URI IMAGE --out PNG    # Grad-CAM overlay: where the model sees a crack
+    cracknet report --model URI [--data URI] [--results URI] --out DIR
 
 Every user-facing failure ends in one line on stderr and exit status 2.
 """
@@ -75,6 +76,13 @@ def cmd_explain(args: argparse.Namespace) -> None:
           f"{result['threshold']:.3f}); Grad-CAM overlay written to {args.out}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from cracknet.report import build_report
+
+    written = build_report(args.model, args.out, data=args.data, split=args.split, results=args.results)
+    print(f"Report: {written['report']} ({len(written['figures'])} figures beside it)")
+
+
 def cmd_score(args: argparse.Namespace) -> None:
     from cracknet.score import ScoreConfig, run_scoring
 
@@ -102,7 +110,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
             generate(data, per_class=300, size=96)
     cfg = TrainConfig(data=data, output=args.output, epochs=args.epochs, image_size=args.image_size,
                       batch_size=32, num_workers=2, weights="none", overwrite=True)
-    _print_training(run_training(cfg))
+    card = run_training(cfg)
+    _print_training(card)
+    from cracknet.report import build_report
+
+    written = build_report(card["folder"], storage.join(args.output, "report"), data=data, split="test")
+    print(f"Report: {written['report']} (open it in a browser; figures beside it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("image", help="the image: a local path or s3:// URI")
     explain.add_argument("--out", required=True, help="where the PNG overlay goes (path or s3://)")
     explain.set_defaults(run=cmd_explain)
+
+    report = sub.add_parser("report", help="HTML report (self-contained) and PNG figures of a model, "
+                                           "an evaluation set and scoring results")
+    report.add_argument("--model", required=True, help="the model/ folder, or the training output above it")
+    report.add_argument("--out", required=True, help="folder for report.html and the PNGs (path or s3://)")
+    report.add_argument("--data", help="a labelled tree to evaluate on: confusion matrix, curves, error gallery")
+    report.add_argument("--split", choices=("all", "val", "test"), default="all",
+                        help="evaluate only this split of the model's own training run (by content hash)")
+    report.add_argument("--results", help="a scoring output: distribution, per day and structure, top cracks")
+    report.set_defaults(run=cmd_report)
 
     score = sub.add_parser("score", help="score images from storage with Ray Data and commit Parquet results")
     add_arguments(score, ScoreConfig)

@@ -1,6 +1,6 @@
 """One epoch of training, and prediction, as plain functions (no Ray in here).
 
-    loss = train_one_epoch(model, batches, optimizer, spec, device, generator, lr_for_step)
+    loss_sum, seen, right = train_one_epoch(model, batches, optimizer, spec, device, generator, lr_for_step)
     probs, labels, idx = predict(model, batches, spec, device)
 
 ``batches`` is any iterable of dicts with ``image`` (uint8 N x S x S x 3) and
@@ -74,12 +74,12 @@ def train_one_epoch(
     lr_for_step: Callable[[int], float],
     precision: Precision = Precision(),
     backbone_frozen: bool = False,
-) -> tuple[float, int]:
-    """Train over ``batches``; returns (summed loss, images seen)."""
+) -> tuple[float, int, int]:
+    """Train over ``batches``; returns (summed loss, images seen, images right at 0.5) on the augmented inputs."""
     model.train()
     if backbone_frozen:
         freeze_batchnorm(model)
-    loss_sum, seen = 0.0, 0
+    loss_sum, seen, right = 0.0, 0, 0
     for step, batch in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = lr_for_step(step)
@@ -93,7 +93,8 @@ def train_one_epoch(
         optimizer.step()
         loss_sum += loss.item() * len(y)
         seen += len(y)
-    return loss_sum, seen
+        right += int(((logits.detach() > 0) == (y > 0.5)).sum())
+    return loss_sum, seen, right
 
 
 @torch.no_grad()

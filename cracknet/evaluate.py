@@ -9,13 +9,15 @@ preprocessing; unreadable images are skipped and listed, never fatal.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from cracknet import storage
-from cracknet.data import LabelledImage, discover
+from cracknet.data import LabelledImage, content_hash, discover, split_of
+from cracknet.errors import CracknetError
 from cracknet.engine import Precision, predict
 from cracknet.metrics import binary_metrics, evaluation, threshold_for_recall
 from cracknet.model import load_artifact, preprocessing_of
@@ -26,28 +28,67 @@ READ_THREADS = 8
 
 def _decode_one(image: LabelledImage, spec: Preprocessing):
     try:
-        return image, decode(storage.read_bytes(image.uri), spec), None
+        data = storage.read_bytes(image.uri)
+        return image, decode(data, spec), content_hash(data), None
     except ImageError as exc:
-        return image, None, str(exc)
+        return image, None, None, str(exc)
 
 
 def decoded_batches(images: list[LabelledImage], spec: Preprocessing, batch_size: int,
-                    unreadable: list[tuple[str, str]]) -> Iterator[dict]:
-    """Batches of decoded images in a thread pool; failures are appended to ``unreadable``."""
+                    unreadable: list[tuple[str, str]], hashes: dict[int, str] | None = None) -> Iterator[dict]:
+    """Batches of decoded images in a thread pool; ``idx`` is each image's position in ``images``.
+
+    Failures are appended to ``unreadable``; with ``hashes``, each image's SHA-256 is recorded by position.
+    """
     with ThreadPoolExecutor(READ_THREADS) as pool:
         for start in range(0, len(images), batch_size):
             good = []
-            for img, arr, err in pool.map(_decode_one, images[start:start + batch_size], [spec] * batch_size):
+            chunk = images[start:start + batch_size]
+            for offset, (img, arr, sha, err) in enumerate(pool.map(_decode_one, chunk, [spec] * len(chunk))):
                 if err is None:
-                    good.append((img, arr))
+                    good.append((start + offset, img, arr))
+                    if hashes is not None:
+                        hashes[start + offset] = sha
                 else:
                     unreadable.append((img.uri, err))
             if good:
                 yield {
-                    "image": torch.from_numpy(np.stack([arr for _, arr in good])),
-                    "label": torch.tensor([img.label for img, _ in good]),
-                    "idx": torch.arange(start, start + len(good)),
+                    "image": torch.from_numpy(np.stack([arr for _, _, arr in good])),
+                    "label": torch.tensor([img.label for _, img, _ in good]),
+                    "idx": torch.tensor([i for i, _, _ in good]),
                 }
+
+
+@dataclass
+class Predictions:
+    """One model's crack probabilities for the readable images of a labelled tree."""
+
+    uris: list[str]
+    probs: np.ndarray
+    labels: np.ndarray
+    unreadable: list[tuple[str, str]]
+    source: str = ""
+
+
+def predict_tree(model, card: dict, data_uri: str, batch_size: int = 64, split: str = "all") -> Predictions:
+    """Score a labelled tree; ``split`` keeps only the images the model's training run put in that split."""
+    spec = preprocessing_of(card)
+    images = discover(data_uri, require_both_classes=False)  # e.g. a folder of known cracks
+    unreadable: list[tuple[str, str]] = []
+    hashes: dict[int, str] = {}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    probs, labels, idx = predict(model, decoded_batches(images, spec, batch_size, unreadable, hashes), spec, device,
+                                 Precision.for_device(device))
+    keep = np.ones(len(idx), dtype=bool)
+    if split != "all":
+        fractions = card.get("training", {})
+        if "val_fraction" not in fractions:
+            raise CracknetError(f"The model {card['folder']} does not record its splits; use --split all.")
+        keep = np.array([split_of(hashes[int(i)], fractions["val_fraction"], fractions["test_fraction"]) == split
+                         for i in idx], dtype=bool)
+    source = data_uri if split == "all" else f"{data_uri} ({split} split)"
+    return Predictions([images[int(i)].uri for i in idx[keep]], probs[keep], labels[keep], unreadable, source)
 
 
 def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall: float | None = None) -> dict:
@@ -56,18 +97,13 @@ def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall:
     With ``target_recall``, also the threshold this data would choose for that recall, and its precision.
     """
     model, card = load_artifact(model_uri)
-    spec = preprocessing_of(card)
-    images = discover(data_uri, require_both_classes=False)  # e.g. a folder of known cracks
-    unreadable: list[tuple[str, str]] = []
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    probs, labels, _ = predict(model, decoded_batches(images, spec, batch_size, unreadable), spec, device,
-                               Precision.for_device(device))
+    found = predict_tree(model, card, data_uri, batch_size)
+    probs, labels, unreadable = found.probs, found.labels, found.unreadable
     report = {
         "model": card["folder"],
         "model_id": card["model_id"],
         "data": data_uri,
-        "images": len(images),
+        "images": len(found.uris) + len(unreadable),
         "threshold": card["threshold"],
         "metrics": evaluation(probs, labels, card["threshold"]),
         "metrics_at_0.5": binary_metrics(probs, labels, 0.5),

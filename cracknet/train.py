@@ -170,9 +170,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
             local_shuffle_buffer_size=cfg.batch_size * 8, local_shuffle_seed=cfg.seed + epoch * 97 + rank,
         )
         started = time.monotonic()
-        loss_sum, seen = train_one_epoch(model, batches, optimizer, spec, device, generator, lr_for_step,
-                                         precision, backbone_frozen=(stage == "head"))
-        totals = _gather((loss_sum, seen))
+        loss_sum, seen, right = train_one_epoch(model, batches, optimizer, spec, device, generator, lr_for_step,
+                                                precision, backbone_frozen=(stage == "head"))
+        totals = _gather((loss_sum, seen, right))
         val_probs, val_labels = _predict_split(model, ray.train.get_dataset_shard("val"), spec, device,
                                                precision, rank, world, cfg.batch_size)
         val = binary_metrics(val_probs, val_labels)
@@ -181,6 +181,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
             "stage": stage,
             "train_loss": sum(t[0] for t in totals) / max(1, sum(t[1] for t in totals)),
             "train_images": sum(t[1] for t in totals),
+            "train_accuracy": sum(t[2] for t in totals) / max(1, sum(t[1] for t in totals)),
             "val_loss": log_loss(val_probs, val_labels),
             **{f"val_{k}": val[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
             "lr": lr_for_step(steps_per_epoch - 1),

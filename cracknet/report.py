@@ -1,0 +1,311 @@
+"""A self-contained HTML report (every image embedded; opens offline) and the same figures as PNGs.
+
+    cracknet report --model URI [--data URI [--split test]] [--results URI] --out DIR
+
+- always: the model card and the training curves (loss and accuracy, train vs validation, per epoch);
+- with ``--data`` (a labelled tree): confusion matrix, precision-recall and ROC curves with the chosen
+  threshold marked, and a gallery of the most confident false positives and false negatives;
+- with ``--results`` (a scoring output): the probability distribution, images and cracks per day and
+  per structure, the most likely cracks, and tile crack maps drawn over large photos.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from cracknet import storage
+from cracknet.metrics import average_precision, binary_metrics
+
+THUMB = 160
+LIMITS = ("Trained and tested on the labelled images named in the card (concrete surface patches for the "
+          "METU set); accuracy on other surfaces, materials, scales or cameras is unknown until measured with "
+          "`cracknet evaluate` on labelled images of them. The threshold was chosen for recall on the "
+          "validation split; precision at that threshold is the cost of that choice.")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+class Report:
+    """Collects sections and figures; writes DIR/report.html and DIR/<figure>.png."""
+
+    def __init__(self, out: str, title: str):
+        self.out, self.title = out, title
+        self.sections: list[str] = []
+        self.files: list[str] = []
+
+    def figure(self, name: str, fig) -> str:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        _pyplot().close(fig)
+        return self.png(name, buffer.getvalue())
+
+    def png(self, name: str, data: bytes) -> str:
+        uri = storage.join(self.out, f"{name}.png")
+        storage.write_bytes(uri, data)
+        self.files.append(uri)
+        return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+    def section(self, title: str, body: str) -> None:
+        self.sections.append(f"<section><h2>{html.escape(title)}</h2>\n{body}\n</section>")
+
+    def write(self) -> str:
+        page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+h1 {{ font-size: 1.6em; }} h2 {{ border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }}
+table {{ border-collapse: collapse; margin: .5em 0; }} td, th {{ border: 1px solid #ddd; padding: .25em .6em;
+text-align: left; font-size: .92em; }} img {{ max-width: 100%; }}
+.gallery {{ display: flex; flex-wrap: wrap; gap: .6em; }} .gallery figure {{ margin: 0; width: {THUMB}px; }}
+.gallery figcaption {{ font-size: .75em; word-break: break-all; }} .note {{ color: #555; font-size: .92em; }}
+</style></head><body>
+<h1>{html.escape(self.title)}</h1>
+{"".join(self.sections)}
+</body></html>
+"""
+        uri = storage.join(self.out, "report.html")
+        storage.write_bytes(uri, page.encode())
+        return uri
+
+
+def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...] | None = None) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def _thumbnail(uri: str, side: int = THUMB) -> str:
+    from cracknet.transforms import load_rgb
+
+    try:
+        img = load_rgb(storage.read_bytes(uri))
+    except Exception:  # noqa: BLE001 - a missing or broken image just has no thumbnail
+        return "<div>(unreadable)</div>"
+    img.thumbnail((side, side))
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=85)
+    return f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model's own run
+
+
+def model_card_section(report: Report, card: dict) -> None:
+    test = card.get("metrics", {}).get("test", {})
+    intervals = test.get("intervals_95", {})
+    metric_rows = [(name, _fmt(test[name]), "[{:.3f}, {:.3f}]".format(*intervals[name]) if name in intervals else "")
+                   for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
+                   if test.get(name) is not None]
+    data, training = card.get("data", {}), card.get("training", {})
+    counts = data.get("counts", {})
+    classes = card.get("class_names", ["no_crack", "crack"])
+    split_rows = [(split, *(counts[split].get(c, 0) for c in classes)) for split in counts]
+    point = card.get("operating_point", {})
+    facts = [
+        ("model id", card["model_id"]), ("created", card.get("created_at", "")),
+        ("architecture", card.get("architecture", "resnet50")), ("training data", data.get("uri", "not recorded")),
+        ("data fingerprint", data.get("fingerprint", "")),
+        ("threshold", f"{card['threshold']:.4f} ({card.get('threshold_rule', '')})"),
+        ("precision it costs (validation)", _fmt(point.get("val_precision", ""))),
+        ("epochs", training.get("epochs_completed", "")),
+        ("versions", ", ".join(f"{k} {v}" for k, v in card.get("versions", {}).items())),
+    ]
+    body = (_table([(html.escape(k), html.escape(str(v))) for k, v in facts])
+            + "<h3>Images per split and class</h3>" + _table(split_rows, ("split", *classes))
+            + "<h3>Test metrics at the threshold (95% bootstrap intervals)</h3>"
+            + _table(metric_rows, ("metric", "value", "interval"))
+            + f'<p class="note"><b>Known limits.</b> {html.escape(LIMITS)}</p>')
+    report.section("Model card", body)
+
+
+def training_section(report: Report, card: dict) -> None:
+    history = card.get("training", {}).get("history", [])
+    if not history:
+        return
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    loss_ax.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    loss_ax.set(title="Loss", xlabel="epoch", ylabel="binary cross-entropy")
+    if all("train_accuracy" in h for h in history):
+        acc_ax.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train (augmented)")
+    acc_ax.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="validation")
+    acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=.3)
+        ax.legend()
+    report.section("Training curves", report.figure("training_curves", fig))
+
+
+# ---------------------------------------------------------------------------------------------------
+# A labelled evaluation set
+
+
+def _curves(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(false-positive rate, recall, precision, threshold) at every distinct score, highest first."""
+    order = np.argsort(-probs, kind="mergesort")
+    p, y = probs[order], labels[order].astype(bool)
+    last = np.r_[np.nonzero(np.diff(p))[0], len(p) - 1]
+    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+    return fp / max(1, (~y).sum()), tp / max(1, y.sum()), tp / (tp + fp), p[last]
+
+
+def evaluation_section(report: Report, card: dict, found, gallery: int) -> None:
+    plt = _pyplot()
+    probs, labels, threshold = found.probs, found.labels.astype(bool), card["threshold"]
+    m = binary_metrics(probs, labels, threshold)
+    fpr, tpr, precision, _ = _curves(probs, labels)
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    matrix = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", color="black" if v < matrix.max() / 2 else "white")
+    names = card.get("class_names", ["no_crack", "crack"])
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=names, yticklabels=names, xlabel="predicted",
+           ylabel="true", title=f"Confusion matrix at {threshold:.3f}")
+    confusion = report.figure("confusion_matrix", fig)
+
+    fig, (pr_ax, roc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    pr_ax.plot(tpr, precision, label=f"AP {average_precision(probs, labels):.3f}")
+    pr_ax.plot([m["recall"]], [m["precision"]], "ro", label=f"threshold {threshold:.3f}")
+    pr_ax.set(title="Precision-recall", xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+    roc_ax.plot(np.r_[0, fpr], np.r_[0, tpr], label=f"ROC-AUC {m['roc_auc']:.3f}")
+    roc_ax.plot([m["fp"] / max(1, m["fp"] + m["tn"])], [m["recall"]], "ro", label=f"threshold {threshold:.3f}")
+    roc_ax.plot([0, 1], [0, 1], ":", color="grey")
+    roc_ax.set(title="ROC", xlabel="false-positive rate", ylabel="recall (true-positive rate)")
+    for ax in (pr_ax, roc_ax):
+        ax.grid(alpha=.3)
+        ax.legend(loc="lower left" if ax is pr_ax else "lower right")
+    curves = report.figure("pr_roc_curves", fig)
+
+    uris = np.array(found.uris, dtype=object)
+    false_pos = np.nonzero(~labels & (probs >= threshold))[0]
+    false_neg = np.nonzero(labels & (probs < threshold))[0]
+    worst_fp = false_pos[np.argsort(-probs[false_pos])][:gallery]
+    worst_fn = false_neg[np.argsort(probs[false_neg])][:gallery]
+
+    def cards(indices) -> str:
+        if len(indices) == 0:
+            return '<p class="note">None.</p>'
+        return '<div class="gallery">' + "".join(
+            f"<figure>{_thumbnail(uris[i])}<figcaption>p={probs[i]:.3f}<br>{html.escape(uris[i])}</figcaption>"
+            "</figure>" for i in indices) + "</div>"
+
+    summary = (f"<p>{len(probs)} images of {html.escape(found.source)}; {len(found.unreadable)} unreadable. "
+               f"At the threshold: accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f}, "
+               f"recall {m['recall']:.4f}.</p>")
+    report.section("Evaluation", summary + confusion + curves
+                   + f"<h3>Most confident false positives ({len(false_pos)} in all)</h3>" + cards(worst_fp)
+                   + f"<h3>Most confident false negatives: missed cracks ({len(false_neg)} in all)</h3>"
+                   + cards(worst_fn))
+
+
+# ---------------------------------------------------------------------------------------------------
+# A scoring output
+
+
+def tile_map(image_uri: str, tiles: list[dict], side: int = 640) -> bytes:
+    """The photo, downscaled, with each tile's crack probability drawn as a translucent red box."""
+    from cracknet.transforms import load_rgb
+
+    img = load_rgb(storage.read_bytes(image_uri))
+    scale = min(1.0, side / max(img.size))
+    shown = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale)))).convert("RGBA")
+    layer = Image.new("RGBA", shown.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    for t in sorted(tiles, key=lambda t: t["crack_probability"]):
+        box = [t["tile_x"] * scale, t["tile_y"] * scale, (t["tile_x"] + t["tile_w"]) * scale,
+               (t["tile_y"] + t["tile_h"]) * scale]
+        p = float(t["crack_probability"])
+        draw.rectangle(box, fill=(255, 0, 0, int(200 * p * p)), outline=(255, 255, 255, 60))
+    buffer = io.BytesIO()
+    Image.alpha_composite(shown, layer).convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def scoring_section(report: Report, results: str, top: int, maps: int) -> None:
+    from cracknet.query import run_query
+
+    plt = _pyplot()
+    images = run_query(results, "SELECT crack_probability FROM images WHERE error IS NULL").column(0).to_numpy()
+    per_day = run_query(results, "SELECT CAST(scored_at AS DATE) AS day, count(*) AS images, "
+                                 "count(*) FILTER (WHERE is_crack) AS cracks FROM images GROUP BY 1 ORDER BY 1")
+    structures = run_query(results, "SELECT * FROM structures LIMIT 25").to_pylist()
+    likely = run_query(results, f"SELECT image_uri, crack_probability, tiles_scored FROM images "
+                                f"WHERE error IS NULL ORDER BY crack_probability DESC LIMIT {int(top)}").to_pylist()
+    errors = run_query(results, "SELECT count(*) AS n FROM failures").to_pylist()[0]["n"]
+
+    fig, (hist_ax, day_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    hist_ax.hist(images, bins=40, range=(0, 1), color="#c0392b")
+    threshold = run_query(results, "SELECT min(crack_probability) AS t FROM images WHERE is_crack").to_pylist()[0]["t"]
+    if threshold is not None:
+        hist_ax.axvline(threshold, color="black", linestyle=":", label="lowest probability flagged")
+        hist_ax.legend()
+    hist_ax.set(title=f"Crack probability ({len(images)} images)", xlabel="probability", ylabel="images")
+    days = [str(d) for d in per_day.column("day").to_pylist()]
+    day_ax.bar(days, per_day.column("images").to_pylist(), color="#95a5a6", label="images")
+    day_ax.bar(days, per_day.column("cracks").to_pylist(), color="#c0392b", label="cracks")
+    day_ax.set(title="Per day", ylabel="images")
+    day_ax.legend()
+    day_ax.tick_params(axis="x", rotation=45)
+    overview = report.figure("scoring_overview", fig)
+
+    fig, ax = plt.subplots(figsize=(11, max(2.5, 0.3 * len(structures))))
+    names = [s["structure"][-60:] for s in structures][::-1]
+    ax.barh(names, [s["images"] for s in structures][::-1], color="#95a5a6", label="images")
+    ax.barh(names, [s["cracks"] for s in structures][::-1], color="#c0392b", label="cracks")
+    ax.set(title="Per structure (folder)", xlabel="images")
+    ax.legend()
+    per_structure = report.figure("scoring_structures", fig)
+
+    rows = [(_thumbnail(r["image_uri"], 96), html.escape(r["image_uri"]), f"{r['crack_probability']:.3f}",
+             r["tiles_scored"]) for r in likely]
+    body = (f"<p>{len(images)} images scored, {errors} error rows, in {html.escape(results)}.</p>" + overview
+            + per_structure + f"<h3>Top {len(rows)} most likely cracks</h3>"
+            + _table(rows, ("", "image", "probability", "tiles")))
+    large = [r for r in likely if r["tiles_scored"] > 1][:maps]
+    for i, r in enumerate(large):
+        tiles = run_query(results, "SELECT * FROM tiles_above('{}', 0.0)".format(
+            r["image_uri"].replace("'", "''"))).to_pylist()
+        body += (f"<h3>Tile crack map: {html.escape(r['image_uri'])} (p={r['crack_probability']:.3f})</h3>"
+                 + report.png(f"tile_map_{i + 1}", tile_map(r["image_uri"], tiles)))
+    report.section("Scoring results", body)
+
+
+def build_report(model_uri: str, out: str, data: str | None = None, split: str = "all",
+                 results: str | None = None, gallery: int = 8, top: int = 20, maps: int = 3) -> dict:
+    from cracknet.evaluate import predict_tree
+    from cracknet.model import load_artifact
+
+    model, card = load_artifact(model_uri)
+    report = Report(out, f"cracknet report: model {card['model_id']}")
+    model_card_section(report, card)
+    training_section(report, card)
+    if data:
+        found = predict_tree(model, card, data, split=split)
+        evaluation_section(report, card, found, gallery)
+    if results:
+        scoring_section(report, results, top, maps)
+    return {"report": report.write(), "figures": report.files}

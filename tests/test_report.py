@@ -1,0 +1,79 @@
+"""`cracknet report` from real (tiny) training and scoring outputs: valid PNGs, a self-contained HTML page."""
+
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cracknet import storage
+from cracknet.cli import main as cli_main
+from cracknet.config import ScoreConfig, TrainConfig
+from cracknet.score import run_scoring
+from cracknet.synthetic import concrete, draw_crack, image_bytes
+from cracknet.train import run_training
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+
+class Sources(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("img", "script", "iframe", "source", "embed") and "src" in attrs:
+            self.sources.append(attrs["src"])
+        if tag == "link" and "href" in attrs:
+            self.links.append(attrs["href"])
+
+
+def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(ray_cluster, synthetic_tree, tmp_path):
+    run = tmp_path / "run"
+    card = run_training(TrainConfig(data=str(synthetic_tree), output=str(run), epochs=2, image_size=32,
+                                    batch_size=8, num_workers=1, weights="none"), log=lambda _: None)
+    assert all("train_accuracy" in h for h in card["training"]["history"])
+
+    rng = np.random.default_rng(5)
+    survey = tmp_path / "survey"
+    for i in range(10):
+        img = concrete(rng, 64)
+        if i % 2:
+            draw_crack(img, rng)
+        storage.write_bytes(str(survey / f"bridge-{i % 2}" / f"img{i}.jpg"), image_bytes(img))
+    big = concrete(rng, 400)
+    draw_crack(big, rng)
+    storage.write_bytes(str(survey / "bridge-0" / "drone.jpg"), image_bytes(big))
+    results = tmp_path / "results"
+    run_scoring(ScoreConfig(model=str(run), input=str(survey), output=str(results)), log=lambda _: None)
+
+    out = tmp_path / "report"
+    assert cli_main(["report", "--model", str(run), "--data", str(synthetic_tree), "--split", "test",
+                     "--results", str(results), "--out", str(out)]) == 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert {"training_curves.png", "confusion_matrix.png", "pr_roc_curves.png", "scoring_overview.png",
+            "scoring_structures.png", "tile_map_1.png"} <= set(pngs)
+    for name in pngs:
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and img.size[0] > 100
+
+    page = (out / "report.html").read_text()
+    parser = Sources()
+    parser.feed(page)
+    # Self-contained: every image is embedded, nothing is fetched.
+    assert parser.sources and all(src.startswith("data:image/") for src in parser.sources)
+    assert parser.links == [] and not re.search(r"""(src|href)=["']https?:""", page)
+    assert len(parser.sources) >= len(pngs)
+    for heading in ("Model card", "Training curves", "Evaluation", "Most confident false positives",
+                    "missed cracks", "Scoring results", "Tile crack map", "Known limits"):
+        assert heading in page
+    assert card["model_id"] in page and str(survey / "bridge-0" / "drone.jpg") in page
+
+
+def test_report_needs_only_the_model(ray_cluster, random_model, tmp_path, capsys):
+    out = tmp_path / "just-the-model"
+    assert cli_main(["report", "--model", str(random_model), "--out", str(out)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert "Model card" in (out / "report.html").read_text()
