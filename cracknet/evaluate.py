@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,31 +26,33 @@ from cracknet.transforms import ImageError, Preprocessing, decode
 READ_THREADS = 8
 
 
-def _decode_one(image: LabelledImage, spec: Preprocessing):
+def _decode_one(image: LabelledImage, spec: Preprocessing, want: Callable[[str], bool] | None = None):
     try:
         data = storage.read_bytes(image.uri)
-        return image, decode(data, spec), content_hash(data), None
+        sha = content_hash(data)
+        if want is not None and not want(sha):
+            return image, None, sha, None
+        return image, decode(data, spec), sha, None
     except ImageError as exc:
         return image, None, None, str(exc)
 
 
 def decoded_batches(images: list[LabelledImage], spec: Preprocessing, batch_size: int,
-                    unreadable: list[tuple[str, str]], hashes: dict[int, str] | None = None) -> Iterator[dict]:
+                    unreadable: list[tuple[str, str]], want: Callable[[str], bool] | None = None) -> Iterator[dict]:
     """Batches of decoded images in a thread pool; ``idx`` is each image's position in ``images``.
 
-    Failures are appended to ``unreadable``; with ``hashes``, each image's SHA-256 is recorded by position.
+    Failures are appended to ``unreadable``; with ``want``, only images whose SHA-256 it accepts are decoded.
     """
     with ThreadPoolExecutor(READ_THREADS) as pool:
         for start in range(0, len(images), batch_size):
             good = []
             chunk = images[start:start + batch_size]
-            for offset, (img, arr, sha, err) in enumerate(pool.map(_decode_one, chunk, [spec] * len(chunk))):
-                if err is None:
-                    good.append((start + offset, img, arr))
-                    if hashes is not None:
-                        hashes[start + offset] = sha
-                else:
+            decoded = pool.map(_decode_one, chunk, [spec] * len(chunk), [want] * len(chunk))
+            for offset, (img, arr, sha, err) in enumerate(decoded):
+                if err is not None:
                     unreadable.append((img.uri, err))
+                elif arr is not None:
+                    good.append((start + offset, img, arr))
             if good:
                 yield {
                     "image": torch.from_numpy(np.stack([arr for _, _, arr in good])),
@@ -75,20 +77,18 @@ def predict_tree(model, card: dict, data_uri: str, batch_size: int = 64, split: 
     spec = preprocessing_of(card)
     images = discover(data_uri, require_both_classes=False)  # e.g. a folder of known cracks
     unreadable: list[tuple[str, str]] = []
-    hashes: dict[int, str] = {}
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    probs, labels, idx = predict(model, decoded_batches(images, spec, batch_size, unreadable, hashes), spec, device,
-                                 Precision.for_device(device))
-    keep = np.ones(len(idx), dtype=bool)
+    want = None
     if split != "all":
         fractions = card.get("training", {})
         if "val_fraction" not in fractions:
             raise CracknetError(f"The model {card['folder']} does not record its splits; use --split all.")
-        keep = np.array([split_of(hashes[int(i)], fractions["val_fraction"], fractions["test_fraction"]) == split
-                         for i in idx], dtype=bool)
+        want = lambda sha: split_of(sha, fractions["val_fraction"], fractions["test_fraction"]) == split  # noqa: E731
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    probs, labels, idx = predict(model, decoded_batches(images, spec, batch_size, unreadable, want), spec, device,
+                                 Precision.for_device(device))
     source = data_uri if split == "all" else f"{data_uri} ({split} split)"
-    return Predictions([images[int(i)].uri for i in idx[keep]], probs[keep], labels[keep], unreadable, source)
+    return Predictions([images[int(i)].uri for i in idx], probs, labels, unreadable, source)
 
 
 def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall: float | None = None) -> dict:

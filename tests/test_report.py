@@ -70,6 +70,9 @@ def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(ray_clus
                     "missed cracks", "Scoring results", "Tile crack map", "Known limits"):
         assert heading in page
     assert card["model_id"] in page and str(survey / "bridge-0" / "drone.jpg") in page
+    # --split test evaluates exactly the images the training run held out for its test.
+    held_out = sum(card["data"]["counts"]["test"].values())
+    assert f"<p>{held_out} images of {synthetic_tree} (test split)" in page
 
 
 def test_report_needs_only_the_model(ray_cluster, random_model, tmp_path, capsys):
