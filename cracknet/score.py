@@ -349,6 +349,10 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     from cracknet.model import read_card
 
     started = time.monotonic()
+    # Ray's workers do not share the driver's working directory: local paths become absolute.
+    cfg = dataclasses.replace(cfg, model=storage.absolute(cfg.model), input=storage.absolute(cfg.input),
+                              output=storage.absolute(cfg.output),
+                              input_prefix=storage.absolute(cfg.input_prefix) if cfg.input_prefix else None)
     storage.require_bucket(cfg.output)
     card = read_card(cfg.model)
     inputs = list_inputs(cfg.input)

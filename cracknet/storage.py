@@ -95,6 +95,11 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (Ray workers do not share the driver's working directory); s3:// as is."""
+    return uri if is_s3(uri) else os.path.abspath(os.path.expanduser(uri))
+
+
 def to_uri(path: str, like: str) -> str:
     """Turn a filesystem path back into a URI of the same kind as ``like``."""
     return S3_PREFIX + path.lstrip("/") if is_s3(like) else path

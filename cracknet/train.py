@@ -80,8 +80,8 @@ def _load_state(checkpoint) -> dict:
         return read_checkpoint_state(os.path.join(folder, STATE_FILE))
 
 
-def upload_checkpoint(checkpoint, dir_name: str, checkpoints: str):
-    """Copy a checkpoint's files to ``<checkpoints>/<run>/<dir_name>/`` with storage's verified writes.
+def upload_checkpoint(checkpoint, dir_name: str, like: str):
+    """Copy a checkpoint's files into the run's storage folder with storage's verified writes.
 
     Ray Train's own copy goes through a pyarrow multipart stream whose failed
     final part can be reported only when the stream is destroyed, after the
@@ -90,13 +90,14 @@ def upload_checkpoint(checkpoint, dir_name: str, checkpoints: str):
     """
     import ray.train
 
-    destination = storage.join(checkpoints, RUN_NAME, dir_name)
+    run_storage = ray.train.get_context().get_storage()
+    path = f"{run_storage.experiment_fs_path}/{dir_name}"
+    destination = storage.to_uri(path, like)  # s3://... or the absolute local path
     with checkpoint.as_directory() as folder:
         for name in sorted(os.listdir(folder)):
             with open(os.path.join(folder, name), "rb") as f:
                 storage.write_bytes(storage.join(destination, name), f.read())
-    fs, path = storage.resolve(destination)
-    return ray.train.Checkpoint(path=path, filesystem=fs)
+    return ray.train.Checkpoint(path=path, filesystem=run_storage.storage_filesystem)
 
 
 def read_checkpoint_state(path: str) -> dict:
@@ -196,8 +197,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
                            os.path.join(folder, STATE_FILE))
                 saved = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"epoch-{epoch + 1:04d}",
-                             checkpoint_upload_fn=functools.partial(
-                                 upload_checkpoint, checkpoints=storage.join(cfg.output, "checkpoints")))
+                             checkpoint_upload_fn=functools.partial(upload_checkpoint, like=cfg.output))
         state = None
 
     if model is None:  # resumed after the last epoch: only the final predictions are left to do
@@ -281,6 +281,10 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     from ray.train.torch import TorchTrainer
 
     started = time.monotonic()
+    # Ray Train runs each worker in a folder of its own: local paths must not depend on the working directory.
+    weights = cfg.weights if cfg.weights in ("imagenet", "none") else storage.absolute(cfg.weights)
+    cfg = dataclasses.replace(cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output),
+                              weights=weights)
     spec = Preprocessing(cfg.image_size)
     images = discover(cfg.data)
     _check_weights(cfg.weights)

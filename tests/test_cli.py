@@ -130,3 +130,4 @@ def test_score_refuses_missing_inputs_with_one_line(synthetic_tree, tmp_path, cr
                           "--output", str(tmp_path / "results"))
     assert_one_line_error(result, "has no image_uri column")
     assert not (tmp_path / "results" / "_manifests").exists()
+

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -151,3 +152,26 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, labelled_
     assert [h["epoch"] for h in training["history"]] == [1, 2, 3, 4, 5]
     assert len({h["train_images"] for h in training["history"]}) == 1
     assert np.isfinite(outcome["card"]["metrics"]["test"]["roc_auc"])
+
+
+def test_relative_paths_work_for_training_and_scoring(synthetic_tree, tmp_path):
+    """Ray runs workers in folders of their own: relative paths must mean the caller's folder."""
+    import shutil
+
+    shutil.copytree(synthetic_tree, tmp_path / "data")
+    (tmp_path / "survey").mkdir()
+    for path in sorted((tmp_path / "data" / "crack").glob("*.jpg"))[:3]:
+        shutil.copy(path, tmp_path / "survey" / path.name)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "cracknet.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=400)
+
+    train = run("train", "--data", "data", "--output", "run", "--epochs", "1", "--image-size", "32",
+                "--batch-size", "8", "--num-workers", "1", "--weights", "none")
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert (tmp_path / "run" / "model" / "model.json").exists()
+    assert list((tmp_path / "run" / "checkpoints" / "train").glob("epoch-0001/state.pt"))
+    score = run("score", "--model", "run", "--input", "survey", "--output", "results")
+    assert score.returncode == 0 and "Scored 3 images (0 errors)" in score.stdout, score.stderr[-2000:]
+    assert len(list((tmp_path / "results" / "images").rglob("*.parquet"))) >= 1
