@@ -152,9 +152,12 @@ def training_section(report: Report, card: dict) -> None:
         acc_ax.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train (augmented)")
     acc_ax.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="validation")
     acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=.3)
         ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     report.section("Training curves", report.figure("training_curves", fig))
 
 
