@@ -99,23 +99,13 @@ def cmd_query(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from cracknet.synthetic import generate
-    from cracknet.train import run_training
+    from cracknet.demo import run_demo
 
-    data = args.data
-    if not storage.exists(data):
-        data = storage.join(args.output, "synthetic-data")
-        print(f"{args.data} is not here; generating a synthetic crack set under {data}.")
-        if not storage.exists(data):
-            generate(data, per_class=300, size=96)
-    cfg = TrainConfig(data=data, output=args.output, epochs=args.epochs, image_size=args.image_size,
-                      batch_size=32, num_workers=2, weights="none", overwrite=True)
-    card = run_training(cfg)
-    _print_training(card)
-    from cracknet.report import build_report
-
-    written = build_report(card["folder"], storage.join(args.output, "report"), data=data, split="test")
-    print(f"Report: {written['report']} (open it in a browser; figures beside it)")
+    done = run_demo(args.data, args.output, args.epochs, args.image_size)
+    _print_training(done["card"])
+    s = done["scoring"]
+    print(f"Scored a survey of {s['scored']} images ({s['errors']} errors) into {s['output']}.")
+    print(f"Report: {done['report']} (open it in a browser; figures beside it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql", help="a DuckDB SQL query, e.g. \"SELECT * FROM likely_cracks_since('2026-11-23')\"")
     query.set_defaults(run=cmd_query)
 
-    demo = sub.add_parser("demo", help="train a small model on the dev set (or generated images) on local Ray")
+    demo = sub.add_parser("demo", help="train on the dev set (or generated images), score a small survey and "
+                                       "write the report, on a local Ray")
     demo.add_argument("--data", default=DEV_DATA, help=f"labelled tree (default: {DEV_DATA}, else generated)")
     demo.add_argument("--output", default=os.path.join("runs", "demo"))
     demo.add_argument("--epochs", type=int, default=3)

@@ -42,6 +42,14 @@ def ray_head(s3_endpoint, tmp_path_factory):
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(dashboard, timeout=120)
+        address = f"http://127.0.0.1:{dashboard}"
+        # The dashboard answers before its job agent is ready: wait until a trivial job really runs.
+        for attempt in range(60):
+            probe = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "python", "-c",
+                                    "pass"], env=env, capture_output=True, text=True, timeout=120)
+            if probe.returncode == 0:
+                break
+            time.sleep(2)
         yield {"address": f"http://127.0.0.1:{dashboard}", "env": env, "token": token,
                "home": str(tmp_path_factory.mktemp("empty-home"))}
     finally:

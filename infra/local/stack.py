@@ -55,6 +55,24 @@ def _wait_for(port: int, what: str, timeout: float, proc: subprocess.Popen, log:
     raise StackError(f"The {what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s; see {log}.")
 
 
+def _wait_for_jobs(address: str, env: dict, timeout: float, head: subprocess.Popen, log: Path) -> None:
+    """The dashboard answers before its job agent is ready: wait until a trivial job really runs."""
+    ray = Path(sys.executable).parent / "ray"
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while time.monotonic() < deadline:
+        attempt += 1
+        probe = subprocess.run([str(ray), "job", "submit", "--address", address,
+                                "--submission-id", f"local-stack-ready-{attempt}", "--", "python", "-c", "pass"],
+                               env=env, capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0:
+            return
+        if head.poll() is not None:
+            raise StackError(f"The Ray head exited with status {head.returncode}; see {log}.")
+        time.sleep(2)
+    raise StackError(f"The Ray head did not accept jobs within {timeout:.0f} s; see {log}.")
+
+
 def _start(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -175,6 +193,7 @@ def up(args: argparse.Namespace) -> None:
         storage.s3_client().create_bucket(Bucket=BUCKET)
         data, survey, survey_count = upload_samples(args.per_class, args.image_size)
         _wait_for(args.dashboard_port, "Ray head", 180, head, state / "ray-head.log")
+        _wait_for_jobs(f"http://127.0.0.1:{args.dashboard_port}", env, 180, head, state / "ray-head.log")
     except BaseException:
         down_state(state)
         raise

@@ -1,0 +1,76 @@
+"""The demo behind `make demo`: train, score a small survey, and write the report, all on a local Ray.
+
+    cracknet demo [--data ../shared/data/metu-dev] [--output runs/demo]
+
+1. Train on the labelled tree (the METU dev set when present, else a generated one).
+2. Build a small "survey" under <output>/survey: labelled patches the run held out for its test,
+   spread over two structures, and two large photos stitched from patches so scoring tiles them.
+3. Score the survey with `run_scoring` and write <output>/report/report.html with every section.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from cracknet import storage
+from cracknet.config import ScoreConfig, TrainConfig
+from cracknet.data import content_hash, discover, split_of
+
+STRUCTURES = ("bridge-north-deck", "tunnel-east-lining")
+
+
+def build_survey(data: str, survey: str, card: dict, per_structure: int = 100, seed: int = 0) -> int:
+    """Copy held-out test images into two structure folders and add two stitched large photos."""
+    fractions = card["training"]
+    held_out = []
+    for image in discover(data):
+        raw = storage.read_bytes(image.uri)
+        if split_of(content_hash(raw), fractions["val_fraction"], fractions["test_fraction"]) == "test":
+            held_out.append((image, raw))
+    # Both classes mixed, in a fixed order.
+    held_out = [held_out[i] for i in np.random.default_rng(seed).permutation(len(held_out))]
+    for n, (image, raw) in enumerate(held_out[:2 * per_structure]):
+        name = image.uri.replace("\\", "/").rsplit("/", 1)[-1]
+        storage.write_bytes(storage.join(survey, STRUCTURES[n % 2], f"{n:04d}-{name}"), raw)
+    # Two large "survey photos" stitched from 4 x 4 patches, some of them cracked.
+    from cracknet.transforms import load_rgb
+
+    patches = [load_rgb(raw) for _, raw in held_out[:32]]
+    side = max(p.width for p in patches)
+    for k in range(2):
+        mosaic = Image.new("RGB", (4 * side, 4 * side))
+        for j, patch in enumerate(patches[16 * k:16 * k + 16]):
+            mosaic.paste(patch.resize((side, side)), ((j % 4) * side, (j // 4) * side))
+        buffer = io.BytesIO()
+        mosaic.save(buffer, format="JPEG", quality=90)
+        storage.write_bytes(storage.join(survey, STRUCTURES[k], f"survey-photo-{k + 1}.jpg"), buffer.getvalue())
+    return min(len(held_out), 2 * per_structure) + 2
+
+
+def run_demo(data: str, output: str, epochs: int, image_size: int, say: Callable[[str], None] = print) -> dict:
+    from cracknet.report import build_report
+    from cracknet.score import run_scoring
+    from cracknet.synthetic import generate
+    from cracknet.train import run_training
+
+    if not storage.exists(data):
+        generated = storage.join(output, "synthetic-data")
+        say(f"{data} is not here; generating a synthetic crack set under {generated}.")
+        if not storage.exists(generated):
+            generate(generated, per_class=300, size=96)
+        data = generated
+    cfg = TrainConfig(data=data, output=output, epochs=epochs, image_size=image_size, batch_size=32, num_workers=2,
+                      weights="none", overwrite=True)
+    card = run_training(cfg)
+    survey, results = storage.join(output, "survey"), storage.join(output, "results")
+    storage.delete_tree(survey)
+    storage.delete_tree(results)
+    build_survey(data, survey, card)
+    scored = run_scoring(ScoreConfig(model=card["folder"], input=survey, output=results), log=lambda _: None)
+    written = build_report(card["folder"], storage.join(output, "report"), data=data, split="test",
+                           results=results)
+    return {"card": card, "scoring": scored, **written}
