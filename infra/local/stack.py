@@ -62,11 +62,14 @@ def _wait_for_jobs(address: str, env: dict, timeout: float, head: subprocess.Pop
     attempt = 0
     while time.monotonic() < deadline:
         attempt += 1
-        probe = subprocess.run([str(ray), "job", "submit", "--address", address,
-                                "--submission-id", f"local-stack-ready-{attempt}", "--", "python", "-c", "pass"],
-                               env=env, capture_output=True, text=True, timeout=120)
-        if probe.returncode == 0:
-            return
+        try:
+            probe = subprocess.run([str(ray), "job", "submit", "--address", address, "--no-wait",
+                                    "--submission-id", f"local-stack-ready-{attempt}", "--", "python", "-c", "pass"],
+                                   env=env, capture_output=True, text=True, timeout=60)
+            if probe.returncode == 0:
+                return
+        except subprocess.TimeoutExpired:
+            pass
         if head.poll() is not None:
             raise StackError(f"The Ray head exited with status {head.returncode}; see {log}.")
         time.sleep(2)

@@ -1,6 +1,7 @@
 """infra/local: up.sh starts a token-authenticated Ray head and an S3 endpoint, and the commands it
 prints (training, scoring, a query) work when run as printed; down.sh stops exactly that stack."""
 
+import os
 import socket
 import subprocess
 
@@ -8,7 +9,7 @@ import pytest
 
 from conftest import REPO, free_port
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 
 def listening(port: int) -> bool:
@@ -16,9 +17,11 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def script(name: str, *args: str, timeout: float = 420) -> subprocess.CompletedProcess:
+    # As from a user's shell: nothing inherited from the test session (its S3 endpoint, its Ray).
+    shell = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
     return subprocess.run([str(REPO / "infra" / "local" / name), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=shell)
 
 
 def test_up_print_commands_run_them_down(tmp_path):
