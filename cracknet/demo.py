@@ -23,7 +23,7 @@ from cracknet.data import content_hash, discover, split_of
 STRUCTURES = ("bridge-north-deck", "tunnel-east-lining")
 
 
-def build_survey(data: str, survey: str, card: dict, per_structure: int = 100, seed: int = 0) -> int:
+def build_survey(data: str, survey: str, card: dict, per_structure: int = 100, seed: int = 0) -> None:
     """Copy held-out test images into two structure folders and add two stitched large photos."""
     fractions = card["training"]
     held_out = []
@@ -48,7 +48,6 @@ def build_survey(data: str, survey: str, card: dict, per_structure: int = 100, s
         buffer = io.BytesIO()
         mosaic.save(buffer, format="JPEG", quality=90)
         storage.write_bytes(storage.join(survey, STRUCTURES[k], f"survey-photo-{k + 1}.jpg"), buffer.getvalue())
-    return min(len(held_out), 2 * per_structure) + 2
 
 
 def run_demo(data: str, output: str, epochs: int, image_size: int, say: Callable[[str], None] = print) -> dict:

@@ -116,7 +116,7 @@ class Lease:
             return
         except ClientError as exc:
             if not _is_conflict(exc):
-                raise CracknetError(f"Cannot take the lease on {self.output}: {storage._reason(exc)}") from None
+                raise CracknetError(f"Cannot take the lease on {self.output}: {storage.reason(exc)}") from None
         holder, etag = self._read()  # None when released meanwhile: try once more below
         if self._is_mine(holder):  # our own first PUT succeeded, but its response was lost and it was retried
             self._etag = etag
@@ -129,7 +129,7 @@ class Lease:
             if _is_conflict(exc):
                 raise CracknetError(f"Another scoring run took the lease on {self.output} at the same moment; "
                                     "only one run may write there at a time.") from None
-            raise CracknetError(f"Cannot take the lease on {self.output}: {storage._reason(exc)}") from None
+            raise CracknetError(f"Cannot take the lease on {self.output}: {storage.reason(exc)}") from None
 
     def _renew(self) -> None:
         from botocore.exceptions import ClientError

@@ -126,7 +126,7 @@ def within(uri: str, root: str) -> bool:
     return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     reason = text[0] if text else type(exc).__name__
     if any(code in reason for code in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -148,9 +148,9 @@ def require_bucket(uri: str) -> None:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchBucket", "NotFound"):
             raise CracknetError(f"The bucket {bucket!r} of {uri} does not exist; create it or fix the URI.") from None
-        raise CracknetError(f"Cannot use {uri}: {_reason(exc)}") from None
+        raise CracknetError(f"Cannot use {uri}: {reason(exc)}") from None
     except BotoCoreError as exc:
-        raise CracknetError(f"Cannot reach the object store for {uri}: {_reason(exc)}") from None
+        raise CracknetError(f"Cannot reach the object store for {uri}: {reason(exc)}") from None
 
 
 def read_bytes(uri: str) -> bytes:
@@ -161,7 +161,7 @@ def read_bytes(uri: str) -> bytes:
     except FileNotFoundError:
         raise CracknetError(f"{uri} does not exist.") from None
     except OSError as exc:
-        raise CracknetError(f"Cannot read {uri}: {_reason(exc)}") from None
+        raise CracknetError(f"Cannot read {uri}: {reason(exc)}") from None
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -178,7 +178,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         except Exception as exc:  # botocore's ClientError, connection errors after its retries ...
             error = StorageUnavailable if _transient(exc) else CracknetError
-            raise error(f"Cannot write {uri}: {_reason(exc)}") from None
+            raise error(f"Cannot write {uri}: {reason(exc)}") from None
         return
     fs, path = resolve(uri)
     try:
@@ -190,7 +190,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        raise CracknetError(f"Cannot write {uri}: {_reason(exc)}") from None
+        raise CracknetError(f"Cannot write {uri}: {reason(exc)}") from None
 
 
 def exists(uri: str) -> bool:
@@ -198,7 +198,7 @@ def exists(uri: str) -> bool:
     try:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
     except OSError as exc:
-        raise CracknetError(f"Cannot look up {uri}: {_reason(exc)}") from None
+        raise CracknetError(f"Cannot look up {uri}: {reason(exc)}") from None
 
 
 def list_files(uri: str) -> list[str]:
@@ -217,7 +217,7 @@ def _file_infos(uri: str) -> list[pafs.FileInfo]:
             raise CracknetError(f"{uri} is a file; expected a folder or prefix.")
         entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     except OSError as exc:
-        raise CracknetError(f"Cannot list {uri}: {_reason(exc)}") from None
+        raise CracknetError(f"Cannot list {uri}: {reason(exc)}") from None
     return [e for e in entries if e.type == pafs.FileType.File]
 
 
@@ -231,7 +231,7 @@ def delete_tree(uri: str) -> None:
         else:
             shutil.rmtree(path)
     except OSError as exc:
-        raise CracknetError(f"Cannot delete {uri}: {_reason(exc)}") from None
+        raise CracknetError(f"Cannot delete {uri}: {reason(exc)}") from None
 
 
 def list_versions(uri: str) -> list[tuple[str, str]]:
@@ -247,7 +247,7 @@ def list_versions(uri: str) -> list[tuple[str, str]]:
                 if not item["Key"].endswith("/"):
                     out.append((f"{S3_PREFIX}{bucket}/{item['Key']}", item["ETag"].strip('"')))
     except Exception as exc:  # botocore's ClientError, EndpointConnectionError, NoSuchBucket ...
-        raise CracknetError(f"Cannot list {uri}: {_reason(exc)}") from None
+        raise CracknetError(f"Cannot list {uri}: {reason(exc)}") from None
     return sorted(out)
 
 
@@ -264,7 +264,7 @@ def read_versioned(uri: str) -> tuple[bytes, str]:
             if info.type == pafs.FileType.Directory:
                 raise CracknetError(f"{uri} is a folder, not a file.")
         except OSError as exc:
-            raise CracknetError(f"Cannot read {uri}: {_reason(exc)}") from None
+            raise CracknetError(f"Cannot read {uri}: {reason(exc)}") from None
         return read_bytes(uri), _local_version(info)
     bucket, key = split_s3(uri)
     last: Exception | None = None
@@ -278,12 +278,12 @@ def read_versioned(uri: str) -> tuple[bytes, str]:
             if code in ("NoSuchKey", "404"):
                 raise CracknetError(f"{uri} does not exist.") from None
             if not _transient(exc):
-                raise CracknetError(f"Cannot read {uri}: {_reason(exc)}") from None
+                raise CracknetError(f"Cannot read {uri}: {reason(exc)}") from None
             last = exc
             if getattr(exc, "response", None):
                 break  # an error response after botocore's own retries: retrying again only delays the verdict
             time.sleep(0.2 * 2 ** attempt)
-    raise StorageUnavailable(f"Cannot read {uri}: the object store kept failing ({_reason(last)}).")
+    raise StorageUnavailable(f"Cannot read {uri}: the object store kept failing ({reason(last)}).")
 
 
 def _transient(exc: BaseException) -> bool:

@@ -166,3 +166,12 @@ def random_model(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("random-model") / "model"
     save_artifact(str(folder), build_model().state_dict(), model_card())
     return folder
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_root(request, tmp_path) -> str:
+    """A fresh, empty location for one test: a local folder, then an s3:// prefix on the S3 endpoint."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    request.getfixturevalue("s3_endpoint")
+    return f"s3://{BUCKET}/{request.module.__name__}/{request.node.name}"

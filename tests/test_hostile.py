@@ -42,18 +42,10 @@ def png_with_text_bomb() -> bytes:
             + chunk(b"zTXt", b"Comment\x00\x00" + bomb) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-@pytest.fixture(params=["local", "s3"])
-def root(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "sandbox")
-    request.getfixturevalue("s3_endpoint")
-    return f"s3://{BUCKET}/hostile/{request.node.name}"
-
-
-def test_hostile_names_metadata_and_manifests(ray_cluster, random_model, root, tmp_path):
+def test_hostile_names_metadata_and_manifests(ray_cluster, random_model, store_root, tmp_path):
     rng = np.random.default_rng(3)
     good = image_bytes(concrete(rng, 64))
-    survey = storage.join(root, "survey")
+    survey = storage.join(store_root, "survey")
     names = {
         "with space/é ü 漢字 crack.jpg": good,                      # spaces and unicode
         ("long-" + "x" * 200 + ".jpg"): good,                      # a very long name
@@ -65,9 +57,9 @@ def test_hostile_names_metadata_and_manifests(ray_cluster, random_model, root, t
     }
     for rel, data in names.items():
         storage.write_bytes(storage.join(survey, *rel.split("/")), data)
-    outside = storage.join(root, "private", "secret.jpg")
+    outside = storage.join(store_root, "private", "secret.jpg")
     storage.write_bytes(outside, good)
-    if storage.is_s3(root):
+    if storage.is_s3(store_root):
         # S3 keys may hold ".." literally; one under survey/ that climbs out of it.
         prefix = storage.split_s3(survey)[1]
         storage.s3_client().put_object(Bucket=BUCKET, Key=f"{prefix}/../private/climbing.jpg", Body=good)
@@ -75,8 +67,8 @@ def test_hostile_names_metadata_and_manifests(ray_cluster, random_model, root, t
     else:
         os.symlink(outside, os.path.join(survey, "link-out.jpg"))   # a symlink pointing outside the input
 
-    results = storage.join(root, "results")
-    before = set(storage.list_files(root))
+    results = storage.join(store_root, "results")
+    before = set(storage.list_files(store_root))
     summary = run_scoring(ScoreConfig(model=str(random_model), input=survey, output=results, batch_size=8),
                           log=lambda _: None)
     rows = {r["image_uri"][len(survey) + 1:]: r for r in run_query(results, "SELECT * FROM images").to_pylist()}
@@ -88,14 +80,14 @@ def test_hostile_names_metadata_and_manifests(ray_cluster, random_model, root, t
     assert "empty" in rows["zero/empty.jpg"]["error"]
     text_bomb = rows["metadata/text-bomb.png"]
     assert text_bomb["error"] is not None or text_bomb["crack_probability"] is not None
-    climbed = "../private/climbing.jpg" if storage.is_s3(root) else "link-out.jpg"
+    climbed = "../private/climbing.jpg" if storage.is_s3(store_root) else "link-out.jpg"
     assert rows[climbed]["crack_probability"] is None
     assert "lies outside the input location" in rows[climbed]["error"]
     assert "folder.jpg" not in rows and "marker.jpg/" not in rows
     assert summary["scored"] == len(rows)
 
     # Nothing was written anywhere but under the output location.
-    after = set(storage.list_files(root))
+    after = set(storage.list_files(store_root))
     assert {u for u in after - before if not u.startswith(results + "/")} == set()
 
 

@@ -14,23 +14,15 @@ from cracknet.lease import LEASE_FILE, Lease, LeaseLost
 from conftest import BUCKET, REPO
 
 
-@pytest.fixture(params=["local", "s3"])
-def output(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "results")
-    request.getfixturevalue("s3_endpoint")
-    return f"s3://{BUCKET}/lease-test/{request.node.name}"
-
-
-def test_a_second_run_is_refused_while_the_first_holds_the_lease(output):
-    with Lease(output, owner={"run_id": "first"}, seconds=60):
+def test_a_second_run_is_refused_while_the_first_holds_the_lease(store_root):
+    with Lease(store_root, owner={"run_id": "first"}, seconds=60):
         with pytest.raises(CracknetError) as info:
-            Lease(output, owner={"run_id": "second"}, seconds=60).acquire()
+            Lease(store_root, owner={"run_id": "second"}, seconds=60).acquire()
         message = str(info.value)
-        assert message.startswith(f"Another scoring run is writing to {output}: run first on ")
+        assert message.startswith(f"Another scoring run is writing to {store_root}: run first on ")
         assert "\n" not in message
     # Released: the next run gets it.
-    with Lease(output, owner={"run_id": "third"}, seconds=60) as lease:
+    with Lease(store_root, owner={"run_id": "third"}, seconds=60) as lease:
         lease.check()
 
 

@@ -8,27 +8,19 @@ from cracknet.errors import CracknetError
 from conftest import BUCKET
 
 
-@pytest.fixture(params=["local", "s3"])
-def root(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "store")
-    request.getfixturevalue("s3_endpoint")
-    return f"s3://{BUCKET}/storage-test/{request.node.name}"
+def test_write_read_list_delete(store_root):
+    storage.write_bytes(storage.join(store_root, "a", "one.bin"), b"1")
+    storage.write_bytes(storage.join(store_root, "a", "b", "two.bin"), b"22")
+    assert storage.read_bytes(storage.join(store_root, "a", "b", "two.bin")) == b"22"
+    assert storage.list_files(store_root) == [storage.join(store_root, "a", "b", "two.bin"), storage.join(store_root, "a", "one.bin")]
+    assert storage.exists(storage.join(store_root, "a")) and not storage.exists(storage.join(store_root, "zzz"))
+    storage.delete_tree(storage.join(store_root, "a"))
+    assert not storage.exists(storage.join(store_root, "a", "one.bin"))
 
 
-def test_write_read_list_delete(root):
-    storage.write_bytes(storage.join(root, "a", "one.bin"), b"1")
-    storage.write_bytes(storage.join(root, "a", "b", "two.bin"), b"22")
-    assert storage.read_bytes(storage.join(root, "a", "b", "two.bin")) == b"22"
-    assert storage.list_files(root) == [storage.join(root, "a", "b", "two.bin"), storage.join(root, "a", "one.bin")]
-    assert storage.exists(storage.join(root, "a")) and not storage.exists(storage.join(root, "zzz"))
-    storage.delete_tree(storage.join(root, "a"))
-    assert not storage.exists(storage.join(root, "a", "one.bin"))
-
-
-def test_missing_objects_and_buckets_are_sentences(root, s3_endpoint):
+def test_missing_objects_and_buckets_are_sentences(store_root, s3_endpoint):
     with pytest.raises(CracknetError, match="does not exist"):
-        storage.read_bytes(storage.join(root, "missing.bin"))
+        storage.read_bytes(storage.join(store_root, "missing.bin"))
     with pytest.raises(CracknetError, match="does not exist"):
         storage.list_files("s3://no-such-bucket-here/prefix")
 
@@ -61,7 +53,7 @@ def test_s3_uri_without_bucket_is_refused():
         storage.resolve("s3://")
 
 
-@pytest.mark.parametrize("uri, root, inside", [
+@pytest.mark.parametrize("uri, store_root, inside", [
     ("s3://b/in/x.jpg", "s3://b/in", True),
     ("s3://b/in/a/../x.jpg", "s3://b/in/", True),
     ("s3://b/in/../out/x.jpg", "s3://b/in", False),
@@ -74,5 +66,5 @@ def test_s3_uri_without_bucket_is_refused():
     ("/data/in2/x.jpg", "/data/in", False),
     ("/data/in/x.jpg", "s3://b/data/in", False),
 ])
-def test_within_resolves_dot_segments_before_comparing(uri, root, inside):
-    assert storage.within(uri, root) is inside
+def test_within_resolves_dot_segments_before_comparing(uri, store_root, inside):
+    assert storage.within(uri, store_root) is inside
