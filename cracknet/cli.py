@@ -20,7 +20,7 @@ import sys
 from cracknet import storage
 from cracknet.config import ScoreConfig, TrainConfig, add_arguments, from_arguments
 from cracknet.errors import CracknetError
-from cracknet.metrics import json_safe
+from cracknet.metrics import json_safe, operating_point_caveat
 
 DEV_DATA = os.path.join("..", "shared", "data", "metu-dev")
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
@@ -39,8 +39,14 @@ def _format_metrics(metrics: dict) -> str:
 def _print_training(card: dict) -> None:
     # Start on a fresh line: Ray's progress bars may have left the cursor mid-line.
     point = card["operating_point"]
-    print(f"\nThreshold {card['threshold']:.3f}: recall >= {point['target_recall']} on validation "
-          f"(precision {point['val_precision']:.3f} there, {point['val_precision_at_0.5']:.3f} at 0.5)")
+    bound = (f", {point['confidence']:.0%} lower bound {point['recall_lower_bound']:.3f}"
+             if point.get("confidence") else "")
+    print(f"\nThreshold {card['threshold']:.3f} for recall >= {point['target_recall']}: validation recall "
+          f"{point['val_recall']:.3f}{bound}, precision {point['val_precision']:.3f} "
+          f"(at 0.5: recall {point['val_recall_at_0.5']:.3f}, precision {point['val_precision_at_0.5']:.3f})")
+    if operating_point_caveat(point):
+        print(f"Warning: {operating_point_caveat(point)} Hold out more images (--val-fraction) "
+              f"or lower --recall-confidence.")
     print(f"Test metrics: {_format_metrics(card['metrics']['test'])}")
     print(f"Test at 0.5:  {_format_metrics(card['metrics']['test_at_0.5'])}")
     print(f"Model artifact: {card['folder']} (model_id {card['model_id']})")
@@ -55,13 +61,19 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from cracknet.evaluate import evaluate
 
-    report = evaluate(args.model, args.data, args.batch_size, args.target_recall)
+    if args.target_recall is not None and not 0.0 < args.target_recall <= 1.0:
+        raise CracknetError(f"--target-recall must be in (0, 1], got {args.target_recall}.")
+    if not 0.0 <= args.recall_confidence < 1.0:
+        raise CracknetError(f"--recall-confidence must be in [0, 1), got {args.recall_confidence}.")
+    report = evaluate(args.model, args.data, args.batch_size, args.target_recall, args.recall_confidence)
     print(f"{report['images']} images under {report['data']}, {len(report['unreadable'])} unreadable.")
     print(f"Metrics: {_format_metrics(report['metrics'])}")
     print(f"At 0.5:  {_format_metrics(report['metrics_at_0.5'])}")
     if "for_target_recall" in report:
         chosen = report["for_target_recall"]
         print(f"For recall >= {chosen['target_recall']} on this data: {_format_metrics(chosen['metrics'])}")
+        if operating_point_caveat(chosen):
+            print(f"Warning: {operating_point_caveat(chosen, where='in this data')}")
     if args.json:
         storage.write_bytes(args.json, json.dumps(json_safe(report), indent=2, allow_nan=False).encode())
         print(f"Wrote {args.json}")
@@ -126,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--target-recall", type=float,
                           help="also report the threshold that keeps this recall on this data, and its precision")
+    evaluate.add_argument("--recall-confidence", type=float, default=0.95,
+                          help="confidence the --target-recall threshold keeps that recall on new images")
     evaluate.set_defaults(run=cmd_evaluate)
 
     explain = sub.add_parser("explain", help="Grad-CAM heatmap: which pixels made the model say crack (PNG)")

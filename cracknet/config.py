@@ -41,6 +41,8 @@ class TrainConfig:
     test_fraction: float = _opt(0.15, "share of images (by content hash) held out for the final test")
     target_recall: float = _opt(0.98, "the decision threshold is the highest one that keeps at least this recall "
                                       "on the validation split (a missed crack costs more than a false alarm)")
+    recall_confidence: float = _opt(0.95, "confidence that the threshold keeps --target-recall on new images "
+                                          "(a Clopper-Pearson bound on validation recall; 0: the plain estimate)")
     max_bad_fraction: float = _opt(0.01, "fail when more than this share of the images cannot be decoded")
     max_failures: int = _opt(3, "worker failures to recover from (resuming from the last checkpoint)")
     seed: int = _opt(0, "random seed for initialisation, shuffling and augmentation")
@@ -57,6 +59,8 @@ class TrainConfig:
              "--val-fraction and --test-fraction must be positive and leave at least 10% for training."),
             (0.0 <= self.max_bad_fraction < 1.0, f"--max-bad-fraction must be in [0, 1), got {self.max_bad_fraction}."),
             (0.0 < self.target_recall <= 1.0, f"--target-recall must be in (0, 1], got {self.target_recall}."),
+            (0.0 <= self.recall_confidence < 1.0,
+             f"--recall-confidence must be in [0, 1), got {self.recall_confidence}."),
             (self.max_failures >= 0, f"--max-failures must not be negative, got {self.max_failures}."),
         ]
         for ok, message in checks:

@@ -19,7 +19,7 @@ from cracknet import storage
 from cracknet.data import LabelledImage, content_hash, discover, split_of
 from cracknet.errors import CracknetError
 from cracknet.engine import Precision, predict
-from cracknet.metrics import binary_metrics, evaluation, threshold_for_recall
+from cracknet.metrics import binary_metrics, evaluation, operating_point
 from cracknet.model import load_artifact, preprocessing_of
 from cracknet.transforms import ImageError, Preprocessing, decode
 
@@ -91,10 +91,12 @@ def predict_tree(model, card: dict, data_uri: str, batch_size: int = 64, split: 
     return Predictions([images[int(i)].uri for i in idx], probs, labels, unreadable, source)
 
 
-def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall: float | None = None) -> dict:
+def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall: float | None = None,
+             recall_confidence: float = 0.95) -> dict:
     """Metrics of a model on a labelled tree at its own threshold and at 0.5, with bootstrap intervals.
 
-    With ``target_recall``, also the threshold this data would choose for that recall, and its precision.
+    With ``target_recall``, also the threshold this data would choose for that recall (by the same rule
+    as training, see ``metrics.operating_point``), and its precision.
     """
     model, card = load_artifact(model_uri)
     found = predict_tree(model, card, data_uri, batch_size)
@@ -110,7 +112,6 @@ def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall:
         "unreadable": [{"uri": uri, "error": err} for uri, err in unreadable],
     }
     if target_recall is not None:
-        threshold = threshold_for_recall(probs, labels, target_recall)
-        report["for_target_recall"] = {"target_recall": target_recall, "threshold": threshold,
-                                       "metrics": binary_metrics(probs, labels, threshold)}
+        point = operating_point(probs, labels, target_recall, recall_confidence)
+        report["for_target_recall"] = {**point, "metrics": binary_metrics(probs, labels, point["threshold"])}
     return report

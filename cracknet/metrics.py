@@ -57,27 +57,100 @@ def evaluation(probs: np.ndarray, labels: np.ndarray, threshold: float, seed: in
     return metrics
 
 
-def threshold_for_recall(probs: np.ndarray, labels: np.ndarray, target: float) -> float:
-    """The highest threshold whose recall on these scores is at least ``target``.
+def recall_lower_bound(found: int, positives: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson lower confidence bound on a recall of ``found / positives``.
 
-    Missing a crack costs more than a false alarm, so the operating point is
-    chosen for recall on purpose; the highest such threshold gives the best
-    precision that recall allows. Candidates are the midpoints between
-    neighbouring distinct scores (and one below the lowest score), so the cut
-    never sits on a score itself.
+    The true recall is at least this with probability ``confidence``; with
+    ``confidence`` 0 it is the plain estimate ``found / positives``.
+    """
+    if not 0 <= found <= positives or positives < 1:
+        raise ValueError(f"need 0 <= found <= positives and positives >= 1, got {found} of {positives}")
+    if confidence <= 0.0:
+        return found / positives
+    if found == 0:
+        return 0.0
+    alpha = 1.0 - confidence
+    if found == positives:
+        return float(alpha ** (1.0 / positives))
+    n, j = positives, np.arange(found, positives + 1)
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
+    log_choose = log_fact[n] - log_fact[j] - log_fact[n - j]
+
+    def tail(p: float) -> float:  # P(X >= found) for X ~ Binomial(n, p); rises with p
+        return float(np.exp(log_choose + j * np.log(p) + (n - j) * np.log1p(-p)).sum())
+
+    low, high = 0.0, found / positives
+    for _ in range(60):
+        mid = (low + high) / 2.0
+        low, high = (mid, high) if tail(mid) < alpha else (low, mid)
+    return low
+
+
+def operating_point(probs: np.ndarray, labels: np.ndarray, target: float, confidence: float = 0.95) -> dict:
+    """The decision threshold for a target recall, chosen with a safety margin.
+
+    Missing a crack costs more than a false alarm, so the threshold is chosen
+    for recall on purpose: the highest threshold whose recall on these scores
+    has a ``confidence`` lower bound (Clopper-Pearson) of at least ``target``.
+    The highest such threshold gives the best precision that recall allows; the
+    bound keeps it away from the edge of the positives, where the plain
+    "recall >= target here" rule sits and where a new sample of images loses
+    recall about half the time. When even finding every positive cannot show the
+    target at that confidence (too few positives), the threshold keeps them all
+    and ``backed`` is False.
+
+    Candidate cuts are midway between neighbouring distinct scores (or half the
+    lowest score), so the cut never sits on a score itself.
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target recall must be in (0, 1], got {target}")
+    if not 0.0 <= confidence < 1.0:
+        raise ValueError(f"confidence must be in [0, 1), got {confidence}")
     positives = np.sort(probs[labels])[::-1]
     if len(positives) == 0:
-        return 0.5
-    needed = int(np.ceil(target * len(positives) - 1e-9))  # positives that must score at or above the cut
-    lowest_kept = positives[needed - 1]
+        return {"threshold": 0.5, "target_recall": target, "confidence": confidence, "positives": 0,
+                "recall": float("nan"), "recall_lower_bound": float("nan"), "backed": False}
+
+    def found_at(k: int) -> int:  # positives kept when the cut sits just below the k-th highest positive
+        return int((positives >= positives[k - 1]).sum())
+
+    # The fewest top positives whose kept count has a lower bound >= target (the bound rises with k).
+    low, high = 1, len(positives)
+    if recall_lower_bound(found_at(high), len(positives), confidence) < target:
+        keep, backed = high, False
+    else:
+        while low < high:
+            mid = (low + high) // 2
+            if recall_lower_bound(found_at(mid), len(positives), confidence) >= target:
+                high = mid
+            else:
+                low = mid + 1
+        keep, backed = low, True
+    lowest_kept = positives[keep - 1]
     below = probs[probs < lowest_kept]
-    # Midway between the lowest kept positive and the next lower score of any class.
-    return float((lowest_kept + below.max()) / 2.0) if len(below) else float(lowest_kept / 2.0)
+    threshold = float((lowest_kept + below.max()) / 2.0) if len(below) else float(lowest_kept / 2.0)
+    found = found_at(keep)
+    return {"threshold": threshold, "target_recall": target, "confidence": confidence,
+            "positives": int(len(positives)), "recall": found / len(positives),
+            "recall_lower_bound": recall_lower_bound(found, len(positives), confidence), "backed": backed}
+
+
+def threshold_rule(target: float, confidence: float) -> str:
+    if confidence <= 0.0:
+        return f"highest threshold with recall >= {target} on the validation split"
+    return (f"highest threshold whose validation recall has a {confidence:.0%} lower confidence bound "
+            f"(Clopper-Pearson) of at least {target}")
+
+
+def operating_point_caveat(point: dict, where: str = "in the validation split") -> str:
+    """A sentence when the threshold could not be backed at the asked confidence, else ""."""
+    if point.get("backed", True):
+        return ""
+    return (f"Only {point['positives']} crack images {where}: too few to show recall >= {point['target_recall']} "
+            f"with {point['confidence']:.0%} confidence even when every one is found "
+            f"(bound {point['recall_lower_bound']:.3f}), so the threshold keeps them all.")
 
 
 def average_precision(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -36,7 +36,7 @@ from cracknet.data import CLASS_NAMES, discover
 from cracknet.datasets import load_labelled, split_datasets
 from cracknet.engine import Precision, log_loss, lr_at, predict, train_one_epoch
 from cracknet.errors import CracknetError, root_cause
-from cracknet.metrics import binary_metrics, evaluation, threshold_for_recall
+from cracknet.metrics import binary_metrics, evaluation, operating_point, threshold_rule
 from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_starting_weights,
                             save_artifact, set_backbone_trainable)
 from cracknet.transforms import Preprocessing
@@ -326,8 +326,11 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     state = _load_state(result.checkpoint)
 
     (val_probs, val_labels), (test_probs, test_labels) = out["val"], out["test"]
-    threshold = threshold_for_recall(val_probs, val_labels, cfg.target_recall)
+    point = operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence)
+    threshold = point.pop("threshold")
+    point.pop("recall")  # the same as val_recall below
     at_threshold = binary_metrics(val_probs, val_labels, threshold)
+    at_half = binary_metrics(val_probs, val_labels, 0.5)
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("overwrite", "ray_address")}
     card = {
         "format_version": 1,
@@ -337,10 +340,9 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                           "resize": "bilinear, whole image to a square",
                           "colour": "RGB, EXIF orientation applied"},
         "threshold": threshold,
-        "threshold_rule": f"highest threshold with recall >= {cfg.target_recall} on the validation split",
-        "operating_point": {"target_recall": cfg.target_recall, "val_recall": at_threshold["recall"],
-                            "val_precision": at_threshold["precision"],
-                            "val_precision_at_0.5": binary_metrics(val_probs, val_labels, 0.5)["precision"]},
+        "threshold_rule": threshold_rule(cfg.target_recall, cfg.recall_confidence),
+        "operating_point": {**point, "val_recall": at_threshold["recall"], "val_precision": at_threshold["precision"],
+                            "val_recall_at_0.5": at_half["recall"], "val_precision_at_0.5": at_half["precision"]},
         "metrics": {
             "test": evaluation(test_probs, test_labels, threshold, seed=cfg.seed),
             "test_at_0.5": binary_metrics(test_probs, test_labels, 0.5),

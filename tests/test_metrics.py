@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from cracknet.metrics import (average_precision, binary_metrics, bootstrap_intervals, roc_auc,
-                              threshold_for_recall)
+from cracknet.metrics import (average_precision, binary_metrics, bootstrap_intervals, operating_point,
+                              operating_point_caveat, recall_lower_bound, roc_auc)
 
 
 def brute_auc(probs, labels):
@@ -35,18 +35,89 @@ def test_binary_metrics_counts():
     assert m["f1"] == pytest.approx(0.4) and m["accuracy"] == pytest.approx(0.4)
 
 
+def _scores(seed: int, n: int = 300):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(n) < 0.4
+    probs = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).round(2)  # rounded: many ties
+    return probs, labels
+
+
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("target", [0.5, 0.9, 0.98, 1.0])
-def test_threshold_for_recall_reaches_the_target_with_the_best_precision(seed, target):
-    rng = np.random.default_rng(seed)
-    labels = rng.random(300) < 0.4
-    probs = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).round(2)  # rounded: many ties
-    threshold = threshold_for_recall(probs, labels, target)
+def test_plain_operating_point_is_the_highest_threshold_reaching_the_target(seed, target):
+    probs, labels = _scores(seed)
+    point = operating_point(probs, labels, target, confidence=0.0)
+    threshold = point["threshold"]
     chosen = binary_metrics(probs, labels, threshold)
-    assert chosen["recall"] >= target
+    assert chosen["recall"] >= target and point["recall"] == pytest.approx(chosen["recall"])
     # No higher threshold keeps the target: every distinct score above the cut, used as the cut, loses it.
     for higher in np.unique(probs[probs > threshold]):
         assert binary_metrics(probs, labels, higher + 1e-12)["recall"] < target
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.95])
+def test_backed_operating_point_is_the_highest_threshold_whose_lower_bound_reaches_the_target(seed, target):
+    probs, labels = _scores(seed, n=1000)
+    point = operating_point(probs, labels, target, confidence=0.95)
+    positives = int(labels.sum())
+
+    def bound(threshold):
+        found = int(((probs >= threshold) & labels).sum())
+        return recall_lower_bound(found, positives, 0.95)
+
+    assert point["backed"] and bound(point["threshold"]) >= target
+    assert binary_metrics(probs, labels, point["threshold"])["recall"] >= target
+    assert point["threshold"] <= operating_point(probs, labels, target, confidence=0.0)["threshold"]
+    for higher in np.unique(probs[probs > point["threshold"]]):
+        assert bound(higher + 1e-12) < target
+
+
+def test_too_few_positives_keep_them_all_and_say_so():
+    probs = np.r_[np.linspace(0.6, 0.99, 40), np.linspace(0.01, 0.7, 60)]
+    labels = np.r_[np.ones(40, bool), np.zeros(60, bool)]
+    point = operating_point(probs, labels, 0.98, confidence=0.95)
+    # 40 of 40 found only shows recall >= 0.05 ** (1 / 40) = 0.928 with 95% confidence.
+    assert not point["backed"] and point["recall"] == 1.0
+    assert point["recall_lower_bound"] == pytest.approx(0.05 ** (1 / 40))
+    assert 0.59 < point["threshold"] < 0.6
+    assert "Only 40 crack images in the validation split" in operating_point_caveat(point)
+    assert operating_point_caveat(operating_point(probs, labels, 0.9, confidence=0.95)) == ""
+
+
+def test_clopper_pearson_lower_bound_matches_known_values():
+    # Textbook one-sided 95% bounds (the lower ends of two-sided 90% Clopper-Pearson intervals).
+    assert recall_lower_bound(9, 10, 0.95) == pytest.approx(0.6058, abs=1e-4)
+    assert recall_lower_bound(5, 10, 0.95) == pytest.approx(0.2224, abs=1e-4)
+    assert recall_lower_bound(250, 250, 0.95) == pytest.approx(0.05 ** (1 / 250))
+    assert recall_lower_bound(0, 30, 0.95) == 0.0
+    assert recall_lower_bound(245, 250, 0.0) == 0.98
+    bounds = [recall_lower_bound(k, 300, 0.95) for k in range(0, 301, 10)]
+    assert bounds == sorted(bounds) and all(b <= k / 300 for b, k in zip(bounds, range(0, 301, 10)))
+
+
+def test_backed_threshold_keeps_the_target_recall_on_new_images_far_more_often():
+    """Threshold chosen on 300-positive validation draws from a known score distribution, judged on the population.
+
+    The plain rule sits on the edge of the validation positives, so new images fall short of the target about
+    half the time; the 95% bound should fall short at most about 5% of the time.
+    """
+    rng = np.random.default_rng(7)
+    population = 1 / (1 + np.exp(-rng.normal(2.5, 1.5, 200_000)))  # crack scores
+
+    def true_recall(threshold):
+        return float((population >= threshold).mean())
+
+    held = {0.0: 0, 0.95: 0}
+    draws = 200
+    for _ in range(draws):
+        pos = 1 / (1 + np.exp(-rng.normal(2.5, 1.5, 300)))
+        neg = 1 / (1 + np.exp(-rng.normal(-2.5, 1.5, 300)))
+        probs, labels = np.r_[pos, neg], np.r_[np.ones(300, bool), np.zeros(300, bool)]
+        for confidence in held:
+            held[confidence] += true_recall(operating_point(probs, labels, 0.98, confidence)["threshold"]) >= 0.98
+    assert held[0.95] / draws >= 0.9
+    assert held[0.0] / draws <= 0.8
 
 
 def test_average_precision_matches_the_step_definition():

@@ -19,7 +19,7 @@ from cracknet.config import TrainConfig
 from cracknet.data import LabelledImage, content_hash, discover, split_of
 from cracknet.engine import predict
 from cracknet.evaluate import decoded_batches
-from cracknet.metrics import binary_metrics
+from cracknet.metrics import binary_metrics, operating_point_caveat
 from cracknet.model import load_artifact, preprocessing_of
 from cracknet.train import run_training
 
@@ -76,7 +76,14 @@ def test_ddp_training_writes_a_complete_self_describing_artifact(ray_cluster, la
     val = split_images(labelled_tree, "val")
     val_probs, val_labels, _ = predict(model, decoded_batches(val, preprocessing_of(read), 16, []),
                                        preprocessing_of(read), torch.device("cpu"))
-    assert binary_metrics(val_probs, val_labels, read["threshold"])["recall"] >= 0.98
+    at_threshold = binary_metrics(val_probs, val_labels, read["threshold"])
+    assert at_threshold["recall"] >= 0.98
+    # About 9 validation cracks cannot show 98% recall with 95% confidence: the threshold keeps them all, and says so.
+    point = on_disk["operating_point"]
+    assert point["confidence"] == 0.95 and point["positives"] == int(val_labels.sum())
+    assert not point["backed"] and at_threshold["recall"] == 1.0
+    assert point["recall_lower_bound"] == pytest.approx(0.05 ** (1 / point["positives"]))
+    assert "too few to show recall >= 0.98" in operating_point_caveat(point)
 
     # `cracknet evaluate` on the same tree prints and writes the same kind of report.
     report_path = tmp_path / "eval.json"
