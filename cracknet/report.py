@@ -20,12 +20,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cracknet import storage
-from cracknet.metrics import average_precision, binary_metrics
+from cracknet.metrics import average_precision, binary_metrics, operating_point_caveat
 
 THUMB = 160
 LIMITS = ("Trained and tested on the labelled images named in the card (concrete surface patches for the "
           "METU set); accuracy on other surfaces, materials, scales or cameras is unknown until measured with "
-          "`cracknet evaluate` on labelled images of them. The threshold was chosen for recall on the "
+          "cracknet evaluate on labelled images of them. The threshold was chosen for recall on the "
           "validation split; precision at that threshold is the cost of that choice.")
 
 
@@ -126,7 +126,12 @@ def model_card_section(report: Report, card: dict) -> None:
         ("architecture", card.get("architecture", "resnet50")), ("training data", data.get("uri", "not recorded")),
         ("data fingerprint", data.get("fingerprint", "")),
         ("threshold", f"{card['threshold']:.4f} ({card.get('threshold_rule', '')})"),
-        ("precision it costs (validation)", _fmt(point.get("val_precision", ""))),
+        ("validation recall / precision at the threshold",
+         f"{_fmt(point.get('val_recall', ''))} / {_fmt(point.get('val_precision', ''))}"
+         + (f" (recall's {point['confidence']:.0%} lower bound {_fmt(point['recall_lower_bound'])})"
+            if point.get("confidence") else "")),
+        ("validation recall / precision at 0.5",
+         f"{_fmt(point.get('val_recall_at_0.5', ''))} / {_fmt(point.get('val_precision_at_0.5', ''))}"),
         ("epochs", training.get("epochs_completed", "")),
         ("versions", ", ".join(f"{k} {v}" for k, v in card.get("versions", {}).items())),
     ]
@@ -134,7 +139,8 @@ def model_card_section(report: Report, card: dict) -> None:
             + "<h3>Images per split and class</h3>" + _table(split_rows, ("split", *classes))
             + "<h3>Test metrics at the threshold (95% bootstrap intervals)</h3>"
             + _table(metric_rows, ("metric", "value", "interval"))
-            + f'<p class="note"><b>Known limits.</b> {html.escape(LIMITS)}</p>')
+            + f'<p class="note"><b>Known limits.</b> {html.escape(LIMITS)}'
+            + (f" {html.escape(operating_point_caveat(point))}" if operating_point_caveat(point) else "") + "</p>")
     report.section("Model card", body)
 
 
@@ -229,26 +235,48 @@ def evaluation_section(report: Report, card: dict, found, gallery: int) -> None:
 # A scoring output
 
 
-def tile_map(image_uri: str, tiles: list[dict], side: int = 640) -> bytes:
-    """The photo, downscaled, with each tile's crack probability drawn as a translucent red box."""
+def _short_names(prefixes: list[str]) -> list[str]:
+    """Structure prefixes without the folders they all share (whole path segments only)."""
+    if len(prefixes) < 2:
+        return prefixes
+    shared = prefixes[0]
+    for p in prefixes[1:]:
+        while not p.startswith(shared):
+            shared = shared[:-1]
+    shared = shared[:shared.rfind("/") + 1]
+    return [p[len(shared):] or p for p in prefixes]
+
+
+def tile_map(image_uri: str, tiles: list[dict], threshold: float, side: int = 640) -> bytes:
+    """The photo, downscaled, tinted red by crack probability, with the flagged area outlined.
+
+    Tiles overlap, so each pixel takes the highest probability of the tiles covering it. The tint
+    stays translucent so the crack itself shows through; the outline marks where some tile reached
+    ``threshold``.
+    """
+    from PIL import ImageFilter
+
     from cracknet.transforms import load_rgb
 
     img = load_rgb(storage.read_bytes(image_uri))
     scale = min(1.0, side / max(img.size))
-    shown = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale)))).convert("RGBA")
-    layer = Image.new("RGBA", shown.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
-    for t in sorted(tiles, key=lambda t: t["crack_probability"]):
-        box = [t["tile_x"] * scale, t["tile_y"] * scale, (t["tile_x"] + t["tile_w"]) * scale,
-               (t["tile_y"] + t["tile_h"]) * scale]
-        p = float(t["crack_probability"])
-        draw.rectangle(box, fill=(255, 0, 0, int(200 * p * p)), outline=(255, 255, 255, 60))
+    shown = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))))
+    heat = np.zeros((shown.height, shown.width), dtype=np.float32)
+    for t in tiles:
+        x0, y0 = int(t["tile_x"] * scale), int(t["tile_y"] * scale)
+        x1, y1 = int(np.ceil((t["tile_x"] + t["tile_w"]) * scale)), int(np.ceil((t["tile_y"] + t["tile_h"]) * scale))
+        np.maximum(heat[y0:y1, x0:x1], float(t["crack_probability"]), out=heat[y0:y1, x0:x1])
+    flagged = Image.fromarray(((heat >= threshold) * 255).astype(np.uint8), mode="L")
+    edge = np.asarray(flagged.filter(ImageFilter.MaxFilter(5))) > np.asarray(flagged)  # just outside the area
+    alpha = (0.45 * heat ** 2)[..., None]
+    out = np.asarray(shown, dtype=np.float32) * (1 - alpha) + np.array([230.0, 0, 0]) * alpha
+    out[edge] = (230, 0, 0)
     buffer = io.BytesIO()
-    Image.alpha_composite(shown, layer).convert("RGB").save(buffer, format="PNG")
+    Image.fromarray(out.clip(0, 255).astype(np.uint8), mode="RGB").save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def scoring_section(report: Report, results: str, top: int, maps: int) -> None:
+def scoring_section(report: Report, results: str, top: int, maps: int, threshold: float) -> None:
     from cracknet.query import run_query
 
     plt = _pyplot()
@@ -276,7 +304,7 @@ def scoring_section(report: Report, results: str, top: int, maps: int) -> None:
     overview = report.figure("scoring_overview", fig)
 
     fig, ax = plt.subplots(figsize=(11, max(2.5, 0.3 * len(structures))))
-    names = [s["structure"][-60:] for s in structures][::-1]
+    names = [name[-60:] for name in _short_names([s["structure"] for s in structures])][::-1]
     ax.barh(names, [s["images"] for s in structures][::-1], color="#95a5a6", label="images")
     ax.barh(names, [s["cracks"] for s in structures][::-1], color="#c0392b", label="cracks")
     ax.set(title="Per structure (folder)", xlabel="images")
@@ -292,8 +320,9 @@ def scoring_section(report: Report, results: str, top: int, maps: int) -> None:
     for i, r in enumerate(large):
         tiles = run_query(results, "SELECT * FROM tiles_above('{}', 0.0)".format(
             r["image_uri"].replace("'", "''"))).to_pylist()
-        body += (f"<h3>Tile crack map: {html.escape(r['image_uri'])} (p={r['crack_probability']:.3f})</h3>"
-                 + report.png(f"tile_map_{i + 1}", tile_map(r["image_uri"], tiles)))
+        body += (f"<h3>Tile crack map: {html.escape(r['image_uri'])} (p={r['crack_probability']:.3f}; "
+                 f"outlined: tiles at or above {threshold:.3f})</h3>"
+                 + report.png(f"tile_map_{i + 1}", tile_map(r["image_uri"], tiles, threshold)))
     report.section("Scoring results", body)
 
 
@@ -310,5 +339,5 @@ def build_report(model_uri: str, out: str, data: str | None = None, split: str =
         found = predict_tree(model, card, data, split=split)
         evaluation_section(report, card, found, gallery)
     if results:
-        scoring_section(report, results, top, maps)
+        scoring_section(report, results, top, maps, card["threshold"])
     return {"report": report.write(), "figures": report.files}
