@@ -276,7 +276,8 @@ def tile_map(image_uri: str, tiles: list[dict], threshold: float, side: int = 64
     return buffer.getvalue()
 
 
-def scoring_section(report: Report, results: str, top: int, maps: int, threshold: float) -> None:
+def scoring_section(report: Report, results: str, top: int, maps: int, card: dict) -> None:
+    """Scoring figures; thresholds drawn are ``card``'s (the section says so when other models scored)."""
     from cracknet.query import run_query
 
     plt = _pyplot()
@@ -287,13 +288,13 @@ def scoring_section(report: Report, results: str, top: int, maps: int, threshold
     likely = run_query(results, f"SELECT image_uri, crack_probability, tiles_scored FROM images "
                                 f"WHERE error IS NULL ORDER BY crack_probability DESC LIMIT {int(top)}").to_pylist()
     errors = run_query(results, "SELECT count(*) AS n FROM failures").to_pylist()[0]["n"]
+    scored_by = {m for m in run_query(results, "SELECT DISTINCT model_id FROM images").column(0).to_pylist() if m}
+    threshold = card["threshold"]
 
     fig, (hist_ax, day_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
     hist_ax.hist(images, bins=40, range=(0, 1), color="#c0392b")
-    threshold = run_query(results, "SELECT min(crack_probability) AS t FROM images WHERE is_crack").to_pylist()[0]["t"]
-    if threshold is not None:
-        hist_ax.axvline(threshold, color="black", linestyle=":", label="lowest probability flagged")
-        hist_ax.legend()
+    hist_ax.axvline(threshold, color="black", linestyle=":", label=f"threshold {threshold:.3f}")
+    hist_ax.legend()
     hist_ax.set(title=f"Crack probability ({len(images)} images)", xlabel="probability", ylabel="images")
     days = [str(d) for d in per_day.column("day").to_pylist()]
     day_ax.bar(days, per_day.column("images").to_pylist(), color="#95a5a6", label="images")
@@ -313,7 +314,11 @@ def scoring_section(report: Report, results: str, top: int, maps: int, threshold
 
     rows = [(_thumbnail(r["image_uri"], 96), html.escape(r["image_uri"]), f"{r['crack_probability']:.3f}",
              r["tiles_scored"]) for r in likely]
-    body = (f"<p>{len(images)} images scored, {errors} error rows, in {html.escape(results)}.</p>" + overview
+    other = sorted(scored_by - {card["model_id"]})
+    note = (f" Scored by model {', '.join(map(html.escape, other))} as well as or instead of {card['model_id']}: "
+            f"is_crack follows each scoring model's threshold; the lines drawn here are {threshold:.3f}, "
+            f"this report's model's." if other else "")
+    body = (f"<p>{len(images)} images scored, {errors} error rows, in {html.escape(results)}.{note}</p>" + overview
             + per_structure + f"<h3>Top {len(rows)} most likely cracks</h3>"
             + _table(rows, ("", "image", "probability", "tiles")))
     large = [r for r in likely if r["tiles_scored"] > 1][:maps]
@@ -339,5 +344,5 @@ def build_report(model_uri: str, out: str, data: str | None = None, split: str =
         found = predict_tree(model, card, data, split=split)
         evaluation_section(report, card, found, gallery)
     if results:
-        scoring_section(report, results, top, maps, card["threshold"])
+        scoring_section(report, results, top, maps, card)
     return {"report": report.write(), "figures": report.files}

@@ -39,8 +39,16 @@ def s3_filesystem() -> pafs.S3FileSystem:
 
 def _environment() -> tuple:
     keys = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_REGION",
-            "AWS_DEFAULT_REGION")
+            "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS")
     return tuple(os.environ.get(k) for k in keys)
+
+
+def _max_attempts() -> int:
+    """Attempts per S3 request: the AWS SDKs' own AWS_MAX_ATTEMPTS setting, else 6 (standard retry mode)."""
+    value = os.environ.get("AWS_MAX_ATTEMPTS", "6")
+    if not value.isdigit() or int(value) < 1:
+        raise CracknetError(f"AWS_MAX_ATTEMPTS must be a whole number of at least 1, got {value!r}.")
+    return int(value)
 
 
 @functools.lru_cache(maxsize=4)
@@ -48,7 +56,7 @@ def _cached_filesystem(_environment: tuple) -> pafs.S3FileSystem:
     kwargs: dict = {
         "connect_timeout": 10,
         "request_timeout": 60,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=6),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_max_attempts()),
     }
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
@@ -74,7 +82,7 @@ def _cached_client(_environment: tuple):
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", config=Config(retries={"max_attempts": 6, "mode": "standard"},
+    return boto3.client("s3", config=Config(retries={"total_max_attempts": _max_attempts(), "mode": "standard"},
                                             connect_timeout=10, read_timeout=60))
 
 

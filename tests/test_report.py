@@ -1,5 +1,6 @@
 """`cracknet report` from real (tiny) training and scoring outputs: valid PNGs, a self-contained HTML page."""
 
+import io
 import re
 from html.parser import HTMLParser
 
@@ -10,11 +11,18 @@ from PIL import Image
 from cracknet import storage
 from cracknet.cli import main as cli_main
 from cracknet.config import ScoreConfig, TrainConfig
+from cracknet.report import _short_names, tile_map
 from cracknet.score import run_scoring
 from cracknet.synthetic import concrete, draw_crack, image_bytes
 from cracknet.train import run_training
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+
+def _png(img: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class Sources(HTMLParser):
@@ -30,7 +38,8 @@ class Sources(HTMLParser):
             self.links.append(attrs["href"])
 
 
-def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(ray_cluster, synthetic_tree, tmp_path):
+def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(ray_cluster, synthetic_tree, random_model,
+                                                                         tmp_path):
     run = tmp_path / "run"
     card = run_training(TrainConfig(data=str(synthetic_tree), output=str(run), epochs=2, image_size=32,
                                     batch_size=8, num_workers=1, weights="none"), log=lambda _: None)
@@ -73,6 +82,37 @@ def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(ray_clus
     # --split test evaluates exactly the images the training run held out for its test.
     held_out = sum(card["data"]["counts"]["test"].values())
     assert f"<p>{held_out} images of {synthetic_tree} (test split)" in page
+    assert f"threshold {card['threshold']:.3f}" in page and "Scored by model" not in page
+
+    # Results scored by another model than the report's: the page says whose thresholds it draws.
+    other = tmp_path / "other-report"
+    assert cli_main(["report", "--model", str(random_model), "--results", str(results), "--out", str(other)]) == 0
+    assert f"Scored by model {card['model_id']}" in (other / "report.html").read_text()
+
+
+def test_tile_map_tints_by_the_highest_covering_tile_and_outlines_the_flagged_area(tmp_path):
+    grey = Image.new("RGB", (200, 100), (128, 128, 128))
+    storage.write_bytes(str(tmp_path / "photo.png"), _png(grey))
+    tiles = [{"tile_x": 0, "tile_y": 0, "tile_w": 100, "tile_h": 100, "crack_probability": 0.9},
+             {"tile_x": 50, "tile_y": 0, "tile_w": 100, "tile_h": 100, "crack_probability": 0.2},
+             {"tile_x": 100, "tile_y": 0, "tile_w": 100, "tile_h": 100, "crack_probability": 0.0}]
+    with Image.open(io.BytesIO(tile_map(str(tmp_path / "photo.png"), tiles, threshold=0.5))) as img:
+        out = np.asarray(img.convert("RGB")).astype(int)
+    assert out.shape == (100, 200, 3)
+    inside, overlap, low, clear = out[50, 40], out[50, 75], out[50, 125], out[50, 180]
+    assert inside[0] > 128 > inside[1]  # tinted red, translucent: not pure red
+    assert inside[1] > 50
+    assert (overlap == inside).all()  # the overlap takes the higher tile
+    assert low[0] > low[1] and (inside[0] - inside[1]) > 2 * (low[0] - low[1])
+    assert (clear == 128).all()
+    assert (out[50, 101] == (230, 0, 0)).all() and (out[50, 104] != (230, 0, 0)).any()  # outline just outside
+
+
+def test_structure_names_drop_only_the_folders_they_share():
+    assert _short_names(["s3://b/survey/tunnel-east", "s3://b/survey/bridge-north"]) == ["tunnel-east",
+                                                                                          "bridge-north"]
+    assert _short_names(["/a/bc", "/a/bd"]) == ["bc", "bd"]  # never half a folder name
+    assert _short_names(["/a/b"]) == ["/a/b"]
 
 
 def test_report_needs_only_the_model(ray_cluster, random_model, tmp_path, capsys):

@@ -68,3 +68,13 @@ def test_s3_uri_without_bucket_is_refused():
 ])
 def test_within_resolves_dot_segments_before_comparing(uri, store_root, inside):
     assert storage.within(uri, store_root) is inside
+
+
+def test_attempts_per_request_follow_aws_max_attempts(s3_endpoint, monkeypatch):
+    assert storage.s3_client().meta.config.retries["total_max_attempts"] == 6
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    assert storage.s3_client().meta.config.retries["total_max_attempts"] == 2
+    storage.write_bytes(f"s3://{BUCKET}/attempts/x", b"1")  # the store still works with fewer attempts
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "many")
+    with pytest.raises(CracknetError, match="AWS_MAX_ATTEMPTS must be a whole number of at least 1, got 'many'"):
+        storage.read_bytes(f"s3://{BUCKET}/attempts/x")
