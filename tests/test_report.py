@@ -82,7 +82,7 @@ def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(ray_clus
     # --split test evaluates exactly the images the training run held out for its test.
     held_out = sum(card["data"]["counts"]["test"].values())
     assert f"<p>{held_out} images of {synthetic_tree} (test split)" in page
-    assert f"threshold {card['threshold']:.3f}" in page and "Scored by model" not in page
+    assert f"at or above {card['threshold']:.3f}" in page and "Scored by model" not in page
 
     # Results scored by another model than the report's: the page says whose thresholds it draws.
     other = tmp_path / "other-report"
