@@ -6,6 +6,7 @@ All of these fail before any cluster work starts, so no Ray is needed.
 import pytest
 import torch
 
+from cracknet.cli import main as cli_main
 from cracknet.model import build_model, save_artifact
 
 from conftest import BUCKET, model_card
@@ -83,6 +84,7 @@ def test_train_with_a_missing_bucket(s3_endpoint, tmp_path, cracknet_cli):
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--val-fraction", "0.5", "--test-fraction", "0.5"], "leave at least 10%"),
     (["--image-size", "4"], "Image size must be between"),
+    (["--recall-confidence", "1"], "--recall-confidence must be in [0, 1), got 1.0."),
 ])
 def test_train_refuses_bad_settings(synthetic_tree, tmp_path, cracknet_cli, flags, expected):
     result = cracknet_cli("train", "--data", str(synthetic_tree), "--output", str(tmp_path / "out"),
@@ -93,6 +95,17 @@ def test_train_refuses_bad_settings(synthetic_tree, tmp_path, cracknet_cli, flag
 def test_evaluate_refuses_a_missing_model(synthetic_tree, tmp_path, cracknet_cli):
     result = cracknet_cli("evaluate", "--model", str(tmp_path / "nothing"), "--data", str(synthetic_tree))
     assert_one_line_error(result, "holds no finished model")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--target-recall", "0"], "--target-recall must be in (0, 1], got 0.0."),
+    (["--target-recall", "0.9", "--recall-confidence", "-0.1"], "--recall-confidence must be in [0, 1), got -0.1."),
+])
+def test_evaluate_refuses_bad_recall_settings_before_reading_anything(tmp_path, capsys, flags, expected):
+    assert cli_main(["evaluate", "--model", str(tmp_path / "nothing"), "--data", str(tmp_path / "none"),
+                     *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"cracknet: error: {expected}"
 
 
 def test_evaluate_refuses_damaged_weights(synthetic_tree, tmp_path, cracknet_cli):
