@@ -18,7 +18,7 @@ import os
 import sys
 
 from cracknet import storage
-from cracknet.config import ScoreConfig, TrainConfig, add_arguments, from_arguments
+from cracknet.config import ScoreConfig, TrainConfig, add_arguments, check_recall_settings, from_arguments
 from cracknet.errors import CracknetError
 from cracknet.metrics import json_safe, operating_point_caveat
 
@@ -61,10 +61,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from cracknet.evaluate import evaluate
 
-    if args.target_recall is not None and not 0.0 < args.target_recall <= 1.0:
-        raise CracknetError(f"--target-recall must be in (0, 1], got {args.target_recall}.")
-    if not 0.0 <= args.recall_confidence < 1.0:
-        raise CracknetError(f"--recall-confidence must be in [0, 1), got {args.recall_confidence}.")
+    check_recall_settings(args.target_recall, args.recall_confidence)
     report = evaluate(args.model, args.data, args.batch_size, args.target_recall, args.recall_confidence)
     print(f"{report['images']} images under {report['data']}, {len(report['unreadable'])} unreadable.")
     print(f"Metrics: {_format_metrics(report['metrics'])}")

@@ -21,6 +21,14 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+def check_recall_settings(target_recall: Optional[float], recall_confidence: float) -> None:
+    """The operating-point settings of `train` and `evaluate` (``target_recall`` None: not asked for)."""
+    if target_recall is not None and not 0.0 < target_recall <= 1.0:
+        raise CracknetError(f"--target-recall must be in (0, 1], got {target_recall}.")
+    if not 0.0 <= recall_confidence < 1.0:
+        raise CracknetError(f"--recall-confidence must be in [0, 1), got {recall_confidence}.")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = field(metadata={"help": "labelled image tree <root>/<label>/...: a local path or s3://bucket/prefix"})
@@ -58,14 +66,12 @@ class TrainConfig:
             (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 0.9,
              "--val-fraction and --test-fraction must be positive and leave at least 10% for training."),
             (0.0 <= self.max_bad_fraction < 1.0, f"--max-bad-fraction must be in [0, 1), got {self.max_bad_fraction}."),
-            (0.0 < self.target_recall <= 1.0, f"--target-recall must be in (0, 1], got {self.target_recall}."),
-            (0.0 <= self.recall_confidence < 1.0,
-             f"--recall-confidence must be in [0, 1), got {self.recall_confidence}."),
             (self.max_failures >= 0, f"--max-failures must not be negative, got {self.max_failures}."),
         ]
         for ok, message in checks:
             if not ok:
                 raise CracknetError(message)
+        check_recall_settings(self.target_recall, self.recall_confidence)
 
     @property
     def pretrained(self) -> bool:

@@ -18,18 +18,19 @@ from PIL import Image
 
 from cracknet import storage
 from cracknet.config import ScoreConfig, TrainConfig
-from cracknet.data import content_hash, discover, split_of
+from cracknet.data import content_hash, discover
+from cracknet.model import in_split
 
 STRUCTURES = ("bridge-north-deck", "tunnel-east-lining")
 
 
 def build_survey(data: str, survey: str, card: dict, per_structure: int = 100, seed: int = 0) -> None:
     """Copy held-out test images into two structure folders and add two stitched large photos."""
-    fractions = card["training"]
+    in_test = in_split(card, "test")
     held_out = []
     for image in discover(data):
         raw = storage.read_bytes(image.uri)
-        if split_of(content_hash(raw), fractions["val_fraction"], fractions["test_fraction"]) == "test":
+        if in_test(content_hash(raw)):
             held_out.append((image, raw))
     # Both classes mixed, in a fixed order.
     held_out = [held_out[i] for i in np.random.default_rng(seed).permutation(len(held_out))]

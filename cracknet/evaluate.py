@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from cracknet import storage
-from cracknet.data import LabelledImage, content_hash, discover, split_of
-from cracknet.errors import CracknetError
+from cracknet.data import LabelledImage, content_hash, discover
 from cracknet.engine import Precision, predict
+from cracknet.errors import CracknetError
 from cracknet.metrics import binary_metrics, evaluation, operating_point
-from cracknet.model import load_artifact, preprocessing_of
+from cracknet.model import in_split, load_artifact, preprocessing_of
 from cracknet.transforms import ImageError, Preprocessing, decode
 
 READ_THREADS = 8
@@ -77,17 +77,19 @@ def predict_tree(model, card: dict, data_uri: str, batch_size: int = 64, split: 
     spec = preprocessing_of(card)
     images = discover(data_uri, require_both_classes=False)  # e.g. a folder of known cracks
     unreadable: list[tuple[str, str]] = []
-    want = None
-    if split != "all":
-        fractions = card.get("training", {})
-        if "val_fraction" not in fractions:
-            raise CracknetError(f"The model {card['folder']} does not record its splits; use --split all.")
-        want = lambda sha: split_of(sha, fractions["val_fraction"], fractions["test_fraction"]) == split  # noqa: E731
+    want = None if split == "all" else in_split(card, split)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     probs, labels, idx = predict(model, decoded_batches(images, spec, batch_size, unreadable, want), spec, device,
                                  Precision.for_device(device))
     source = data_uri if split == "all" else f"{data_uri} ({split} split)"
+    if len(idx) == 0:
+        if len(unreadable) == len(images):
+            uri, error = unreadable[0]
+            raise CracknetError(f"None of the {len(images)} images under {data_uri} could be read "
+                                f"(the first: {uri}: {error}).")
+        raise CracknetError(f"None of the {len(images)} images under {data_uri} is in the {split} split of the "
+                            f"model's training run; use --split all for other data.")
     return Predictions([images[int(i)].uri for i in idx], probs, labels, unreadable, source)
 
 

@@ -153,19 +153,25 @@ def operating_point_caveat(point: dict, where: str = "in the validation split") 
             f"(bound {point['recall_lower_bound']:.3f}), so the threshold keeps them all.")
 
 
-def average_precision(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the precision-recall curve as a step function (precision at each positive, averaged)."""
+def curve_points(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(false-positive rate, recall, precision, threshold) with the cut at each distinct score, highest first.
+
+    Tied scores are one step: each point counts every image scoring at or above its threshold.
+    """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
-    if not labels.any():
-        return float("nan")
     order = np.argsort(-probs, kind="mergesort")
     sorted_probs, sorted_labels = probs[order], labels[order]
-    # Treat tied scores as one step: evaluate at the last index of each run of equal scores.
     last = np.r_[np.nonzero(np.diff(sorted_probs))[0], len(probs) - 1]
-    tp = np.cumsum(sorted_labels)[last]
-    precision = tp / (last + 1)
-    recall = tp / labels.sum()
+    tp, fp = np.cumsum(sorted_labels)[last], np.cumsum(~sorted_labels)[last]
+    return fp / max(1, (~labels).sum()), tp / max(1, labels.sum()), tp / (tp + fp), sorted_probs[last]
+
+
+def average_precision(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the precision-recall curve as a step function (precision at each positive, averaged)."""
+    if not np.asarray(labels).astype(bool).any():
+        return float("nan")
+    _, recall, precision, _ = curve_points(probs, labels)
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 

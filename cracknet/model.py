@@ -18,14 +18,14 @@ from __future__ import annotations
 import io
 import json
 import pickle
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torchvision
 from torch import nn
 
 from cracknet import storage
-from cracknet.data import content_hash
+from cracknet.data import content_hash, split_of
 from cracknet.errors import CracknetError
 from cracknet.metrics import json_safe
 from cracknet.transforms import Preprocessing
@@ -149,6 +149,14 @@ def read_card(uri: str) -> dict[str, Any]:
         raise CracknetError(
             f"{storage.join(folder, CARD_FILE)} lacks {', '.join(missing)}; it is not a cracknet model card.")
     return {**card, "folder": folder}
+
+
+def in_split(card: dict[str, Any], split: str) -> Callable[[str], bool]:
+    """Whether an image, by the SHA-256 of its bytes, fell in ``split`` of the model's own training run."""
+    training = card.get("training", {})
+    if "val_fraction" not in training:
+        raise CracknetError(f"The model {card.get('folder', '')} does not record its splits; use --split all.")
+    return lambda sha: split_of(sha, training["val_fraction"], training["test_fraction"]) == split
 
 
 def preprocessing_of(card: dict[str, Any]) -> Preprocessing:

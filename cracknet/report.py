@@ -14,13 +14,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from cracknet import storage
-from cracknet.metrics import average_precision, binary_metrics, operating_point_caveat
+from cracknet.errors import CracknetError
+from cracknet.metrics import average_precision, binary_metrics, curve_points, operating_point_caveat
 
 THUMB = 160
 LIMITS = ("Trained and tested on the labelled images named in the card (concrete surface patches for the "
@@ -171,20 +173,11 @@ def training_section(report: Report, card: dict) -> None:
 # A labelled evaluation set
 
 
-def _curves(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(false-positive rate, recall, precision, threshold) at every distinct score, highest first."""
-    order = np.argsort(-probs, kind="mergesort")
-    p, y = probs[order], labels[order].astype(bool)
-    last = np.r_[np.nonzero(np.diff(p))[0], len(p) - 1]
-    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
-    return fp / max(1, (~y).sum()), tp / max(1, y.sum()), tp / (tp + fp), p[last]
-
-
 def evaluation_section(report: Report, card: dict, found, gallery: int) -> None:
     plt = _pyplot()
     probs, labels, threshold = found.probs, found.labels.astype(bool), card["threshold"]
     m = binary_metrics(probs, labels, threshold)
-    fpr, tpr, precision, _ = _curves(probs, labels)
+    fpr, tpr, precision, _ = curve_points(probs, labels)
 
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     matrix = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
@@ -235,14 +228,19 @@ def evaluation_section(report: Report, card: dict, found, gallery: int) -> None:
 # A scoring output
 
 
+def require_results(results: str) -> None:
+    from cracknet.query import run_query
+
+    if run_query(results, "SELECT count(*) AS n FROM images").column(0)[0].as_py() == 0:
+        raise CracknetError(f"{results} holds no committed scoring results; give the --output of a finished "
+                            f"`cracknet score` run.")
+
+
 def _short_names(prefixes: list[str]) -> list[str]:
     """Structure prefixes without the folders they all share (whole path segments only)."""
     if len(prefixes) < 2:
         return prefixes
-    shared = prefixes[0]
-    for p in prefixes[1:]:
-        while not p.startswith(shared):
-            shared = shared[:-1]
+    shared = os.path.commonprefix(prefixes)
     shared = shared[:shared.rfind("/") + 1]
     return [p[len(shared):] or p for p in prefixes]
 
@@ -337,11 +335,14 @@ def build_report(model_uri: str, out: str, data: str | None = None, split: str =
     from cracknet.model import load_artifact
 
     model, card = load_artifact(model_uri)
+    # Everything that can refuse the inputs runs before the first file is written.
+    found = predict_tree(model, card, data, split=split) if data else None
+    if results:
+        require_results(results)
     report = Report(out, f"cracknet report: model {card['model_id']}")
     model_card_section(report, card)
     training_section(report, card)
-    if data:
-        found = predict_tree(model, card, data, split=split)
+    if found is not None:
         evaluation_section(report, card, found, gallery)
     if results:
         scoring_section(report, results, top, maps, card)

@@ -22,6 +22,9 @@ from cracknet.query import run_query
 
 from conftest import BUCKET, REPO, free_port, wait_for_port
 
+sys.path.insert(0, str(REPO / "infra" / "local"))
+from stack import wait_for_jobs  # noqa: E402 - the same readiness wait as infra/local/up.sh
+
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
 
 BIN = Path(sys.executable).parent
@@ -42,14 +45,7 @@ def ray_head(s3_endpoint, tmp_path_factory):
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(dashboard, timeout=120)
-        address = f"http://127.0.0.1:{dashboard}"
-        # The dashboard answers before its job agent is ready: wait until a trivial job really runs.
-        for attempt in range(60):
-            probe = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "python", "-c",
-                                    "pass"], env=env, capture_output=True, text=True, timeout=120)
-            if probe.returncode == 0:
-                break
-            time.sleep(2)
+        wait_for_jobs(f"http://127.0.0.1:{dashboard}", env, 180, head, Path(log.name))
         yield {"address": f"http://127.0.0.1:{dashboard}", "env": env, "token": token,
                "home": str(tmp_path_factory.mktemp("empty-home"))}
     finally:

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from cracknet.metrics import (average_precision, binary_metrics, bootstrap_intervals, operating_point,
-                              operating_point_caveat, recall_lower_bound, roc_auc)
+from cracknet.metrics import (average_precision, binary_metrics, bootstrap_intervals, curve_points,
+                              operating_point, operating_point_caveat, recall_lower_bound, roc_auc)
 
 
 def brute_auc(probs, labels):
@@ -118,6 +118,16 @@ def test_backed_threshold_keeps_the_target_recall_on_new_images_far_more_often()
             held[confidence] += true_recall(operating_point(probs, labels, 0.98, confidence)["threshold"]) >= 0.98
     assert held[0.95] / draws >= 0.9
     assert held[0.0] / draws <= 0.8
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_curve_points_are_the_metrics_at_each_distinct_score(seed):
+    probs, labels = _scores(seed, n=80)
+    fpr, recall, precision, thresholds = curve_points(probs, labels)
+    assert list(thresholds) == sorted(set(probs), reverse=True)
+    for f, r, p, t in zip(fpr, recall, precision, thresholds):
+        m = binary_metrics(probs, labels, t)
+        assert (r, p, f) == pytest.approx((m["recall"], m["precision"], m["fp"] / (m["fp"] + m["tn"])))
 
 
 def test_average_precision_matches_the_step_definition():

@@ -1,6 +1,7 @@
 """`cracknet report` from real (tiny) training and scoring outputs: valid PNGs, a self-contained HTML page."""
 
 import io
+import json
 import re
 from html.parser import HTMLParser
 
@@ -11,6 +12,7 @@ from PIL import Image
 from cracknet import storage
 from cracknet.cli import main as cli_main
 from cracknet.config import ScoreConfig, TrainConfig
+from cracknet.model import build_model, save_artifact
 from cracknet.report import _short_names, tile_map
 from cracknet.score import run_scoring
 from cracknet.synthetic import concrete, draw_crack, image_bytes
@@ -120,3 +122,35 @@ def test_report_needs_only_the_model(ray_cluster, random_model, tmp_path, capsys
     assert cli_main(["report", "--model", str(random_model), "--out", str(out)]) == 0
     assert "report.html" in capsys.readouterr().out
     assert "Model card" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("unreadable", "None of the 2 images under {data} could be read (the first: "),
+    ("other data", "None of the 2 images under {data} is in the test split of the model's training run"),
+    ("no splits", "does not record its splits; use --split all."),
+    ("empty results", "holds no committed scoring results"),
+])
+def test_report_refuses_unusable_inputs_with_one_line_and_writes_nothing(random_model, tmp_path, capsys, case,
+                                                                        expected):
+    data, model = tmp_path / "data", random_model
+    rng = np.random.default_rng(9)
+    for label in ("crack", "no_crack"):
+        content = b"not an image" if case == "unreadable" else image_bytes(concrete(rng, 32))
+        storage.write_bytes(str(data / label / "one.jpg"), content)
+    flags = ["--data", str(data)]
+    if case == "other data":  # a card that records its splits, but put neither image in the test split
+        model = tmp_path / "model"
+        card = {**json.loads((random_model / "model.json").read_text()),
+                "training": {"val_fraction": 1e-9, "test_fraction": 1e-9}}
+        save_artifact(str(model), build_model().state_dict(), card)
+        flags += ["--split", "test"]
+    elif case == "no splits":
+        flags += ["--split", "test"]
+    elif case == "empty results":
+        (tmp_path / "results").mkdir()
+        flags = ["--results", str(tmp_path / "results")]
+    out = tmp_path / "report"
+    assert cli_main(["report", "--model", str(model), *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cracknet: error: ") and expected.format(data=data) in err and "\n" not in err
+    assert not out.exists()

@@ -12,7 +12,8 @@ def test_write_read_list_delete(store_root):
     storage.write_bytes(storage.join(store_root, "a", "one.bin"), b"1")
     storage.write_bytes(storage.join(store_root, "a", "b", "two.bin"), b"22")
     assert storage.read_bytes(storage.join(store_root, "a", "b", "two.bin")) == b"22"
-    assert storage.list_files(store_root) == [storage.join(store_root, "a", "b", "two.bin"), storage.join(store_root, "a", "one.bin")]
+    assert storage.list_files(store_root) == [storage.join(store_root, "a", "b", "two.bin"),
+                                              storage.join(store_root, "a", "one.bin")]
     assert storage.exists(storage.join(store_root, "a")) and not storage.exists(storage.join(store_root, "zzz"))
     storage.delete_tree(storage.join(store_root, "a"))
     assert not storage.exists(storage.join(store_root, "a", "one.bin"))
@@ -53,7 +54,7 @@ def test_s3_uri_without_bucket_is_refused():
         storage.resolve("s3://")
 
 
-@pytest.mark.parametrize("uri, store_root, inside", [
+@pytest.mark.parametrize("uri, root, inside", [
     ("s3://b/in/x.jpg", "s3://b/in", True),
     ("s3://b/in/a/../x.jpg", "s3://b/in/", True),
     ("s3://b/in/../out/x.jpg", "s3://b/in", False),
@@ -66,8 +67,8 @@ def test_s3_uri_without_bucket_is_refused():
     ("/data/in2/x.jpg", "/data/in", False),
     ("/data/in/x.jpg", "s3://b/data/in", False),
 ])
-def test_within_resolves_dot_segments_before_comparing(uri, store_root, inside):
-    assert storage.within(uri, store_root) is inside
+def test_within_resolves_dot_segments_before_comparing(uri, root, inside):
+    assert storage.within(uri, root) is inside
 
 
 def test_attempts_per_request_follow_aws_max_attempts(s3_endpoint, monkeypatch):

@@ -55,7 +55,7 @@ def _wait_for(port: int, what: str, timeout: float, proc: subprocess.Popen, log:
     raise StackError(f"The {what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s; see {log}.")
 
 
-def _wait_for_jobs(address: str, env: dict, timeout: float, head: subprocess.Popen, log: Path) -> None:
+def wait_for_jobs(address: str, env: dict, timeout: float, head: subprocess.Popen, log: Path) -> None:
     """The dashboard answers before its job agent is ready: wait until a trivial job really runs."""
     ray = Path(sys.executable).parent / "ray"
     deadline = time.monotonic() + timeout
@@ -196,7 +196,7 @@ def up(args: argparse.Namespace) -> None:
         storage.s3_client().create_bucket(Bucket=BUCKET)
         data, survey, survey_count = upload_samples(args.per_class, args.image_size)
         _wait_for(args.dashboard_port, "Ray head", 180, head, state / "ray-head.log")
-        _wait_for_jobs(f"http://127.0.0.1:{args.dashboard_port}", env, 180, head, state / "ray-head.log")
+        wait_for_jobs(f"http://127.0.0.1:{args.dashboard_port}", env, 180, head, state / "ray-head.log")
     except BaseException:
         down_state(state)
         raise
