@@ -5,6 +5,9 @@
     cracknet evaluate --model URI --data URI [--json PATH] [--target-recall R]
     cracknet explain --model URI IMAGE --out PNG    # Grad-CAM overlay: where the model sees a crack
     cracknet report --model URI [--data URI] [--results URI] --out DIR
+    cracknet score --model URI --input URI --output URI     # Ray Data bulk scoring into a Delta table
+    cracknet query --results URI "SQL"                      # DuckDB over the committed results
+    cracknet compact --results URI                          # merge small files, vacuum unreferenced ones
 
 Every user-facing failure ends in one line on stderr and exit status 2.
 """
@@ -93,7 +96,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from cracknet.score import ScoreConfig, run_scoring
+    from cracknet.score import run_scoring
 
     s = run_scoring(from_arguments(ScoreConfig, args))
     print(f"Scored {s['scored']} images ({s['errors']} errors), skipped {s['skipped']} already scored by model "
@@ -105,6 +108,15 @@ def cmd_query(args: argparse.Namespace) -> None:
     from cracknet.query import render, run_query
 
     print(render(run_query(args.results, args.sql), args.format))
+
+
+def cmd_compact(args: argparse.Namespace) -> None:
+    from cracknet.compact import compact
+
+    c = compact(args.results, args.retention_hours, args.lease_seconds)
+    print(f"Compacted {c['results']}: {c['files_before']} files -> {c['files_after']} ({c['files_removed']} merged "
+          f"into {c['files_added']}); vacuumed {c['files_deleted']} unreferenced files older than "
+          f"{c['retention_hours']} h.")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -155,15 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--results", help="a scoring output: distribution, per day and structure, top cracks")
     report.set_defaults(run=cmd_report)
 
-    score = sub.add_parser("score", help="score images from storage with Ray Data and commit Parquet results")
+    score = sub.add_parser("score", help="score images from storage with Ray Data and commit them to the results table (Delta Lake)")
     add_arguments(score, ScoreConfig)
     score.set_defaults(run=cmd_score)
 
-    query = sub.add_parser("query", help="SQL over committed scoring results (views: images, tiles, ...)")
+    query = sub.add_parser("query", help="SQL over committed scoring results (views: images, tiles, current, ...)")
     query.add_argument("--results", required=True, help="the scoring output: a folder or s3:// prefix")
     query.add_argument("--format", choices=["table", "csv", "json"], default="table")
     query.add_argument("sql", help="a DuckDB SQL query, e.g. \"SELECT * FROM likely_cracks_since('2026-11-23')\"")
     query.set_defaults(run=cmd_query)
+
+    compact = sub.add_parser("compact", help="merge the results table's small files and vacuum unreferenced ones "
+                                              "(holds the scoring lease)")
+    compact.add_argument("--results", required=True, help="the scoring output: a folder or s3:// prefix")
+    compact.add_argument("--retention-hours", type=int, default=168,
+                         help="keep unreferenced files younger than this, for readers of older snapshots "
+                              "(default: 168, Delta's one week)")
+    compact.add_argument("--lease-seconds", type=float, default=300.0,
+                         help="how long the lease on the output lasts without renewal (as for score)")
+    compact.set_defaults(run=cmd_compact)
 
     demo = sub.add_parser("demo", help="train on the dev set (or generated images), score a small survey and "
                                        "write the report, on a local Ray")

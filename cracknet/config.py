@@ -88,7 +88,7 @@ class TrainConfig:
 class ScoreConfig:
     model: str = field(metadata={"help": "the model/ folder, or the training output above it"})
     input: str = field(metadata={"help": "images: a folder, s3://bucket/prefix, or a Parquet/CSV manifest of URIs"})
-    output: str = field(metadata={"help": "results folder or s3:// prefix (images/, tiles/, _manifests/)"})
+    output: str = field(metadata={"help": "the results table (Delta Lake): a folder or s3:// prefix"})
     input_prefix: Optional[str] = _opt(None, "images must lie under this location (default: the input folder, or "
                                              "a manifest's bucket on S3 / its folder on local disk)")
     batch_size: int = _opt(64, "images (or tiles) per model call")
@@ -100,7 +100,7 @@ class ScoreConfig:
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused (decompression bombs)")
     fp32: bool = _opt(False, "score in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
     read_batch_size: int = _opt(4, "images per read-and-decode call (keep it small for very large photos)")
-    rows_per_part: int = _opt(4096, "images per Parquet part file")
+    rows_per_part: int = _opt(4096, "images per Parquet file of the results table")
     lease_seconds: float = _opt(300.0, "a run that stops renewing its lease on the output for this long is "
                                        "presumed dead, and the next run takes the output over")
     ray_address: Optional[str] = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")

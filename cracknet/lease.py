@@ -1,7 +1,11 @@
-"""One writer at a time under an output location: a lease held by the scoring driver.
+"""One writer at a time under an output location: a lease held by a scoring run or a compaction.
 
-    with Lease(output, owner={"run_id": run_id}, seconds=300):
-        ...           # delete orphans, write parts, commit the manifest
+    with Lease(output, owner={"run_id": run_id, "job": "scoring"}, seconds=300):
+        ...           # plan, score, write files, commit
+
+Each commit to the results table is atomic on its own (Delta); the lease is what
+keeps two runs from scoring the same images at once, and a compaction's vacuum
+from deleting files that a live run has written but not yet committed.
 
 On S3 the lease is the object ``<output>/_lease.json``, created with a
 conditional write (``If-None-Match: *``), renewed every ``seconds / 4`` with
@@ -127,7 +131,7 @@ class Lease:
             self._etag = self._put(IfMatch=etag) if etag else self._put(IfNoneMatch="*")
         except ClientError as exc:
             if _is_conflict(exc):
-                raise CracknetError(f"Another scoring run took the lease on {self.output} at the same moment; "
+                raise CracknetError(f"Another run took the lease on {self.output} at the same moment; "
                                     "only one run may write there at a time.") from None
             raise CracknetError(f"Cannot take the lease on {self.output}: {storage.reason(exc)}") from None
 
@@ -194,9 +198,10 @@ def _is_conflict(exc) -> bool:
 
 
 def _busy_message(output: str, holder: dict) -> str:
+    job = holder.get("job", "scoring")
     who = f"run {holder.get('run_id', '?')} on {holder.get('host', '?')} (pid {holder.get('pid', '?')})"
     since = f", started {_stamp(float(holder['acquired_at']))}" if holder.get("acquired_at") else ""
     expiry = ""
     if holder.get("seconds"):
         expiry = (f"; if it died, its lease expires {_stamp(float(holder['renewed_at']) + float(holder['seconds']))}")
-    return f"Another scoring run is writing to {output}: {who}{since}. Wait for it to finish{expiry}."
+    return f"Another {job} run is writing to {output}: {who}{since}. Wait for it to finish{expiry}."

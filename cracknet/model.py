@@ -18,23 +18,20 @@ from __future__ import annotations
 import io
 import json
 import pickle
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
 from cracknet import storage
-from cracknet.data import content_hash, split_of
+from cracknet.card import (ARCHITECTURE, CARD_FILE, WEIGHTS_FILE, in_split, model_folder,  # noqa: F401
+                            preprocessing_of, read_card)
+from cracknet.data import content_hash
 from cracknet.errors import CracknetError
 from cracknet.metrics import json_safe
-from cracknet.transforms import Preprocessing
 
-ARCHITECTURE = "resnet50"
-WEIGHTS_FILE = "weights.pt"
-CARD_FILE = "model.json"
 HEAD_PREFIX = "fc."
-REQUIRED_CARD_FIELDS = ("weights_file", "weights_sha256", "model_id", "threshold", "preprocessing")
 
 
 def build_model() -> nn.Module:
@@ -110,16 +107,6 @@ def load_starting_weights(model: nn.Module, weights: str) -> None:
     load_backbone(model, state, "the ImageNet weights" if weights == "imagenet" else weights)
 
 
-def model_folder(uri: str) -> str:
-    """Accept the model/ folder itself or the training output above it."""
-    if storage.exists(storage.join(uri, CARD_FILE)):
-        return uri
-    inner = storage.join(uri, "model")
-    if storage.exists(storage.join(inner, CARD_FILE)):
-        return inner
-    raise CracknetError(f"{uri} holds no finished model (no {CARD_FILE} there or in {inner}).")
-
-
 def save_artifact(folder: str, state_dict: dict[str, torch.Tensor], card: dict[str, Any]) -> dict[str, Any]:
     """Write weights, then the card naming their hash; returns the card as written."""
     buffer = io.BytesIO()
@@ -132,36 +119,6 @@ def save_artifact(folder: str, state_dict: dict[str, torch.Tensor], card: dict[s
     text = json.dumps(json_safe(card), indent=2, allow_nan=False)
     storage.write_bytes(storage.join(folder, CARD_FILE), text.encode())
     return card
-
-
-def read_card(uri: str) -> dict[str, Any]:
-    folder = model_folder(uri)
-    try:
-        card = json.loads(storage.read_bytes(storage.join(folder, CARD_FILE)))
-    except json.JSONDecodeError:
-        raise CracknetError(f"{storage.join(folder, CARD_FILE)} is not valid JSON.") from None
-    if card.get("architecture") != ARCHITECTURE:
-        raise CracknetError(f"{folder} holds a {card.get('architecture')!r} model; cracknet reads {ARCHITECTURE}.")
-    preprocessing = card.get("preprocessing") if isinstance(card.get("preprocessing"), dict) else {}
-    missing = [k for k in REQUIRED_CARD_FIELDS if k not in card] + \
-        [f"preprocessing.{k}" for k in ("image_size", "mean", "std") if k not in preprocessing]
-    if missing:
-        raise CracknetError(
-            f"{storage.join(folder, CARD_FILE)} lacks {', '.join(missing)}; it is not a cracknet model card.")
-    return {**card, "folder": folder}
-
-
-def in_split(card: dict[str, Any], split: str) -> Callable[[str], bool]:
-    """Whether an image, by the SHA-256 of its bytes, fell in ``split`` of the model's own training run."""
-    training = card.get("training", {})
-    if "val_fraction" not in training:
-        raise CracknetError(f"The model {card.get('folder', '')} does not record its splits; use --split all.")
-    return lambda sha: split_of(sha, training["val_fraction"], training["test_fraction"]) == split
-
-
-def preprocessing_of(card: dict[str, Any]) -> Preprocessing:
-    p = card["preprocessing"]
-    return Preprocessing(image_size=p["image_size"], mean=tuple(p["mean"]), std=tuple(p["std"]))
 
 
 def load_artifact(uri: str) -> tuple[nn.Module, dict[str, Any]]:

@@ -231,7 +231,7 @@ def evaluation_section(report: Report, card: dict, found, gallery: int) -> None:
 def require_results(results: str) -> None:
     from cracknet.query import run_query
 
-    if run_query(results, "SELECT count(*) AS n FROM images").column(0)[0].as_py() == 0:
+    if run_query(results, "SELECT count(*) AS n FROM results").column(0)[0].as_py() == 0:
         raise CracknetError(f"{results} holds no committed scoring results; give the --output of a finished "
                             f"`cracknet score` run.")
 
@@ -278,15 +278,22 @@ def scoring_section(report: Report, results: str, top: int, maps: int, card: dic
     """Scoring figures; thresholds drawn are ``card``'s (the section says so when other models scored)."""
     from cracknet.query import run_query
 
+    from cracknet.results import connect
+
     plt = _pyplot()
-    images = run_query(results, "SELECT crack_probability FROM images WHERE error IS NULL").column(0).to_numpy()
-    per_day = run_query(results, "SELECT CAST(scored_at AS DATE) AS day, count(*) AS images, "
-                                 "count(*) FILTER (WHERE is_crack) AS cracks FROM images GROUP BY 1 ORDER BY 1")
-    structures = run_query(results, "SELECT * FROM structures LIMIT 25").to_pylist()
-    likely = run_query(results, f"SELECT image_uri, crack_probability, tiles_scored FROM images "
-                                f"WHERE error IS NULL ORDER BY crack_probability DESC LIMIT {int(top)}").to_pylist()
-    errors = run_query(results, "SELECT count(*) AS n FROM failures").to_pylist()[0]["n"]
-    scored_by = {m for m in run_query(results, "SELECT DISTINCT model_id FROM images").column(0).to_pylist() if m}
+    con = connect(results)  # one connection (one read of the table's log) for every figure
+
+    def ask(sql: str):
+        return run_query(results, sql, con=con)
+
+    images = ask("SELECT crack_probability FROM current WHERE error IS NULL").column(0).to_numpy()
+    per_day = ask("SELECT CAST(scored_at AS DATE) AS day, count(*) AS images, "
+                   "count(*) FILTER (WHERE is_crack) AS cracks FROM images GROUP BY 1 ORDER BY 1")
+    structures = ask("SELECT * FROM structures LIMIT 25").to_pylist()
+    likely = ask(f"SELECT image_uri, crack_probability, tiles_scored FROM current "
+                  f"WHERE error IS NULL ORDER BY crack_probability DESC LIMIT {int(top)}").to_pylist()
+    errors = ask("SELECT count(*) AS n FROM failures").to_pylist()[0]["n"]
+    scored_by = {m for m in ask("SELECT DISTINCT model_id FROM images").column(0).to_pylist() if m}
     threshold = card["threshold"]
 
     fig, (hist_ax, day_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -321,8 +328,7 @@ def scoring_section(report: Report, results: str, top: int, maps: int, card: dic
             + _table(rows, ("", "image", "probability", "tiles")))
     large = [r for r in likely if r["tiles_scored"] > 1][:maps]
     for i, r in enumerate(large):
-        tiles = run_query(results, "SELECT * FROM tiles_above('{}', 0.0)".format(
-            r["image_uri"].replace("'", "''"))).to_pylist()
+        tiles = ask("SELECT * FROM tiles_above('{}', 0.0)".format(r["image_uri"].replace("'", "''"))).to_pylist()
         body += (f"<h3>Tile crack map: {html.escape(r['image_uri'])} (p={r['crack_probability']:.3f}; "
                  f"outlined: tiles at or above {threshold:.3f})</h3>"
                  + report.png(f"tile_map_{i + 1}", tile_map(r["image_uri"], tiles, threshold)))

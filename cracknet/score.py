@@ -1,177 +1,48 @@
-"""Nightly bulk scoring: stream images from storage through the model into committed Parquet.
+"""Nightly bulk scoring: stream images from storage through the model into the results table.
 
     cracknet score --model runs/demo --input s3://survey/2026-11-24/ --output s3://survey/results
     ray job submit --working-dir . -- python jobs/score.py --model ... --input ... --output ...
 
 Pipeline (Ray Data, streaming: memory is bounded by the pipeline's depth):
 
-    list inputs (or read a manifest) -> drop images this model already scored
+    plan: tonight's listing anti-joined with what this model committed   (driver, DuckDB; no row per image held)
     -> read bytes, decode, cut large images into tiles      (CPU tasks: read_and_tile)
     -> model on an actor pool, max over tiles per image     (CrackPredictor, one GPU each when there are GPUs)
-    -> write Parquet parts                                  (CPU tasks: write_parts)
-    -> commit: one manifest naming every part, written last (driver)
+    -> write Parquet files of the results table             (CPU tasks: write_parts)
+    -> commit: one Delta commit naming every file            (driver)
 
-Readers (``cracknet query``, the next night's run) only read parts named by a
-committed manifest, so a run that dies part-way leaves nothing that looks like
-a result; its orphaned parts are deleted by the next run. Bad images become
-rows with ``error`` set and no probability; they never stop the job.
+Readers only see committed files, so a run that dies part-way leaves the table as
+it was; ``cracknet compact`` vacuums what it wrote. Bad images become rows with
+``error`` set and no probability; they never stop the job. The format itself
+lives in ``cracknet.results``; the inputs in ``cracknet.inputs``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
-import os
 import time
 import uuid
 from datetime import datetime, timezone
-import numpy as np
-import pyarrow as pa
 
-from cracknet import storage
+import numpy as np
+
+from cracknet import inputs, results, storage
 from cracknet.config import ScoreConfig
-from cracknet.data import is_image_name
 from cracknet.errors import CracknetError, StorageUnavailable, root_cause
 from cracknet.lease import Lease
-from cracknet.transforms import ImageError, Preprocessing, decode_tiles
-
-MANIFESTS = "_manifests"
-IMAGES = "images"
-TILES = "tiles"
-MANIFEST_SUFFIXES = (".parquet", ".csv")
-
-IMAGES_SCHEMA = pa.schema([
-    ("image_uri", pa.string()),
-    ("version", pa.string()),  # ETag on S3; size and mtime on local disk
-    ("crack_probability", pa.float32()),  # null when error is set; the maximum over tiles when tiled
-    ("is_crack", pa.bool_()),  # crack_probability >= the model's threshold
-    ("tiles_scored", pa.int32()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("error", pa.string()),  # null when the image was scored
-    ("model_id", pa.string()),
-    ("run_id", pa.string()),
-    ("scored_at", pa.timestamp("us", tz="UTC")),
-])
-TILES_SCHEMA = pa.schema([
-    ("image_uri", pa.string()),
-    ("tile_x", pa.int32()),
-    ("tile_y", pa.int32()),
-    ("tile_w", pa.int32()),
-    ("tile_h", pa.int32()),
-    ("crack_probability", pa.float32()),
-    ("model_id", pa.string()),
-    ("run_id", pa.string()),
-])
-
-
-# ---------------------------------------------------------------------------
-# Inputs and what was already scored
-
-
-def is_manifest(uri: str) -> bool:
-    return uri.lower().endswith(MANIFEST_SUFFIXES) and storage.exists(uri)
-
-
-def list_inputs(uri: str) -> list[tuple[str, str]]:
-    """(image URI, version) for a folder/prefix, or for a Parquet/CSV manifest of URIs."""
-    if is_manifest(uri):
-        return _read_manifest_input(uri)
-    return [(u, v) for u, v in storage.list_versions(uri) if is_image_name(u)]
-
-
-def input_root(cfg: ScoreConfig) -> str:
-    """Where input images may come from: --input-prefix, else the input folder, or for a manifest its
-    bucket (S3) or its folder (local disk). Images named outside it become error rows, unread."""
-    if cfg.input_prefix:
-        return cfg.input_prefix
-    if not is_manifest(cfg.input):
-        return cfg.input
-    if storage.is_s3(cfg.input):
-        return storage.S3_PREFIX + storage.split_s3(cfg.input)[0]
-    return os.path.dirname(os.path.abspath(cfg.input))
-
-
-def _read_manifest_input(uri: str) -> list[tuple[str, str]]:
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    data = storage.read_bytes(uri)
-    try:
-        table = pq.read_table(io.BytesIO(data)) if uri.lower().endswith(".parquet") else \
-            pacsv.read_csv(io.BytesIO(data))
-    except Exception as exc:
-        raise CracknetError(f"{uri} is not a readable manifest ({type(exc).__name__}).") from None
-    column = next((c for c in ("image_uri", "uri", "path") if c in table.column_names), None)
-    if column is None:
-        raise CracknetError(f"The manifest {uri} has no image_uri column (columns: {', '.join(table.column_names)}).")
-    uris = [str(u) for u in table.column(column).to_pylist() if u]
-    versions = table.column("version").to_pylist() if "version" in table.column_names else [""] * len(uris)
-    return [(u, str(v or "")) for u, v in zip(uris, versions)]
-
-
-def committed_manifests(output: str) -> list[dict]:
-    folder = storage.join(output, MANIFESTS)
-    if not storage.exists(folder):
-        return []
-    manifests = []
-    for uri in storage.list_files(folder):
-        if uri.endswith(".json"):
-            try:
-                manifests.append(json.loads(storage.read_bytes(uri)))
-            except json.JSONDecodeError:
-                raise CracknetError(f"The run manifest {uri} is not valid JSON; the results are damaged.") from None
-    return manifests
-
-
-def already_scored(output: str, model_id: str, manifests: list[dict]) -> set[tuple[str, str]]:
-    """(image URI, version) pairs this model has committed rows for."""
-    import pyarrow.parquet as pq
-
-    done: set[tuple[str, str]] = set()
-    for manifest in manifests:
-        if manifest["model_id"] != model_id:
-            continue
-        for part in manifest[IMAGES]:
-            fs, path = storage.resolve(storage.join(output, part["path"]))
-            table = pq.read_table(path, filesystem=fs, columns=["image_uri", "version"])
-            done.update(zip(table.column("image_uri").to_pylist(), table.column("version").to_pylist()))
-    return done
-
-
-def remove_orphans(output: str, manifests: list[dict]) -> int:
-    """Delete parts that no committed manifest names (left by runs that died); returns how many.
-
-    Only call this while holding the output's lease: a part still being
-    written by another live run would look exactly like an orphan.
-    """
-    import pyarrow.fs as pafs
-
-    named = {p["path"] for m in manifests for kind in (IMAGES, TILES) for p in m[kind]}
-    fs, base = storage.resolve(output)
-    removed = 0
-    for kind in (IMAGES, TILES):
-        try:
-            entries = fs.get_file_info(pafs.FileSelector(f"{base}/{kind}", recursive=True, allow_not_found=True))
-        except OSError as exc:
-            raise CracknetError(f"Cannot list {storage.join(output, kind)}: {exc}") from None
-        for entry in entries:
-            if entry.type == pafs.FileType.File and entry.path[len(base) + 1:] not in named:
-                fs.delete_file(entry.path)
-                removed += 1
-    return removed
 
 
 # ---------------------------------------------------------------------------
 # Per-batch functions and the predictor (module level: Ray ships them to workers)
 
 
-def read_and_tile(batch: dict, spec: Preprocessing, tile: int, overlap: float, root: str) -> dict:
+def read_and_tile(batch: dict, spec, tile: int, overlap: float, root: str) -> dict:
     """image_uri, version -> decoded tiles per image, or an error; never raises for a bad image.
 
     Only images under ``root`` are read: a manifest cannot make the job read elsewhere.
     """
+    from cracknet.transforms import ImageError, decode_tiles
+
     size = spec.image_size
     out = {k: [] for k in ("image_uri", "version", "width", "height", "tiles", "boxes", "error")}
     for uri, listed_version in zip(batch["image_uri"], batch["version"]):
@@ -280,64 +151,15 @@ class CrackPredictor:
 
 def write_parts(batch: dict, output: str, run_id: str, run_date: str, model_id: str, threshold: float,
                 scored_at: str, metadata: dict) -> dict:
-    """Write one images part (and one tiles part when any image was tiled); return their names."""
-    n = len(batch["image_uri"])
-    errors = [e if isinstance(e, str) and e else None for e in batch["error"]]
-    probs = np.asarray(batch["crack_probability"], dtype=np.float32)
-    ok = np.array([e is None for e in errors])
-    when = datetime.fromisoformat(scored_at)
-    images = pa.table({
-        "image_uri": pa.array(list(batch["image_uri"]), pa.string()),
-        "version": pa.array(list(batch["version"]), pa.string()),
-        "crack_probability": pa.array(probs, pa.float32(), mask=~ok),
-        "is_crack": pa.array(probs >= threshold, pa.bool_(), mask=~ok),
-        "tiles_scored": pa.array(np.where(ok, batch["tiles_scored"], 0), pa.int32()),
-        "width": pa.array(batch["width"], pa.int32(), mask=~ok),
-        "height": pa.array(batch["height"], pa.int32(), mask=~ok),
-        "error": pa.array(errors, pa.string()),
-        "model_id": pa.array([model_id] * n, pa.string()),
-        "run_id": pa.array([run_id] * n, pa.string()),
-        "scored_at": pa.array([when] * n, pa.timestamp("us", tz="UTC")),
-    }, schema=IMAGES_SCHEMA).replace_schema_metadata({"cracknet": json.dumps(metadata)})
-    name = f"part-{run_id}-{uuid.uuid4().hex[:12]}.parquet"
-    images_path = f"{IMAGES}/run_date={run_date}/{name}"
-    _write_table(images, storage.join(output, images_path))
-
-    rows = {"image_uri": [], "tile_x": [], "tile_y": [], "tile_w": [], "tile_h": [], "crack_probability": []}
-    for uri, good, boxes, tile_probs in zip(batch["image_uri"], ok, batch["boxes"], batch["tile_probabilities"]):
+    """Write one file of the results table (not yet committed); one row describing it, for the commit."""
+    tiles = []
+    for boxes, probs in zip(batch["boxes"], batch["tile_probabilities"]):
         boxes = np.asarray(boxes).reshape(-1, 4)
-        if not good or len(boxes) < 2:
-            continue
-        for (x, y, w, h), p in zip(boxes, np.asarray(tile_probs)):
-            for key, value in zip(rows, (uri, int(x), int(y), int(w), int(h), float(p))):
-                rows[key].append(value)
-    tiles_path, m = "", len(rows["image_uri"])
-    if m:
-        tiles = pa.table({
-            "image_uri": pa.array(rows["image_uri"], pa.string()),
-            **{k: pa.array(v, pa.int32()) for k, v in rows.items() if k.startswith("tile_")},
-            "crack_probability": pa.array(rows["crack_probability"], pa.float32()),
-            "model_id": pa.array([model_id] * m, pa.string()),
-            "run_id": pa.array([run_id] * m, pa.string()),
-        }, schema=TILES_SCHEMA).replace_schema_metadata({"cracknet": json.dumps(metadata)})
-        tiles_path = f"{TILES}/run_date={run_date}/{name}"
-        _write_table(tiles, storage.join(output, tiles_path))
-    # One row per written part, for the driver's manifest.
-    return {
-        "images_path": np.asarray([images_path], dtype=object),
-        "images_rows": np.asarray([n], dtype=np.int64),
-        "tiles_path": np.asarray([tiles_path], dtype=object),
-        "tiles_rows": np.asarray([m], dtype=np.int64),
-        "errors": np.asarray([int((~ok).sum())], dtype=np.int64),
-    }
-
-
-def _write_table(table, uri: str) -> None:
-    import pyarrow.parquet as pq
-
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", row_group_size=64 * 1024)
-    storage.write_bytes(uri, buffer.getvalue())
+        tiles.append([(*map(int, box), float(p)) for box, p in zip(boxes, np.asarray(probs))] if len(boxes) > 1 else [])
+    table = results.part_table(batch, tiles, threshold, model_id, run_id, scored_at, metadata)
+    part = results.write_part(table, output, run_id, run_date)
+    return {key: np.asarray([value], dtype=object if isinstance(value, str) else np.int64)
+            for key, value in part.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -345,8 +167,8 @@ def _write_table(table, uri: str) -> None:
 
 
 def run_scoring(cfg: ScoreConfig, log=print) -> dict:
-    """Score every new image under ``cfg.input``; commit the results; return the run summary."""
-    from cracknet.model import read_card
+    """Score every new image of ``cfg.input``; commit the results in one Delta commit; return the run summary."""
+    from cracknet.card import read_card
 
     started = time.monotonic()
     # Ray's workers do not share the driver's working directory: local paths become absolute.
@@ -354,69 +176,85 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
                               output=storage.absolute(cfg.output),
                               input_prefix=storage.absolute(cfg.input_prefix) if cfg.input_prefix else None)
     storage.require_bucket(cfg.output)
+    results.refuse_old_layout(cfg.output)
     card = read_card(cfg.model)
-    inputs = list_inputs(cfg.input)
-    if not inputs:
-        raise CracknetError(f"No images (jpg, jpeg, png, tif) were found under {cfg.input}.")
+    root = inputs.input_root(cfg.input, cfg.input_prefix)
     now = datetime.now(timezone.utc)
     run_id = now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-    # One writer at a time: orphan clean-up and the commit are only safe while no other run writes here.
-    with Lease(cfg.output, owner={"run_id": run_id, "model_id": card["model_id"]}, seconds=cfg.lease_seconds) as lease:
-        manifests = committed_manifests(cfg.output)
-        removed = remove_orphans(cfg.output, manifests)
-        done = already_scored(cfg.output, card["model_id"], manifests)
-        # A manifest row without a version counts as scored once its URI was scored at any version.
-        done_uris = {u for u, _ in done}
-        todo = [(u, v) for u, v in dict.fromkeys(inputs) if (u, v) not in done and not (v == "" and u in done_uris)]
-        summary = {"run_id": run_id, "model_id": card["model_id"], "listed": len(inputs),
-                   "skipped": len(inputs) - len(todo), "scored": 0, "errors": 0, "orphans_removed": removed,
-                   "output": cfg.output}
-        if todo:
-            pipeline_started = time.monotonic()
-            try:
-                parts = _score_pipeline(cfg, card, todo, run_id, now).take_all()
-            except Exception as exc:
-                raise CracknetError(f"Scoring stopped and nothing from run {run_id} was committed: "
-                                    f"{root_cause(exc)} Rerun to finish; what was committed before is kept.") from None
-            summary["pipeline_seconds"] = round(time.monotonic() - pipeline_started, 2)
-            manifest = {
-                "run_id": run_id, "model_id": card["model_id"], "created_at": now.isoformat(), "input": cfg.input,
-                IMAGES: [{"path": p["images_path"], "rows": int(p["images_rows"])} for p in parts],
-                TILES: [{"path": p["tiles_path"], "rows": int(p["tiles_rows"])} for p in parts if p["tiles_path"]],
-            }
-            summary["scored"] = sum(m["rows"] for m in manifest[IMAGES])
-            summary["errors"] = sum(int(p["errors"]) for p in parts)
-            manifest["summary"] = summary
-            lease.check()  # a run whose lease was taken over must not commit
-            storage.write_bytes(storage.join(cfg.output, MANIFESTS, f"{run_id}.json"), json.dumps(manifest).encode())
+    staging_root = storage.join(cfg.output, results.STAGING)
+    staging = storage.join(staging_root, run_id)
+    # One writer at a time: two runs must not both score (and commit) the same images.
+    with Lease(cfg.output, owner={"run_id": run_id, "model_id": card["model_id"], "job": "scoring"},
+               seconds=cfg.lease_seconds) as lease:
+        storage.delete_tree(staging_root)  # plans of runs that died: nobody else writes here while we hold the lease
+        try:
+            planned = results.plan(inputs.listing(cfg.input, root), cfg.output, card["model_id"], staging)
+            if not planned["listed"]:
+                raise CracknetError(f"No images (jpg, jpeg, png, tif) were found under {cfg.input}.")
+            summary = {"run_id": run_id, "model_id": card["model_id"], "listed": planned["listed"],
+                       "skipped": planned["listed"] - planned["todo"], "scored": 0, "errors": 0,
+                       "output": cfg.output, "history_files_read": planned["history_files_read"],
+                       "history_files": planned["history_files"]}
+            log(f"Planned run {run_id}: {planned['todo']} of {planned['listed']} listed images to score.")
+            if planned["files"]:
+                summary.update(_score_and_commit(cfg, card, planned["files"], run_id, now, root, lease))
+        finally:
+            _discard(staging)
     summary["seconds"] = round(time.monotonic() - started, 2)
     summary["images_per_second"] = round(summary["scored"] / summary["seconds"], 2) if summary["seconds"] else 0.0
     return summary
 
 
-def _score_pipeline(cfg: ScoreConfig, card: dict, todo: list[tuple[str, str]], run_id: str, now: datetime):
-    """The Ray Data pipeline: read and tile (CPU tasks) -> model (actor pool) -> Parquet parts (CPU tasks)."""
+def _discard(uri: str) -> None:
+    """Delete a run's plan files, best effort: the next run deletes what is left (an error here must not hide
+    the error that ended the run)."""
+    try:
+        storage.delete_tree(uri)
+    except CracknetError:
+        pass
+
+
+def _score_and_commit(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id: str, now: datetime,
+                      root: str, lease: Lease) -> dict:
+    started = time.monotonic()
+    metadata = {"model_id": card["model_id"], "model": card["folder"], "threshold": card["threshold"],
+                "preprocessing": card["preprocessing"],
+                "tile_size": cfg.tile_size or int(card["preprocessing"].get("source_size") or 227),
+                "tile_overlap": cfg.tile_overlap, "fp32": cfg.fp32,
+                "input": cfg.input, "run_id": run_id}
+    try:
+        parts = _score_pipeline(cfg, card, plan_files, run_id, now, root, metadata).take_all()
+        done = {"scored": sum(int(p["rows"]) for p in parts), "errors": sum(int(p["errors"]) for p in parts),
+                "pipeline_seconds": round(time.monotonic() - started, 2)}
+        done["version"] = results.commit(cfg.output, parts, run_id, {**metadata, "summary": done},
+                                         before=lease.check)
+    except Exception as exc:
+        raise CracknetError(f"Scoring stopped and nothing from run {run_id} was committed: "
+                            f"{root_cause(exc)} Rerun to finish; what was committed before is kept.") from None
+    return done
+
+
+def _score_pipeline(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id: str, now: datetime, root: str,
+                    metadata: dict):
+    """The Ray Data pipeline: plan files -> read and tile (CPU tasks) -> model (actor pool) -> table files."""
     import ray
     import ray.data
 
-    from cracknet.model import preprocessing_of
-    from cracknet.train import ensure_ray
+    from cracknet.card import preprocessing_of
+    from cracknet.cluster import ensure_ray
 
     spec = dataclasses.replace(preprocessing_of(card), max_pixels=cfg.max_pixels)
-    tile = cfg.tile_size or int(card["preprocessing"].get("source_size") or 227)
     ensure_ray(cfg.ray_address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = cfg.num_actors or max(1, gpus)
     # An autoscaling cluster may have no GPU worker up yet: --use-gpu asks for them anyway.
     gpus = max(gpus, 1 if cfg.use_gpu else 0)
     threads = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
-    metadata = {"model_id": card["model_id"], "model": card["folder"], "threshold": card["threshold"],
-                "preprocessing": card["preprocessing"], "tile_size": tile, "tile_overlap": cfg.tile_overlap,
-                "fp32": cfg.fp32, "run_id": run_id}
+    fs, _ = storage.resolve(cfg.output)
     return (
-        ray.data.from_items([{"image_uri": u, "version": v} for u, v in todo])
-        .map_batches(read_and_tile, fn_kwargs={"spec": spec, "tile": tile, "overlap": cfg.tile_overlap,
-                                               "root": input_root(cfg)},
+        ray.data.read_parquet([storage.resolve(f)[1] for f in plan_files], filesystem=fs)
+        .map_batches(read_and_tile, fn_kwargs={"spec": spec, "tile": metadata["tile_size"], "overlap": cfg.tile_overlap,
+                                               "root": root},
                      batch_size=cfg.read_batch_size, batch_format="numpy")
         .map_batches(CrackPredictor, fn_constructor_kwargs={"model_uri": card["folder"], "batch_size": cfg.batch_size,
                                                            "threads": threads, "fp32": cfg.fp32},

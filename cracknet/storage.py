@@ -242,21 +242,71 @@ def delete_tree(uri: str) -> None:
         raise CracknetError(f"Cannot delete {uri}: {reason(exc)}") from None
 
 
-def list_versions(uri: str) -> list[tuple[str, str]]:
-    """Every file below ``uri`` with a version tag: the ETag on S3, size and mtime on local disk."""
+def iter_versions(uri: str, page: int = 1000):
+    """Every file below ``uri`` with a version tag (the ETag on S3, size and mtime on local disk), streamed
+    as lists of at most ``page`` (URI, version) pairs: an S3 listing page by page, a local tree folder
+    by folder, so a listing of any size is never held whole."""
     if not is_s3(uri):
-        return sorted((to_uri(e.path, uri), _local_version(e)) for e in _file_infos(uri))
+        yield from _local_versions(uri, page)
+        return
     bucket, prefix = split_s3(uri.rstrip("/") + "/")
-    out = []
     try:
-        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:
-            for item in page.get("Contents", []):
-                if not item["Key"].endswith("/"):
-                    out.append((f"{S3_PREFIX}{bucket}/{item['Key']}", item["ETag"].strip('"')))
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
+                                                                      PaginationConfig={"PageSize": page})
+        for listed in pages:
+            yield [(f"{S3_PREFIX}{bucket}/{item['Key']}", item["ETag"].strip('"'))
+                   for item in listed.get("Contents", []) if not item["Key"].endswith("/")]
+    except CracknetError:
+        raise
     except Exception as exc:  # botocore's ClientError, EndpointConnectionError, NoSuchBucket ...
         raise CracknetError(f"Cannot list {uri}: {reason(exc)}") from None
-    return sorted(out)
+
+
+def _local_versions(uri: str, page: int):
+    root = os.path.abspath(os.path.expanduser(uri))
+    if not os.path.exists(root):
+        raise CracknetError(f"{uri} does not exist.")
+    if not os.path.isdir(root):
+        raise CracknetError(f"{uri} is a file; expected a folder or prefix.")
+    batch = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                info = os.stat(path)
+            except OSError:  # a dangling link, or removed since the folder was read
+                continue
+            if not os.path.isfile(path):
+                continue
+            batch.append((path, f"{info.st_size}-{info.st_mtime_ns}"))
+            if len(batch) >= page:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def list_versions(uri: str) -> list[tuple[str, str]]:
+    """Every file below ``uri`` with its version tag, sorted (small trees only: see iter_versions)."""
+    return sorted(pair for page in iter_versions(uri) for pair in page)
+
+
+def delta_options(uri: str) -> dict[str, str] | None:
+    """Storage options for the ``deltalake`` package (its own Rust S3 client): the same endpoint, region and
+    attempts per request as boto3 and pyarrow. Credentials it reads from the standard AWS chain itself."""
+    if not is_s3(uri):
+        return None
+    options = {"max_retries": str(_max_attempts() - 1), "retry_timeout": "120s", "timeout": "60s",
+               "connect_timeout": "10s"}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint if "://" in endpoint else f"https://{endpoint}"
+        if options["AWS_ENDPOINT_URL"].startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["AWS_REGION"] = region
+    return options
 
 
 def _local_version(info: pafs.FileInfo) -> str:

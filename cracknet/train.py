@@ -37,6 +37,7 @@ from cracknet.datasets import load_labelled, split_datasets
 from cracknet.engine import Precision, log_loss, lr_at, predict, train_one_epoch
 from cracknet.errors import CracknetError, root_cause
 from cracknet.metrics import binary_metrics, evaluation, operating_point, threshold_rule
+from cracknet.cluster import ensure_ray
 from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_starting_weights,
                             save_artifact, set_backbone_trainable)
 from cracknet.transforms import Preprocessing
@@ -246,25 +247,6 @@ def _check_weights(weights: str) -> None:
         imagenet_state_dict()  # also fills torchvision's cache for workers on this node
     elif weights != "none" and not storage.exists(weights):
         raise CracknetError(f"The weights file {weights} does not exist; use imagenet, none, or a state-dict file.")
-
-
-def ensure_ray(address: str | None, min_cpus: float = 0) -> None:
-    """Connect to the given (or RAY_ADDRESS) cluster, or start a local Ray in this process.
-
-    Without an address this always starts a fresh local Ray, even when a `ray start`
-    cluster runs on this machine: pass --ray-address auto to use that one.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        # Reserve logical CPUs for Ray Data next to the training workers on small machines.
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(min_cpus) + 1),
-                 _node_ip_address="127.0.0.1")
 
 
 def _versions() -> dict[str, str]:

@@ -20,8 +20,6 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cracknet.errors import CracknetError
@@ -106,6 +104,8 @@ def decode(data: bytes, spec: Preprocessing) -> np.ndarray:
 
 
 def _normalise(x: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
+    import torch  # here, not at the top: reading a model card or planning a run needs no torch
+
     mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -129,6 +129,9 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     data; brightness/contrast jitter covers lighting; a small zoom covers the
     distance of the camera from the wall.
     """
+    import torch
+    import torch.nn.functional as F
+
     n = x.shape[0]
 
     def draw(*shape):

@@ -41,15 +41,29 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"Nothing listened on port {port} within {timeout} s.")
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """moto in server mode on a free localhost port; boto3 and pyarrow both talk to it over HTTP."""
-    from moto.server import ThreadedMotoServer
+def start_moto(log_path: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in its own process on a free localhost port; returns it and its endpoint URL.
 
+    Its own process, not a thread of the tests': deltalake's Rust client may hold the GIL while it
+    waits for an answer, and a server sharing that interpreter could then never answer.
+    """
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """moto in server mode on a free localhost port; boto3, pyarrow and deltalake all talk to it over HTTP."""
+    proc, endpoint = start_moto(tmp_path_factory.mktemp("s3") / "moto.log")
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                             "AWS_DEFAULT_REGION")}
     os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=TEST_ACCESS_KEY,
@@ -58,7 +72,7 @@ def s3_endpoint():
 
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
     yield endpoint
-    server.stop()
+    stop(proc)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -69,19 +83,13 @@ def s3_endpoint():
 @pytest.fixture(scope="session")
 def strict_s3_endpoint(tmp_path_factory):
     """A second moto server, in its own process, that enforces credentials (unknown keys get 403)."""
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
-    log = open(tmp_path_factory.mktemp("strict-s3") / "moto.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, endpoint = start_moto(tmp_path_factory.mktemp("strict-s3") / "moto.log", env)
     try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
+        yield endpoint
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+        stop(proc)
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,8 @@ class Faults:
     drop_after: float = 0.0     # share carried out by the store, then dropped
     delay: float = 0.0          # share delayed by up to max_delay seconds
     max_delay: float = 0.5
+    only: str = ""              # faults only for requests whose "METHOD /path" contains this
+    limit: int = -1             # at most this many faults in all (-1: no limit)
 
 
 class FaultProxy:
@@ -38,6 +40,7 @@ class FaultProxy:
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.counts = {"requests": 0, "slow_down": 0, "drop_before": 0, "drop_after": 0, "delay": 0}
+        self.seen: list[tuple[str, str]] = []  # ("METHOD /path", fate) of every request
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -51,11 +54,20 @@ class FaultProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def _draw(self) -> str:
+    def _draw(self, request: str) -> str:
+        fate = self._fate(request)
+        with self.lock:
+            self.seen.append((request, fate))
+        return fate
+
+    def _fate(self, request: str) -> str:
         f = self.faults
         with self.lock:
             self.counts["requests"] += 1
             x = self.random.random()
+            faults = sum(v for k, v in self.counts.items() if k != "requests")
+            if f.only not in request or (f.limit >= 0 and faults >= f.limit):
+                return "forward"
             for name, share in (("slow_down", f.slow_down), ("drop_before", f.drop_before),
                                 ("drop_after", f.drop_after), ("delay", f.delay)):
                 if x < share:
@@ -76,7 +88,7 @@ class FaultProxy:
             def _serve(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fate = proxy._draw()
+                fate = proxy._draw(f"{self.command} {self.path}")
                 if fate == "slow_down":
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")

@@ -142,5 +142,5 @@ def test_score_refuses_missing_inputs_with_one_line(synthetic_tree, tmp_path, cr
     result = cracknet_cli("score", "--model", str(model), "--input", str(tmp_path / "list.csv"),
                           "--output", str(tmp_path / "results"))
     assert_one_line_error(result, "has no image_uri column")
-    assert not (tmp_path / "results" / "_manifests").exists()
+    assert not (tmp_path / "results" / "_delta_log").exists()  # nothing was committed
 

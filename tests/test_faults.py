@@ -10,7 +10,7 @@ import pytest
 
 from cracknet import storage
 from cracknet.query import run_query
-from cracknet.score import IMAGES, committed_manifests
+from cracknet.results import table_exists
 from cracknet.synthetic import concrete, draw_crack, image_bytes
 
 from conftest import BUCKET, TEST_ACCESS_KEY, TEST_SECRET_KEY
@@ -34,6 +34,10 @@ def survey(s3_endpoint):
     return f"s3://{BUCKET}/faults/survey"
 
 
+def data_files_written(results: str) -> bool:
+    return storage.exists(results) and any("/run_date=" in u for u in storage.list_files(results))
+
+
 def through(proxy) -> dict:
     return {"AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY}
@@ -48,6 +52,8 @@ def test_scoring_through_a_flaky_store_finishes_exactly_once(s3_endpoint, survey
     assert f"Scored {N_IMAGES} images (0 errors)" in run.stdout
     faults = {k: v for k, v in proxy.counts.items() if k != "requests"}
     assert all(n > 0 for n in faults.values()), proxy.counts  # every kind of fault really happened
+    assert any("/_delta_log/" in request and request.startswith("PUT") for request, _ in proxy.seen), \
+        "the commit did not go through the faulty store"
     (row,) = run_query(results, "SELECT count(*) AS n, count(DISTINCT image_uri) AS uris, "
                                 "count(error) AS errors FROM images").to_pylist()
     assert row == {"n": N_IMAGES, "uris": N_IMAGES, "errors": 0}
@@ -78,7 +84,7 @@ def test_faults_that_never_stop_fail_the_run_with_one_line_and_commit_nothing(s3
         def outage_once_parts_appear():
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
-                if storage.exists(f"{results}/{IMAGES}"):  # straight to the store, not through the proxy
+                if data_files_written(results):  # asked straight of the store, not through the proxy
                     proxy.faults = Faults(slow_down=1.0)
                     return
                 time.sleep(0.1)
@@ -96,5 +102,21 @@ def test_faults_that_never_stop_fail_the_run_with_one_line_and_commit_nothing(s3
     assert lines[-1].startswith("cracknet: error: Scoring stopped and nothing from run "), lines[-5:]
     assert "SlowDown" in lines[-1] or "503" in lines[-1] or "kept failing" in lines[-1]
     assert time.monotonic() - started < 400
-    assert committed_manifests(results) == []
+    assert not table_exists(results)
     assert run_query(results, "SELECT count(*) AS n FROM images").to_pylist() == [{"n": 0}]
+
+
+def test_a_commit_whose_answer_is_lost_is_committed_exactly_once(s3_endpoint, survey, random_model, cracknet_cli):
+    """The store carries out the commit (the PUT of the log entry) but the answer never arrives: the retry
+    must find the run's own commit in the log rather than commit the same files again."""
+    results = f"s3://{BUCKET}/faults/lost-commit"
+    lost = Faults(drop_after=1.0, only=f"PUT /{BUCKET}/faults/lost-commit/_delta_log/00000000000000000001.json",
+                  limit=1)
+    with FaultProxy(s3_endpoint, lost, seed=4) as proxy:
+        run = cracknet_cli("score", "--model", str(random_model), "--input", survey, "--output", results,
+                           env=through(proxy), timeout=500)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert proxy.counts["drop_after"] == 1, proxy.seen[-20:]
+    (row,) = run_query(results, "SELECT count(*) AS n, count(DISTINCT image_uri) AS uris FROM images").to_pylist()
+    assert row == {"n": N_IMAGES, "uris": N_IMAGES}
+    assert not storage.exists(f"{results}/_delta_log/00000000000000000002.json")

@@ -3,6 +3,7 @@ entrypoints with flags the jobs accept, and pin the same versions as pyproject.t
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 import tomllib
@@ -44,19 +45,24 @@ def manifests(kind: str) -> list[tuple[str, dict]]:
     return found
 
 
-def check_entrypoint(entrypoint: str) -> str:
-    """``python <image home>/jobs/X.py --flags``: the file exists and the job's own parser accepts the flags."""
-    argv = shlex.split(entrypoint)
-    assert argv[0] == "python" and argv[1].startswith(IMAGE_HOME + "/jobs/"), entrypoint
-    job = REPO / argv[1][len(IMAGE_HOME) + 1:]
-    assert job.is_file(), f"{argv[1]} is not a file under jobs/"
-    command = re.search(r'main\(\["(\w+)"', job.read_text()).group(1)
-    try:
-        args = build_parser().parse_args([command, *argv[2:]])
-    except SystemExit:
-        pytest.fail(f"jobs/{job.name} refuses the flags of {entrypoint!r}")
-    from_arguments(CONFIGS[command], args)  # the settings' own checks
-    return command
+def check_entrypoint(entrypoint: str) -> list[tuple[str, argparse.Namespace]]:
+    """``python <image home>/jobs/X.py --flags [&& python ...]``: each file exists and each job's own parser
+    accepts its flags; returns the cracknet commands in order (a Ray job's entrypoint runs in a shell)."""
+    commands = []
+    for step in entrypoint.split("&&"):
+        argv = shlex.split(step)
+        assert argv[0] == "python" and argv[1].startswith(IMAGE_HOME + "/jobs/"), entrypoint
+        job = REPO / argv[1][len(IMAGE_HOME) + 1:]
+        assert job.is_file(), f"{argv[1]} is not a file under jobs/"
+        command = re.search(r'main\(\["(\w+)"', job.read_text()).group(1)
+        try:
+            args = build_parser().parse_args([command, *argv[2:]])
+        except SystemExit:
+            pytest.fail(f"jobs/{job.name} refuses the flags of {step!r}")
+        if command in CONFIGS:
+            from_arguments(CONFIGS[command], args)  # the settings' own checks
+        commands.append((command, args))
+    return commands
 
 
 def containers(pod_template: dict) -> list[dict]:
@@ -103,14 +109,14 @@ def check_ray_cluster_spec(spec: dict, *, autoscaling: bool = False) -> None:
         assert any(g["minReplicas"] < g["maxReplicas"] for g in groups)
 
 
-def check_rayjob_spec(spec: dict) -> str:
-    command = check_entrypoint(spec["entrypoint"])
+def check_rayjob_spec(spec: dict) -> list:
+    commands = check_entrypoint(spec["entrypoint"])
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["ttlSecondsAfterFinished"] >= 0
     assert spec["activeDeadlineSeconds"] > 0
     assert spec["backoffLimit"] >= 0
     check_ray_cluster_spec(spec["rayClusterSpec"])
-    return command
+    return commands
 
 
 def check_cron(schedule: str) -> None:
@@ -136,7 +142,7 @@ def test_every_yaml_file_parses_and_every_manifest_names_its_kind():
 def test_training_rayjob():
     (name, job), = manifests("RayJob")
     assert job["apiVersion"] == "ray.io/v1"
-    assert check_rayjob_spec(job["spec"]) == "train"
+    assert [c for c, _ in check_rayjob_spec(job["spec"])] == ["train"]
     assert "--use-gpu" in shlex.split(job["spec"]["entrypoint"])
 
 
@@ -151,7 +157,9 @@ def test_nightly_scoring_as_raycronjob_and_as_cronjob_for_older_kuberay():
     (_, cron), = manifests("RayCronJob")
     assert cron["apiVersion"] == "ray.io/v1"
     check_cron(cron["spec"]["schedule"])
-    assert check_rayjob_spec(cron["spec"]["jobTemplate"]) == "score"
+    (score, scored), (compact, compacted) = check_rayjob_spec(cron["spec"]["jobTemplate"])
+    assert (score, compact) == ("score", "compact") and compacted.results == scored.output, \
+        "each night compacts the table it scored into"
 
     (_, cronjob), = manifests("CronJob")
     assert cronjob["apiVersion"] == "batch/v1"

@@ -1,7 +1,8 @@
 """Faults a nightly scoring job meets: the driver killed part-way, and two runs started at once.
 
 Both keep the same promise: the committed results hold exactly one row per image,
-and nothing a killed or refused run staged is ever read as a result.
+and nothing a killed or refused run wrote is ever read as a result, by cracknet,
+by deltalake itself or by DuckDB.
 """
 
 import os
@@ -13,9 +14,11 @@ import time
 import numpy as np
 import pytest
 
+from deltalake import DeltaTable
+
 from cracknet import storage
+from cracknet.compact import compact
 from cracknet.query import run_query
-from cracknet.score import IMAGES, MANIFESTS, committed_manifests
 from cracknet.synthetic import concrete, draw_crack, image_bytes
 
 from conftest import BUCKET, REPO
@@ -52,8 +55,25 @@ def start(argv):
 
 
 def parts_under(results):
-    return [u for u in storage.list_files(storage.join(results, IMAGES)) if u.endswith(".parquet")] \
-        if storage.exists(storage.join(results, IMAGES)) else []
+    """Every data file under the table's folder, committed or not."""
+    return [u for u in storage.list_files(results) if "/run_date=" in u and u.endswith(".parquet")] \
+        if storage.exists(results) else []
+
+
+def delta_table(results):
+    return DeltaTable(results, storage_options=storage.delta_options(results))
+
+
+def as_read_elsewhere(results):
+    """(version, sorted rows) as deltalake itself reads the table, and the row count DuckDB reads from it."""
+    import duckdb
+
+    table = delta_table(results)
+    rows = sorted(table.to_pyarrow_table(columns=["image_uri", "run_id"]).to_pylist(), key=lambda r: r["image_uri"])
+    con = duckdb.connect()
+    con.register("t", table.to_pyarrow_dataset())
+    (n,) = con.sql("SELECT count(*) FROM t").fetchall()[0]
+    return table.version(), rows, n
 
 
 def exactly_once(results):
@@ -62,21 +82,26 @@ def exactly_once(results):
     return row
 
 
-def test_killing_the_driver_part_way_then_rerunning_gives_one_row_per_image(random_model, survey):
+def test_killing_the_driver_part_way_leaves_the_table_as_it_was_and_a_rerun_finishes(random_model, survey):
     results = f"s3://{BUCKET}/reliability/killed"
+    first = subprocess.run(score_command(random_model, f"{survey}/structure-0", results), cwd=REPO,
+                           capture_output=True, text=True, timeout=400)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = as_read_elsewhere(results)
+    assert len(before[1]) == before[2] == N_IMAGES // 4
+
     run = start(score_command(random_model, survey, results, "--lease-seconds", "5"))
     deadline = time.monotonic() + 300
-    while len(parts_under(results)) < 3:
+    while len(parts_under(results)) < len(before[1]) // 100 + 3:
         assert run.poll() is None, "the run finished before it could be killed: " + run.stderr.read()[-2000:]
-        assert time.monotonic() < deadline, "no parts were written"
+        assert time.monotonic() < deadline, "no files were written"
         time.sleep(0.2)
     os.killpg(run.pid, signal.SIGKILL)  # the driver and the Ray it started, as when a node dies
     run.wait()
-    staged = parts_under(results)
-    assert 3 <= len(staged) < N_IMAGES // 100
-    assert committed_manifests(results) == []
-    # Staged parts of the killed run are not results.
-    assert exactly_once(results) == {"n": 0, "uris": 0, "errors": 0}
+    assert len(parts_under(results)) > len(delta_table(results).file_uris())  # files of the killed run are there
+    # ... and no reader sees them: the table is exactly as it was.
+    assert as_read_elsewhere(results) == before
+    assert exactly_once(results) == {"n": N_IMAGES // 4, "uris": N_IMAGES // 4, "errors": 0}
 
     # Straight after the kill its lease is still live: a rerun is refused with one line.
     early = subprocess.run(score_command(random_model, survey, results), cwd=REPO, capture_output=True, text=True,
@@ -90,8 +115,11 @@ def test_killing_the_driver_part_way_then_rerunning_gives_one_row_per_image(rand
                            timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert exactly_once(results) == {"n": N_IMAGES, "uris": N_IMAGES, "errors": 0}
-    named = {m_part["path"] for m in committed_manifests(results) for m_part in m[IMAGES]}
-    assert {u[len(results) + 1:] for u in parts_under(results)} == named, "orphans of the killed run remain"
+    # Vacuum deletes what the killed run wrote; every file left is one the table references.
+    compact(results, retention_hours=0)
+    referenced = {u.rsplit("/", 1)[-1] for u in delta_table(results).file_uris()}
+    assert {u.rsplit("/", 1)[-1] for u in parts_under(results)} == referenced
+    assert exactly_once(results) == {"n": N_IMAGES, "uris": N_IMAGES, "errors": 0}
 
 
 def test_two_runs_started_at_once_commit_one_set_of_rows(random_model, survey):
@@ -104,4 +132,5 @@ def test_two_runs_started_at_once_commit_one_set_of_rows(random_model, survey):
     assert refused.strip().startswith(f"cracknet: error: Another scoring run is writing to {results}: run ")
     assert len(refused.strip().splitlines()) == 1
     assert exactly_once(results) == {"n": N_IMAGES, "uris": N_IMAGES, "errors": 0}
-    assert len(storage.list_files(storage.join(results, MANIFESTS))) == 1
+    writes = [c for c in delta_table(results).history() if c.get("operation") == "WRITE"]
+    assert len(writes) == 1, writes

@@ -1,4 +1,4 @@
-"""Bulk scoring on a real local Ray: error rows, tiling, incremental reruns, commits, and querying."""
+"""Bulk scoring on a real local Ray: error rows, tiling, incremental reruns, Delta commits, and querying."""
 
 import io
 import json
@@ -7,12 +7,15 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 from PIL import Image
 
 from cracknet import storage
 from cracknet.cli import main as cli_main
 from cracknet.config import ScoreConfig
+from cracknet.compact import compact
 from cracknet.query import run_query
+from cracknet.results import commit_metadata
 from cracknet.score import run_scoring
 from cracknet.synthetic import concrete, draw_crack, image_bytes
 from cracknet.transforms import tile_boxes
@@ -96,14 +99,17 @@ def test_scoring_writes_one_row_per_image_and_error_rows_for_bad_ones(ray_cluste
     assert max(t["crack_probability"] for t in tiles) == pytest.approx(large["crack_probability"])
     assert all(r["tiles_scored"] == 1 for n, r in rows.items() if n not in BAD and n != "large.jpg")
 
-    # Parquet: zstd, the model's metadata in the key-value metadata.
-    part = next((results / "images").rglob("*.parquet"))
+    # A Delta table partitioned by run_date: zstd Parquet, the model in the commit and in each file.
+    (part,) = results.glob("run_date=*/*.parquet")
     meta = pq.ParquetFile(part).metadata
     assert meta.row_group(0).column(0).compression == "ZSTD"
     assert json.loads(meta.metadata[b"cracknet"])["model_id"] == summary["model_id"]
+    commit = commit_metadata(str(results), summary["run_id"])
+    assert commit["model_id"] == summary["model_id"] and commit["summary"]["scored"] == len(files)
+    assert commit["threshold"] == 0.5 and commit["tile_size"] == 96
 
 
-def test_reruns_score_only_new_images_and_orphans_are_never_read(ray_cluster, model_dir, tmp_path):
+def test_reruns_score_only_new_images_and_unreferenced_files_are_never_read(ray_cluster, model_dir, tmp_path):
     rng = np.random.default_rng(1)
     inputs, results = str(tmp_path / "in"), tmp_path / "results"
     write_tree(inputs, {f"s/{i}.jpg": image_bytes(concrete(rng, 96)) for i in range(6)})
@@ -114,19 +120,21 @@ def test_reruns_score_only_new_images_and_orphans_are_never_read(ray_cluster, mo
     again = run_scoring(cfg, log=lambda _: None)
     assert (again["scored"], again["skipped"]) == (0, 6)
 
-    # A part written by a run that died before committing: invisible, then cleaned up.
-    orphan = results / "images" / "run_date=2026-01-01" / "part-dead-run.parquet"
-    committed_part = next((results / "images").rglob("*.parquet"))
+    # A file written by a run that died before committing: no reader sees it, and vacuum deletes it.
+    orphan = results / "run_date=2026-01-01" / "part-dead-run.parquet"
+    committed_part = next(results.glob("run_date=*/*.parquet"))
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(committed_part.read_bytes())
     assert count(results, "SELECT count(*) AS n FROM images")[0]["n"] == 6
 
     write_tree(inputs, {"s/new.jpg": image_bytes(concrete(rng, 96))})
     third = run_scoring(cfg, log=lambda _: None)
-    assert (third["scored"], third["skipped"], third["orphans_removed"]) == (1, 6, 1)
-    assert not orphan.exists()
+    assert (third["scored"], third["skipped"]) == (1, 6)
     per_image = count(results, "SELECT image_uri, count(*) AS n FROM images GROUP BY 1")
     assert len(per_image) == 7 and all(r["n"] == 1 for r in per_image)
+    assert DeltaTable(str(results)).to_pyarrow_table().num_rows == 7  # the table's own reader agrees
+    compact(str(results), retention_hours=0)
+    assert not orphan.exists() and count(results, "SELECT count(*) AS n FROM images")[0]["n"] == 7
 
 
 def test_scoring_from_s3_with_a_manifest_and_querying_from_the_cli(ray_cluster, s3_endpoint, model_dir,
@@ -163,3 +171,25 @@ def test_query_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("cracknet: error: The query failed") and "\n" not in err
     assert cli_main(["query", "--results", str(tmp_path / "missing"), "SELECT 1"]) == 2
+
+
+def test_scoring_from_an_s3_inventory_report_and_again_the_next_night(ray_cluster, s3_endpoint, model_dir):
+    from test_results import write_inventory
+
+    rng = np.random.default_rng(5)
+    prefix = "inventory-run"
+    keys = [f"{prefix}/survey/pier-{i % 2}/DJI_{i:04d}.JPG" for i in range(4)]
+    objects = []
+    for key in keys:
+        storage.write_bytes(f"s3://{BUCKET}/{key}", image_bytes(concrete(rng, 96)))
+        etag = storage.s3_client().head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
+        objects.append((key, etag, True, False))
+    manifest = write_inventory(prefix, "CSV", objects + [(f"{prefix}/survey/notes.txt", "n", True, False)])
+    cfg = ScoreConfig(model=str(model_dir), input=manifest, output=f"s3://{BUCKET}/{prefix}/results",
+                      input_prefix=f"s3://{BUCKET}/{prefix}/survey")
+    first = run_scoring(cfg, log=lambda _: None)
+    assert (first["listed"], first["scored"], first["errors"]) == (4, 4, 0)
+    rows = count(cfg.output, "SELECT image_uri, version FROM images ORDER BY 1")
+    assert rows == [{"image_uri": f"s3://{BUCKET}/{k}", "version": e} for k, e, *_ in sorted(objects)]
+    again = run_scoring(cfg, log=lambda _: None)
+    assert (again["scored"], again["skipped"]) == (0, 4)

@@ -1,0 +1,63 @@
+"""The model card (``model.json``): where it lives, reading it back, and what it says about preprocessing.
+
+    card = read_card("runs/demo")                  # the model/ folder or the training output above it
+    spec = preprocessing_of(card)
+
+Reading a card needs no torch, so the scoring driver, ``cracknet query`` and
+``cracknet --help`` stay light; ``cracknet.model`` owns the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from cracknet import storage
+from cracknet.data import split_of
+from cracknet.errors import CracknetError
+from cracknet.transforms import Preprocessing
+
+ARCHITECTURE = "resnet50"
+WEIGHTS_FILE = "weights.pt"
+CARD_FILE = "model.json"
+REQUIRED_CARD_FIELDS = ("weights_file", "weights_sha256", "model_id", "threshold", "preprocessing")
+
+
+def model_folder(uri: str) -> str:
+    """Accept the model/ folder itself or the training output above it."""
+    if storage.exists(storage.join(uri, CARD_FILE)):
+        return uri
+    inner = storage.join(uri, "model")
+    if storage.exists(storage.join(inner, CARD_FILE)):
+        return inner
+    raise CracknetError(f"{uri} holds no finished model (no {CARD_FILE} there or in {inner}).")
+
+
+def read_card(uri: str) -> dict[str, Any]:
+    folder = model_folder(uri)
+    try:
+        card = json.loads(storage.read_bytes(storage.join(folder, CARD_FILE)))
+    except json.JSONDecodeError:
+        raise CracknetError(f"{storage.join(folder, CARD_FILE)} is not valid JSON.") from None
+    if card.get("architecture") != ARCHITECTURE:
+        raise CracknetError(f"{folder} holds a {card.get('architecture')!r} model; cracknet reads {ARCHITECTURE}.")
+    preprocessing = card.get("preprocessing") if isinstance(card.get("preprocessing"), dict) else {}
+    missing = [k for k in REQUIRED_CARD_FIELDS if k not in card] + \
+        [f"preprocessing.{k}" for k in ("image_size", "mean", "std") if k not in preprocessing]
+    if missing:
+        raise CracknetError(
+            f"{storage.join(folder, CARD_FILE)} lacks {', '.join(missing)}; it is not a cracknet model card.")
+    return {**card, "folder": folder}
+
+
+def in_split(card: dict[str, Any], split: str) -> Callable[[str], bool]:
+    """Whether an image, by the SHA-256 of its bytes, fell in ``split`` of the model's own training run."""
+    training = card.get("training", {})
+    if "val_fraction" not in training:
+        raise CracknetError(f"The model {card.get('folder', '')} does not record its splits; use --split all.")
+    return lambda sha: split_of(sha, training["val_fraction"], training["test_fraction"]) == split
+
+
+def preprocessing_of(card: dict[str, Any]) -> Preprocessing:
+    p = card["preprocessing"]
+    return Preprocessing(image_size=p["image_size"], mean=tuple(p["mean"]), std=tuple(p["std"]))

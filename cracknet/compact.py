@@ -1,0 +1,55 @@
+"""Maintenance of the results table: merge small files, then delete files nothing references any more.
+
+    cracknet compact --results s3://survey/results                  # weekly, after a scoring run
+    cracknet compact --results s3://survey/results --retention-hours 24
+
+Each night adds a few files per run; compaction (Delta's optimize) rewrites the
+small files of each ``run_date`` partition into large ones in one commit, rows
+unchanged. Vacuum then deletes files no longer referenced that are older than
+the retention period: files replaced by compaction (kept that long for readers
+of older snapshots and time travel) and files written by runs that died before
+committing. It holds the scoring lease throughout, so it never deletes the
+not-yet-committed files of a live run.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cracknet import results, storage
+from cracknet.errors import CracknetError
+from cracknet.lease import Lease
+
+DEFAULT_RETENTION_HOURS = 168  # Delta's own default (delta.deletedFileRetentionDuration: one week)
+
+
+def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS, lease_seconds: float = 300.0) -> dict:
+    """Compact and vacuum the table at ``uri``; returns file counts before and after, and what was deleted."""
+    from deltalake import CommitProperties, WriterProperties
+
+    if retention_hours < 0:
+        raise CracknetError(f"--retention-hours must not be negative, got {retention_hours}.")
+    uri = storage.absolute(uri)
+    run_id = time.strftime("compact-%Y%m%dT%H%M%SZ", time.gmtime())
+    with Lease(uri, owner={"run_id": run_id, "job": "compaction"}, seconds=lease_seconds) as lease:
+        table = results.open_table(uri)
+        if table is None:
+            raise CracknetError(f"{uri} holds no results table; give the --output of a `cracknet score` run.")
+        storage.delete_tree(storage.join(uri, results.STAGING))  # plans of dead runs; none is live while we hold this
+        before = len(table.file_uris())
+        try:
+            merged = table.optimize.compact(writer_properties=WriterProperties(compression="ZSTD"),
+                                            commit_properties=CommitProperties(
+                                                custom_metadata={"cracknet.run_id": run_id}))
+            lease.check()
+            deleted = table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False,
+                                   full=True)
+            table.cleanup_metadata()
+        except CracknetError:
+            raise
+        except Exception as exc:  # deltalake's errors share no base class
+            raise CracknetError(f"Compacting {uri} failed: {storage.reason(exc)}") from None
+        after = len(results.open_table(uri).file_uris())
+    return {"results": uri, "files_before": before, "files_after": after, "files_added": merged["numFilesAdded"],
+            "files_removed": merged["numFilesRemoved"], "files_deleted": len(deleted),
+            "retention_hours": retention_hours}

@@ -1,0 +1,192 @@
+"""What a scoring run is asked to score, streamed as Arrow batches of (image_uri, version).
+
+    cracknet score --input s3://survey/2026-11-24/             # a folder or prefix: listed page by page
+    cracknet score --input s3://survey/tonight.parquet         # a manifest: Parquet or CSV with image_uri
+    cracknet score --input s3://inventory/survey/all/2026-11-24T01-00Z/manifest.json   # an S3 Inventory report
+
+A listing is never held whole: each kind yields record batches that the planner
+(``results.plan``) consumes once. Only image names (jpg, jpeg, png, tif) are
+taken from folder listings and inventories; a manifest names images on purpose,
+so every row of it is kept and a bad one becomes an error row.
+
+The version of an image is its S3 ETag or, on local disk, its size and mtime. A
+manifest may leave it out; such a row counts as scored once its URI was scored
+at any version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+from urllib.parse import unquote_plus
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cracknet import storage
+from cracknet.data import IMAGE_EXTENSIONS
+from cracknet.errors import CracknetError
+
+LISTING = pa.schema([("image_uri", pa.string()), ("version", pa.string())])
+MANIFEST_SUFFIXES = (".parquet", ".csv")
+INVENTORY_FILE = "manifest.json"
+URI_COLUMNS = ("image_uri", "uri", "path")
+BATCH_ROWS = 64 * 1024
+IMAGE_NAME = r"(?i)\.(" + "|".join(e.lstrip(".") for e in IMAGE_EXTENSIONS) + r")$"
+
+
+def kind_of(uri: str) -> str:
+    """``inventory``, ``manifest`` or ``folder``."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1].lower()
+    if name == INVENTORY_FILE and storage.exists(uri):
+        return "inventory"
+    if name.endswith(MANIFEST_SUFFIXES) and storage.exists(uri):
+        return "manifest"
+    return "folder"
+
+
+def input_root(input_uri: str, input_prefix: str | None) -> str:
+    """Where images may come from: ``input_prefix``, else the input folder, or for a manifest its bucket (S3)
+    or folder (local disk), or for an inventory the bucket it lists. Images named outside become error rows."""
+    if input_prefix:
+        return input_prefix
+    kind = kind_of(input_uri)
+    if kind == "folder":
+        return input_uri
+    if kind == "inventory":
+        return storage.S3_PREFIX + _inventory(input_uri)[0]["sourceBucket"]
+    if storage.is_s3(input_uri):
+        return storage.S3_PREFIX + storage.split_s3(input_uri)[0]
+    return os.path.dirname(os.path.abspath(input_uri))
+
+
+def listing(input_uri: str, root: str) -> pa.RecordBatchReader:
+    """The images of ``input_uri`` as a stream of (image_uri, version) batches."""
+    kind = kind_of(input_uri)
+    if kind == "inventory":
+        batches = _inventory_batches(input_uri, *_inventory(input_uri), root)  # a bad manifest.json fails here
+    elif kind == "manifest":
+        batches = _manifest_batches(input_uri)
+    else:
+        batches = _folder_batches(input_uri)
+    return pa.RecordBatchReader.from_batches(LISTING, batches)
+
+
+def _batch(uris, versions) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array(uris, pa.string()), pa.array(versions, pa.string())],
+                                      schema=LISTING)
+
+
+def _folder_batches(uri: str) -> Iterator[pa.RecordBatch]:
+    for page in storage.iter_versions(uri):
+        uris = pa.array([u for u, _ in page], pa.string())
+        keep = pc.match_substring_regex(uris, IMAGE_NAME)
+        yield _batch(uris, [v for _, v in page]).filter(keep)
+
+
+def _manifest_batches(uri: str) -> Iterator[pa.RecordBatch]:
+    import pyarrow.csv as pacsv
+    import pyarrow.dataset as pads
+
+    fs, path = storage.resolve(uri)
+    try:
+        if uri.lower().endswith(".parquet"):
+            dataset = pads.dataset(path, filesystem=fs, format="parquet")
+        else:  # every named column as text: an all-digit ETag must not become a number
+            convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in (*URI_COLUMNS, "version")})
+            dataset = pads.dataset(path, filesystem=fs, format=pads.CsvFileFormat(convert_options=convert))
+        names = dataset.schema.names
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise CracknetError(f"{uri} is not a readable manifest ({type(exc).__name__}).") from None
+    column = next((c for c in URI_COLUMNS if c in names), None)
+    if column is None:
+        raise CracknetError(f"The manifest {uri} has no image_uri column (columns: {', '.join(names)}).")
+    columns = {"image_uri": pc.field(column).cast(pa.string()),
+               "version": pc.field("version").cast(pa.string()) if "version" in names else pc.scalar("")}
+    try:
+        for batch in dataset.scanner(columns=columns, batch_size=BATCH_ROWS).to_batches():
+            yield _named_rows(batch)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise CracknetError(f"{uri} is not a readable manifest ({type(exc).__name__}: {storage.reason(exc)}).") \
+            from None
+
+
+def _named_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Rows that name an image, each keeping its own version (a missing version is "")."""
+    uris = batch.column("image_uri")
+    keep = pc.and_(pc.is_valid(uris), pc.not_equal(uris, ""))
+    versions = pc.fill_null(batch.column("version"), "")
+    return pa.RecordBatch.from_arrays([uris, versions], schema=LISTING).filter(pc.fill_null(keep, False))
+
+
+# ---------------------------------------------------------------------------------------------------
+# S3 Inventory: manifest.json names data files (CSV.gz or Parquet) in the destination bucket.
+
+
+def _inventory(uri: str) -> tuple[dict, list[str]]:
+    """The inventory's manifest.json and the URIs of its data files."""
+    if not storage.is_s3(uri):
+        raise CracknetError(f"{uri} looks like an S3 Inventory manifest, but inventories live on S3.")
+    try:
+        doc = json.loads(storage.read_bytes(uri))
+        bucket = doc["destinationBucket"].rsplit(":", 1)[-1]  # arn:aws:s3:::bucket
+        files = [storage.S3_PREFIX + bucket + "/" + f["key"] for f in doc["files"]]
+        doc["sourceBucket"], doc["fileFormat"]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise CracknetError(f"{uri} is not an S3 Inventory manifest (it needs sourceBucket, destinationBucket, "
+                            "fileFormat and files).") from None
+    if doc["fileFormat"].upper() not in ("CSV", "PARQUET"):
+        raise CracknetError(f"The inventory {uri} is in {doc['fileFormat']} format; cracknet reads CSV and Parquet "
+                            "inventories.")
+    return doc, files
+
+
+def _normal(name: str) -> str:
+    return name.replace("_", "").replace(" ", "").lower()  # "ETag", "e_tag" -> "etag"; "IsLatest" -> "islatest"
+
+
+def _inventory_batches(uri: str, doc: dict, files: list[str], root: str) -> Iterator[pa.RecordBatch]:
+    import pyarrow.csv as pacsv
+    import pyarrow.dataset as pads
+
+    fs = storage.s3_filesystem()
+    paths = [storage.resolve(f)[1] for f in files]
+    csv = doc["fileFormat"].upper() == "CSV"
+    if csv:  # no header row; the columns are named by fileSchema; keys are URL-encoded
+        names = [n.strip() for n in doc.get("fileSchema", "").split(",")]
+        if "key" not in map(_normal, names):
+            raise CracknetError(f"The inventory {uri} names no Key column in its fileSchema.")
+        fmt = pads.CsvFileFormat(read_options=pacsv.ReadOptions(column_names=names),
+                                 convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}))
+    else:
+        fmt = "parquet"
+    prefix = root.rstrip("/") + "/"
+    try:
+        dataset = pads.dataset(paths, filesystem=fs, format=fmt)
+        column = {_normal(n): n for n in dataset.schema.names}
+        wanted = [column[c] for c in ("bucket", "key", "etag", "islatest", "isdeletemarker") if c in column]
+        for batch in dataset.scanner(columns=wanted, batch_size=BATCH_ROWS).to_batches():
+            rows = batch.to_pydict()
+            keys = rows[column["key"]]
+            keys = [unquote_plus(k) for k in keys] if csv else keys
+            buckets = rows[column["bucket"]] if "bucket" in column else [doc["sourceBucket"]] * len(keys)
+            etags = rows[column["etag"]] if "etag" in column else [""] * len(keys)
+            live = [_is_live(rows, column, i) for i in range(len(keys))]
+            uris = pa.array([f"{storage.S3_PREFIX}{b}/{k}" for b, k in zip(buckets, keys)], pa.string())
+            keep = pc.and_(pc.and_(pc.match_substring_regex(uris, IMAGE_NAME), pc.starts_with(uris, prefix)),
+                           pa.array(live, pa.bool_()))
+            yield _batch(uris, [(e or "").strip('"') for e in etags]).filter(keep)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise CracknetError(f"Cannot read the inventory {uri}: {storage.reason(exc)}") from None
+
+
+def _is_live(rows: dict, column: dict, i: int) -> bool:
+    """The current version of an object, not a delete marker (inventories that include all versions)."""
+    def flag(name: str) -> bool | None:
+        if name not in column:
+            return None
+        value = rows[column[name]][i]
+        return value if isinstance(value, bool) or value is None else str(value).lower() == "true"
+
+    return flag("islatest") is not False and flag("isdeletemarker") is not True

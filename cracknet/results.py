@@ -1,0 +1,397 @@
+"""The results table: one home for the format that scoring writes and everything else reads.
+
+    con = connect("s3://survey/results")                 # DuckDB, offline, with the views below
+    con.sql("SELECT * FROM likely_cracks_since('2026-11-23') LIMIT 20")
+
+The scoring output is a Delta Lake table (``<output>/_delta_log`` plus Parquet
+files, zstd, partitioned by ``run_date``), so Spark, Trino, Athena, Databricks,
+DuckDB, Polars and pandas read it as it is. One row per scored image; the tiles
+of a large photo ride along in the same row (``tiles``: a list of structs), so
+images and tiles are committed together and can never disagree.
+
+A scoring run writes its Parquet files from Ray tasks and commits them from the
+driver in one Delta commit: readers see all of a run or none of it. Files of a
+run that died are never referenced; ``cracknet compact`` vacuums them. The run's
+model and settings travel as commit metadata (``cracknet.*`` in commitInfo).
+
+Names starting with ``_`` under the output are not table data (Delta's rule):
+``_delta_log``, the scoring lease and a run's ``_staging`` plan files.
+
+Views on a connection:
+
+    results                     the table as stored (with the nested tiles)
+    images                      one row per scored image and run (see the README for the columns)
+    tiles                       one row per tile of a tiled image
+    current                     the newest row per image (newest model or version), for counting
+    structures                  per folder (structure) of current images: images, cracks, errors
+    failures                    current images that could not be scored, and why
+    likely_cracks_since(day)    current cracked images scored on or after a day, most likely first
+    tiles_above(uri, p)         the current tiles of one image at or above a probability
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tempfile
+import time
+import uuid
+from typing import Callable, Iterable
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cracknet import storage
+from cracknet.errors import CracknetError
+
+LOG = "_delta_log"
+STAGING = "_staging"
+OLD_MANIFESTS = "_manifests"
+PARTITION = "run_date"
+TABLE_NAME = "cracknet_results"
+PLAN_MEMORY = "128MB"       # DuckDB's limit while planning; beyond it the anti-join spills to local disk
+PLAN_FILES = 64             # a night's plan is split into about this many files (Ray reads one per task)
+PLAN_ROWS_PER_FILE = 4096   # ... of at most this many images each
+COMMIT_ATTEMPTS = 3
+
+TILE = pa.struct([("tile_x", pa.int32()), ("tile_y", pa.int32()), ("tile_w", pa.int32()), ("tile_h", pa.int32()),
+                  ("crack_probability", pa.float32())])
+FILE_SCHEMA = pa.schema([   # what each Parquet file holds; run_date lives in the path and the log (Delta's rule)
+    ("image_uri", pa.string()),
+    ("version", pa.string()),  # ETag on S3; size and mtime on local disk
+    ("crack_probability", pa.float32()),  # null when error is set; the maximum over tiles when tiled
+    ("is_crack", pa.bool_()),  # crack_probability >= the model's threshold
+    ("tiles_scored", pa.int32()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("error", pa.string()),  # null when the image was scored
+    ("model_id", pa.string()),
+    ("run_id", pa.string()),
+    ("scored_at", pa.timestamp("us", tz="UTC")),
+    ("tiles", pa.list_(TILE)),  # the tiles of a tiled image; empty when it was scored whole, null on error
+])
+SCHEMA = FILE_SCHEMA.append(pa.field(PARTITION, pa.date32()))
+KEYS = pa.schema([FILE_SCHEMA.field("image_uri"), FILE_SCHEMA.field("version"), FILE_SCHEMA.field("model_id")])
+STATS_COLUMNS = ("image_uri", "version", "model_id", "run_id", "crack_probability", "tiles_scored")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where the table is
+
+
+def table_exists(uri: str) -> bool:
+    return storage.exists(storage.join(uri, LOG))
+
+
+def refuse_old_layout(uri: str) -> None:
+    if not table_exists(uri) and storage.exists(storage.join(uri, OLD_MANIFESTS)):
+        raise CracknetError(f"{uri} holds results in cracknet's earlier Parquet-and-manifest layout, not a Delta "
+                            "table; score into a new --output (the old parts stay readable as plain Parquet).")
+
+
+def open_table(uri: str):
+    """The committed Delta table at ``uri``, or None when nothing was ever committed there."""
+    from deltalake import DeltaTable
+
+    refuse_old_layout(uri)
+    if not table_exists(uri):
+        return None
+    try:
+        return DeltaTable(_table_uri(uri), storage_options=storage.delta_options(uri))
+    except Exception as exc:  # deltalake's own errors (damaged log, store failures) carry no common base class
+        raise CracknetError(f"Cannot open the results table {uri}: {storage.reason(exc)}") from None
+
+
+def _table_uri(uri: str) -> str:
+    return uri if storage.is_s3(uri) else storage.absolute(uri)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing: Parquet files from tasks, one commit from the driver
+
+
+def part_table(images: dict, tiles: list, threshold: float, model_id: str, run_id: str, scored_at: str,
+               metadata: dict) -> pa.Table:
+    """One file's rows. ``images`` holds per-image arrays (image_uri, version, width, height, error,
+    crack_probability, tiles_scored); ``tiles`` per image a list of (x, y, w, h, probability), or None."""
+    from datetime import datetime
+
+    import numpy as np
+
+    n = len(images["image_uri"])
+    errors = [e if isinstance(e, str) and e else None for e in images["error"]]
+    ok = np.array([e is None for e in errors], dtype=bool)
+    probs = np.asarray(images["crack_probability"], dtype=np.float32)
+    tile_rows = [None if not good else [dict(zip(TILE.names, t)) for t in image_tiles or []]
+                 for good, image_tiles in zip(ok, tiles)]
+    table = pa.table({
+        "image_uri": pa.array(list(images["image_uri"]), pa.string()),
+        "version": pa.array(list(images["version"]), pa.string()),
+        "crack_probability": pa.array(probs, pa.float32(), mask=~ok),
+        "is_crack": pa.array(probs >= threshold, pa.bool_(), mask=~ok),
+        "tiles_scored": pa.array(np.where(ok, images["tiles_scored"], 0), pa.int32()),
+        "width": pa.array(images["width"], pa.int32(), mask=~ok),
+        "height": pa.array(images["height"], pa.int32(), mask=~ok),
+        "error": pa.array(errors, pa.string()),
+        "model_id": pa.array([model_id] * n, pa.string()),
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "scored_at": pa.array([datetime.fromisoformat(scored_at)] * n, pa.timestamp("us", tz="UTC")),
+        "tiles": pa.array(tile_rows, pa.list_(TILE)),
+    }, schema=FILE_SCHEMA)
+    return table.replace_schema_metadata({"cracknet": json.dumps(metadata)})
+
+
+def write_part(table: pa.Table, output: str, run_id: str, run_date: str) -> dict:
+    """Write one Parquet file under the table (not yet part of it); return what its commit needs."""
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", row_group_size=64 * 1024)
+    data = buffer.getvalue()
+    path = f"{PARTITION}={run_date}/part-{run_id}-{uuid.uuid4().hex[:12]}.parquet"
+    storage.write_bytes(storage.join(output, path), data)
+    return {"path": path, "size": len(data), "rows": table.num_rows,
+            "errors": table.num_rows - table.column("error").null_count,
+            "run_date": run_date, "stats": file_stats(table), "modification_time": int(time.time() * 1000)}
+
+
+def file_stats(table: pa.Table) -> str:
+    """Delta's per-file statistics (row count, min/max, null counts): what lets readers and the nightly
+    planner skip files whose image_uri range or model cannot match."""
+    mins, maxs, nulls = {}, {}, {}
+    for name in STATS_COLUMNS:
+        column = table.column(name)
+        nulls[name] = column.null_count
+        if column.null_count < len(column):
+            low, high = pc.min_max(column).values()
+            mins[name], maxs[name] = low.as_py(), high.as_py()
+    for name in ("error", "is_crack", "width", "height", "scored_at"):
+        nulls[name] = table.column(name).null_count
+    return json.dumps({"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
+
+
+def commit(output: str, parts: list[dict], run_id: str, metadata: dict,
+           before: Callable[[], None] = lambda: None) -> int:
+    """Add ``parts`` to the table in one Delta commit (creating the table first if needed); returns the version.
+
+    Idempotent: when a commit's answer is lost and the log shows this run's commit, that counts as done,
+    so a retried request never commits a run twice. ``before`` runs right before each attempt (the lease check).
+    """
+    from deltalake import CommitProperties, DeltaTable
+    from deltalake.transaction import AddAction
+
+    uri, options = _table_uri(output), storage.delta_options(output)
+    actions = [AddAction(path=p["path"], size=int(p["size"]), partition_values={PARTITION: p["run_date"]},
+                         modification_time=int(p["modification_time"]), data_change=True, stats=p["stats"])
+               for p in parts]
+    custom = {f"cracknet.{k}": json.dumps(v) for k, v in metadata.items() if k != "run_id"}
+    properties = CommitProperties(custom_metadata={**custom, "cracknet.run_id": run_id}, max_commit_retries=0)
+    last: Exception | None = None
+    for _ in range(COMMIT_ATTEMPTS):
+        before()
+        try:
+            table = open_table(output) or DeltaTable.create(
+                uri, SCHEMA, mode="ignore", partition_by=[PARTITION], name=TABLE_NAME,
+                description="cracknet crack predictions: one row per scored image (see cracknet's README)",
+                storage_options=options)
+            table.create_write_transaction(actions, mode="append", schema=SCHEMA, partition_by=[PARTITION],
+                                           commit_properties=properties)
+            table.update_incremental()
+            return table.version()
+        except CracknetError:
+            raise
+        except Exception as exc:  # a lost answer, a concurrent writer, a store outage: look before retrying
+            last = exc
+            found = _committed_version(output, run_id)
+            if found is not None:
+                return found
+    raise CracknetError(f"Cannot commit run {run_id} to {output}: {storage.reason(last)}")
+
+
+def _committed_version(output: str, run_id: str, depth: int = 20) -> int | None:
+    """The version at which ``run_id`` was committed, looking at the newest ``depth`` commits."""
+    try:
+        table = open_table(output)
+        for entry in table.history(depth) if table else []:
+            if entry.get("cracknet.run_id") == run_id:
+                return int(entry["version"])
+    except Exception:  # noqa: BLE001 - cannot tell: the caller retries, and a retry finds it then
+        return None
+    return None
+
+
+def commit_metadata(output: str, run_id: str) -> dict | None:
+    """The ``cracknet.*`` commit metadata of a committed run (None when the run never committed)."""
+    table = open_table(output)
+    for entry in table.history() if table else []:
+        if entry.get("cracknet.run_id") == run_id:
+            return {k[len("cracknet."):]: (v if k == "cracknet.run_id" else json.loads(v))
+                    for k, v in entry.items() if k.startswith("cracknet.")}
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning: tonight's listing minus what this model already committed (an anti-join, never a Python set)
+
+
+def plan(listed: pa.RecordBatchReader, output: str, model_id: str, staging: str) -> dict:
+    """Write the images still to score as Parquet files under ``staging``; return counts and the files.
+
+    The listing streams once into DuckDB (memory capped at PLAN_MEMORY, spilling to local disk beyond);
+    only the ``image_uri``, ``version`` and ``model_id`` columns of committed files whose statistics can
+    overlap tonight's URI range and this model are read. The driver never holds a row per image.
+    """
+    import duckdb
+
+    failure: list[BaseException] = []
+    with tempfile.TemporaryDirectory(prefix="cracknet-plan-") as spill:
+        con = duckdb.connect(config={"memory_limit": PLAN_MEMORY, "temp_directory": spill, "threads": 2,
+                                     "preserve_insertion_order": False})
+        try:
+            con.register("listing_stream", pa.RecordBatchReader.from_batches(listed.schema,
+                                                                             _remembering(listed, failure)))
+            con.execute("CREATE TEMP TABLE listing AS SELECT DISTINCT image_uri, version FROM listing_stream").fetchall()
+            listed_n, low, high = con.execute("SELECT count(*), min(image_uri), max(image_uri) FROM listing").fetchall()[0]
+            scored, files_read, files_all = scored_keys(output, model_id, low, high)
+            con.register("scored", scored)
+            con.execute(PLAN_SQL, [model_id]).fetchall()
+            todo = con.execute("SELECT count(*) FROM todo").fetchall()[0][0]
+            written = _write_plan(con, todo, staging)
+        except duckdb.Error as exc:
+            if failure:
+                raise failure[0] from None
+            raise CracknetError(f"Planning the run failed: {str(exc).strip().splitlines()[0]}") from None
+        finally:
+            con.close()
+    return {"listed": listed_n, "todo": todo, "files": written, "history_files_read": files_read,
+            "history_files": files_all}
+
+
+PLAN_SQL = """
+CREATE TEMP TABLE todo AS
+    WITH done AS (SELECT image_uri, version FROM scored WHERE model_id = $1)
+    SELECT l.image_uri, l.version FROM listing l ANTI JOIN done d USING (image_uri, version) WHERE l.version <> ''
+    UNION ALL  -- a row without a version counts as scored once its URI was scored at any version
+    SELECT l.image_uri, l.version FROM listing l ANTI JOIN done d USING (image_uri) WHERE l.version = ''
+"""
+
+
+def _remembering(batches: Iterable[pa.RecordBatch], failure: list) -> Iterable[pa.RecordBatch]:
+    """Pass batches through, keeping the exception that ended them (DuckDB reports it without its sentence)."""
+    try:
+        yield from batches
+    except BaseException as exc:
+        failure.append(exc)
+        raise
+
+
+def _write_plan(con, todo: int, staging: str) -> list[str]:
+    """The to-do rows, sorted by URI (so the files a run writes cover narrow URI ranges), as plan files."""
+    import pyarrow.parquet as pq
+
+    if not todo:
+        return []
+    rows = min(PLAN_ROWS_PER_FILE, max(1, math.ceil(todo / PLAN_FILES)))
+    reader = con.sql("SELECT image_uri, version FROM todo ORDER BY image_uri").to_arrow_reader(rows)
+    written = []
+    for batch in _rebatched(reader, rows):
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_batches([batch]), buffer, compression="zstd")
+        uri = storage.join(staging, f"plan-{len(written):06d}.parquet")
+        storage.write_bytes(uri, buffer.getvalue())
+        written.append(uri)
+    return written
+
+
+def _rebatched(reader: pa.RecordBatchReader, rows: int) -> Iterable[pa.RecordBatch]:
+    """Batches of exactly ``rows`` rows (the last one shorter), whatever sizes the reader yields."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in reader:
+        held.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(held).combine_chunks()
+            yield table.slice(0, rows).to_batches()[0]
+            rest = table.slice(rows)
+            held, count = (rest.to_batches() if rest.num_rows else []), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
+
+
+def scored_keys(output: str, model_id: str, low: str | None, high: str | None):
+    """(image_uri, version, model_id) of the committed files that may hold ``model_id`` rows with URIs in
+    [low, high], judged by each file's Delta statistics; returns (dataset, files read, files in the table)."""
+    import pyarrow.dataset as pads
+
+    table = open_table(output) if low is not None else None
+    if table is None:
+        return pa.table({f.name: pa.array([], f.type) for f in KEYS}), 0, 0
+    files = pa.table(table.get_add_actions(flatten=True))
+    keep = pa.array([True] * files.num_rows, pa.bool_())
+    for column, lo, hi in (("image_uri", low, high), ("model_id", model_id, model_id)):
+        if f"min.{column}" in files.column_names:  # a missing statistic cannot rule a file out
+            below = pc.fill_null(pc.less_equal(files.column(f"min.{column}"), hi), True)
+            above = pc.fill_null(pc.greater_equal(files.column(f"max.{column}"), lo), True)
+            keep = pc.and_(keep, pc.and_(below, above))
+    paths = [unquote(p) for p in files.filter(keep).column("path").to_pylist()]
+    fs, base = storage.resolve(output)
+    dataset = pads.dataset([f"{base}/{p}" for p in paths], schema=KEYS, filesystem=fs, format="parquet")
+    return dataset, len(paths), files.num_rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading
+
+
+def dataset(uri: str):
+    """The committed table as a pyarrow dataset (an empty table when nothing was committed yet)."""
+    import pyarrow.fs as pafs
+
+    table = open_table(uri)
+    if table is None:
+        return pa.table({f.name: pa.array([], f.type) for f in SCHEMA})
+    fs, base = storage.resolve(uri)
+    return table.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(base, fs))
+
+
+VIEWS = """
+CREATE VIEW images AS SELECT * EXCLUDE (tiles) FROM results;
+CREATE VIEW tiles AS
+    SELECT image_uri, t.tile_x, t.tile_y, t.tile_w, t.tile_h, t.crack_probability, model_id, run_id, run_date
+    FROM (SELECT image_uri, model_id, run_id, run_date, unnest(tiles) AS t FROM results WHERE len(tiles) > 0);
+CREATE VIEW current AS
+    SELECT * FROM images QUALIFY row_number() OVER (PARTITION BY image_uri ORDER BY scored_at DESC, run_id DESC) = 1;
+CREATE VIEW structures AS
+    SELECT regexp_replace(image_uri, '/[^/]*$', '') AS structure,
+           count(*) AS images,
+           count(*) FILTER (WHERE is_crack) AS cracks,
+           count(*) FILTER (WHERE error IS NOT NULL) AS errors,
+           max(crack_probability) AS max_crack_probability,
+           max(scored_at) AS last_scored_at
+    FROM current GROUP BY 1 ORDER BY cracks DESC, max_crack_probability DESC NULLS LAST;
+CREATE VIEW failures AS
+    SELECT image_uri, error, scored_at, run_id FROM current WHERE error IS NOT NULL ORDER BY scored_at DESC;
+CREATE MACRO likely_cracks_since(day) AS TABLE
+    SELECT * FROM current
+    WHERE is_crack AND scored_at >= CAST(day AS TIMESTAMPTZ)
+    ORDER BY crack_probability DESC;
+CREATE MACRO tiles_above(uri, p) AS TABLE
+    SELECT t.* FROM tiles t JOIN current c USING (image_uri, run_id)
+    WHERE t.image_uri = uri AND t.crack_probability >= p ORDER BY t.crack_probability DESC;
+"""
+
+
+def connect(uri: str):
+    """A DuckDB connection with the views above over the committed table at ``uri``."""
+    import duckdb
+
+    if not storage.exists(uri):
+        raise CracknetError(f"{uri} does not exist.")
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'").fetchall()
+    con.register("results", dataset(uri))
+    con.execute(VIEWS).fetchall()
+    return con
