@@ -86,38 +86,52 @@ def _folder_batches(uri: str) -> Iterator[pa.RecordBatch]:
 
 
 def _manifest_batches(uri: str) -> Iterator[pa.RecordBatch]:
-    import pyarrow.csv as pacsv
-    import pyarrow.dataset as pads
-
     fs, path = storage.resolve(uri)
+    csv = not uri.lower().endswith(".parquet")
     try:
-        if uri.lower().endswith(".parquet"):
-            dataset = pads.dataset(path, filesystem=fs, format="parquet")
-        else:  # every named column as text: an all-digit ETag must not become a number
-            convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in (*URI_COLUMNS, "version")})
-            dataset = pads.dataset(path, filesystem=fs, format=pads.CsvFileFormat(convert_options=convert))
-        names = dataset.schema.names
+        # Every named column as text: an all-digit ETag must not become a number.
+        batches = _file_batches(fs, path, csv, text_columns=(*URI_COLUMNS, "version"))
+        names = next(batches)
     except (OSError, pa.ArrowInvalid) as exc:
         raise CracknetError(f"{uri} is not a readable manifest ({type(exc).__name__}).") from None
     column = next((c for c in URI_COLUMNS if c in names), None)
     if column is None:
         raise CracknetError(f"The manifest {uri} has no image_uri column (columns: {', '.join(names)}).")
-    columns = {"image_uri": pc.field(column).cast(pa.string()),
-               "version": pc.field("version").cast(pa.string()) if "version" in names else pc.scalar("")}
     try:
-        for batch in dataset.scanner(columns=columns, batch_size=BATCH_ROWS).to_batches():
-            yield _named_rows(batch)
+        for batch in batches:
+            versions = batch.column("version").cast(pa.string()) if "version" in names else \
+                pa.nulls(batch.num_rows, pa.string())
+            yield _named_rows(batch.column(column).cast(pa.string()), versions)
     except (OSError, pa.ArrowInvalid) as exc:
         raise CracknetError(f"{uri} is not a readable manifest ({type(exc).__name__}: {storage.reason(exc)}).") \
             from None
 
 
-def _named_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+def _file_batches(fs, path: str, csv: bool, text_columns=(), column_names=None) -> Iterator:
+    """The column names of a Parquet or CSV file, then its rows in batches, read with bounded memory
+    (Parquet page by page, however large its row groups; CSV block by block, gzip or not)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if csv:
+        read = pacsv.ReadOptions(column_names=column_names, block_size=1 << 20)
+        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in (column_names or text_columns)})
+        compression = "gzip" if path.endswith(".gz") else None
+        reader = pacsv.open_csv(fs.open_input_stream(path, compression=compression), read_options=read,
+                                convert_options=convert)
+        yield reader.schema.names
+        yield from reader
+        return
+    parquet = pq.ParquetFile(fs.open_input_file(path), pre_buffer=False, buffer_size=1 << 20)
+    yield parquet.schema_arrow.names
+    yield from parquet.iter_batches(batch_size=BATCH_ROWS)
+
+
+def _named_rows(uris: pa.Array, versions: pa.Array) -> pa.RecordBatch:
     """Rows that name an image, each keeping its own version (a missing version is "")."""
-    uris = batch.column("image_uri")
     keep = pc.and_(pc.is_valid(uris), pc.not_equal(uris, ""))
-    versions = pc.fill_null(batch.column("version"), "")
-    return pa.RecordBatch.from_arrays([uris, versions], schema=LISTING).filter(pc.fill_null(keep, False))
+    return pa.RecordBatch.from_arrays([uris, pc.fill_null(versions, "")], schema=LISTING) \
+        .filter(pc.fill_null(keep, False))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,36 +161,27 @@ def _normal(name: str) -> str:
 
 
 def _inventory_batches(uri: str, doc: dict, files: list[str], root: str) -> Iterator[pa.RecordBatch]:
-    import pyarrow.csv as pacsv
-    import pyarrow.dataset as pads
-
     fs = storage.s3_filesystem()
-    paths = [storage.resolve(f)[1] for f in files]
     csv = doc["fileFormat"].upper() == "CSV"
-    if csv:  # no header row; the columns are named by fileSchema; keys are URL-encoded
-        names = [n.strip() for n in doc.get("fileSchema", "").split(",")]
-        if "key" not in map(_normal, names):
-            raise CracknetError(f"The inventory {uri} names no Key column in its fileSchema.")
-        fmt = pads.CsvFileFormat(read_options=pacsv.ReadOptions(column_names=names),
-                                 convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}))
-    else:
-        fmt = "parquet"
+    names = [n.strip() for n in doc.get("fileSchema", "").split(",")] if csv else None
+    if csv and "key" not in map(_normal, names):
+        raise CracknetError(f"The inventory {uri} names no Key column in its fileSchema.")
     prefix = root.rstrip("/") + "/"
     try:
-        dataset = pads.dataset(paths, filesystem=fs, format=fmt)
-        column = {_normal(n): n for n in dataset.schema.names}
-        wanted = [column[c] for c in ("bucket", "key", "etag", "islatest", "isdeletemarker") if c in column]
-        for batch in dataset.scanner(columns=wanted, batch_size=BATCH_ROWS).to_batches():
-            rows = batch.to_pydict()
-            keys = rows[column["key"]]
-            keys = [unquote_plus(k) for k in keys] if csv else keys
-            buckets = rows[column["bucket"]] if "bucket" in column else [doc["sourceBucket"]] * len(keys)
-            etags = rows[column["etag"]] if "etag" in column else [""] * len(keys)
-            live = [_is_live(rows, column, i) for i in range(len(keys))]
-            uris = pa.array([f"{storage.S3_PREFIX}{b}/{k}" for b, k in zip(buckets, keys)], pa.string())
-            keep = pc.and_(pc.and_(pc.match_substring_regex(uris, IMAGE_NAME), pc.starts_with(uris, prefix)),
-                           pa.array(live, pa.bool_()))
-            yield _batch(uris, [(e or "").strip('"') for e in etags]).filter(keep)
+        for data in files:  # CSV: no header row, columns named by fileSchema, keys URL-encoded
+            batches = _file_batches(fs, storage.resolve(data)[1], csv, column_names=names)
+            column = {_normal(n): n for n in next(batches)}
+            for batch in batches:
+                rows = batch.to_pydict()
+                keys = rows[column["key"]]
+                keys = [unquote_plus(k) for k in keys] if csv else keys
+                buckets = rows[column["bucket"]] if "bucket" in column else [doc["sourceBucket"]] * len(keys)
+                etags = rows[column["etag"]] if "etag" in column else [""] * len(keys)
+                live = [_is_live(rows, column, i) for i in range(len(keys))]
+                uris = pa.array([f"{storage.S3_PREFIX}{b}/{k}" for b, k in zip(buckets, keys)], pa.string())
+                keep = pc.and_(pc.and_(pc.match_substring_regex(uris, IMAGE_NAME), pc.starts_with(uris, prefix)),
+                               pa.array(live, pa.bool_()))
+                yield _batch(uris, [(e or "").strip('"') for e in etags]).filter(keep)
     except (OSError, pa.ArrowInvalid) as exc:
         raise CracknetError(f"Cannot read the inventory {uri}: {storage.reason(exc)}") from None
 

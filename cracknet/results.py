@@ -55,6 +55,9 @@ PLAN_MEMORY = "128MB"       # DuckDB's limit while planning; beyond it the anti-
 PLAN_FILES = 64             # a night's plan is split into about this many files (Ray reads one per task)
 PLAN_ROWS_PER_FILE = 4096   # ... of at most this many images each
 COMMIT_ATTEMPTS = 3
+# A checkpoint every 10 commits (Spark's default; delta-rs would wait for 100), so opening the table
+# reads one checkpoint and at most nine small commit files however long the history.
+TABLE_CONFIGURATION = {"delta.checkpointInterval": "10"}
 
 TILE = pa.struct([("tile_x", pa.int32()), ("tile_y", pa.int32()), ("tile_w", pa.int32()), ("tile_h", pa.int32()),
                   ("crack_probability", pa.float32())])
@@ -195,7 +198,7 @@ def commit(output: str, parts: list[dict], run_id: str, metadata: dict,
             table = open_table(output) or DeltaTable.create(
                 uri, SCHEMA, mode="ignore", partition_by=[PARTITION], name=TABLE_NAME,
                 description="cracknet crack predictions: one row per scored image (see cracknet's README)",
-                storage_options=options)
+                configuration=TABLE_CONFIGURATION, storage_options=options)
             table.create_write_transaction(actions, mode="append", schema=SCHEMA, partition_by=[PARTITION],
                                            commit_properties=properties)
             table.update_incremental()

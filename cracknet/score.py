@@ -188,7 +188,7 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
                seconds=cfg.lease_seconds) as lease:
         storage.delete_tree(staging_root)  # plans of runs that died: nobody else writes here while we hold the lease
         try:
-            planned = results.plan(inputs.listing(cfg.input, root), cfg.output, card["model_id"], staging)
+            planned = _plan(cfg, card, root, staging)
             if not planned["listed"]:
                 raise CracknetError(f"No images (jpg, jpeg, png, tif) were found under {cfg.input}.")
             summary = {"run_id": run_id, "model_id": card["model_id"], "listed": planned["listed"],
@@ -203,6 +203,26 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     summary["seconds"] = round(time.monotonic() - started, 2)
     summary["images_per_second"] = round(summary["scored"] / summary["seconds"], 2) if summary["seconds"] else 0.0
     return summary
+
+
+def plan_run(input_uri: str, root: str, output: str, model_id: str, staging: str) -> dict:
+    """Tonight's listing minus what the model committed, written as plan files (see results.plan)."""
+    return results.plan(inputs.listing(input_uri, root), output, model_id, staging)
+
+
+def _plan(cfg: ScoreConfig, card: dict, root: str, staging: str) -> dict:
+    """Plan in a Ray task of its own, so the driver holds neither tonight's listing nor the history; its
+    worker exits afterwards (max_calls=1) and hands its memory back."""
+    import ray
+
+    from cracknet.cluster import ensure_ray
+
+    ensure_ray(cfg.ray_address)
+    task = ray.remote(num_cpus=1, max_calls=1, max_retries=1)(plan_run)
+    try:
+        return ray.get(task.remote(cfg.input, root, cfg.output, card["model_id"], staging))
+    except ray.exceptions.RayError as exc:
+        raise CracknetError(root_cause(exc)) from None
 
 
 def _discard(uri: str) -> None:

@@ -286,11 +286,6 @@ def _local_versions(uri: str, page: int):
         yield batch
 
 
-def list_versions(uri: str) -> list[tuple[str, str]]:
-    """Every file below ``uri`` with its version tag, sorted (small trees only: see iter_versions)."""
-    return sorted(pair for page in iter_versions(uri) for pair in page)
-
-
 def delta_options(uri: str) -> dict[str, str] | None:
     """Storage options for the ``deltalake`` package (its own Rust S3 client): the same endpoint, region and
     attempts per request as boto3 and pyarrow. Credentials it reads from the standard AWS chain itself."""

@@ -276,3 +276,13 @@ def test_the_earlier_layout_is_refused_with_a_sentence(tmp_path):
     (tmp_path / "old" / "_manifests").mkdir(parents=True)
     with pytest.raises(CracknetError, match="earlier Parquet-and-manifest layout"):
         results.connect(str(tmp_path / "old"))
+
+
+def test_the_log_is_checkpointed_so_opening_the_table_does_not_read_every_commit(tmp_path):
+    output = str(tmp_path / "results")
+    for night in range(11):
+        commit_run(output, [f"/s/{night}.jpg"], run_id=f"run-{night}")
+    log = tmp_path / "results" / "_delta_log"
+    assert [p.name for p in log.glob("*.checkpoint.parquet")] == ["00000000000000000009.checkpoint.parquet"]
+    assert json.loads((log / "_last_checkpoint").read_text())["version"] == 9
+    assert run_query(output, "SELECT count(*) AS n FROM images").to_pylist() == [{"n": 11}]

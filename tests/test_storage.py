@@ -19,6 +19,21 @@ def test_write_read_list_delete(store_root):
     assert not storage.exists(storage.join(store_root, "a", "one.bin"))
 
 
+def test_a_listing_streams_in_pages_with_the_version_a_read_sees(store_root):
+    names = [f"s/{i}.jpg" for i in range(5)]
+    for name in names:
+        storage.write_bytes(storage.join(store_root, *name.split("/")), name.encode())
+    pages = list(storage.iter_versions(store_root, page=2))
+    assert [len(p) for p in pages] == [2, 2, 1]
+    listed = dict(pair for page in pages for pair in page)
+    assert sorted(listed) == sorted(storage.join(store_root, *n.split("/")) for n in names)
+    for uri, version in listed.items():
+        assert storage.read_versioned(uri)[1] == version
+    with pytest.raises(CracknetError, match="does not exist"):
+        next(storage.iter_versions(storage.join(store_root, "nowhere") if not storage.is_s3(store_root)
+                                   else "s3://no-such-bucket-here/x"))
+
+
 def test_missing_objects_and_buckets_are_sentences(store_root, s3_endpoint):
     with pytest.raises(CracknetError, match="does not exist"):
         storage.read_bytes(storage.join(store_root, "missing.bin"))
