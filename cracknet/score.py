@@ -5,7 +5,8 @@
 
 Pipeline (Ray Data, streaming: memory is bounded by the pipeline's depth):
 
-    plan: tonight's listing anti-joined with what this model committed   (driver, DuckDB; no row per image held)
+    plan: tonight's listing anti-joined with what this model committed   (one Ray task, DuckDB)
+    -> read the plan files                                  (CPU tasks: read_plan)
     -> read bytes, decode, cut large images into tiles      (CPU tasks: read_and_tile)
     -> model on an actor pool, max over tiles per image     (CrackPredictor, one GPU each when there are GPUs)
     -> write Parquet files of the results table             (CPU tasks: write_parts)
@@ -20,6 +21,7 @@ lives in ``cracknet.results``; the inputs in ``cracknet.inputs``.
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 import uuid
 from datetime import datetime, timezone
@@ -34,6 +36,16 @@ from cracknet.lease import Lease
 
 # ---------------------------------------------------------------------------
 # Per-batch functions and the predictor (module level: Ray ships them to workers)
+
+
+def read_plan(batch) -> "pa.Table":
+    """Plan file URIs -> the (image_uri, version) rows they hold; read through cracknet's storage, so an
+    unavailable store gets the same retries and the same verdict as the images themselves."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables(pq.read_table(io.BytesIO(storage.read_versioned(uri)[0]))
+                            for uri in batch.column("plan").to_pylist())
 
 
 def read_and_tile(batch: dict, spec, tile: int, overlap: float, root: str) -> dict:
@@ -270,9 +282,9 @@ def _score_pipeline(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id:
     # An autoscaling cluster may have no GPU worker up yet: --use-gpu asks for them anyway.
     gpus = max(gpus, 1 if cfg.use_gpu else 0)
     threads = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
-    fs, _ = storage.resolve(cfg.output)
     return (
-        ray.data.read_parquet([storage.resolve(f)[1] for f in plan_files], filesystem=fs)
+        ray.data.from_items([{"plan": uri} for uri in plan_files])  # one item per plan file, not per image
+        .map_batches(read_plan, batch_size=1, batch_format="pyarrow")
         .map_batches(read_and_tile, fn_kwargs={"spec": spec, "tile": metadata["tile_size"], "overlap": cfg.tile_overlap,
                                                "root": root},
                      batch_size=cfg.read_batch_size, batch_format="numpy")

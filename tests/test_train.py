@@ -181,4 +181,4 @@ def test_relative_paths_work_for_training_and_scoring(synthetic_tree, tmp_path):
     assert list((tmp_path / "run" / "checkpoints" / "train").glob("epoch-0001/state.pt"))
     score = run("score", "--model", "run", "--input", "survey", "--output", "results")
     assert score.returncode == 0 and "Scored 3 images (0 errors)" in score.stdout, score.stderr[-2000:]
-    assert len(list((tmp_path / "results" / "images").rglob("*.parquet"))) >= 1
+    assert len(list((tmp_path / "results").glob("run_date=*/*.parquet"))) >= 1
