@@ -38,8 +38,8 @@ from cracknet.lease import Lease
 # Per-batch functions and the predictor (module level: Ray ships them to workers)
 
 
-def read_plan(batch) -> "pa.Table":
-    """Plan file URIs -> the (image_uri, version) rows they hold; read through cracknet's storage, so an
+def read_plan(batch):
+    """Plan file URIs (a pyarrow batch) -> the (image_uri, version) rows they hold, as a table; read through cracknet's storage, so an
     unavailable store gets the same retries and the same verdict as the images themselves."""
     import pyarrow as pa
     import pyarrow.parquet as pq
