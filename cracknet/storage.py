@@ -185,6 +185,8 @@ def write_bytes(uri: str, data: bytes) -> None:
         try:
             s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         except Exception as exc:  # botocore's ClientError, connection errors after its retries ...
+            if not _from_store(exc):
+                raise  # a bug, not the store: let it show as itself
             error = StorageUnavailable if _transient(exc) else CracknetError
             raise error(f"Cannot write {uri}: {reason(exc)}") from None
         return
@@ -330,6 +332,8 @@ def read_versioned(uri: str) -> tuple[bytes, str]:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404"):
                 raise CracknetError(f"{uri} does not exist.") from None
+            if not _from_store(exc):
+                raise  # a bug, not the store: never retried, never reported as an unavailable store
             if not _transient(exc):
                 raise CracknetError(f"Cannot read {uri}: {reason(exc)}") from None
             last = exc
@@ -339,16 +343,29 @@ def read_versioned(uri: str) -> tuple[bytes, str]:
     raise StorageUnavailable(f"Cannot read {uri}: the object store kept failing ({reason(last)}).")
 
 
+def _from_store(exc: BaseException) -> bool:
+    """Whether an exception came from the object store or the way to it (an answer, or a network failure)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return isinstance(exc, (BotoCoreError, ClientError)) or _transient(exc)
+
+
 def _transient(exc: BaseException) -> bool:
-    """Throttling, server errors, timeouts and dropped connections: worth retrying, not a fact about the data."""
+    """Throttling, server errors, timeouts and dropped connections: worth retrying, not a fact about the data.
+
+    Only errors of the network or of the store count; anything else (a bug, a bad argument) is not retried
+    and is not reported as an unavailable store.
+    """
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         code = response.get("Error", {}).get("Code", "")
         return status >= 500 or code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                                          "InternalError", "ServiceUnavailable", "RequestTimeTooSkewed")
-    from botocore.exceptions import NoCredentialsError, ParamValidationError, PartialCredentialsError
+    from botocore.exceptions import (ConnectionError as BotoConnectionError, HTTPClientError, IncompleteReadError,
+                                     ReadTimeoutError, ResponseStreamingError)
+    from urllib3.exceptions import HTTPError as Urllib3Error
 
-    if isinstance(exc, (NoCredentialsError, PartialCredentialsError, ParamValidationError)):
-        return False
-    return True  # no HTTP response at all: connection refused, reset or timed out, a body cut short
+    network = (BotoConnectionError, HTTPClientError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError,
+               Urllib3Error, ConnectionError, TimeoutError)
+    return isinstance(exc, network)

@@ -94,3 +94,29 @@ def test_attempts_per_request_follow_aws_max_attempts(s3_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "many")
     with pytest.raises(CracknetError, match="AWS_MAX_ATTEMPTS must be a whole number of at least 1, got 'many'"):
         storage.read_bytes(f"s3://{BUCKET}/attempts/x")
+
+
+def test_a_bug_is_not_retried_nor_reported_as_an_unavailable_store(s3_endpoint, monkeypatch):
+    """Only the store's answers and network failures count as the store's: a plain bug surfaces as itself."""
+    uri = f"s3://{BUCKET}/storage-test/bug.bin"
+    storage.write_bytes(uri, b"x")
+    calls = []
+
+    class Buggy:
+        def get_object(self, **kwargs):
+            calls.append(kwargs)
+            raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+        def put_object(self, **kwargs):
+            raise KeyError("Body")
+
+    monkeypatch.setattr(storage, "s3_client", lambda: Buggy())
+    with pytest.raises(TypeError):
+        storage.read_versioned(uri)
+    assert len(calls) == 1
+    with pytest.raises(KeyError):
+        storage.write_bytes(uri, b"y")
+    from botocore.exceptions import EndpointConnectionError
+
+    assert storage._transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert not storage._transient(ValueError("a bug"))
