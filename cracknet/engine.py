@@ -1,11 +1,11 @@
 """One epoch of training, and prediction, as plain functions (no Ray in here).
 
     loss_sum, seen, right = train_one_epoch(model, batches, optimizer, spec, device, generator, lr_for_step)
-    probs, labels, idx = predict(model, batches, spec, device)
 
 ``batches`` is any iterable of dicts with ``image`` (uint8 N x S x S x 3) and
 ``label`` tensors, so the same code runs under Ray Train, in a plain loop, and
 in tests. On a GPU, ``Precision`` turns on bf16 autocast and channels_last.
+Prediction lives in ``cracknet.scorer``: validation scores exactly as the nightly job.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cracknet.transforms import Preprocessing, eval_preset, train_preset
+from cracknet.transforms import Preprocessing, train_preset
 
 
 @dataclass(frozen=True)
@@ -95,35 +95,6 @@ def train_one_epoch(
         seen += len(y)
         right += int(((logits.detach() > 0) == (y > 0.5)).sum())
     return loss_sum, seen, right
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module,
-    batches: Iterable[dict],
-    spec: Preprocessing,
-    device: torch.device,
-    precision: Precision = Precision(),
-    keep: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crack probabilities, labels and row indices for the rows ``keep`` selects (all by default)."""
-    model.eval()
-    probs, labels, indices = [], [], []
-    for batch in batches:
-        rows = keep(batch["idx"]) if keep is not None else slice(None)
-        images = batch["image"][rows]
-        if len(images) == 0:
-            continue
-        x = precision.inputs(eval_preset(images.to(device, non_blocking=True), spec))
-        with precision.autocast(device):
-            logits = model(x).squeeze(1)
-        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-        labels.append(batch["label"][rows].cpu().numpy())
-        indices.append(batch["idx"][rows].cpu().numpy())
-    if not probs:
-        empty = np.zeros(0)
-        return empty.astype(np.float32), empty.astype(np.int64), empty.astype(np.int64)
-    return np.concatenate(probs), np.concatenate(labels), np.concatenate(indices)
 
 
 def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -1,14 +1,15 @@
 """Why the model said "crack": a Grad-CAM heatmap of the last convolutional stage over the image.
 
-    cracknet explain --model s3://models/crack-2026-11 photo.jpg --out photo-cam.png
+    cracknet explain --model s3://models/crack-2026-11 photo.jpg --output photo-cam.png
 
 Grad-CAM weights each channel of ResNet50's last stage (``layer4``) by the mean
 gradient of the crack logit with respect to it, sums the weighted channels and
 keeps the positive part: the regions whose features raised the crack score.
 The map is upsampled to the photo and drawn over it as a colour overlay. The
-model sees the whole image at its input size, exactly as scoring does for
-images up to 1.5 tiles per side; for large survey photos the tile table of a
-scoring run is the finer map.
+image is read and scored exactly as the nightly job scores it
+(``cracknet.scorer``): whole, up to 1.5 tiles per side; a larger photo is tiled,
+its probability is its highest tile's, and the overlay combines the maps of its
+most crack-like tiles, each weighted by its tile's probability.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cracknet import storage
 from cracknet.transforms import ImageError, load_rgb
 
 DISPLAY_SIDE = 1024
+MOST_TILES = 16  # Grad-CAM of a large photo: the maps of its most crack-like tiles
 
 
 def grad_cam(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, np.ndarray]:
@@ -72,25 +74,40 @@ def overlay(img: Image.Image, cam: np.ndarray, strength: float = 0.5) -> Image.I
     return Image.fromarray(blended.clip(0, 255).astype(np.uint8), mode="RGB")
 
 
-def explain(model_uri: str, image_uri: str, out: str) -> dict:
-    """Write the Grad-CAM overlay of one image to ``out`` (PNG); return probability, threshold and the map."""
+def explain(model_uri: str, image_uri: str, out: str, most_tiles: int = MOST_TILES) -> dict:
+    """Write the Grad-CAM overlay of one image to ``out`` (PNG); return probability, threshold and the heat map
+    (at the size of the overlay). The probability is the nightly job's (``cracknet.scorer``)."""
     from cracknet.errors import CracknetError
-    from cracknet.model import load_artifact, preprocessing_of
+    from cracknet.scorer import Scorer, read_image
     from cracknet.transforms import eval_preset
 
-    model, card = load_artifact(model_uri)
-    spec = preprocessing_of(card)
+    scorer = Scorer.load(model_uri)
+    found = read_image(storage.absolute(image_uri), scorer.spec, scorer.tiling)
+    if found.error:
+        raise CracknetError(f"{image_uri}: {found.error}.")
+    best, per_tile = scorer.score([found.tiles])
+    probability, tile_probs = float(best[0]), per_tile[0]
     try:
-        img = load_rgb(storage.read_bytes(image_uri), spec.max_pixels)
+        shown = load_rgb(storage.read_bytes(found.uri), scorer.spec.max_pixels, draft_size=DISPLAY_SIDE)
     except ImageError as exc:
         raise CracknetError(f"{image_uri}: {exc}.") from None
-    arr = np.array(img.resize((spec.image_size, spec.image_size), Image.Resampling.BILINEAR), dtype=np.uint8)
-    x = eval_preset(torch.from_numpy(arr)[None], spec)
-    probability, cam = grad_cam(model.float(), x)
-    shown = img.copy()
     shown.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.BILINEAR)
+    fx, fy = shown.size[0] / found.width, shown.size[1] / found.height
+    heat = np.zeros((shown.size[1], shown.size[0]), dtype=np.float32)
+    model = scorer.model.float()
+    # The tiles the model found most crack-like, each map weighted by its tile's probability.
+    for i in np.argsort(-tile_probs, kind="stable")[:most_tiles]:
+        x, y, w, h = found.boxes[i]
+        left, top = int(round(x * fx)), int(round(y * fy))
+        right, bottom = max(left + 1, int(round((x + w) * fx))), max(top + 1, int(round((y + h) * fy)))
+        _, cam = grad_cam(model, eval_preset(torch.from_numpy(np.array(found.tiles[i]))[None], scorer.spec))
+        region = heat[top:bottom, left:right]
+        np.maximum(region, tile_probs[i] * upsample(cam, (right - left, bottom - top))[:region.shape[0], :region.shape[1]],
+                   out=region)
+    heat = heat / heat.max() if heat.max() > 0 else heat
     buffer = io.BytesIO()
-    overlay(shown, cam).save(buffer, format="PNG")
+    overlay(shown, heat).save(buffer, format="PNG")
     storage.write_bytes(out, buffer.getvalue())
-    return {"image": image_uri, "out": out, "crack_probability": probability, "threshold": card["threshold"],
-            "is_crack": probability >= card["threshold"], "cam": cam, "size": img.size}
+    return {"image": image_uri, "out": out, "crack_probability": probability, "threshold": scorer.threshold,
+            "is_crack": probability >= scorer.threshold, "cam": heat, "size": (found.width, found.height),
+            "tiles": len(tile_probs)}

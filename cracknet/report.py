@@ -1,6 +1,6 @@
 """A self-contained HTML report (every image embedded; opens offline) and the same figures as PNGs.
 
-    cracknet report --model URI [--data URI [--split test]] [--results URI] --out DIR
+    cracknet report --model URI [--data URI [--split test]] [--results URI] --output DIR
 
 - always: the model card and the training curves (loss and accuracy, train vs validation, per epoch);
 - with ``--data`` (a labelled tree): confusion matrix, precision-recall and ROC curves with the chosen
@@ -338,11 +338,12 @@ def scoring_section(report: Report, results: str, top: int, maps: int, card: dic
 def build_report(model_uri: str, out: str, data: str | None = None, split: str = "all",
                  results: str | None = None, gallery: int = 8, top: int = 20, maps: int = 3) -> dict:
     from cracknet.evaluate import predict_tree
-    from cracknet.model import load_artifact
+    from cracknet.scorer import Scorer
 
-    model, card = load_artifact(model_uri)
+    scorer = Scorer.load(model_uri)
+    card = scorer.card
     # Everything that can refuse the inputs runs before the first file is written.
-    found = predict_tree(model, card, data, split=split) if data else None
+    found = predict_tree(scorer, data, split=split) if data else None
     if results:
         require_results(results)
     report = Report(out, f"cracknet report: model {card['model_id']}")

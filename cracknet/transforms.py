@@ -83,16 +83,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+             draft_size: int | tuple[int, int] | None = None) -> Image.Image:
     """Decode bytes into an upright 8-bit RGB image.
 
-    ``draft_size`` lets JPEG decoding downscale in the DCT domain to no less
-    than that many pixels per side, which is much faster for large photos.
+    ``draft_size`` (one side, or width and height as stored) lets JPEG decoding downscale in the DCT
+    domain to no less than that many pixels, which is much faster for large photos.
     """
     img = open_image(data, max_pixels)
     try:
         if draft_size is not None and img.format == "JPEG":
-            img.draft("RGB", (draft_size, draft_size))
+            img.draft("RGB", draft_size if isinstance(draft_size, tuple) else (draft_size, draft_size))
         img.load()
         return to_rgb(img)
     except (OSError, ValueError, SyntaxError) as exc:
@@ -191,13 +192,23 @@ def tile_boxes(width: int, height: int, tile: int, overlap: float) -> list[tuple
     return [(x, y, min(tile, width), min(tile, height)) for y in starts(height) for x in starts(width)]
 
 
+def draft_scale(tile: int, size: int) -> int:
+    """The JPEG reduction (1, 2, 4 or 8) that still leaves a ``tile``-pixel square at least ``size`` pixels wide."""
+    scale = 1
+    while scale < 8 and tile // (scale * 2) >= size:
+        scale *= 2
+    return scale
+
+
 def decode_tiles(data: bytes, spec: Preprocessing, tile: int, overlap: float):
-    """Bytes -> (width, height, uint8 tiles (T, S, S, 3), boxes (T, 4)).
+    """Bytes -> (width, height, uint8 tiles (T, S, S, 3), boxes (T, 4)), boxes in the photo's own pixels.
 
     An image no larger than 1.5 tiles per side is one whole-image "tile",
     decoded exactly as in training; a larger one is cut into ``tile``-pixel
     squares at its native resolution (the scale the model learned on), each
-    resized to S. Only one full-size copy of the image is held at a time.
+    resized to S. The photo is decoded once; when a tile spans at least twice
+    S pixels, a JPEG is decoded at 1/2, 1/4 or 1/8 of its size (in the DCT
+    domain), so a 48 MP photo at a small model scale never exists at full size.
     """
     img = open_image(data, spec.max_pixels)
     width, height = img.size
@@ -206,11 +217,16 @@ def decode_tiles(data: bytes, spec: Preprocessing, tile: int, overlap: float):
     if max(width, height) <= 1.5 * tile:
         arr = decode(data, spec)
         return width, height, arr[None], np.array([[0, 0, width, height]], dtype=np.int32)
-    full = load_rgb(data, spec.max_pixels)
-    width, height = full.size
+    scale = draft_scale(tile, spec.image_size)
+    stored = img.size
+    full = load_rgb(data, spec.max_pixels,
+                    draft_size=None if scale == 1 else (-(-stored[0] // scale), -(-stored[1] // scale)))
+    # Tiles are cut in the photo's own pixels and read from the (possibly reduced) decoded copy.
+    fx, fy = full.size[0] / width, full.size[1] / height
     boxes = tile_boxes(width, height, tile, overlap)
     size = spec.image_size
     tiles = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
     for i, (x, y, w, h) in enumerate(boxes):
-        tiles[i] = np.asarray(full.crop((x, y, x + w, y + h)).resize((size, size), Image.Resampling.BILINEAR))
+        box = (x * fx, y * fy, (x + w) * fx, (y + h) * fy)
+        tiles[i] = np.asarray(full.resize((size, size), Image.Resampling.BILINEAR, box=box))
     return width, height, tiles, np.asarray(boxes, dtype=np.int32)

@@ -17,10 +17,10 @@ from cracknet import storage
 from cracknet.cli import main as cli_main
 from cracknet.config import TrainConfig
 from cracknet.data import LabelledImage, content_hash, discover, split_of
-from cracknet.engine import predict
-from cracknet.evaluate import decoded_batches
+from cracknet.evaluate import predict_tree
 from cracknet.metrics import binary_metrics, operating_point_caveat
-from cracknet.model import load_artifact, preprocessing_of
+from cracknet.model import load_artifact
+from cracknet.scorer import Scorer
 from cracknet.train import run_training
 
 from conftest import BUCKET
@@ -61,11 +61,13 @@ def test_ddp_training_writes_a_complete_self_describing_artifact(ray_cluster, la
     # The weights are a plain tensor dict.
     torch.load(folder / "weights.pt", weights_only=True)
 
-    # The test metrics in the card are reproduced by scoring the test split outside Ray.
-    model, read = load_artifact(str(tmp_path / "run"))
+    # The test metrics in the card are reproduced by scoring the test split outside Ray, through the scorer
+    # `evaluate` and `score` use.
+    scorer = Scorer.load(str(tmp_path / "run"))
+    read = scorer.card
     test = split_images(labelled_tree, "test")
-    probs, labels, _ = predict(model, decoded_batches(test, preprocessing_of(read), 16, []),
-                               preprocessing_of(read), torch.device("cpu"))
+    found = predict_tree(scorer, str(labelled_tree), split="test")
+    probs, labels = found.probs, found.labels
     recomputed = binary_metrics(probs, labels, read["threshold"])
     assert recomputed["n"] == on_disk["metrics"]["test"]["n"] == len(test)
     assert recomputed["roc_auc"] == pytest.approx(on_disk["metrics"]["test"]["roc_auc"], abs=1e-6)
@@ -74,8 +76,9 @@ def test_ddp_training_writes_a_complete_self_describing_artifact(ray_cluster, la
     # The threshold keeps the target recall on the validation split it was chosen on (recomputed outside Ray).
     assert on_disk["operating_point"]["target_recall"] == 0.98
     val = split_images(labelled_tree, "val")
-    val_probs, val_labels, _ = predict(model, decoded_batches(val, preprocessing_of(read), 16, []),
-                                       preprocessing_of(read), torch.device("cpu"))
+    found = predict_tree(scorer, str(labelled_tree), split="val")
+    assert len(found.uris) == len(val)
+    val_probs, val_labels = found.probs, found.labels
     at_threshold = binary_metrics(val_probs, val_labels, read["threshold"])
     assert at_threshold["recall"] >= 0.98
     # About 9 validation cracks cannot show 98% recall with 95% confidence: the threshold keeps them all, and says so.

@@ -1,0 +1,267 @@
+"""The one inference path: images in, crack probabilities out.
+
+    scorer = Scorer.load("runs/demo")                       # weights, preprocessing, precision, tiling, threshold
+    found = read_image("s3://survey/a.jpg", scorer.spec, scorer.tiling)   # tiles at the model's scale, or why not
+    probs, per_tile = scorer.score([found.tiles, ...])      # per image: the highest of its tile probabilities
+    cracknet.load_model("runs/demo").predict(["a.jpg", pil_image, array])   # the same, for a notebook
+
+Training validation (so the threshold is chosen on these numbers), ``evaluate``,
+``report``, ``explain`` and the nightly scoring actors all score through here:
+
+- **reading**: ``read_image`` is the one read-and-decode function, with one error
+  policy: a missing or undecodable image is an error *about that image*; an
+  object store that keeps failing is not, and raises ``StorageUnavailable``.
+- **tiling**: an image up to 1.5 tiles per side is one whole-image input, exactly
+  as in training; a larger photo is cut into tiles of ``tiling.size`` source
+  pixels (the scale the model learned on), each resized to the model's input,
+  and the image's probability is the highest of its tiles.
+- **precision**: channels_last everywhere, bf16 autocast on GPUs and on CPUs with
+  native bf16 instructions (``Precision.for_inference``), float32 otherwise.
+- **batching**: model calls take ``batch_tiles`` tiles, however they are spread
+  over images, and the tiles of a batch are never copied whole.
+
+Importing this module needs no torch (the scoring driver and the read tasks use
+``read_image`` and ``tiling_of``); a ``Scorer`` imports it when made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from cracknet import storage
+from cracknet.data import content_hash
+from cracknet.errors import CracknetError, StorageUnavailable
+from cracknet.transforms import ImageError, Preprocessing, decode_tiles, tile_boxes, to_rgb
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_TILE = 227  # the METU patches' side, for cards that do not record their training images' size
+DEFAULT_OVERLAP = 0.25
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How large photos are cut: squares of ``size`` source pixels, neighbours overlapping by ``overlap``."""
+
+    size: int = DEFAULT_TILE
+    overlap: float = DEFAULT_OVERLAP
+
+
+def tiling_of(card: dict, tile_size: int = 0, overlap: float = DEFAULT_OVERLAP) -> Tiling:
+    """The tiling a model scores with: ``tile_size`` when given, else the side of its training images."""
+    return Tiling(int(tile_size or card["preprocessing"].get("source_size") or DEFAULT_TILE), overlap)
+
+
+@dataclass
+class Found:
+    """One image read for scoring: its tiles and their boxes, or the reason it could not be read."""
+
+    uri: str
+    version: str = ""
+    width: int = 0
+    height: int = 0
+    tiles: np.ndarray | None = None  # uint8 (T, S, S, 3)
+    boxes: np.ndarray | None = None  # int32 (T, 4): x, y, w, h in the photo's own pixels
+    error: str = ""
+    skipped: bool = False  # left out by ``want``
+
+
+def read_image(uri: str, spec: Preprocessing, tiling: Tiling, root: str | None = None, version: str = "",
+               want: Callable[[str], bool] | None = None) -> Found:
+    """Read and decode one image; an unreadable image comes back with ``error`` set, never as an exception.
+
+    Raises only ``StorageUnavailable`` (the store kept failing: not a fact about this image). With ``root``,
+    an image outside it is not read at all; with ``want``, only an image whose SHA-256 it accepts is decoded.
+    """
+    found = Found(uri, version)
+    try:
+        if root is not None and not storage.within(uri, root):
+            raise CracknetError(f"{uri} lies outside the input location {root}, so it was not read "
+                                "(--input-prefix widens the location).")
+        data, read_version = storage.read_versioned(uri)
+        found.version = version or read_version
+        if want is not None and not want(content_hash(data)):
+            found.skipped = True
+            return found
+        found.width, found.height, found.tiles, found.boxes = decode_tiles(data, spec, tiling.size, tiling.overlap)
+    except StorageUnavailable:
+        raise
+    except CracknetError as exc:  # ImageError included
+        found.error = str(exc)
+    except Exception as exc:  # anything else about one image must not stop a batch
+        found.error = f"unexpected {type(exc).__name__}: {exc}"
+    return found
+
+
+def tiles_of_picture(picture: Image.Image, spec: Preprocessing, tiling: Tiling) -> tuple[np.ndarray, np.ndarray]:
+    """An in-memory picture -> (tiles, boxes), by the rule ``decode_tiles`` applies to bytes (no JPEG draft)."""
+    img = to_rgb(picture)
+    width, height = img.size
+    size = spec.image_size
+    if max(width, height) <= 1.5 * tiling.size:
+        whole = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+        return whole[None], np.array([[0, 0, width, height]], dtype=np.int32)
+    boxes = tile_boxes(width, height, tiling.size, tiling.overlap)
+    tiles = np.stack([np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=(x, y, x + w, y + h)))
+                      for x, y, w, h in boxes])
+    return tiles, np.asarray(boxes, dtype=np.int32)
+
+
+@dataclass
+class Prediction:
+    """What ``Scorer.predict`` says about one input."""
+
+    source: str
+    crack_probability: float
+    is_crack: bool
+    tile_probabilities: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.float32))
+    error: str = ""
+
+
+class Scorer:
+    """A model with everything needed to score like the nightly job: preprocessing, precision, tiling, batching."""
+
+    def __init__(self, model: "torch.nn.Module", spec: Preprocessing, *, device: "torch.device | None" = None,
+                 precision: Any = None, tiling: Tiling = Tiling(), batch_tiles: int = 64, threshold: float = 0.5,
+                 card: dict | None = None):
+        import torch
+
+        from cracknet.engine import Precision
+
+        self.model = model
+        self.spec = spec
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = precision or Precision.for_inference(self.device)
+        self.tiling = tiling
+        self.batch_tiles = max(1, int(batch_tiles))
+        self.threshold = float(threshold)
+        self.card = card or {}
+
+    @classmethod
+    def load(cls, uri: str, *, batch_tiles: int = 64, tile_size: int = 0, overlap: float = DEFAULT_OVERLAP,
+             fp32: bool = False, model_id: str | None = None, threads: int = 0) -> "Scorer":
+        """The model at ``uri`` (its weights checked against its card) ready to score on this machine's best device.
+
+        With ``model_id``, refuse a model other than the one named (e.g. replaced since a run began).
+        """
+        import torch
+
+        from cracknet.engine import Precision
+        from cracknet.model import load_artifact
+        from cracknet.card import preprocessing_of
+
+        if threads:
+            torch.set_num_threads(threads)
+        model, card = load_artifact(uri)
+        if model_id is not None and card["model_id"] != model_id:
+            raise CracknetError(f"The model at {card['folder']} is now {card['model_id']}, not the {model_id} this "
+                                "run was started with (it was replaced during the run); rerun to score with it.")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        precision = Precision.for_inference(device, allow_bf16=not fp32)
+        model.to(device)
+        if precision.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return cls(model.eval(), preprocessing_of(card), device=device, precision=precision,
+                   tiling=tiling_of(card, tile_size, overlap), batch_tiles=batch_tiles,
+                   threshold=float(card["threshold"]), card=card)
+
+    @property
+    def model_id(self) -> str:
+        return str(self.card.get("model_id", ""))
+
+    def tile_probabilities(self, tiles: "np.ndarray | torch.Tensor") -> np.ndarray:
+        """uint8 tiles (T, S, S, 3) -> crack probabilities (T,), ``batch_tiles`` per model call."""
+        probs = [self._forward(tiles[start:start + self.batch_tiles])
+                 for start in range(0, len(tiles), self.batch_tiles)]
+        return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
+
+    def score(self, images: Sequence[np.ndarray | None]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Tile stacks of several images (None for an unreadable one) -> (the highest tile probability per
+        image, NaN for None; each image's tile probabilities). Model calls are filled with ``batch_tiles``
+        tiles across image boundaries."""
+        per_tile = [np.zeros(0 if t is None else len(t), dtype=np.float32) for t in images]
+        pending: list[tuple[int, int, int]] = []
+        count = 0
+
+        def flush():
+            nonlocal pending, count
+            if pending:
+                probs = self._forward(np.concatenate([images[i][a:b] for i, a, b in pending]))
+                offset = 0
+                for i, a, b in pending:
+                    per_tile[i][a:b] = probs[offset:offset + b - a]
+                    offset += b - a
+            pending, count = [], 0
+
+        for i, tiles in enumerate(images):
+            start = 0
+            while tiles is not None and start < len(tiles):
+                take = min(len(tiles) - start, self.batch_tiles - count)
+                pending.append((i, start, start + take))
+                count += take
+                start += take
+                if count == self.batch_tiles:
+                    flush()
+        flush()
+        best = np.asarray([p.max() if len(p) else np.nan for p in per_tile], dtype=np.float32)
+        return best, per_tile
+
+    def predict_batches(self, batches: Iterable[dict], keep: Callable | None = None):
+        """Labelled batches (``image`` uint8 (N, S, S, 3), ``label``, ``idx``) -> (probabilities, labels, idx) of
+        the rows ``keep`` selects (all by default). Images are already at the model's scale (training data)."""
+        probs, labels, indices = [], [], []
+        for batch in batches:
+            rows = keep(batch["idx"]) if keep is not None else slice(None)
+            images = batch["image"][rows]
+            if len(images):
+                probs.append(self.tile_probabilities(images))
+                labels.append(np.asarray(batch["label"][rows]))
+                indices.append(np.asarray(batch["idx"][rows]))
+        if not probs:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(probs), np.concatenate(labels), np.concatenate(indices)
+
+    def predict(self, items: Iterable[Any]) -> list[Prediction]:
+        """Score paths or URIs (read exactly as the nightly job reads them), PIL images or uint8 arrays (H, W, 3
+        or H, W); a bad path comes back with ``error`` set and probability NaN."""
+        found: list[tuple[str, np.ndarray | None, str]] = []
+        for n, item in enumerate(items):
+            if isinstance(item, (str, bytes)) or hasattr(item, "__fspath__"):
+                uri = storage.absolute(str(item if not isinstance(item, bytes) else item.decode()))
+                got = read_image(uri, self.spec, self.tiling)
+                found.append((uri, got.tiles, got.error))
+                continue
+            try:
+                picture = item if isinstance(item, Image.Image) else Image.fromarray(np.asarray(item))
+                found.append((f"<image {n}>", tiles_of_picture(picture, self.spec, self.tiling)[0], ""))
+            except (TypeError, ValueError, ImageError) as exc:
+                found.append((f"<image {n}>", None, f"not an image ({exc})"))
+        best, per_tile = self.score([tiles for _, tiles, _ in found])
+        return [Prediction(source, float(p), bool(p >= self.threshold), tiles, error)
+                for (source, _, error), p, tiles in zip(found, best, per_tile)]
+
+    def _forward(self, tiles: "np.ndarray | torch.Tensor") -> np.ndarray:
+        import torch
+
+        from cracknet.transforms import eval_preset
+
+        self.model.eval()
+        x = torch.as_tensor(np.ascontiguousarray(tiles) if isinstance(tiles, np.ndarray) else tiles)
+        with torch.no_grad():
+            x = self.precision.inputs(eval_preset(x.to(self.device, non_blocking=True), self.spec))
+            with self.precision.autocast(self.device):
+                logits = self.model(x).squeeze(1)
+            return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+def load_model(uri: str, **options) -> Scorer:
+    """A trained model for notebooks and scripts: ``load_model(uri).predict([...])``, no Ray needed.
+
+    Options as for ``Scorer.load``: batch_tiles, tile_size, overlap, fp32.
+    """
+    return Scorer.load(uri, **options)

@@ -1,0 +1,121 @@
+"""The one inference path: reading, tiling, precision and batching shared by validation, evaluate and score."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cracknet
+from cracknet.errors import CracknetError
+from cracknet.scorer import Scorer, Tiling, read_image
+from cracknet.transforms import Preprocessing
+
+from conftest import REPO
+
+
+def concrete_png(path, rng, size=96) -> np.ndarray:
+    pixels = rng.integers(90, 170, size=(size, size, 3), dtype=np.uint8)
+    pixels[size // 2, :, :] = 20  # a dark line
+    Image.fromarray(pixels).save(path, format="PNG")
+    return pixels
+
+
+def test_load_model_predicts_paths_pictures_and_arrays_alike(random_model, tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = concrete_png(tmp_path / "a.png", rng)
+    model = cracknet.load_model(str(random_model))
+    by_path, by_picture, by_array, missing = model.predict(
+        [tmp_path / "a.png", Image.fromarray(pixels), pixels, str(tmp_path / "nope.png")])
+    assert by_path.error == "" and 0.0 <= by_path.crack_probability <= 1.0
+    assert by_picture.crack_probability == pytest.approx(by_path.crack_probability, abs=1e-6)
+    assert by_array.crack_probability == pytest.approx(by_path.crack_probability, abs=1e-6)
+    assert by_path.is_crack == (by_path.crack_probability >= model.threshold)
+    assert "does not exist" in missing.error and np.isnan(missing.crack_probability) and not missing.is_crack
+    # The path is read exactly as the nightly job reads it.
+    found = read_image(str(tmp_path / "a.png"), model.spec, model.tiling)
+    assert model.score([found.tiles])[0][0] == pytest.approx(by_path.crack_probability, abs=1e-6)
+
+
+def test_model_calls_count_tiles_not_images(random_model):
+    scorer = Scorer.load(str(random_model), batch_tiles=5)
+    calls = []
+    scorer.model.register_forward_pre_hook(lambda _module, args: calls.append(len(args[0])))
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, size=(n, 32, 32, 3), dtype=np.uint8) for n in (1, 7, 3)]
+    best, per_tile = scorer.score([images[0], images[1], None, images[2]])
+    assert calls == [5, 5, 1]
+    alone = [scorer.tile_probabilities(t) for t in images]
+    for got, want in zip([per_tile[0], per_tile[1], per_tile[3]], alone):
+        np.testing.assert_allclose(got, want, atol=2e-3)  # bf16 kernels may round differently per batch shape
+    assert len(per_tile[2]) == 0 and np.isnan(best[2])
+    np.testing.assert_allclose(best[[0, 1, 3]], [p.max() for p in per_tile if len(p)], atol=0)
+
+
+def test_a_model_replaced_during_a_run_is_refused(random_model):
+    assert Scorer.load(str(random_model)).model_id  # the model the driver named
+    with pytest.raises(CracknetError, match="replaced during the run"):
+        Scorer.load(str(random_model), model_id="0123456789abcdef")
+
+
+def test_a_large_jpeg_is_decoded_once_at_a_reduced_scale(tmp_path):
+    """Tiles of 256 source pixels at a 32-pixel model: the JPEG decodes at 1/8 size, tiles keep photo pixels."""
+    rng = np.random.default_rng(2)
+    photo = Image.fromarray(rng.integers(0, 255, size=(1200, 1600, 3), dtype=np.uint8))
+    photo.save(tmp_path / "p.jpg", quality=90)
+    spec = Preprocessing(32)
+    found = read_image(str(tmp_path / "p.jpg"), spec, Tiling(256, 0.0))
+    assert found.error == "" and (found.width, found.height) == (1600, 1200)
+    assert found.tiles.shape == (7 * 5, 32, 32, 3)
+    assert found.boxes[-1].tolist() == [1600 - 256, 1200 - 256, 256, 256]
+    # The same tile cut from a full-size decode differs only by the DCT-domain reduction.
+    full = np.asarray(photo.resize((200, 150), Image.Resampling.BILINEAR), dtype=np.float32)
+    assert abs(found.tiles.astype(np.float32).mean() - full.mean()) < 2.0
+
+
+DDP_WORKER = textwrap.dedent("""
+    import datetime, sys
+    import numpy as np, torch, torch.distributed as dist
+    from cracknet.train import predict_shared
+    from cracknet.transforms import Preprocessing
+
+    rank, port = int(sys.argv[1]), sys.argv[2]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=20))
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1),
+                                 torch.nn.Flatten(), torch.nn.Linear(4, 1))
+    model = torch.nn.parallel.DistributedDataParallel(module)
+    # A training step, as in an epoch: the next forward of the wrapped model would sync buffers.
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    # Rank 0 scores even rows, rank 1 odd ones: a small split can hold none for rank 1.
+    batches = [{"image": torch.zeros(2, 16, 16, 3, dtype=torch.uint8), "label": torch.tensor([1, 0]),
+                "idx": torch.tensor([0, 2])}]
+    probs, labels = predict_shared(model, batches, Preprocessing(16), torch.device("cpu"), rank, 2)
+    assert len(probs) == 2 and labels.tolist() == [1, 0], labels
+    dist.barrier()
+    print("done", rank)
+""")
+
+
+def test_validation_predicts_with_the_unwrapped_module_so_ranks_never_disagree_on_collectives():
+    """A DDP forward syncs buffers across ranks; a rank with no rows in a batch skips it, so predicting with
+    the wrapped model leaves the ranks in different collectives (a hang on NCCL, an error or hang on gloo)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ranks = [subprocess.Popen([sys.executable, "-c", DDP_WORKER, str(rank), port], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        outs = [r.communicate(timeout=120) for r in ranks]
+    finally:
+        for r in ranks:
+            r.kill()
+    assert [r.returncode for r in ranks] == [0, 0], [err[-1500:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["done 0", "done 1"]
