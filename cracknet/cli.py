@@ -3,13 +3,15 @@
     cracknet demo                                   # train on the dev set (or generated images) and test
     cracknet train --data URI --output URI [...]    # Ray Train fine-tuning, writes URI/model/
     cracknet evaluate --model URI --data URI [--json PATH] [--target-recall R]
-    cracknet explain --model URI IMAGE --out PNG    # Grad-CAM overlay: where the model sees a crack
-    cracknet report --model URI [--data URI] [--results URI] --out DIR
+    cracknet explain --model URI IMAGE --output PNG # Grad-CAM overlay: where the model sees a crack
+    cracknet report --model URI [--data URI] [--results URI] --output DIR
     cracknet score --model URI --input URI --output URI     # Ray Data bulk scoring into a Delta table
     cracknet query --results URI "SQL"                      # DuckDB over the committed results
     cracknet compact --results URI                          # merge small files, vacuum unreferenced ones
 
-Every user-facing failure ends in one line on stderr and exit status 2.
+Every user-facing failure ends in one line on stderr and a documented exit status: 2 for bad usage or
+input (retrying will not help), 73 when another run holds the output, 75 when the object store kept
+failing (both worth retrying later; see errors.EXIT_*), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 
 from cracknet import storage
 from cracknet.config import ScoreConfig, TrainConfig, add_arguments, check_recall_settings, from_arguments
-from cracknet.errors import CracknetError
+from cracknet.errors import EXIT_INTERRUPTED, CracknetError, exit_status
 from cracknet.metrics import json_safe, operating_point_caveat
 
 DEV_DATA = os.path.join("..", "shared", "data", "metu-dev")
@@ -44,7 +46,7 @@ def _print_training(card: dict) -> None:
     point = card["operating_point"]
     bound = (f", {point['confidence']:.0%} lower bound {point['recall_lower_bound']:.3f}"
              if point.get("confidence") else "")
-    print(f"\nThreshold {card['threshold']:.3f} for recall >= {point['target_recall']}: validation recall "
+    print(f"Threshold {card['threshold']:.3f} for recall >= {point['target_recall']}: validation recall "
           f"{point['val_recall']:.3f}{bound}, precision {point['val_precision']:.3f} "
           f"(at 0.5: recall {point['val_recall_at_0.5']:.3f}, precision {point['val_precision_at_0.5']:.3f})")
     if operating_point_caveat(point):
@@ -65,7 +67,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from cracknet.evaluate import evaluate
 
     check_recall_settings(args.target_recall, args.recall_confidence)
-    report = evaluate(args.model, args.data, args.batch_size, args.target_recall, args.recall_confidence)
+    report = evaluate(args.model, args.data, args.batch_size, args.target_recall, args.recall_confidence,
+                      tile_size=args.tile_size)
     print(f"{report['images']} images under {report['data']}, {len(report['unreadable'])} unreadable.")
     print(f"Metrics: {_format_metrics(report['metrics'])}")
     print(f"At 0.5:  {_format_metrics(report['metrics_at_0.5'])}")
@@ -82,16 +85,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_explain(args: argparse.Namespace) -> None:
     from cracknet.explain import explain
 
-    result = explain(args.model, args.image, args.out)
+    result = explain(args.model, args.image, args.output)
     verdict = "crack" if result["is_crack"] else "no crack"
     print(f"{args.image}: crack probability {result['crack_probability']:.3f} ({verdict} at threshold "
-          f"{result['threshold']:.3f}); Grad-CAM overlay written to {args.out}")
+          f"{result['threshold']:.3f}); Grad-CAM overlay written to {args.output}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from cracknet.report import build_report
 
-    written = build_report(args.model, args.out, data=args.data, split=args.split, results=args.results)
+    written = build_report(args.model, args.output, data=args.data, split=args.split, results=args.results)
     print(f"Report: {written['report']} ({len(written['figures'])} figures beside it)")
 
 
@@ -122,7 +125,7 @@ def cmd_compact(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from cracknet.demo import run_demo
 
-    done = run_demo(args.data, args.output, args.epochs, args.image_size)
+    done = run_demo(args.data, args.output, args.epochs, args.image_size, verbose=args.verbose)
     _print_training(done["card"])
     s = done["scoring"]
     print(f"Scored a survey of {s['scored']} images ({s['errors']} errors) into {s['output']}.")
@@ -130,8 +133,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import cracknet
+
     parser = argparse.ArgumentParser(prog="cracknet", description="Find cracks in photos of concrete.",
-                                     allow_abbrev=False)
+                                     allow_abbrev=False,
+                                     epilog="Exit status: 0 done; 2 bad usage or input; 73 another run holds the "
+                                            "output; 75 the object store is unavailable (retry later); "
+                                            "130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"cracknet {cracknet.__version__}")
     # allow_abbrev=False: a mistyped flag is an error, never a silent match of a longer one.
     sub = parser.add_subparsers(dest="command", required=True,
                                 parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
@@ -144,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True, help="the model/ folder, or the training output above it")
     evaluate.add_argument("--data", required=True, help="labelled tree: local path or s3://bucket/prefix")
     evaluate.add_argument("--json", help="also write the metrics as JSON here (path or s3://)")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=64, help="tiles per model call (default: 64)")
+    evaluate.add_argument("--tile-size", type=int, default=0,
+                          help="tile side in source pixels for large images, as for score (default: the model's "
+                               "training images)")
     evaluate.add_argument("--target-recall", type=float,
                           help="also report the threshold that keeps this recall on this data, and its precision")
     evaluate.add_argument("--recall-confidence", type=float, default=0.95,
@@ -154,13 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="Grad-CAM heatmap: which pixels made the model say crack (PNG)")
     explain.add_argument("--model", required=True, help="the model/ folder, or the training output above it")
     explain.add_argument("image", help="the image: a local path or s3:// URI")
-    explain.add_argument("--out", required=True, help="where the PNG overlay goes (path or s3://)")
+    explain.add_argument("--output", "--out", dest="output", required=True,
+                         help="where the PNG overlay goes (path or s3://)")
     explain.set_defaults(run=cmd_explain)
 
     report = sub.add_parser("report", help="HTML report (self-contained) and PNG figures of a model, "
                                            "an evaluation set and scoring results")
     report.add_argument("--model", required=True, help="the model/ folder, or the training output above it")
-    report.add_argument("--out", required=True, help="folder for report.html and the PNGs (path or s3://)")
+    report.add_argument("--output", "--out", dest="output", required=True,
+                        help="folder for report.html and the PNGs (path or s3://)")
     report.add_argument("--data", help="a labelled tree to evaluate on: confusion matrix, curves, error gallery")
     report.add_argument("--split", choices=("all", "val", "test"), default="all",
                         help="evaluate only this split of the model's own training run (by content hash)")
@@ -193,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default=os.path.join("runs", "demo"))
     demo.add_argument("--epochs", type=int, default=3)
     demo.add_argument("--image-size", type=int, default=64)
+    demo.add_argument("--verbose", action="store_true", help="also show Ray's INFO logs and Ray Data's progress bars")
     demo.set_defaults(run=cmd_demo)
     return parser
 
@@ -203,10 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except CracknetError as exc:
         print(f"cracknet: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     except KeyboardInterrupt:
         print("cracknet: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return 0
 
 

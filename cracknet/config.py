@@ -56,6 +56,7 @@ class TrainConfig:
     seed: int = _opt(0, "random seed for initialisation, shuffling and augmentation")
     overwrite: bool = _opt(False, "replace a finished model and start training afresh")
     ray_address: Optional[str] = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
+    verbose: bool = _opt(False, "also show Ray's INFO logs and Ray Data's progress bars")
 
     def __post_init__(self):
         checks = [
@@ -91,7 +92,7 @@ class ScoreConfig:
     output: str = field(metadata={"help": "the results table (Delta Lake): a folder or s3:// prefix"})
     input_prefix: Optional[str] = _opt(None, "images must lie under this location (default: the input folder, or "
                                              "a manifest's bucket on S3 / its folder on local disk)")
-    batch_size: int = _opt(64, "images (or tiles) per model call")
+    batch_size: int = _opt(64, "tiles per model call (an image up to 1.5 tiles per side is one tile)")
     num_actors: int = _opt(0, "model actors (default: one per GPU, or one on a CPU-only cluster)")
     use_gpu: bool = _opt(False, "one GPU per model actor even before GPU workers are up (autoscaling clusters); "
                                 "by default GPUs are used when the cluster has them")
@@ -99,11 +100,12 @@ class ScoreConfig:
     tile_overlap: float = _opt(0.25, "overlap of neighbouring tiles, as a share of the tile side")
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused (decompression bombs)")
     fp32: bool = _opt(False, "score in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
-    read_batch_size: int = _opt(4, "images per read-and-decode call (keep it small for very large photos)")
+    read_batch_size: int = _opt(64, "images per read-and-decode task (their tiles reach the model in blocks of --batch-size)")
     rows_per_part: int = _opt(4096, "images per Parquet file of the results table")
     lease_seconds: float = _opt(300.0, "a run that stops renewing its lease on the output for this long is "
                                        "presumed dead, and the next run takes the output over")
     ray_address: Optional[str] = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
+    verbose: bool = _opt(False, "also show Ray's INFO logs and Ray Data's progress bars")
 
     def __post_init__(self):
         if min(self.batch_size, self.read_batch_size, self.rows_per_part) < 1 or self.lease_seconds <= 0:

@@ -51,7 +51,8 @@ def build_survey(data: str, survey: str, card: dict, per_structure: int = 100, s
         storage.write_bytes(storage.join(survey, STRUCTURES[k], f"survey-photo-{k + 1}.jpg"), buffer.getvalue())
 
 
-def run_demo(data: str, output: str, epochs: int, image_size: int, say: Callable[[str], None] = print) -> dict:
+def run_demo(data: str, output: str, epochs: int, image_size: int, say: Callable[[str], None] = print,
+             verbose: bool = False) -> dict:
     from cracknet.report import build_report
     from cracknet.score import run_scoring
     from cracknet.synthetic import generate
@@ -64,13 +65,13 @@ def run_demo(data: str, output: str, epochs: int, image_size: int, say: Callable
             generate(generated, per_class=300, size=96)
         data = generated
     cfg = TrainConfig(data=data, output=output, epochs=epochs, image_size=image_size, batch_size=32, num_workers=2,
-                      weights="none", overwrite=True)
-    card = run_training(cfg)
+                      weights="none", overwrite=True, verbose=verbose)
+    card = run_training(cfg, log=say)
     survey, results = storage.join(output, "survey"), storage.join(output, "results")
     storage.delete_tree(survey)
     storage.delete_tree(results)
     build_survey(data, survey, card)
-    scored = run_scoring(ScoreConfig(model=card["folder"], input=survey, output=results), log=lambda _: None)
+    scored = run_scoring(ScoreConfig(model=card["folder"], input=survey, output=results, verbose=verbose), log=say)
     written = build_report(card["folder"], storage.join(output, "report"), data=data, split="test",
                            results=results)
     return {"card": card, "scoring": scored, **written}

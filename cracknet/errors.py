@@ -15,6 +15,46 @@ class StorageUnavailable(CracknetError):
     """
 
 
+class OutputBusy(CracknetError):
+    """Another run holds the output (its lease), or took it over while this run wrote: retry later."""
+
+
+# Exit statuses of the command line (sysexits.h where one fits), documented in the README.
+EXIT_USAGE = 2        # bad usage or bad input: retrying will not help
+EXIT_BUSY = 73        # another run holds the output (EX_CANTCREAT): retry after it ends
+EXIT_UNAVAILABLE = 75  # the object store kept failing (EX_TEMPFAIL): retry later
+EXIT_INTERRUPTED = 130
+
+
+def exit_status(exc: CracknetError) -> int:
+    if isinstance(exc, StorageUnavailable):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, OutputBusy):
+        return EXIT_BUSY
+    return EXIT_USAGE
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while isinstance(exc, BaseException) and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or getattr(exc, "cause", None) or exc.__context__
+    return chain
+
+
+def kind_of(exc: BaseException) -> type[CracknetError]:
+    """The cracknet error class behind a failure, also when it came back through Ray as text."""
+    for error in _chain(exc):
+        if isinstance(error, CracknetError):  # Ray's task errors subclass the task's exception class: skip them
+            return next(c for c in type(error).__mro__ if c.__module__.startswith("cracknet."))
+        found = re.search(r"cracknet\.errors\.(\w+): ", str(error))
+        if found and isinstance(globals().get(found.group(1)), type) \
+                and issubclass(globals()[found.group(1)], CracknetError):
+            return globals()[found.group(1)]
+    return CracknetError
+
+
 def root_cause(exc: BaseException) -> str:
     """The sentence to show for a failure that came back through Ray.
 
@@ -22,11 +62,7 @@ def root_cause(exc: BaseException) -> str:
     cracknet sentence found anywhere in the chain wins; otherwise the innermost
     error's type and last line, not Ray's wrapping.
     """
-    chain, seen = [], set()
-    while isinstance(exc, BaseException) and id(exc) not in seen:
-        seen.add(id(exc))
-        chain.append(exc)
-        exc = exc.__cause__ or getattr(exc, "cause", None) or exc.__context__
+    chain = _chain(exc)
     for error in chain:
         found = re.search(r"cracknet\.errors\.\w+: (.+)", str(error))
         if found:

@@ -30,13 +30,13 @@ import time
 from datetime import datetime, timezone
 
 from cracknet import storage
-from cracknet.errors import CracknetError
+from cracknet.errors import CracknetError, OutputBusy
 
 LEASE_FILE = "_lease.json"
 LOCAL_LEASE_FILE = "_lease"
 
 
-class LeaseLost(CracknetError):
+class LeaseLost(OutputBusy):
     pass
 
 
@@ -126,12 +126,12 @@ class Lease:
             self._etag = etag
             return
         if holder is not None and _now() - float(holder.get("renewed_at", 0)) < float(holder.get("seconds", 0)):
-            raise CracknetError(_busy_message(self.output, holder))
+            raise OutputBusy(_busy_message(self.output, holder))
         try:
             self._etag = self._put(IfMatch=etag) if etag else self._put(IfNoneMatch="*")
         except ClientError as exc:
             if _is_conflict(exc):
-                raise CracknetError(f"Another run took the lease on {self.output} at the same moment; "
+                raise OutputBusy(f"Another run took the lease on {self.output} at the same moment; "
                                     "only one run may write there at a time.") from None
             raise CracknetError(f"Cannot take the lease on {self.output}: {storage.reason(exc)}") from None
 
@@ -183,7 +183,7 @@ class Lease:
             except json.JSONDecodeError:
                 holder = {}
             handle.close()
-            raise CracknetError(_busy_message(self.output, holder)) from None
+            raise OutputBusy(_busy_message(self.output, holder)) from None
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({**self.owner, "renewed_at": _now()}))

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cracknet import storage
-from cracknet.errors import CracknetError
+from cracknet.errors import CracknetError, StorageUnavailable
 
 LOG = "_delta_log"
 STAGING = "_staging"
@@ -210,7 +210,8 @@ def commit(output: str, parts: list[dict], run_id: str, metadata: dict,
             found = _committed_version(output, run_id)
             if found is not None:
                 return found
-    raise CracknetError(f"Cannot commit run {run_id} to {output}: {storage.reason(last)}")
+    # Every attempt failed and none of them landed: the store (or the way to it) is failing; retry later.
+    raise StorageUnavailable(f"Cannot commit run {run_id} to {output}: {storage.reason(last)}")
 
 
 def _committed_version(output: str, run_id: str, depth: int = 20) -> int | None:

@@ -30,8 +30,10 @@ import numpy as np
 
 from cracknet import inputs, results, storage
 from cracknet.config import ScoreConfig
-from cracknet.errors import CracknetError, StorageUnavailable, root_cause
+from cracknet.errors import CracknetError, kind_of, root_cause
 from cracknet.lease import Lease
+from cracknet.progress import Progress
+from cracknet.scorer import tiling_of
 
 
 # ---------------------------------------------------------------------------
@@ -48,47 +50,36 @@ def read_plan(batch):
                             for uri in batch.column("plan").to_pylist())
 
 
-def read_and_tile(batch: dict, spec, tile: int, overlap: float, root: str) -> dict:
-    """image_uri, version -> decoded tiles per image, or an error; never raises for a bad image.
-
-    Only images under ``root`` are read: a manifest cannot make the job read elsewhere.
-    """
-    from cracknet.transforms import ImageError, decode_tiles
+def read_and_tile(batch: dict, spec, tiling, root: str, tiles_per_block: int):
+    """image_uri, version -> tiles per image, or an error row; never raises for a bad image (see
+    ``scorer.read_image``). A generator: it hands on a block whenever it holds ``tiles_per_block`` tiles,
+    so the model actors see blocks of about one model call, whatever the photo sizes."""
+    from cracknet.scorer import read_image
 
     size = spec.image_size
-    out = {k: [] for k in ("image_uri", "version", "width", "height", "tiles", "boxes", "error")}
+    rows, tiles = [], 0
     for uri, listed_version in zip(batch["image_uri"], batch["version"]):
-        width = height = 0
-        tiles = np.zeros((0, size, size, 3), dtype=np.uint8)
-        boxes = np.zeros((0, 4), dtype=np.int32)
-        error, version = "", listed_version  # "" keeps the column a string column in every block
-        try:
-            if not storage.within(uri, root):
-                raise CracknetError(f"{uri} lies outside the input location {root}, so it was not read "
-                                    "(--input-prefix widens the location).")
-            data, version = storage.read_versioned(uri)
-            width, height, tiles, boxes = decode_tiles(data, spec, tile, overlap)
-        except StorageUnavailable:
-            raise  # not a fact about this image: the run stops rather than record a good image as an error
-        except (ImageError, CracknetError) as exc:
-            error = str(exc)
-        except Exception as exc:  # anything else about one image must not stop the job
-            error = f"unexpected {type(exc).__name__}: {exc}"
-        out["image_uri"].append(uri)
-        out["version"].append(listed_version or version)
-        out["width"].append(width)
-        out["height"].append(height)
-        out["tiles"].append(tiles)
-        out["boxes"].append(boxes)
-        out["error"].append(error)
+        found = read_image(uri, spec, tiling, root=root, version=listed_version or "")
+        if found.tiles is None:
+            found.tiles, found.boxes = np.zeros((0, size, size, 3), dtype=np.uint8), np.zeros((0, 4), dtype=np.int32)
+        rows.append(found)
+        tiles += len(found.tiles)
+        if tiles >= tiles_per_block:
+            yield _tiled_block(rows)
+            rows, tiles = [], 0
+    if rows:
+        yield _tiled_block(rows)
+
+
+def _tiled_block(rows: list) -> dict:
     return {
-        "image_uri": np.asarray(out["image_uri"], dtype=object),
-        "version": np.asarray(out["version"], dtype=object),
-        "width": np.asarray(out["width"], dtype=np.int32),
-        "height": np.asarray(out["height"], dtype=np.int32),
-        "tiles": _ragged(out["tiles"]),
-        "boxes": _ragged(out["boxes"]),
-        "error": np.asarray(out["error"], dtype=object),
+        "image_uri": np.asarray([r.uri for r in rows], dtype=object),
+        "version": np.asarray([r.version for r in rows], dtype=object),
+        "width": np.asarray([r.width for r in rows], dtype=np.int32),
+        "height": np.asarray([r.height for r in rows], dtype=np.int32),
+        "tiles": _ragged([r.tiles for r in rows]),
+        "boxes": _ragged([r.boxes for r in rows]),
+        "error": np.asarray([r.error for r in rows], dtype=object),  # "" keeps it a string column in every block
     }
 
 
@@ -100,54 +91,18 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 class CrackPredictor:
-    """Loads the model once per actor; scores every tile of a batch of images."""
+    """A Ray Data actor around the one scorer: loads the model once, and only the model the driver named."""
 
-    def __init__(self, model_uri: str, batch_size: int, threads: int = 0, fp32: bool = False):
-        import torch
+    def __init__(self, model_uri: str, model_id: str, batch_tiles: int, tiling, threads: int = 0, fp32: bool = False):
+        from cracknet.scorer import Scorer
 
-        from cracknet.engine import Precision
-        from cracknet.model import load_artifact, preprocessing_of
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.torch = torch
-        self.model, self.card = load_artifact(model_uri)
-        self.spec = preprocessing_of(self.card)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.precision = Precision.for_inference(self.device, allow_bf16=not fp32)
-        self.model.to(self.device)
-        if self.precision.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.batch_size = batch_size
-        self.threshold = float(self.card["threshold"])
-
-    def predict_tiles(self, tiles: np.ndarray) -> np.ndarray:
-        from cracknet.transforms import eval_preset
-
-        torch = self.torch
-        probs = []
-        with torch.no_grad():
-            for start in range(0, len(tiles), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(tiles[start:start + self.batch_size])).to(self.device)
-                x = self.precision.inputs(eval_preset(x, self.spec))
-                with self.precision.autocast(self.device):
-                    logits = self.model(x).squeeze(1)
-                probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-        return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
+        self.scorer = Scorer.load(model_uri, batch_tiles=batch_tiles, tile_size=tiling.size, overlap=tiling.overlap,
+                                  fp32=fp32, model_id=model_id, threads=threads)
 
     def __call__(self, batch: dict) -> dict:
         tiles = [np.asarray(t).reshape(-1, *np.asarray(t).shape[-3:]) if np.asarray(t).size else None
                  for t in batch["tiles"]]
-        counts = [0 if t is None else len(t) for t in tiles]
-        flat = [t for t in tiles if t is not None]
-        probs = self.predict_tiles(np.concatenate(flat)) if flat else np.zeros(0, dtype=np.float32)
-        per_image, tile_probs, start = [], [], 0
-        for n in counts:
-            chunk = probs[start:start + n].astype(np.float32)
-            start += n
-            per_image.append(float(chunk.max()) if n else np.nan)
-            tile_probs.append(chunk)
-        crack = np.asarray(per_image, dtype=np.float32)
+        crack, tile_probs = self.scorer.score(tiles)
         return {
             "image_uri": batch["image_uri"],
             "version": batch["version"],
@@ -155,7 +110,7 @@ class CrackPredictor:
             "height": batch["height"],
             "error": batch["error"],
             "crack_probability": crack,
-            "tiles_scored": np.asarray(counts, dtype=np.int32),
+            "tiles_scored": np.asarray([len(p) for p in tile_probs], dtype=np.int32),
             "tile_probabilities": _ragged(tile_probs),
             "boxes": batch["boxes"],
         }
@@ -209,7 +164,8 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
                        "history_files": planned["history_files"]}
             log(f"Planned run {run_id}: {planned['todo']} of {planned['listed']} listed images to score.")
             if planned["files"]:
-                summary.update(_score_and_commit(cfg, card, planned["files"], run_id, now, root, lease))
+                summary.update(_score_and_commit(cfg, card, planned["files"], run_id, now, root, lease,
+                                                 planned["todo"], log))
         finally:
             _discard(staging)
     summary["seconds"] = round(time.monotonic() - started, 2)
@@ -229,12 +185,12 @@ def _plan(cfg: ScoreConfig, card: dict, root: str, staging: str) -> dict:
 
     from cracknet.cluster import ensure_ray
 
-    ensure_ray(cfg.ray_address)
+    ensure_ray(cfg.ray_address, verbose=cfg.verbose)
     task = ray.remote(num_cpus=1, max_calls=1, max_retries=1)(plan_run)
     try:
         return ray.get(task.remote(cfg.input, root, cfg.output, card["model_id"], staging))
     except ray.exceptions.RayError as exc:
-        raise CracknetError(root_cause(exc)) from None
+        raise kind_of(exc)(root_cause(exc)) from None
 
 
 def _discard(uri: str) -> None:
@@ -247,21 +203,27 @@ def _discard(uri: str) -> None:
 
 
 def _score_and_commit(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id: str, now: datetime,
-                      root: str, lease: Lease) -> dict:
+                      root: str, lease: Lease, todo: int, log) -> dict:
     started = time.monotonic()
     metadata = {"model_id": card["model_id"], "model": card["folder"], "threshold": card["threshold"],
                 "preprocessing": card["preprocessing"],
-                "tile_size": cfg.tile_size or int(card["preprocessing"].get("source_size") or 227),
+                "tile_size": tiling_of(card, cfg.tile_size, cfg.tile_overlap).size,
                 "tile_overlap": cfg.tile_overlap, "fp32": cfg.fp32,
                 "input": cfg.input, "run_id": run_id}
     try:
-        parts = _score_pipeline(cfg, card, plan_files, run_id, now, root, metadata).take_all()
+        parts, progress = [], Progress(todo, "images", log)
+        try:
+            for part in _score_pipeline(cfg, card, plan_files, run_id, now, root, metadata).iter_rows():
+                parts.append(part)
+                progress.update(int(part["rows"]))
+        finally:
+            progress.close()
         done = {"scored": sum(int(p["rows"]) for p in parts), "errors": sum(int(p["errors"]) for p in parts),
                 "pipeline_seconds": round(time.monotonic() - started, 2)}
         done["version"] = results.commit(cfg.output, parts, run_id, {**metadata, "summary": done},
                                          before=lease.check)
     except Exception as exc:
-        raise CracknetError(f"Scoring stopped and nothing from run {run_id} was committed: "
+        raise kind_of(exc)(f"Scoring stopped and nothing from run {run_id} was committed: "
                             f"{root_cause(exc)} Rerun to finish; what was committed before is kept.") from None
     return done
 
@@ -276,7 +238,8 @@ def _score_pipeline(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id:
     from cracknet.cluster import ensure_ray
 
     spec = dataclasses.replace(preprocessing_of(card), max_pixels=cfg.max_pixels)
-    ensure_ray(cfg.ray_address)
+    tiling = tiling_of(card, cfg.tile_size, cfg.tile_overlap)
+    ensure_ray(cfg.ray_address, verbose=cfg.verbose)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = cfg.num_actors or max(1, gpus)
     # An autoscaling cluster may have no GPU worker up yet: --use-gpu asks for them anyway.
@@ -285,13 +248,15 @@ def _score_pipeline(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id:
     return (
         ray.data.from_items([{"plan": uri} for uri in plan_files])  # one item per plan file, not per image
         .map_batches(read_plan, batch_size=1, batch_format="pyarrow")
-        .map_batches(read_and_tile, fn_kwargs={"spec": spec, "tile": metadata["tile_size"], "overlap": cfg.tile_overlap,
-                                               "root": root},
+        .map_batches(read_and_tile, fn_kwargs={"spec": spec, "tiling": tiling, "root": root,
+                                               "tiles_per_block": cfg.batch_size},
                      batch_size=cfg.read_batch_size, batch_format="numpy")
-        .map_batches(CrackPredictor, fn_constructor_kwargs={"model_uri": card["folder"], "batch_size": cfg.batch_size,
+        # Whole blocks (batch_size=None): read_and_tile cut them at about one model call of tiles.
+        .map_batches(CrackPredictor, fn_constructor_kwargs={"model_uri": card["folder"], "model_id": card["model_id"],
+                                                           "batch_tiles": cfg.batch_size, "tiling": tiling,
                                                            "threads": threads, "fp32": cfg.fp32},
                      compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
-                     num_cpus=0 if gpus else 1, batch_size=cfg.batch_size, batch_format="numpy")
+                     num_cpus=0 if gpus else 1, batch_size=None, batch_format="numpy")
         .map_batches(write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id, "run_date": now.date().isoformat(),
                                              "model_id": card["model_id"], "threshold": float(card["threshold"]),
                                              "scored_at": now.isoformat(), "metadata": metadata},

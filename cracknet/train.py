@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -34,10 +35,10 @@ from cracknet import storage
 from cracknet.config import TrainConfig
 from cracknet.data import CLASS_NAMES, discover
 from cracknet.datasets import load_labelled, split_datasets
-from cracknet.engine import Precision, log_loss, lr_at, predict, train_one_epoch
-from cracknet.errors import CracknetError, root_cause
+from cracknet.engine import Precision, log_loss, lr_at, train_one_epoch
+from cracknet.errors import CracknetError, kind_of, root_cause
 from cracknet.metrics import binary_metrics, evaluation, operating_point, threshold_rule
-from cracknet.cluster import ensure_ray
+from cracknet.cluster import ensure_ray, train_log_level
 from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_starting_weights,
                             save_artifact, set_backbone_trainable)
 from cracknet.transforms import Preprocessing
@@ -61,14 +62,28 @@ def _gather(obj: Any) -> list:
     return out
 
 
-def _predict_split(model, iterator, spec, device, precision, rank, world, batch_size):
-    """Predict a whole (unsplit) dataset, each worker scoring the rows with idx % world == rank."""
-    batches = iterator.iter_torch_batches(batch_size=batch_size)
-    local = predict(model, batches, spec, device, precision, keep=lambda idx: idx % world == rank)
+def predict_shared(model: torch.nn.Module, batches, spec: Preprocessing, device: torch.device, rank: int,
+                   world: int) -> tuple[np.ndarray, np.ndarray]:
+    """Predict a whole (unsplit) dataset, each worker scoring the rows with idx % world == rank; every worker
+    gets all predictions in idx order.
+
+    Through the scorer the nightly job uses (so the threshold is chosen on its numerics), and on the
+    unwrapped module: a DistributedDataParallel forward syncs buffers across workers, and a worker whose
+    share of a batch is empty skips its forward, so the workers would issue different collectives.
+    """
+    from cracknet.scorer import Scorer
+
+    module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    scorer = Scorer(module, spec, device=device)
+    local = scorer.predict_batches(batches, keep=lambda idx: idx % world == rank)
     parts = _gather(local)
     probs, labels, idx = (np.concatenate([p[i] for p in parts]) for i in range(3))
     order = np.argsort(idx)
     return probs[order], labels[order]
+
+
+def _batches(shard, cfg: TrainConfig):
+    return shard.iter_torch_batches(batch_size=cfg.batch_size)
 
 
 def _optimizer(module: torch.nn.Module, cfg: TrainConfig, stage: str) -> torch.optim.Optimizer:
@@ -174,9 +189,10 @@ def train_loop_per_worker(config: dict) -> dict | None:
         started = time.monotonic()
         loss_sum, seen, right = train_one_epoch(model, batches, optimizer, spec, device, generator, lr_for_step,
                                                 precision, backbone_frozen=(stage == "head"))
+        train_seconds = time.monotonic() - started
         totals = _gather((loss_sum, seen, right))
-        val_probs, val_labels = _predict_split(model, ray.train.get_dataset_shard("val"), spec, device,
-                                               precision, rank, world, cfg.batch_size)
+        val_probs, val_labels = predict_shared(module, _batches(ray.train.get_dataset_shard("val"), cfg), spec,
+                                               device, rank, world)
         val = binary_metrics(val_probs, val_labels)
         metrics = {
             "epoch": epoch + 1,
@@ -187,9 +203,12 @@ def train_loop_per_worker(config: dict) -> dict | None:
             "val_loss": log_loss(val_probs, val_labels),
             **{f"val_{k}": val[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
             "lr": lr_for_step(steps_per_epoch - 1),
+            "images_per_second": sum(t[1] for t in totals) / max(train_seconds, 1e-9),
             "seconds": time.monotonic() - started,
         }
         history.append(metrics)
+        if rank == 0 and config.get("progress") is not None:
+            config["progress"].put(epoch_line(metrics, cfg.epochs))
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
@@ -202,18 +221,37 @@ def train_loop_per_worker(config: dict) -> dict | None:
         state = None
 
     if model is None:  # resumed after the last epoch: only the final predictions are left to do
-        model = ray.train.torch.prepare_model(module)
-    val = _predict_split(model, ray.train.get_dataset_shard("val"), spec, device, precision, rank, world,
-                         cfg.batch_size)
-    test = _predict_split(model, ray.train.get_dataset_shard("test"), spec, device, precision, rank, world,
-                          cfg.batch_size)
+        module.to(device)
+    val = predict_shared(module, _batches(ray.train.get_dataset_shard("val"), cfg), spec, device, rank, world)
+    test = predict_shared(module, _batches(ray.train.get_dataset_shard("test"), cfg), spec, device, rank, world)
     if rank != 0:
         return None
     return {"val": val, "test": test, "history": history, "restarts": restarts}
 
 
+def epoch_line(m: dict, epochs: int) -> str:
+    """The one console line of an epoch."""
+    return (f"Epoch {m['epoch']}/{epochs} ({m['stage']}): train loss {m['train_loss']:.4f}, validation accuracy "
+            f"{m['val_accuracy']:.4f}, recall {m['val_recall']:.4f}, AUC {m['val_roc_auc']:.4f}; "
+            f"{m['images_per_second']:.0f} images/s, {m['seconds']:.0f} s")
+
+
 # ---------------------------------------------------------------------------
 # On the driver
+
+
+def _relay(queue, log: Callable[[str], None], done: threading.Event) -> None:
+    """Print the workers' epoch lines on the driver as they come (clean lines, no Ray prefixes)."""
+    from ray.util.queue import Empty
+
+    while True:
+        try:
+            log(queue.get(timeout=0.5))
+        except Empty:
+            if done.is_set():
+                return
+        except Exception:  # the queue's actor went away with the cluster: nothing more to print
+            return
 
 
 def _check_output(cfg: TrainConfig) -> tuple[str, str]:
@@ -259,8 +297,10 @@ def _versions() -> dict[str, str]:
 
 def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Train, test and write ``<output>/model/``; returns the model card."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     started = time.monotonic()
     # Ray Train runs each worker in a folder of its own: local paths must not depend on the working directory.
@@ -273,7 +313,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     model_dir, checkpoints = _check_output(cfg)
     log(f"Found {len(images)} labelled images under {cfg.data}.")
 
-    ensure_ray(cfg.ray_address, min_cpus=cfg.num_workers * cfg.cpus_per_worker)
+    ensure_ray(cfg.ray_address, min_cpus=cfg.num_workers * cfg.cpus_per_worker, verbose=cfg.verbose)
     decoded, plan = load_labelled(images, cfg.data, spec, cfg.val_fraction, cfg.test_fraction,
                                   cfg.max_bad_fraction, cfg.seed)
     log(f"Split by content hash: {json.dumps(plan.counts)}; {plan.duplicates} duplicate copies and "
@@ -287,23 +327,32 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         )
 
     fs, path = storage.resolve(checkpoints)
+    progress = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "spec": spec, "steps_per_epoch": steps_per_epoch},
+        train_loop_config={"cfg": cfg, "spec": spec, "steps_per_epoch": steps_per_epoch, "progress": progress},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name=RUN_NAME, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             logging_config=LoggingConfig(log_level=train_log_level(cfg.verbose))),
         datasets=split_datasets(decoded, plan),
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
+    done = threading.Event()
+    relay = threading.Thread(target=_relay, args=(progress, log, done), daemon=True)
+    relay.start()
     try:
         result = trainer.fit()
     except Exception as exc:
-        raise CracknetError(f"Training failed: {root_cause(exc)}") from None
+        raise kind_of(exc)(f"Training failed: {root_cause(exc)}") from None
+    finally:
+        done.set()
+        relay.join(timeout=10)
+        ray.kill(progress.actor)
     if result.error is not None:
-        raise CracknetError(f"Training failed: {root_cause(result.error)}")
+        raise kind_of(result.error)(f"Training failed: {root_cause(result.error)}")
     out = result.return_value
     state = _load_state(result.checkpoint)
 
@@ -313,7 +362,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     point.pop("recall")  # the same as val_recall below
     at_threshold = binary_metrics(val_probs, val_labels, threshold)
     at_half = binary_metrics(val_probs, val_labels, 0.5)
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("overwrite", "ray_address")}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("overwrite", "ray_address", "verbose")}
     card = {
         "format_version": 1,
         "class_names": list(CLASS_NAMES),

@@ -144,3 +144,50 @@ def test_score_refuses_missing_inputs_with_one_line(synthetic_tree, tmp_path, cr
     assert_one_line_error(result, "has no image_uri column")
     assert not (tmp_path / "results" / "_delta_log").exists()  # nothing was committed
 
+
+
+LIGHT = """
+import sys
+from cracknet.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:  # --help and --version exit through argparse
+    code = exc.code
+heavy = sorted(m for m in ("torch", "torchvision", "ray") if m in sys.modules)
+print("imported:", ",".join(heavy) or "none")
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("args, status", [
+    (["--help"], 0),
+    (["--version"], 0),
+    (["query", "--results", "nowhere", "SELECT 1"], 2),
+])
+def test_help_version_and_query_never_import_torch(args, status, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    run = subprocess.run([sys.executable, "-c", LIGHT, *args], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert run.returncode == status, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "imported: none"
+    if args == ["--version"]:
+        import cracknet
+
+        assert run.stdout.startswith(f"cracknet {cracknet.__version__}")
+    if args == ["--help"]:
+        assert "Exit status" in run.stdout and "73" in run.stdout and "75" in run.stdout
+
+
+def test_exit_statuses_tell_a_scheduler_what_to_retry():
+    from cracknet.errors import CracknetError, OutputBusy, StorageUnavailable, exit_status, kind_of
+    from cracknet.lease import LeaseLost
+
+    assert [exit_status(e("x")) for e in (CracknetError, OutputBusy, LeaseLost, StorageUnavailable)] == [2, 73, 73, 75]
+    # A failure that came back through Ray as text keeps its kind.
+    wrapped = RuntimeError("ray.exceptions.RayTaskError(StorageUnavailable): ... \n"
+                           "cracknet.errors.StorageUnavailable: Cannot read s3://b/k: the object store kept failing")
+    assert kind_of(wrapped) is StorageUnavailable and kind_of(ValueError("no")) is CracknetError

@@ -97,7 +97,7 @@ def test_faults_that_never_stop_fail_the_run_with_one_line_and_commit_nothing(s3
                            "--rows-per-part", "20", env={**through(proxy), "AWS_MAX_ATTEMPTS": "3"}, timeout=500)
         watcher.join(timeout=1)
     assert proxy.faults.slow_down == 1.0, "the outage never began"
-    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert run.returncode == 75, run.stdout[-2000:] + run.stderr[-2000:]
     lines = run.stderr.strip().splitlines()
     assert lines[-1].startswith("cracknet: error: Scoring stopped and nothing from run "), lines[-5:]
     assert "SlowDown" in lines[-1] or "503" in lines[-1] or "kept failing" in lines[-1]

@@ -119,7 +119,7 @@ def test_structure_names_drop_only_the_folders_they_share():
 
 def test_report_needs_only_the_model(ray_cluster, random_model, tmp_path, capsys):
     out = tmp_path / "just-the-model"
-    assert cli_main(["report", "--model", str(random_model), "--out", str(out)]) == 0
+    assert cli_main(["report", "--model", str(random_model), "--output", str(out)]) == 0
     assert "report.html" in capsys.readouterr().out
     assert "Model card" in (out / "report.html").read_text()
 
