@@ -47,10 +47,10 @@ def ensure_ray(address: str | None, min_cpus: float = 0, verbose: bool = False) 
     import ray
 
     quiet = quiet_environment(verbose)
-    os.environ.update(quiet)
+    os.environ.update(quiet)  # a local Ray's workers inherit them; Ray Data in this process reads them too
     if not verbose:
         for name in NOTICES:
-            logging.getLogger(name).setLevel(logging.ERROR)  # a local Ray's workers inherit them; Ray Data in this process reads them too
+            logging.getLogger(name).setLevel(logging.ERROR)
     _quiet_data_context(verbose)
     if ray.is_initialized():
         return

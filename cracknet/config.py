@@ -100,7 +100,8 @@ class ScoreConfig:
     tile_overlap: float = _opt(0.25, "overlap of neighbouring tiles, as a share of the tile side")
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused (decompression bombs)")
     fp32: bool = _opt(False, "score in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
-    read_batch_size: int = _opt(64, "images per read-and-decode task (their tiles reach the model in blocks of --batch-size)")
+    read_batch_size: int = _opt(64, "images per read-and-decode task (their tiles reach the model in blocks of "
+                                    "--batch-size tiles)")
     rows_per_part: int = _opt(4096, "images per Parquet file of the results table")
     lease_seconds: float = _opt(300.0, "a run that stops renewing its lease on the output for this long is "
                                        "presumed dead, and the next run takes the output over")

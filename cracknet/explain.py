@@ -102,8 +102,8 @@ def explain(model_uri: str, image_uri: str, out: str, most_tiles: int = MOST_TIL
         right, bottom = max(left + 1, int(round((x + w) * fx))), max(top + 1, int(round((y + h) * fy)))
         _, cam = grad_cam(model, eval_preset(torch.from_numpy(np.array(found.tiles[i]))[None], scorer.spec))
         region = heat[top:bottom, left:right]
-        np.maximum(region, tile_probs[i] * upsample(cam, (right - left, bottom - top))[:region.shape[0], :region.shape[1]],
-                   out=region)
+        weighted = tile_probs[i] * upsample(cam, (right - left, bottom - top))
+        np.maximum(region, weighted[:region.shape[0], :region.shape[1]], out=region)
     heat = heat / heat.max() if heat.max() > 0 else heat
     buffer = io.BytesIO()
     overlay(shown, heat).save(buffer, format="PNG")

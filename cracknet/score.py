@@ -7,7 +7,7 @@ Pipeline (Ray Data, streaming: memory is bounded by the pipeline's depth):
 
     plan: tonight's listing anti-joined with what this model committed   (one Ray task, DuckDB)
     -> read the plan files                                  (CPU tasks: read_plan)
-    -> read bytes, decode, cut large images into tiles      (CPU tasks: read_and_tile)
+    -> read bytes, decode, tile; packs of about one model call   (CPU tasks: read_and_tile)
     -> model on an actor pool, max over tiles per image     (CrackPredictor, one GPU each when there are GPUs)
     -> write Parquet files of the results table             (CPU tasks: write_parts)
     -> commit: one Delta commit naming every file            (driver)
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import time
 import uuid
 from datetime import datetime, timezone
@@ -50,36 +51,40 @@ def read_plan(batch):
                             for uri in batch.column("plan").to_pylist())
 
 
-def read_and_tile(batch: dict, spec, tiling, root: str, tiles_per_block: int):
-    """image_uri, version -> tiles per image, or an error row; never raises for a bad image (see
-    ``scorer.read_image``). A generator: it hands on a block whenever it holds ``tiles_per_block`` tiles,
-    so the model actors see blocks of about one model call, whatever the photo sizes."""
+def read_and_tile(batch: dict, spec, tiling, root: str, tiles_per_pack: int):
+    """image_uri, version -> packs of images with their tiles; a bad image is an image with ``error`` set, never an
+    exception (see ``scorer.read_image``).
+
+    A generator of one-row batches: each row is a *pack*, the images read since the last pack once they hold
+    ``tiles_per_pack`` tiles (or the end of the batch). The model actors take one pack per call, so a model
+    call's input is about ``tiles_per_pack`` tiles whatever the photo sizes, and each photo is decoded once.
+    """
     from cracknet.scorer import read_image
 
-    size = spec.image_size
-    rows, tiles = [], 0
+    pending, tiles = [], 0
     for uri, listed_version in zip(batch["image_uri"], batch["version"]):
         found = read_image(uri, spec, tiling, root=root, version=listed_version or "")
-        if found.tiles is None:
-            found.tiles, found.boxes = np.zeros((0, size, size, 3), dtype=np.uint8), np.zeros((0, 4), dtype=np.int32)
-        rows.append(found)
-        tiles += len(found.tiles)
-        if tiles >= tiles_per_block:
-            yield _tiled_block(rows)
-            rows, tiles = [], 0
-    if rows:
-        yield _tiled_block(rows)
+        pending.append(found)
+        tiles += 0 if found.tiles is None else len(found.tiles)
+        if tiles >= tiles_per_pack:
+            yield pack(pending, spec.image_size)
+            pending, tiles = [], 0
+    if pending:
+        yield pack(pending, spec.image_size)
 
 
-def _tiled_block(rows: list) -> dict:
+def pack(found: list, size: int) -> dict:
+    """Images read for scoring -> one row: every tile in one array, per-image numbers as arrays, text as JSON."""
+    empty_tiles, empty_boxes = np.zeros((0, size, size, 3), dtype=np.uint8), np.zeros((0, 4), dtype=np.int32)
+    text = {"image_uri": [f.uri for f in found], "version": [f.version for f in found],
+            "error": [f.error for f in found]}
     return {
-        "image_uri": np.asarray([r.uri for r in rows], dtype=object),
-        "version": np.asarray([r.version for r in rows], dtype=object),
-        "width": np.asarray([r.width for r in rows], dtype=np.int32),
-        "height": np.asarray([r.height for r in rows], dtype=np.int32),
-        "tiles": _ragged([r.tiles for r in rows]),
-        "boxes": _ragged([r.boxes for r in rows]),
-        "error": np.asarray([r.error for r in rows], dtype=object),  # "" keeps it a string column in every block
+        "tiles": _ragged([np.concatenate([empty_tiles] + [f.tiles for f in found if f.tiles is not None])]),
+        "boxes": _ragged([np.concatenate([empty_boxes] + [f.boxes for f in found if f.boxes is not None])]),
+        "counts": _ragged([np.asarray([0 if f.tiles is None else len(f.tiles) for f in found], dtype=np.int32)]),
+        "width": _ragged([np.asarray([f.width for f in found], dtype=np.int32)]),
+        "height": _ragged([np.asarray([f.height for f in found], dtype=np.int32)]),
+        "text": np.asarray([json.dumps(text)], dtype=object),
     }
 
 
@@ -91,7 +96,10 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 class CrackPredictor:
-    """A Ray Data actor around the one scorer: loads the model once, and only the model the driver named."""
+    """A Ray Data actor around the one scorer: loads the model once, and only the model the driver named.
+
+    Takes packs (see ``read_and_tile``), returns one row per image: its probability (the highest of its
+    tiles), and each tile's box and probability."""
 
     def __init__(self, model_uri: str, model_id: str, batch_tiles: int, tiling, threads: int = 0, fp32: bool = False):
         from cracknet.scorer import Scorer
@@ -100,19 +108,34 @@ class CrackPredictor:
                                   fp32=fp32, model_id=model_id, threads=threads)
 
     def __call__(self, batch: dict) -> dict:
-        tiles = [np.asarray(t).reshape(-1, *np.asarray(t).shape[-3:]) if np.asarray(t).size else None
-                 for t in batch["tiles"]]
-        crack, tile_probs = self.scorer.score(tiles)
+        out = {k: [] for k in ("image_uri", "version", "error", "width", "height", "crack_probability",
+                               "tiles_scored", "tile_probabilities", "boxes")}
+        for tiles, boxes, counts, width, height, text in zip(batch["tiles"], batch["boxes"], batch["counts"],
+                                                             batch["width"], batch["height"], batch["text"]):
+            counts = np.asarray(counts, dtype=np.int64)
+            tiles, boxes = np.asarray(tiles), np.asarray(boxes).reshape(-1, 4)
+            ends = np.cumsum(counts)[:-1]
+            per_image = [t if len(t) else None for t in np.split(tiles, ends)]
+            crack, tile_probs = self.scorer.score(per_image)
+            text = json.loads(text)
+            for key in ("image_uri", "version", "error"):
+                out[key] += text[key]
+            out["width"] += list(np.asarray(width))
+            out["height"] += list(np.asarray(height))
+            out["crack_probability"] += list(crack)
+            out["tiles_scored"] += [len(p) for p in tile_probs]
+            out["tile_probabilities"] += tile_probs
+            out["boxes"] += np.split(boxes, ends)
         return {
-            "image_uri": batch["image_uri"],
-            "version": batch["version"],
-            "width": batch["width"],
-            "height": batch["height"],
-            "error": batch["error"],
-            "crack_probability": crack,
-            "tiles_scored": np.asarray([len(p) for p in tile_probs], dtype=np.int32),
-            "tile_probabilities": _ragged(tile_probs),
-            "boxes": batch["boxes"],
+            "image_uri": np.asarray(out["image_uri"], dtype=object),
+            "version": np.asarray(out["version"], dtype=object),
+            "error": np.asarray(out["error"], dtype=object),  # "" keeps it a string column in every block
+            "width": np.asarray(out["width"], dtype=np.int32),
+            "height": np.asarray(out["height"], dtype=np.int32),
+            "crack_probability": np.asarray(out["crack_probability"], dtype=np.float32),
+            "tiles_scored": np.asarray(out["tiles_scored"], dtype=np.int32),
+            "tile_probabilities": _ragged(out["tile_probabilities"]),
+            "boxes": _ragged(out["boxes"]),
         }
 
 
@@ -249,14 +272,14 @@ def _score_pipeline(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id:
         ray.data.from_items([{"plan": uri} for uri in plan_files])  # one item per plan file, not per image
         .map_batches(read_plan, batch_size=1, batch_format="pyarrow")
         .map_batches(read_and_tile, fn_kwargs={"spec": spec, "tiling": tiling, "root": root,
-                                               "tiles_per_block": cfg.batch_size},
+                                               "tiles_per_pack": cfg.batch_size},
                      batch_size=cfg.read_batch_size, batch_format="numpy")
-        # Whole blocks (batch_size=None): read_and_tile cut them at about one model call of tiles.
+        # One pack (about one model call of tiles, see read_and_tile) per call; out come rows of images.
         .map_batches(CrackPredictor, fn_constructor_kwargs={"model_uri": card["folder"], "model_id": card["model_id"],
                                                            "batch_tiles": cfg.batch_size, "tiling": tiling,
                                                            "threads": threads, "fp32": cfg.fp32},
                      compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
-                     num_cpus=0 if gpus else 1, batch_size=None, batch_format="numpy")
+                     num_cpus=0 if gpus else 1, batch_size=1, batch_format="numpy")
         .map_batches(write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id, "run_date": now.date().isoformat(),
                                              "model_id": card["model_id"], "threshold": float(card["threshold"]),
                                              "scored_at": now.isoformat(), "metadata": metadata},

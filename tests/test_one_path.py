@@ -85,7 +85,7 @@ MEMORY_RUN = textwrap.dedent("""
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     batch = {"image_uri": np.asarray(photos, dtype=object), "version": np.asarray([""] * len(photos), dtype=object)}
     scored, most = 0, 0
-    for block in read_and_tile(batch, preprocessing_of(card), tiling, root, tiles_per_block=32):
+    for block in read_and_tile(batch, preprocessing_of(card), tiling, root, tiles_per_pack=32):
         out = predictor(block)
         most = max(most, sum(len(t) for t in block["tiles"]))
         scored += int((out["tiles_scored"] > 0).sum())

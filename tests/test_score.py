@@ -117,8 +117,10 @@ def test_reruns_score_only_new_images_and_unreferenced_files_are_never_read(ray_
     first = run_scoring(cfg, log=lambda _: None)
     assert (first["scored"], first["skipped"]) == (6, 0)
 
-    again = run_scoring(cfg, log=lambda _: None)
+    said = []
+    again = run_scoring(cfg, log=said.append)
     assert (again["scored"], again["skipped"]) == (0, 6)
+    assert said == [f"Planned run {again['run_id']}: 0 of 6 listed images to score."]  # what a person reads
 
     # A file written by a run that died before committing: no reader sees it, and vacuum deletes it.
     orphan = results / "run_date=2026-01-01" / "part-dead-run.parquet"

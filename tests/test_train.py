@@ -16,7 +16,7 @@ import torchvision
 from cracknet import storage
 from cracknet.cli import main as cli_main
 from cracknet.config import TrainConfig
-from cracknet.data import LabelledImage, content_hash, discover, split_of
+from cracknet.data import content_hash, discover, split_of
 from cracknet.evaluate import predict_tree
 from cracknet.metrics import binary_metrics, operating_point_caveat
 from cracknet.model import load_artifact
