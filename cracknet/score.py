@@ -73,6 +73,35 @@ def read_and_tile(batch: dict, spec, tiling, root: str, tiles_per_pack: int):
         yield pack(pending, spec.image_size)
 
 
+def read_encoded(batch: dict, root: str, images_per_pack: int, bytes_per_pack: int = 64 << 20):
+    """image_uri, version -> packs of undecoded images, for model actors that decode on their GPU (see
+    ``scorer.tiles_on_device``): the same reads and error policy as ``read_and_tile``, no decoding here."""
+    from cracknet.scorer import fetch
+
+    pending, size = [], 0
+    for uri, listed_version in zip(batch["image_uri"], batch["version"]):
+        found, data = fetch(uri, root, listed_version or "")
+        pending.append((found, data or b""))
+        size += len(data or b"")
+        if len(pending) >= images_per_pack or size >= bytes_per_pack:
+            yield encoded_pack(pending)
+            pending, size = [], 0
+    if pending:
+        yield encoded_pack(pending)
+
+
+def encoded_pack(pending: list) -> dict:
+    """(Found, bytes) pairs -> one row: the bytes end to end with their offsets, text as JSON."""
+    lengths = np.asarray([len(data) for _, data in pending], dtype=np.int64)
+    text = {"image_uri": [f.uri for f, _ in pending], "version": [f.version for f, _ in pending],
+            "error": [f.error for f, _ in pending]}
+    return {
+        "data": _ragged([np.frombuffer(b"".join(data for _, data in pending) or b"", dtype=np.uint8)]),
+        "lengths": _ragged([lengths]),
+        "text": np.asarray([json.dumps(text)], dtype=object),
+    }
+
+
 def pack(found: list, size: int) -> dict:
     """Images read for scoring -> one row: every tile in one array, per-image numbers as arrays, text as JSON."""
     empty_tiles, empty_boxes = np.zeros((0, size, size, 3), dtype=np.uint8), np.zeros((0, 4), dtype=np.int32)
@@ -98,34 +127,34 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 class CrackPredictor:
     """A Ray Data actor around the one scorer: loads the model once, and only the model the driver named.
 
-    Takes packs (see ``read_and_tile``), returns one row per image: its probability (the highest of its
-    tiles), and each tile's box and probability."""
+    Takes packs (see ``read_and_tile``, or ``read_encoded`` with ``decode_on_device``: JPEGs are then decoded
+    and tiled on the actor's GPU in batches, anything else on its CPU), returns one row per image: its
+    probability (the highest of its tiles), and each tile's box and probability."""
 
-    def __init__(self, model_uri: str, model_id: str, batch_tiles: int, tiling, threads: int = 0, fp32: bool = False):
+    def __init__(self, model_uri: str, model_id: str, batch_tiles: int, tiling, threads: int = 0, fp32: bool = False,
+                 decode_on_device: bool = False, max_pixels: int = 0):
         from cracknet.scorer import Scorer
 
         self.scorer = Scorer.load(model_uri, batch_tiles=batch_tiles, tile_size=tiling.size, overlap=tiling.overlap,
                                   fp32=fp32, model_id=model_id, threads=threads)
+        if max_pixels:
+            self.scorer.spec = dataclasses.replace(self.scorer.spec, max_pixels=max_pixels)
+        self.decode_on_device = decode_on_device
 
     def __call__(self, batch: dict) -> dict:
         out = {k: [] for k in ("image_uri", "version", "error", "width", "height", "crack_probability",
                                "tiles_scored", "tile_probabilities", "boxes")}
-        for tiles, boxes, counts, width, height, text in zip(batch["tiles"], batch["boxes"], batch["counts"],
-                                                             batch["width"], batch["height"], batch["text"]):
-            counts = np.asarray(counts, dtype=np.int64)
-            tiles, boxes = np.asarray(tiles), np.asarray(boxes).reshape(-1, 4)
-            ends = np.cumsum(counts)[:-1]
-            per_image = [t if len(t) else None for t in np.split(tiles, ends)]
+        packs = self._decoded_packs(batch) if self.decode_on_device else self._tiled_packs(batch)
+        for text, widths, heights, per_image, boxes in packs:
             crack, tile_probs = self.scorer.score(per_image)
-            text = json.loads(text)
             for key in ("image_uri", "version", "error"):
                 out[key] += text[key]
-            out["width"] += list(np.asarray(width))
-            out["height"] += list(np.asarray(height))
+            out["width"] += list(widths)
+            out["height"] += list(heights)
             out["crack_probability"] += list(crack)
             out["tiles_scored"] += [len(p) for p in tile_probs]
             out["tile_probabilities"] += tile_probs
-            out["boxes"] += np.split(boxes, ends)
+            out["boxes"] += boxes
         return {
             "image_uri": np.asarray(out["image_uri"], dtype=object),
             "version": np.asarray(out["version"], dtype=object),
@@ -137,6 +166,40 @@ class CrackPredictor:
             "tile_probabilities": _ragged(out["tile_probabilities"]),
             "boxes": _ragged(out["boxes"]),
         }
+
+    @staticmethod
+    def _tiled_packs(batch: dict):
+        """Packs of ``read_and_tile``: (text, widths, heights, tiles per image, boxes per image)."""
+        for tiles, boxes, counts, width, height, text in zip(batch["tiles"], batch["boxes"], batch["counts"],
+                                                             batch["width"], batch["height"], batch["text"]):
+            ends = np.cumsum(np.asarray(counts, dtype=np.int64))[:-1]
+            per_image = [t if len(t) else None for t in np.split(np.asarray(tiles), ends)]
+            yield (json.loads(text), np.asarray(width), np.asarray(height), per_image,
+                   np.split(np.asarray(boxes).reshape(-1, 4), ends))
+
+    def _decoded_packs(self, batch: dict):
+        """Packs of ``read_encoded``, decoded here: JPEGs in one batch on the device, the rest on the CPU."""
+        from cracknet.scorer import Found, decode_into, tiles_on_device
+
+        spec, tiling = self.scorer.spec, self.scorer.tiling
+        for data, lengths, text in zip(batch["data"], batch["lengths"], batch["text"]):
+            text = json.loads(text)
+            data, lengths = np.asarray(data, dtype=np.uint8), np.asarray(lengths, dtype=np.int64)
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            datas = [data[a:a + n].tobytes() for a, n in zip(starts, lengths)]
+            readable = [i for i, error in enumerate(text["error"]) if not error]
+            on_device = tiles_on_device([datas[i] for i in readable], spec, tiling, self.scorer.device)
+            widths, heights = np.zeros(len(datas), np.int32), np.zeros(len(datas), np.int32)
+            per_image, boxes = [None] * len(datas), [np.zeros((0, 4), np.int32)] * len(datas)
+            for i, got in zip(readable, on_device):
+                if got is None:  # not a plain JPEG, or the device refused it: the CPU path, its errors included
+                    got = decode_into(Found(text["image_uri"][i]), datas[i], spec, tiling)
+                    if got.error:
+                        text["error"][i] = got.error
+                        continue
+                    got = (got.width, got.height, got.tiles, got.boxes)
+                widths[i], heights[i], per_image[i], boxes[i] = got
+            yield text, widths, heights, per_image, boxes
 
 
 def write_parts(batch: dict, output: str, run_id: str, run_date: str, model_id: str, threshold: float,
@@ -268,16 +331,22 @@ def _score_pipeline(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id:
     # An autoscaling cluster may have no GPU worker up yet: --use-gpu asks for them anyway.
     gpus = max(gpus, 1 if cfg.use_gpu else 0)
     threads = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
+    # GPU actors decode JPEGs themselves, in batches on the GPU; otherwise CPU tasks decode and tile.
+    if gpus:
+        read = dict(fn=read_encoded, fn_kwargs={"root": root, "images_per_pack": cfg.batch_size})
+    else:
+        read = dict(fn=read_and_tile, fn_kwargs={"spec": spec, "tiling": tiling, "root": root,
+                                                 "tiles_per_pack": cfg.batch_size})
     return (
         ray.data.from_items([{"plan": uri} for uri in plan_files])  # one item per plan file, not per image
         .map_batches(read_plan, batch_size=1, batch_format="pyarrow")
-        .map_batches(read_and_tile, fn_kwargs={"spec": spec, "tiling": tiling, "root": root,
-                                               "tiles_per_pack": cfg.batch_size},
-                     batch_size=cfg.read_batch_size, batch_format="numpy")
+        .map_batches(**read, batch_size=cfg.read_batch_size, batch_format="numpy")
         # One pack (about one model call of tiles, see read_and_tile) per call; out come rows of images.
         .map_batches(CrackPredictor, fn_constructor_kwargs={"model_uri": card["folder"], "model_id": card["model_id"],
                                                            "batch_tiles": cfg.batch_size, "tiling": tiling,
-                                                           "threads": threads, "fp32": cfg.fp32},
+                                                           "threads": threads, "fp32": cfg.fp32,
+                                                           "decode_on_device": bool(gpus),
+                                                           "max_pixels": cfg.max_pixels},
                      compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
                      num_cpus=0 if gpus else 1, batch_size=1, batch_format="numpy")
         .map_batches(write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id, "run_date": now.date().isoformat(),

@@ -78,6 +78,18 @@ def read_image(uri: str, spec: Preprocessing, tiling: Tiling, root: str | None =
     Raises only ``StorageUnavailable`` (the store kept failing: not a fact about this image). With ``root``,
     an image outside it is not read at all; with ``want``, only an image whose SHA-256 it accepts is decoded.
     """
+    found, data = fetch(uri, root, version)
+    if data is None:
+        return found
+    if want is not None and not want(content_hash(data)):
+        found.skipped = True
+        return found
+    return decode_into(found, data, spec, tiling)
+
+
+def fetch(uri: str, root: str | None = None, version: str = "") -> tuple[Found, bytes | None]:
+    """The first half of ``read_image``: the bytes of one image (None, with ``error`` set, where they cannot be
+    had). For decoders elsewhere, e.g. in batches on a GPU."""
     found = Found(uri, version)
     try:
         if root is not None and not storage.within(uri, root):
@@ -85,17 +97,27 @@ def read_image(uri: str, spec: Preprocessing, tiling: Tiling, root: str | None =
                                 "(--input-prefix widens the location).")
         data, read_version = storage.read_versioned(uri)
         found.version = version or read_version
-        if want is not None and not want(content_hash(data)):
-            found.skipped = True
-            return found
-        found.width, found.height, found.tiles, found.boxes = decode_tiles(data, spec, tiling.size, tiling.overlap)
+        return found, data
     except StorageUnavailable:
         raise
-    except CracknetError as exc:  # ImageError included
-        found.error = str(exc)
-    except Exception as exc:  # anything else about one image must not stop a batch
-        found.error = f"unexpected {type(exc).__name__}: {exc}"
+    except Exception as exc:
+        found.error = _error(exc)
+        return found, None
+
+
+def decode_into(found: Found, data: bytes, spec: Preprocessing, tiling: Tiling) -> Found:
+    """The second half of ``read_image``: decode and tile on the CPU, or set ``error``."""
+    try:
+        found.width, found.height, found.tiles, found.boxes = decode_tiles(data, spec, tiling.size, tiling.overlap)
+    except Exception as exc:
+        found.error = _error(exc)
     return found
+
+
+def _error(exc: Exception) -> str:
+    if isinstance(exc, CracknetError):  # ImageError included: a sentence about this image
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {exc}"  # anything else about one image must not stop a batch
 
 
 def tiles_of_picture(picture: Image.Image, spec: Preprocessing, tiling: Tiling) -> tuple[np.ndarray, np.ndarray]:
@@ -110,6 +132,65 @@ def tiles_of_picture(picture: Image.Image, spec: Preprocessing, tiling: Tiling) 
     tiles = np.stack([np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=(x, y, x + w, y + h)))
                       for x, y, w, h in boxes])
     return tiles, np.asarray(boxes, dtype=np.int32)
+
+
+JPEG_START = b"\xff\xd8\xff"
+RESIZE_CHUNK = 256  # tiles resized at once on the device
+
+
+def decodable_on_device(data: bytes, spec: Preprocessing) -> bool:
+    """Whether nvJPEG-style batch decoding gives what ``decode_tiles`` gives: a baseline 8-bit RGB or greyscale
+    JPEG, upright (no EXIF turn), within the pixel limit. Anything else takes the CPU path."""
+    if not data.startswith(JPEG_START):
+        return False
+    try:
+        from cracknet.transforms import open_image
+
+        img = open_image(data, spec.max_pixels)
+        return img.mode in ("RGB", "L") and img.getexif().get(0x0112, 1) == 1
+    except (ImageError, OSError, ValueError, SyntaxError):
+        return False
+
+
+def tiles_on_device(datas: Sequence[bytes], spec: Preprocessing, tiling: Tiling, device: "torch.device"):
+    """Decode JPEGs in one batch on ``device`` (``torchvision.io.decode_jpeg``: nvJPEG on a GPU) and tile them
+    there, by the rule of ``decode_tiles``. Returns, per input, (width, height, uint8 tiles (T, S, S, 3) on the
+    device, boxes) or None where the CPU path must decode it (not a plain JPEG, or the device refused it)."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out: list = [None] * len(datas)
+    chosen = [i for i, data in enumerate(datas) if decodable_on_device(data, spec)]
+    if not chosen:
+        return out
+    encoded = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in chosen]
+    try:
+        images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:  # one bad stream fails the whole batch: decode one by one, keeping what works
+        images = []
+        for e in encoded:
+            try:
+                images.append(decode_jpeg(e, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                images.append(None)
+    size = spec.image_size
+    for i, img in zip(chosen, images):
+        if img is None:
+            continue
+        height, width = int(img.shape[1]), int(img.shape[2])
+        if max(width, height) <= 1.5 * tiling.size:
+            boxes = [(0, 0, width, height)]
+        else:
+            boxes = tile_boxes(width, height, tiling.size, tiling.overlap)
+        tiles = torch.empty((len(boxes), size, size, 3), dtype=torch.uint8, device=img.device)
+        for start in range(0, len(boxes), RESIZE_CHUNK):
+            chunk = boxes[start:start + RESIZE_CHUNK]
+            crops = torch.stack([img[:, y:y + h, x:x + w] for x, y, w, h in chunk]).float()
+            resized = F.interpolate(crops, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            tiles[start:start + len(chunk)] = resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        out[i] = (width, height, tiles, np.asarray(boxes, dtype=np.int32))
+    return out
 
 
 @dataclass
@@ -180,10 +261,10 @@ class Scorer:
                  for start in range(0, len(tiles), self.batch_tiles)]
         return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
 
-    def score(self, images: Sequence[np.ndarray | None]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Tile stacks of several images (None for an unreadable one) -> (the highest tile probability per
-        image, NaN for None; each image's tile probabilities). Model calls are filled with ``batch_tiles``
-        tiles across image boundaries."""
+    def score(self, images: Sequence[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Tile stacks of several images (uint8 (T, S, S, 3) arrays, or tensors already on the device; None for an
+        unreadable one) -> (the highest tile probability per image, NaN for None; each image's tile
+        probabilities). Model calls are filled with ``batch_tiles`` tiles across image boundaries."""
         per_tile = [np.zeros(0 if t is None else len(t), dtype=np.float32) for t in images]
         pending: list[tuple[int, int, int]] = []
         count = 0
@@ -191,7 +272,7 @@ class Scorer:
         def flush():
             nonlocal pending, count
             if pending:
-                probs = self._forward(np.concatenate([images[i][a:b] for i, a, b in pending]))
+                probs = self._forward(self._join([images[i][a:b] for i, a, b in pending]))
                 offset = 0
                 for i, a, b in pending:
                     per_tile[i][a:b] = probs[offset:offset + b - a]
@@ -244,6 +325,15 @@ class Scorer:
         best, per_tile = self.score([tiles for _, tiles, _ in found])
         return [Prediction(source, float(p), bool(p >= self.threshold), tiles, error)
                 for (source, _, error), p, tiles in zip(found, best, per_tile)]
+
+    def _join(self, parts: list) -> "np.ndarray | torch.Tensor":
+        """Tiles of several images as one model input: numpy on the host, or a tensor where any part is one
+        (tiles decoded on the device stay there)."""
+        if all(isinstance(p, np.ndarray) for p in parts):
+            return np.concatenate(parts)
+        import torch
+
+        return torch.cat([torch.as_tensor(p).to(self.device) for p in parts])
 
     def _forward(self, tiles: "np.ndarray | torch.Tensor") -> np.ndarray:
         import torch

@@ -32,13 +32,15 @@ def mosaic(patches: list[Path], across: int, down: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def varied_model(tmp_path_factory):
-    """A random ResNet50 whose head spreads its outputs (a random one says nearly the same of every image)."""
+def varied_model(tmp_path_factory, labelled_tree):
+    """A random ResNet50 whose head spreads its outputs (a random one says nearly the same of every image),
+    trained, as its card says, on patches of the labelled tree's size: patches are scored whole."""
     torch.manual_seed(3)
     model = build_model()
     torch.nn.init.normal_(model.fc.weight, std=2.0)
+    side = max(Image.open(next((labelled_tree / "crack").glob("*"))).size)
     folder = tmp_path_factory.mktemp("varied-model") / "model"
-    save_artifact(str(folder), model.state_dict(), model_card(image_size=32, source_size=96, threshold=0.5))
+    save_artifact(str(folder), model.state_dict(), model_card(image_size=32, source_size=side, threshold=0.5))
     return folder
 
 
@@ -64,6 +66,7 @@ def test_evaluate_and_score_give_each_image_the_same_probability_and_verdict(ray
     by_score = {r["image_uri"]: r for r in rows}
     assert set(by_score) == set(by_evaluate)
     assert all(by_score[str(tree / label / "photo.jpg")]["tiles_scored"] > 1 for label in ("crack", "no_crack"))
+    assert sum(r["tiles_scored"] == 1 for r in rows) == 12  # the patches, whole
     spread = max(by_evaluate.values()) - min(by_evaluate.values())
     assert spread > 0.05, "the model must tell these images apart for the comparison to mean anything"
     for uri, probability in by_evaluate.items():

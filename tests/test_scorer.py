@@ -1,5 +1,6 @@
 """The one inference path: reading, tiling, precision and batching shared by validation, evaluate and score."""
 
+import io
 import os
 import socket
 import subprocess
@@ -119,3 +120,65 @@ def test_validation_predicts_with_the_unwrapped_module_so_ranks_never_disagree_o
             r.kill()
     assert [r.returncode for r in ranks] == [0, 0], [err[-1500:] for _, err in outs]
     assert [out.strip() for out, _ in outs] == ["done 0", "done 1"]
+
+
+def test_batch_decoding_on_the_device_matches_the_cpu_path_within_resize_tolerance(random_model, labelled_tree,
+                                                                                  tmp_path):
+    """The GPU path (torchvision's decode_jpeg, tiling and resizing as tensors) checked on the CPU, where the same
+    API runs: whole patches and a tiled photo give the same tiles to within resampling differences, and
+    what the device path cannot take (a PNG, a CMYK JPEG, a broken file) is left to the CPU path."""
+    from cracknet.scorer import tiles_on_device
+    from cracknet.transforms import decode_tiles
+
+    scorer = Scorer.load(str(random_model))
+    patches = [p.read_bytes() for p in sorted((labelled_tree / "crack").glob("*"))[:4]]
+    photo = Image.new("RGB", (700, 500))
+    for j, p in enumerate(sorted((labelled_tree / "no_crack").glob("*"))[:6]):
+        photo.paste(Image.open(p).convert("RGB").resize((240, 240)), ((j % 3) * 240, (j // 3) * 240))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=92)
+    cmyk = io.BytesIO()
+    photo.convert("CMYK").save(cmyk, format="JPEG")
+    png = io.BytesIO()
+    photo.save(png, format="PNG")
+    datas = patches + [buffer.getvalue(), cmyk.getvalue(), png.getvalue(), b"\xff\xd8\xff broken"]
+    found = tiles_on_device(datas, scorer.spec, scorer.tiling, torch.device("cpu"))
+    assert [f is None for f in found] == [False] * 5 + [True] * 3
+    device_tiles = [f[2].numpy() for f in found[:5]]
+    for data, (width, height, tiles, boxes) in zip(datas[:5], found[:5]):
+        w, h, cpu_tiles, cpu_boxes = decode_tiles(data, scorer.spec, scorer.tiling.size, scorer.tiling.overlap)
+        assert (width, height) == (w, h) and np.array_equal(boxes, cpu_boxes)
+        difference = np.abs(tiles.numpy().astype(np.int16) - cpu_tiles.astype(np.int16))
+        assert difference.mean() < 3.0, difference.mean()  # JPEG draft decoding and resampling kernels differ
+    assert len(device_tiles[4]) > 1  # the photo was tiled
+    on_device, _ = scorer.score(device_tiles)
+    on_cpu, _ = scorer.score([decode_tiles(d, scorer.spec, scorer.tiling.size, scorer.tiling.overlap)[2]
+                              for d in datas[:5]])
+    np.testing.assert_allclose(on_device, on_cpu, atol=0.02)
+
+
+def test_gpu_actors_decoding_packs_of_bytes_score_like_the_cpu_tasks(random_model, labelled_tree, tmp_path):
+    """The GPU pipeline's two halves (read_encoded in CPU tasks, CrackPredictor decoding on its device), run
+    here on the CPU device: the same rows, errors and probabilities as read_and_tile + CrackPredictor."""
+    from cracknet.card import preprocessing_of, read_card
+    from cracknet.score import CrackPredictor, read_and_tile, read_encoded
+
+    files = sorted((labelled_tree / "crack").glob("*"))[:5]
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    Image.open(files[0]).convert("RGB").save(tmp_path / "a.png")
+    uris = [str(f) for f in files] + [str(tmp_path / "broken.jpg"), str(tmp_path / "a.png"),
+                                      str(tmp_path / "gone.jpg")]
+    batch = {"image_uri": np.asarray(uris, dtype=object), "version": np.asarray([""] * len(uris), dtype=object)}
+    card = read_card(str(random_model))
+    tiling = Tiling(96)
+    on_device = CrackPredictor(str(random_model), card["model_id"], 16, tiling, decode_on_device=True)
+    on_cpu = CrackPredictor(str(random_model), card["model_id"], 16, tiling)
+    got = [on_device(p) for p in read_encoded(batch, "/", images_per_pack=3)]
+    want = [on_cpu(p) for p in read_and_tile(batch, preprocessing_of(card), tiling, "/", tiles_per_pack=16)]
+    column = lambda parts, key: [v for p in parts for v in p[key]]  # noqa: E731
+    assert column(got, "image_uri") == column(want, "image_uri") == uris
+    errors = column(got, "error")
+    assert errors[:5] == [""] * 5 and errors[6] == "" and "not a recognised image" in errors[5] and "does not exist" in errors[7]
+    assert errors == column(want, "error")
+    assert column(got, "tiles_scored") == column(want, "tiles_scored")
+    np.testing.assert_allclose(column(got, "crack_probability"), column(want, "crack_probability"), atol=0.02)
