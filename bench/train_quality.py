@@ -75,11 +75,11 @@ def baseline(data: str, image_size: int, seconds: float) -> dict:
             "seconds": time.monotonic() - started}
 
 
-def cracknet_run(data: str, image_size: int, epochs: int, output: str, fp32: bool = False) -> dict:
+def cracknet_run(data: str, image_size: int, epochs: int, output: str) -> dict:
     from cracknet.train import run_training
 
     cfg = TrainConfig(data=data, output=output, epochs=epochs, image_size=image_size, batch_size=32,
-                      num_workers=2, weights="none", overwrite=True, fp32=fp32)
+                      num_workers=2, weights="none", overwrite=True)
     started = time.monotonic()
     card = run_training(cfg, log=lambda line: print(line, flush=True))
     return {**card["metrics"]["test"], "epochs": epochs, "seconds": time.monotonic() - started}
@@ -97,13 +97,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="cracknet epochs; the baseline gets the same time")
     parser.add_argument("--only", choices=["cracknet", "baseline"])
     parser.add_argument("--baseline-seconds", type=float, help="baseline budget when run alone")
-    parser.add_argument("--fp32", action="store_true", help="cracknet in float32 even where bf16 is fast")
     args = parser.parse_args()
 
     results = {}
     if args.only != "baseline":
         with tempfile.TemporaryDirectory() as out:
-            results["cracknet"] = cracknet_run(args.data, args.image_size, args.epochs, out, args.fp32)
+            results["cracknet"] = cracknet_run(args.data, args.image_size, args.epochs, out)
     if args.only != "cracknet":
         seconds = args.baseline_seconds or results.get("cracknet", {}).get("seconds", 600.0)
         results["baseline"] = baseline(args.data, args.image_size, seconds)

@@ -18,7 +18,9 @@ Training validation (so the threshold is chosen on these numbers), ``evaluate``,
 - **precision**: channels_last everywhere, bf16 autocast on GPUs and on CPUs with
   native bf16 instructions (``Precision.for_inference``), float32 otherwise.
 - **batching**: model calls take ``batch_tiles`` tiles, however they are spread
-  over images, and the tiles of a batch are never copied whole.
+  over images (a short last call is padded), and the tiles of a batch are never
+  copied whole. One call shape means one set of kernels, so a tile's probability
+  does not depend on the path or on the tiles beside it.
 
 Importing this module needs no torch (the scoring driver and the read tasks use
 ``read_image`` and ``tiling_of``); a ``Scorer`` imports it when made.
@@ -294,16 +296,26 @@ class Scorer:
 
     def predict_batches(self, batches: Iterable[dict], keep: Callable | None = None):
         """Labelled batches (``image`` uint8 (N, S, S, 3), ``label``, ``idx``) -> (probabilities, labels, idx) of
-        the rows ``keep`` selects (all by default). Images are already at the model's scale (training data)."""
-        probs, labels, indices = [], [], []
+        the rows ``keep`` selects (all by default). Images are already at the model's scale (training data).
+        Rows are gathered into full model calls across batches, as ``score`` fills them across images."""
+        images, labels, indices, probs = [], [], [], []
+        held = 0
         for batch in batches:
             rows = keep(batch["idx"]) if keep is not None else slice(None)
-            images = batch["image"][rows]
-            if len(images):
-                probs.append(self.tile_probabilities(images))
+            chosen = np.asarray(batch["image"][rows])
+            if len(chosen):
+                images.append(chosen)
                 labels.append(np.asarray(batch["label"][rows]))
                 indices.append(np.asarray(batch["idx"][rows]))
-        if not probs:
+                held += len(chosen)
+            if held >= self.batch_tiles:
+                stacked = np.concatenate(images)
+                full = len(stacked) - len(stacked) % self.batch_tiles
+                probs.append(self.tile_probabilities(stacked[:full]))
+                images, held = ([stacked[full:]] if full < len(stacked) else []), len(stacked) - full
+        if held:
+            probs.append(self.tile_probabilities(np.concatenate(images)))
+        if not indices:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         return np.concatenate(probs), np.concatenate(labels), np.concatenate(indices)
 
@@ -342,11 +354,16 @@ class Scorer:
 
         self.model.eval()
         x = torch.as_tensor(np.ascontiguousarray(tiles) if isinstance(tiles, np.ndarray) else tiles)
+        n = len(x)
+        if n < self.batch_tiles:
+            # Every call has the same shape, so the kernels (and their rounding) are the same whichever path
+            # and whichever neighbours a tile comes with: validation, evaluate and score agree exactly.
+            x = torch.cat([x, x.new_zeros((self.batch_tiles - n, *x.shape[1:]))])
         with torch.no_grad():
             x = self.precision.inputs(eval_preset(x.to(self.device, non_blocking=True), self.spec))
             with self.precision.autocast(self.device):
                 logits = self.model(x).squeeze(1)
-            return torch.sigmoid(logits.float()).cpu().numpy()
+            return torch.sigmoid(logits[:n].float()).cpu().numpy()
 
 
 def load_model(uri: str, **options) -> Scorer:

@@ -74,6 +74,11 @@ def predict_shared(model: torch.nn.Module, batches, spec: Preprocessing, device:
     from cracknet.scorer import Scorer
 
     module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    if world > 1 and torch.distributed.is_initialized():
+        # What the wrapped model's forward would have done, once and on every rank alike: BatchNorm statistics
+        # from rank 0 (each rank's last training step updated its own), the ones the saved model holds.
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     scorer = Scorer(module, spec, device=device)
     local = scorer.predict_batches(batches, keep=lambda idx: idx % world == rank)
     parts = _gather(local)

@@ -50,10 +50,10 @@ def test_model_calls_count_tiles_not_images(random_model):
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, size=(n, 32, 32, 3), dtype=np.uint8) for n in (1, 7, 3)]
     best, per_tile = scorer.score([images[0], images[1], None, images[2]])
-    assert calls == [5, 5, 1]
+    assert calls == [5, 5, 5]  # 11 tiles: two full calls and a padded one, all of one shape
     alone = [scorer.tile_probabilities(t) for t in images]
     for got, want in zip([per_tile[0], per_tile[1], per_tile[3]], alone):
-        np.testing.assert_allclose(got, want, atol=2e-3)  # bf16 kernels may round differently per batch shape
+        np.testing.assert_array_equal(got, want)  # the same kernels whatever a tile's neighbours
     assert len(per_tile[2]) == 0 and np.isnan(best[2])
     np.testing.assert_allclose(best[[0, 1, 3]], [p.max() for p in per_tile if len(p)], atol=0)
 
