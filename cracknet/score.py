@@ -42,8 +42,8 @@ from cracknet.scorer import tiling_of
 
 
 def read_plan(batch):
-    """Plan file URIs (a pyarrow batch) -> the (image_uri, version) rows they hold, as a table; read through cracknet's storage, so an
-    unavailable store gets the same retries and the same verdict as the images themselves."""
+    """Plan file URIs (a pyarrow batch) -> the (image_uri, version) rows they hold, as a table; read through
+    cracknet's storage, so an unavailable store gets the same retries and the same verdict as the images."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

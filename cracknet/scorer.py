@@ -37,7 +37,7 @@ from PIL import Image
 from cracknet import storage
 from cracknet.data import content_hash
 from cracknet.errors import CracknetError, StorageUnavailable
-from cracknet.transforms import ImageError, Preprocessing, decode_tiles, tile_boxes, to_rgb
+from cracknet.transforms import ImageError, Preprocessing, decode_tiles, scored_whole, tile_boxes, to_rgb
 
 if TYPE_CHECKING:
     import torch
@@ -127,7 +127,7 @@ def tiles_of_picture(picture: Image.Image, spec: Preprocessing, tiling: Tiling) 
     img = to_rgb(picture)
     width, height = img.size
     size = spec.image_size
-    if max(width, height) <= 1.5 * tiling.size:
+    if scored_whole(width, height, tiling.size):
         whole = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
         return whole[None], np.array([[0, 0, width, height]], dtype=np.int32)
     boxes = tile_boxes(width, height, tiling.size, tiling.overlap)
@@ -181,7 +181,7 @@ def tiles_on_device(datas: Sequence[bytes], spec: Preprocessing, tiling: Tiling,
         if img is None:
             continue
         height, width = int(img.shape[1]), int(img.shape[2])
-        if max(width, height) <= 1.5 * tiling.size:
+        if scored_whole(width, height, tiling.size):
             boxes = [(0, 0, width, height)]
         else:
             boxes = tile_boxes(width, height, tiling.size, tiling.overlap)

@@ -173,6 +173,11 @@ def train_preset(images: torch.Tensor, spec: Preprocessing, generator: torch.Gen
 
 
 
+def scored_whole(width: int, height: int, tile: int) -> bool:
+    """The tiling rule: an image no larger than 1.5 tiles per side is one whole-image input, as in training."""
+    return max(width, height) <= 1.5 * tile
+
+
 def tile_boxes(width: int, height: int, tile: int, overlap: float) -> list[tuple[int, int, int, int]]:
     """Boxes (x, y, w, h) of ``tile``-sided squares covering an image, neighbours overlapping by ``overlap``.
 
@@ -214,7 +219,7 @@ def decode_tiles(data: bytes, spec: Preprocessing, tile: int, overlap: float):
     width, height = img.size
     if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF turns the image a quarter
         width, height = height, width
-    if max(width, height) <= 1.5 * tile:
+    if scored_whole(width, height, tile):
         arr = decode(data, spec)
         return width, height, arr[None], np.array([[0, 0, width, height]], dtype=np.int32)
     scale = draft_scale(tile, spec.image_size)
