@@ -145,7 +145,7 @@ def main() -> int:
                                                          f"on the device"))
 
     # (d) training steps: train_one_epoch against a plain loop, same model, optimiser and precision
-    train_precision = Precision.for_device(device)
+    train_precision = Precision.for_training(device)
     train_model = build_model().to(device).to(memory_format=torch.channels_last)
     train_batch = min(batch, 128)
     uint8_batch = decoded[torch.arange(train_batch) % len(decoded)].to(device)

@@ -2,12 +2,16 @@
 
     .venv/bin/python bench/train_quality.py                      # both, dev set, 64 px
     .venv/bin/python bench/train_quality.py --only cracknet --epochs 8
+    .venv/bin/python bench/train_quality.py --only cracknet --epochs 8 --fp32-too   # bf16 vs float32
 
 Both train ResNet50 from random init at 64 px on the train split of the same
 content-hash split of the data (../shared/data/metu-dev by default) and are
 scored on its test split. The baseline is what a user would write by hand:
 one process, Adam at 1e-3, no augmentation, batches of 64, trained for as long
 as cracknet took (wall clock). Prints test accuracy, precision and recall.
+cracknet trains in the precision it picks for the machine (bf16 autocast on
+CPUs with AVX512-BF16/AMX); ``--fp32-too`` also trains it in float32 with the
+same settings and seed, to show what bf16 does to accuracy.
 """
 
 from __future__ import annotations
@@ -75,18 +79,18 @@ def baseline(data: str, image_size: int, seconds: float) -> dict:
             "seconds": time.monotonic() - started}
 
 
-def cracknet_run(data: str, image_size: int, epochs: int, output: str) -> dict:
+def cracknet_run(data: str, image_size: int, epochs: int, output: str, fp32: bool = False) -> dict:
     from cracknet.train import run_training
 
     cfg = TrainConfig(data=data, output=output, epochs=epochs, image_size=image_size, batch_size=32,
-                      num_workers=2, weights="none", overwrite=True)
+                      num_workers=2, weights="none", overwrite=True, fp32=fp32)
     started = time.monotonic()
     card = run_training(cfg, log=lambda line: print(line, flush=True))
     return {**card["metrics"]["test"], "epochs": epochs, "seconds": time.monotonic() - started}
 
 
 def line(name: str, m: dict) -> str:
-    return (f"{name:<10} accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+    return (f"{name:<14} accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
             f"roc_auc {m['roc_auc']:.4f}  n={m['n']}  epochs {m['epochs']}  {m['seconds']:.0f} s")
 
 
@@ -96,6 +100,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=10, help="cracknet epochs; the baseline gets the same time")
     parser.add_argument("--only", choices=["cracknet", "baseline"])
+    parser.add_argument("--fp32-too", action="store_true", help="also train cracknet in float32")
     parser.add_argument("--baseline-seconds", type=float, help="baseline budget when run alone")
     args = parser.parse_args()
 
@@ -103,10 +108,15 @@ def main() -> None:
     if args.only != "baseline":
         with tempfile.TemporaryDirectory() as out:
             results["cracknet"] = cracknet_run(args.data, args.image_size, args.epochs, out)
+        if args.fp32_too:
+            with tempfile.TemporaryDirectory() as out:
+                results["cracknet fp32"] = cracknet_run(args.data, args.image_size, args.epochs, out, fp32=True)
     if args.only != "cracknet":
         seconds = args.baseline_seconds or results.get("cracknet", {}).get("seconds", 600.0)
         results["baseline"] = baseline(args.data, args.image_size, seconds)
-    print(f"\nTest split of {args.data} at {args.image_size} px, from random init, {os.cpu_count()} CPUs:")
+    precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    print(f"\nTest split of {args.data} at {args.image_size} px, from random init, {os.cpu_count()} CPUs "
+          f"(cracknet trains in {precision} here):")
     for name, metrics in results.items():
         print(line(name, metrics))
 

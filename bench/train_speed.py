@@ -92,7 +92,7 @@ def main() -> None:
         results[name] = one_process(images, labels, spec, precision, args.steps, args.batch)
         print(f"one process, {name:24s} {results[name]:7.1f} images/s", flush=True)
 
-    chosen = Precision.for_device(torch.device("cpu"))
+    chosen = Precision.for_training(torch.device("cpu"))
     label = {(None, False): "float32", (None, True): "float32 + channels_last",
              (torch.bfloat16, False): "bf16", (torch.bfloat16, True): "bf16 + channels_last"}[
         (chosen.autocast_dtype, chosen.channels_last)]

@@ -38,6 +38,7 @@ class TrainConfig:
     batch_size: int = _opt(64, "images per worker per step")
     num_workers: int = _opt(2, "Ray Train data-parallel workers")
     use_gpu: bool = _opt(False, "one GPU per worker, bf16 autocast and channels_last")
+    fp32: bool = _opt(False, "train in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
     cpus_per_worker: float = _opt(1.0, "CPUs reserved for each training worker")
     weights: str = _opt("imagenet", "starting weights: imagenet, none, or a state-dict file (path or s3://)")
     head_epochs: int = _opt(1, "epochs training only the new head before unfreezing (pretrained weights only)")

@@ -149,7 +149,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    precision = Precision.for_device(device)
+    precision = Precision.for_training(device, allow_bf16=not cfg.fp32)
     torch.manual_seed(cfg.seed)
 
     module = build_model()
