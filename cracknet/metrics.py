@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+from statistics import NormalDist
+from typing import Callable
+
 import numpy as np
 
 
@@ -96,8 +99,10 @@ def operating_point(probs: np.ndarray, labels: np.ndarray, target: float, confid
     bound keeps it away from the edge of the positives, where the plain
     "recall >= target here" rule sits and where a new sample of images loses
     recall about half the time. When even finding every positive cannot show the
-    target at that confidence (too few positives), the threshold keeps them all
-    and ``backed`` is False.
+    target at that confidence (too few positives: always so for the few hundred
+    images an adaptation set holds), ``backed`` is False and the threshold is
+    estimated from the positives' spread instead (``few_positives_threshold``),
+    so that one hard or mislabelled crack cannot drag it towards zero.
 
     Candidate cuts are midway between neighbouring distinct scores (or half the
     lowest score), so the cut never sits on a score itself.
@@ -117,9 +122,14 @@ def operating_point(probs: np.ndarray, labels: np.ndarray, target: float, confid
         return int((positives >= positives[k - 1]).sum())
 
     # The fewest top positives whose kept count has a lower bound >= target (the bound rises with k).
+    def cut_below(k: int) -> float:  # midway between the k-th highest positive and the next lower score
+        lowest_kept = positives[k - 1]
+        below = probs[probs < lowest_kept]
+        return float((lowest_kept + below.max()) / 2.0) if len(below) else float(lowest_kept / 2.0)
+
     low, high = 1, len(positives)
     if recall_lower_bound(found_at(high), len(positives), confidence) < target:
-        keep, backed = high, False
+        threshold, backed = few_positives_threshold(positives, target, cut_below), False
     else:
         while low < high:
             mid = (low + high) // 2
@@ -127,30 +137,53 @@ def operating_point(probs: np.ndarray, labels: np.ndarray, target: float, confid
                 high = mid
             else:
                 low = mid + 1
-        keep, backed = low, True
-    lowest_kept = positives[keep - 1]
-    below = probs[probs < lowest_kept]
-    threshold = float((lowest_kept + below.max()) / 2.0) if len(below) else float(lowest_kept / 2.0)
-    found = found_at(keep)
+        threshold, backed = cut_below(low), True
+    found = int((positives >= threshold).sum())
     return {"threshold": threshold, "target_recall": target, "confidence": confidence,
             "positives": int(len(positives)), "recall": found / len(positives),
             "recall_lower_bound": recall_lower_bound(found, len(positives), confidence), "backed": backed}
 
 
+OUTLIER_SPREADS = 3.0  # a positive this many robust standard deviations below the median (in logits) is an outlier
+
+
+def few_positives_threshold(positives: np.ndarray, target: float, cut_below: Callable[[int], float]) -> float:
+    """A threshold from too few positives to back the target: the lower of two estimates.
+
+    (1) The cut that keeps every positive except outliers (more than ``OUTLIER_SPREADS`` robust
+    standard deviations below the median logit: a hard or mislabelled image); (2) the
+    ``1 - target`` quantile of a normal fitted to the positives' logits by median and MAD.
+    Neither moves with one extreme score, so a single stray crack can no longer pull the
+    threshold to ~0; with fewer than 5 positives no spread can be estimated and every one is kept.
+    ``positives`` are sorted highest first; ``cut_below(k)`` is the cut just below the k-th.
+    """
+    if len(positives) < 5:
+        return cut_below(len(positives))
+    logits = np.log(np.clip(positives, 1e-6, 1 - 1e-6) / np.clip(1 - positives, 1e-6, 1 - 1e-6))
+    centre = float(np.median(logits))
+    spread = max(1.4826 * float(np.median(np.abs(logits - centre))), 0.25)
+    kept = int((logits >= centre - OUTLIER_SPREADS * spread).sum())
+    quantile = centre + spread * float(NormalDist().inv_cdf(1.0 - target)) if target < 1.0 else -np.inf
+    return min(cut_below(kept), float(1.0 / (1.0 + np.exp(-quantile))))
+
+
 def threshold_rule(target: float, confidence: float) -> str:
+    few = ("; with too few validation cracks to back that, the lower of the cut keeping every crack but "
+           f"outliers and the {1 - target:.0%} quantile of a robust logit-normal fit to their scores")
     if confidence <= 0.0:
         return f"highest threshold with recall >= {target} on the validation split"
     return (f"highest threshold whose validation recall has a {confidence:.0%} lower confidence bound "
-            f"(Clopper-Pearson) of at least {target}")
+            f"(Clopper-Pearson) of at least {target}" + few)
 
 
 def operating_point_caveat(point: dict, where: str = "in the validation split") -> str:
     """A sentence when the threshold could not be backed at the asked confidence, else ""."""
     if point.get("backed", True):
         return ""
+    missed = round(point["positives"] * (1.0 - point["recall"]))
     return (f"Only {point['positives']} crack images {where}: too few to show recall >= {point['target_recall']} "
-            f"with {point['confidence']:.0%} confidence even when every one is found "
-            f"(bound {point['recall_lower_bound']:.3f}), so the threshold keeps them all.")
+            f"with {point['confidence']:.0%} confidence even when every one is found, so the threshold is "
+            f"estimated from the spread of their scores ({missed} of them score below it).")
 
 
 def curve_points(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -73,16 +73,53 @@ def test_backed_operating_point_is_the_highest_threshold_whose_lower_bound_reach
         assert bound(higher + 1e-12) < target
 
 
-def test_too_few_positives_keep_them_all_and_say_so():
+def test_too_few_positives_estimate_the_threshold_and_say_so():
     probs = np.r_[np.linspace(0.6, 0.99, 40), np.linspace(0.01, 0.7, 60)]
     labels = np.r_[np.ones(40, bool), np.zeros(60, bool)]
     point = operating_point(probs, labels, 0.98, confidence=0.95)
     # 40 of 40 found only shows recall >= 0.05 ** (1 / 40) = 0.928 with 95% confidence.
     assert not point["backed"] and point["recall"] == 1.0
     assert point["recall_lower_bound"] == pytest.approx(0.05 ** (1 / 40))
-    assert 0.59 < point["threshold"] < 0.6
-    assert "Only 40 crack images in the validation split" in operating_point_caveat(point)
+    # The 2% quantile of a logit-normal fitted by median and MAD lies below the lowest crack (0.6).
+    assert 0.3 < point["threshold"] < 0.45
+    caveat = operating_point_caveat(point)
+    assert "Only 40 crack images in the validation split" in caveat and "0 of them score below it" in caveat
     assert operating_point_caveat(operating_point(probs, labels, 0.9, confidence=0.95)) == ""
+
+
+def test_one_stray_crack_does_not_drag_the_threshold_to_zero():
+    rng = np.random.default_rng(0)
+    positives = 1 / (1 + np.exp(-rng.normal(3, 1, 20)))
+    positives[0] = 0.004  # a mislabelled or very hard crack
+    negatives = 1 / (1 + np.exp(-rng.normal(-3, 1, 60)))
+    probs, labels = np.r_[positives, negatives], np.r_[np.ones(20, bool), np.zeros(60, bool)]
+    point = operating_point(probs, labels, 0.98, confidence=0.95)
+    # Keeping every crack would cut at 0.002 and flag every crack-free image.
+    assert point["threshold"] > 0.3 and point["recall"] == 0.95
+    assert binary_metrics(probs, labels, point["threshold"])["fp"] <= 3
+    assert "1 of them score below it" in operating_point_caveat(point)
+
+
+def test_small_noisy_validation_sets_keep_recall_without_flagging_everything():
+    """Validation sets of 20 cracks drawn from known score distributions, half with one crack that scores like a
+    crack-free image (a labelling slip); thresholds judged on the populations they were drawn from."""
+    rng = np.random.default_rng(3)
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    crack_population, clean_population = sigmoid(rng.normal(2.5, 1.5, 100_000)), sigmoid(rng.normal(-2.5, 1.5, 100_000))
+    recall, false_alarms = {False: [], True: []}, {False: [], True: []}
+    for draw in range(200):
+        noisy = bool(draw % 2)
+        positives, negatives = sigmoid(rng.normal(2.5, 1.5, 20)), sigmoid(rng.normal(-2.5, 1.5, 60))
+        if noisy:
+            positives[0] = sigmoid(rng.normal(-2.5, 1.5))
+        probs, labels = np.r_[positives, negatives], np.r_[np.ones(20, bool), np.zeros(60, bool)]
+        threshold = operating_point(probs, labels, 0.98, confidence=0.95)["threshold"]
+        recall[noisy].append((crack_population >= threshold).mean())
+        false_alarms[noisy].append((clean_population >= threshold).mean())
+    for noisy in (False, True):
+        assert np.mean(recall[noisy]) >= 0.95
+        # Keeping every validation crack flags about 55% of crack-free images in the median noisy draw.
+        assert np.median(false_alarms[noisy]) <= 0.25
 
 
 def test_clopper_pearson_lower_bound_matches_known_values():
