@@ -2,7 +2,7 @@
 
     cracknet demo                                   # train on the dev set (or generated images) and test
     cracknet train --data URI --output URI [...]    # Ray Train fine-tuning, writes URI/model/
-    cracknet evaluate --model URI --data URI [--json PATH] [--target-recall R]
+    cracknet evaluate --model URI --data [NAME=]URI [--data ...] [--record] [--json PATH] [--target-recall R]
     cracknet explain --model URI IMAGE --output PNG # Grad-CAM overlay: where the model sees a crack
     cracknet report --model URI [--data URI] [--results URI] --output DIR
     cracknet score --model URI --input URI --output URI     # Ray Data bulk scoring into a Delta table
@@ -63,23 +63,46 @@ def cmd_train(args: argparse.Namespace) -> None:
     _print_training(run_training(from_arguments(TrainConfig, args)))
 
 
+def _surface_table(rows: dict[str, dict]) -> list[str]:
+    width = max(8, *(len(name) for name in rows))
+    lines = [f"{'surface':<{width}} {'images':>7} {'cracks':>7} {'accuracy':>9} {'precision':>10} {'recall':>8} "
+             f"{'AUC':>7}"]
+    for name, r in rows.items():
+        auc = "n/a" if r["roc_auc"] is None or r["roc_auc"] != r["roc_auc"] else f"{r['roc_auc']:.4f}"
+        lines.append(f"{name:<{width}} {r['images']:>7} {r['cracks']:>7} {r['accuracy']:>9.4f} "
+                     f"{r['precision']:>10.4f} {r['recall']:>8.4f} {auc:>7}")
+    return lines
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from cracknet.evaluate import evaluate
+    from cracknet.card import record_evaluations
+    from cracknet.evaluate import evaluate_surfaces, parse_surface, surface_row
 
     check_recall_settings(args.target_recall, args.recall_confidence)
-    report = evaluate(args.model, args.data, args.batch_size, args.target_recall, args.recall_confidence,
-                      tile_size=args.tile_size)
-    print(f"{report['images']} images under {report['data']}, {len(report['unreadable'])} unreadable.")
-    print(f"Metrics: {_format_metrics(report['metrics'])}")
-    print(f"At 0.5:  {_format_metrics(report['metrics_at_0.5'])}")
-    if "for_target_recall" in report:
-        chosen = report["for_target_recall"]
-        print(f"For recall >= {chosen['target_recall']} on this data: {_format_metrics(chosen['metrics'])}")
-        if operating_point_caveat(chosen):
-            print(f"Warning: {operating_point_caveat(chosen, where='in this data')}")
+    reports = evaluate_surfaces(args.model, [parse_surface(d) for d in args.data], args.batch_size,
+                                args.target_recall, args.recall_confidence, tile_size=args.tile_size)
+    for name, report in reports.items():
+        title = f"{name}: " if len(reports) > 1 else ""
+        print(f"{title}{report['images']} images under {report['data']}, {len(report['unreadable'])} unreadable.")
+        print(f"Metrics: {_format_metrics(report['metrics'])}")
+        print(f"At 0.5:  {_format_metrics(report['metrics_at_0.5'])}")
+        if "for_target_recall" in report:
+            chosen = report["for_target_recall"]
+            print(f"For recall >= {chosen['target_recall']} on this data: {_format_metrics(chosen['metrics'])}")
+            if operating_point_caveat(chosen):
+                print(f"Warning: {operating_point_caveat(chosen, where='in this data')}")
+    rows = {name: surface_row(report) for name, report in reports.items()}
+    threshold = next(iter(reports.values()))["threshold"]
+    if len(reports) > 1:
+        print(f"At the model's threshold {threshold:.3f}:")
+        print("\n".join(_surface_table(rows)))
     if args.json:
-        storage.write_bytes(args.json, json.dumps(json_safe(report), indent=2, allow_nan=False).encode())
+        single = next(iter(reports.values()))
+        document = single if len(reports) == 1 else {"surfaces": reports}
+        storage.write_bytes(args.json, json.dumps(json_safe(document), indent=2, allow_nan=False).encode())
         print(f"Wrote {args.json}")
+    if args.record:
+        print(f"Recorded {', '.join(rows)} in {record_evaluations(args.model, rows)} (evaluations).")
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
@@ -151,7 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="metrics of a model on a labelled tree")
     evaluate.add_argument("--model", required=True, help="the model/ folder, or the training output above it")
-    evaluate.add_argument("--data", required=True, help="labelled tree: local path or s3://bucket/prefix")
+    evaluate.add_argument("--data", required=True, action="append", metavar="[NAME=]URI",
+                          help="labelled tree (local path or s3://bucket/prefix), optionally named for its surface; "
+                               "repeat for several surfaces, one row each")
+    evaluate.add_argument("--record", action="store_true",
+                          help="keep each surface's row in the model card (evaluations), shown by cracknet report")
     evaluate.add_argument("--json", help="also write the metrics as JSON here (path or s3://)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="tiles per model call (default: 64)")
     evaluate.add_argument("--tile-size", type=int, default=0,

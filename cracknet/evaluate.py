@@ -1,17 +1,20 @@
 """Metrics of a trained model on any labelled tree.
 
     cracknet evaluate --model runs/demo --data ../shared/data/metu-dev --json runs/demo/eval.json
+    cracknet evaluate --model runs/demo --data metu=../shared/data/metu-dev --data bridge-a=s3://labels/bridge-a
 
 Images are read and scored through ``cracknet.scorer``, exactly as the nightly
 job scores them (large photos tiled; an image's probability is its highest
 tile's), so these metrics describe what ``cracknet score`` will say.
-Unreadable images are skipped and listed, never fatal.
+Unreadable images are skipped and listed, never fatal. Several labelled trees
+("surfaces") give one row each, which the model card keeps under ``evaluations``.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Iterator
 
 import numpy as np
@@ -79,13 +82,13 @@ def predict_tree(scorer: Scorer, data_uri: str, split: str = "all") -> Predictio
 
 
 def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall: float | None = None,
-             recall_confidence: float = 0.95, tile_size: int = 0) -> dict:
+             recall_confidence: float = 0.95, tile_size: int = 0, scorer: Scorer | None = None) -> dict:
     """Metrics of a model on a labelled tree at its own threshold and at 0.5, with bootstrap intervals.
 
     With ``target_recall``, also the threshold this data would choose for that recall (by the same rule
     as training, see ``metrics.operating_point``), and its precision.
     """
-    scorer = Scorer.load(model_uri, batch_tiles=batch_size, tile_size=tile_size)
+    scorer = scorer or Scorer.load(model_uri, batch_tiles=batch_size, tile_size=tile_size)
     card = scorer.card
     found = predict_tree(scorer, data_uri)
     probs, labels, unreadable = found.probs, found.labels, found.unreadable
@@ -103,3 +106,35 @@ def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall:
         point = operating_point(probs, labels, target_recall, recall_confidence)
         report["for_target_recall"] = {**point, "metrics": binary_metrics(probs, labels, point["threshold"])}
     return report
+
+
+def parse_surface(text: str) -> tuple[str, str]:
+    """``name=URI`` or a bare URI (named by its last path component)."""
+    name, sep, uri = text.partition("=")
+    if not sep or not name or "/" in name or ":" in name:
+        name, uri = text.rstrip("/").rsplit("/", 1)[-1] or text, text
+    if not uri:
+        raise CracknetError(f"--data {text!r} names no labelled tree; use NAME=URI or a URI.")
+    return name, uri
+
+
+def evaluate_surfaces(model_uri: str, surfaces: list[tuple[str, str]], batch_size: int = 64,
+                      target_recall: float | None = None, recall_confidence: float = 0.95,
+                      tile_size: int = 0) -> dict[str, dict]:
+    """``evaluate`` on each named labelled tree with one loaded model; reports by surface name."""
+    names = [name for name, _ in surfaces]
+    if len(set(names)) != len(names):
+        raise CracknetError(f"Each --data needs its own name; got {', '.join(names)}. Use NAME=URI.")
+    scorer = Scorer.load(model_uri, batch_tiles=batch_size, tile_size=tile_size)
+    return {name: evaluate(model_uri, uri, target_recall=target_recall, recall_confidence=recall_confidence,
+                           scorer=scorer) for name, uri in surfaces}
+
+
+def surface_row(report: dict) -> dict:
+    """What the model card keeps of one surface's evaluation."""
+    m = report["metrics"]
+    return {"data": report["data"], "images": m["n"], "cracks": m["tp"] + m["fn"],
+            "unreadable": len(report["unreadable"]), "threshold": report["threshold"],
+            **{k: m[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
+            "recall_interval_95": m["intervals_95"].get("recall"),
+            "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

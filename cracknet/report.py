@@ -141,9 +141,24 @@ def model_card_section(report: Report, card: dict) -> None:
             + "<h3>Images per split and class</h3>" + _table(split_rows, ("split", *classes))
             + "<h3>Test metrics at the threshold (95% bootstrap intervals)</h3>"
             + _table(metric_rows, ("metric", "value", "interval"))
+            + evaluations_table(card)
             + f'<p class="note"><b>Known limits.</b> {html.escape(LIMITS)}'
             + (f" {html.escape(operating_point_caveat(point))}" if operating_point_caveat(point) else "") + "</p>")
     report.section("Model card", body)
+
+
+def evaluations_table(card: dict) -> str:
+    """The surfaces this model was measured on (``cracknet evaluate --record``), one row each."""
+    rows = card.get("evaluations", {})
+    if not rows:
+        return ""
+    body = [(html.escape(name), html.escape(r["data"]), r["images"], r["cracks"],
+             *(_fmt(r[k]) if r.get(k) is not None else "n/a" for k in ("accuracy", "precision", "recall", "roc_auc")),
+             html.escape(r.get("evaluated_at", "")))
+            for name, r in rows.items()]
+    return ("<h3>Measured on other surfaces (at the threshold)</h3>"
+            + _table(body, ("surface", "data", "images", "cracks", "accuracy", "precision", "recall", "ROC-AUC",
+                            "evaluated")))
 
 
 def training_section(report: Report, card: dict) -> None:
