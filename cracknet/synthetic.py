@@ -1,10 +1,15 @@
 """A generated crack / no-crack image set, for demos and tests where no real data is at hand.
 
     python -m cracknet.synthetic runs/synthetic --per-class 200 --size 96
+    python -m cracknet.synthetic runs/asphalt --surface asphalt --per-class 150
 
-Backgrounds are concrete-like (grey, noisy, with blotches and pores); a crack
-is a dark, jagged random walk of varying width across the patch. Generation is
-deterministic for a given seed; the JPEGs are real files, decoded like any other.
+Two surfaces. ``concrete``: grey, noisy, with blotches and pores; a crack is a
+dark, jagged random walk of varying width across the patch. ``asphalt``, a
+visibly different surface for adaptation tests and demos: dark, coarse
+aggregate of light and dark stones, oil stains and tyre marks (dark streaks
+that are not cracks); a crack is a thin, low-contrast, branching line.
+Generation is deterministic for a given seed; the JPEGs are real files,
+decoded like any other.
 """
 
 from __future__ import annotations
@@ -55,21 +60,68 @@ def draw_crack(img: Image.Image, rng: np.random.Generator) -> list[tuple[float, 
     return points
 
 
+def asphalt(rng: np.random.Generator, size: int) -> Image.Image:
+    base = rng.uniform(45, 95)
+    grain = rng.normal(0, rng.uniform(10, 18), size=(size, size, 1))
+    stains = rng.normal(0, 10, size=(max(2, size // 24), max(2, size // 24)))
+    stains = np.asarray(Image.fromarray(stains.astype(np.float32), mode="F").resize((size, size), Image.BICUBIC))
+    arr = base + rng.uniform(-4, 4, size=3) + grain + stains[..., None]
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(size // 3, size))):  # aggregate: light and dark stones
+        x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.6, max(1.0, size / 40))
+        shade = int(np.clip(base * rng.choice([rng.uniform(1.4, 2.2), rng.uniform(0.4, 0.7)]), 0, 255))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=(shade, shade, shade))
+    if rng.random() < 0.4:  # a tyre mark: a wide, soft, straight dark streak
+        y0, y1 = rng.uniform(0, size, 2)
+        shade = int(base * 0.6)
+        mark = Image.new("RGB", img.size, (shade, shade, shade))
+        mask = Image.new("L", img.size, 0)
+        ImageDraw.Draw(mask).line([(0, y0), (size, y1)], fill=90, width=max(3, size // 8))
+        img = Image.composite(mark, img, mask.filter(ImageFilter.GaussianBlur(size / 20)))
+    return img.filter(ImageFilter.GaussianBlur(0.5))
+
+
+def draw_thin_crack(img: Image.Image, rng: np.random.Generator) -> None:
+    """A thin, low-contrast crack with a branch or two, as on a road surface."""
+    size = img.size[0]
+    darker = int(np.asarray(img).mean() * rng.uniform(0.25, 0.5))
+    draw = ImageDraw.Draw(img)
+    x, y = rng.uniform(0, size), 0.0
+    if rng.random() < 0.5:
+        x, y = 0.0, rng.uniform(0, size)
+    heading = math.atan2(size / 2 - y, size / 2 - x) + rng.uniform(-0.5, 0.5)
+    for branch in range(int(rng.integers(1, 3))):
+        points, step = [(x, y)], max(1.5, size / 32)
+        while 0 <= x <= size and 0 <= y <= size and len(points) < 300:
+            heading += rng.normal(0, 0.3)
+            x, y = x + step * math.cos(heading), y + step * math.sin(heading)
+            points.append((x, y))
+        draw.line(points, fill=(darker, darker, darker), width=max(1, int(round(size / 96))), joint="curve")
+        if len(points) > 4:  # the next branch leaves from a point on this one
+            x, y = points[int(rng.integers(1, len(points) - 1))]
+            heading += rng.choice([-1, 1]) * rng.uniform(0.6, 1.2)
+
+
+SURFACES = {"concrete": (concrete, draw_crack), "asphalt": (asphalt, draw_thin_crack)}
+
+
 def image_bytes(img: Image.Image, quality: int = 92) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 
-def generate(root: str, per_class: int = 200, size: int = 96, seed: int = 0) -> list[str]:
-    """Write ``per_class`` crack and no_crack JPEGs under ``root``; returns their URIs."""
+def generate(root: str, per_class: int = 200, size: int = 96, seed: int = 0, surface: str = "concrete") -> list[str]:
+    """Write ``per_class`` crack and no_crack JPEGs of ``surface`` under ``root``; returns their URIs."""
+    background, crack = SURFACES[surface]
     rng = np.random.default_rng(seed)
     written = []
     for i in range(per_class):
         for label in ("crack", "no_crack"):
-            img = concrete(rng, size)
+            img = background(rng, size)
             if label == "crack":
-                draw_crack(img, rng)
+                crack(img, rng)
             uri = storage.join(root, label, f"{label}-{i:05d}.jpg")
             storage.write_bytes(uri, image_bytes(img, quality=int(rng.integers(80, 96))))
             written.append(uri)
@@ -82,8 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--surface", choices=sorted(SURFACES), default="concrete")
     args = parser.parse_args(argv)
-    print(f"Wrote {len(generate(args.root, args.per_class, args.size, args.seed))} images under {args.root}.")
+    written = generate(args.root, args.per_class, args.size, args.seed, args.surface)
+    print(f"Wrote {len(written)} {args.surface} images under {args.root}.")
 
 
 if __name__ == "__main__":
