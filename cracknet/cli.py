@@ -54,6 +54,11 @@ def _print_training(card: dict) -> None:
               f"or lower --recall-confidence.")
     print(f"Test metrics: {_format_metrics(card['metrics']['test'])}")
     print(f"Test at 0.5:  {_format_metrics(card['metrics']['test_at_0.5'])}")
+    if "lineage" in card:
+        base, before, after = card["lineage"]["base_model"], card["lineage"]["base_model_on_test"], card["metrics"]["test"]
+        print(f"Adapted from {base['uri']} (model_id {base['model_id']}): on this test split the base model had "
+              f"accuracy {before['accuracy']:.4f}, recall {before['recall']:.4f} (its threshold "
+              f"{base['threshold']:.3f}); adapted: accuracy {after['accuracy']:.4f}, recall {after['recall']:.4f}.")
     print(f"Model artifact: {card['folder']} (model_id {card['model_id']})")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional, get_type_hints
+from typing import Any, Optional, get_args, get_type_hints
 
 from cracknet.errors import CracknetError
 from cracknet.transforms import DEFAULT_MAX_PIXELS
@@ -34,13 +34,20 @@ class TrainConfig:
     data: str = field(metadata={"help": "labelled image tree <root>/<label>/...: a local path or s3://bucket/prefix"})
     output: str = field(metadata={"help": "where the model artifact (<output>/model/) and checkpoints go"})
     epochs: int = _opt(10, "total epochs, including the head-only epochs of two-stage fine-tuning")
-    image_size: int = _opt(224, "side in pixels the images are resized to")
+    image_size: Optional[int] = _opt(None, "side in pixels the images are resized to (default: 224, or the "
+                                           "--base-model's)")
     batch_size: int = _opt(64, "images per worker per step")
     num_workers: int = _opt(2, "Ray Train data-parallel workers")
     use_gpu: bool = _opt(False, "one GPU per worker, bf16 autocast and channels_last")
     fp32: bool = _opt(False, "train in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
     cpus_per_worker: float = _opt(1.0, "CPUs reserved for each training worker")
     weights: str = _opt("imagenet", "starting weights: imagenet, none, or a state-dict file (path or s3://)")
+    base_model: Optional[str] = _opt(None, "adapt this cracknet model (a model folder, path or s3://): start from its "
+                                           "weights and normalisation instead of --weights")
+    augmentation: str = _opt("auto", "standard (flips, turns, small zoom, lighting), strong (also scale, blur, "
+                                     "noise, JPEG quality, grey and colour casts), or auto: strong with --base-model")
+    keep: str = _opt("auto", "the epoch whose weights the model holds: last, best (lowest validation loss), "
+                             "or auto: best with --base-model")
     head_epochs: int = _opt(1, "epochs training only the new head before unfreezing (pretrained weights only)")
     lr: float = _opt(1e-3, "peak learning rate (training from scratch, and the head-only stage)")
     finetune_lr: float = _opt(1e-4, "peak learning rate once the whole pretrained network trains")
@@ -69,6 +76,9 @@ class TrainConfig:
              "--val-fraction and --test-fraction must be positive and leave at least 10% for training."),
             (0.0 <= self.max_bad_fraction < 1.0, f"--max-bad-fraction must be in [0, 1), got {self.max_bad_fraction}."),
             (self.max_failures >= 0, f"--max-failures must not be negative, got {self.max_failures}."),
+            (self.augmentation in ("auto", "standard", "strong"),
+             f"--augmentation must be standard, strong or auto, got {self.augmentation!r}."),
+            (self.keep in ("auto", "last", "best"), f"--keep must be last, best or auto, got {self.keep!r}."),
         ]
         for ok, message in checks:
             if not ok:
@@ -77,7 +87,15 @@ class TrainConfig:
 
     @property
     def pretrained(self) -> bool:
-        return self.weights != "none"
+        return self.base_model is not None or self.weights != "none"
+
+    @property
+    def strong_augmentation(self) -> bool:
+        return self.augmentation == "strong" or (self.augmentation == "auto" and self.base_model is not None)
+
+    @property
+    def keep_best(self) -> bool:
+        return self.keep == "best" or (self.keep == "auto" and self.base_model is not None)
 
     @property
     def stage_epochs(self) -> tuple[int, int]:
@@ -130,7 +148,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, **defaults: Any) -
         if hints[f.name] is bool:
             parser.add_argument(flag, action="store_true", default=bool(default), help=help_text)
             continue
-        kind = {int: int, float: float}.get(hints[f.name], str)
+        hint = next((a for a in get_args(hints[f.name]) if a is not type(None)), hints[f.name])  # Optional[X]: X
+        kind = {int: int, float: float}.get(hint, str)
         parser.add_argument(
             flag,
             type=kind,

@@ -75,6 +75,7 @@ def train_one_epoch(
     lr_for_step: Callable[[int], float],
     precision: Precision = Precision(),
     backbone_frozen: bool = False,
+    strong_augmentation: bool = False,
 ) -> tuple[float, int, int]:
     """Train over ``batches``; returns (summed loss, images seen, images right at 0.5) on the augmented inputs."""
     model.train()
@@ -84,7 +85,8 @@ def train_one_epoch(
     for step, batch in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = lr_for_step(step)
-        x = precision.inputs(train_preset(batch["image"].to(device, non_blocking=True), spec, generator))
+        x = precision.inputs(train_preset(batch["image"].to(device, non_blocking=True), spec, generator,
+                                          strong_augmentation))
         y = batch["label"].to(device, non_blocking=True).float()
         with precision.autocast(device):
             logits = model(x).squeeze(1)

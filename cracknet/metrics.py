@@ -180,7 +180,8 @@ def operating_point_caveat(point: dict, where: str = "in the validation split") 
     """A sentence when the threshold could not be backed at the asked confidence, else ""."""
     if point.get("backed", True):
         return ""
-    missed = round(point["positives"] * (1.0 - point["recall"]))
+    recall = point["recall"] if "recall" in point else point["val_recall"]  # a model card's operating point
+    missed = round(point["positives"] * (1.0 - recall))
     return (f"Only {point['positives']} crack images {where}: too few to show recall >= {point['target_recall']} "
             f"with {point['confidence']:.0%} confidence even when every one is found, so the threshold is "
             f"estimated from the spread of their scores ({missed} of them score below it).")

@@ -127,6 +127,7 @@ def model_card_section(report: Report, card: dict) -> None:
         ("model id", card["model_id"]), ("created", card.get("created_at", "")),
         ("architecture", card.get("architecture", "resnet50")), ("training data", data.get("uri", "not recorded")),
         ("data fingerprint", data.get("fingerprint", "")),
+        *lineage_facts(card),
         ("threshold", f"{card['threshold']:.4f} ({card.get('threshold_rule', '')})"),
         ("validation recall / precision at the threshold",
          f"{_fmt(point.get('val_recall', ''))} / {_fmt(point.get('val_precision', ''))}"
@@ -145,6 +146,25 @@ def model_card_section(report: Report, card: dict) -> None:
             + f'<p class="note"><b>Known limits.</b> {html.escape(LIMITS)}'
             + (f" {html.escape(operating_point_caveat(point))}" if operating_point_caveat(point) else "") + "</p>")
     report.section("Model card", body)
+
+
+def lineage_facts(card: dict) -> list[tuple[str, str]]:
+    """An adapted model's base model (and the base's own base, and so on), and the gain on this test split."""
+    facts, node = [], card.get("lineage")
+    if node:
+        before, after = node["base_model_on_test"], card.get("metrics", {}).get("test", {})
+        facts.append(("before / after adaptation (test split)",
+                      f"accuracy {_fmt(before['accuracy'])} / {_fmt(after.get('accuracy', ''))}, "
+                      f"recall {_fmt(before['recall'])} / {_fmt(after.get('recall', ''))}"))
+    depth = 0
+    while node:
+        base = node["base_model"]
+        depth += 1
+        facts.append(("adapted from" if depth == 1 else f"which was adapted from ({depth})",
+                      f"{base['uri']} (model_id {base['model_id']}; trained on {base.get('data_uri')}, "
+                      f"data fingerprint {str(base.get('data_fingerprint'))[:16]})"))
+        node = base.get("lineage")
+    return facts
 
 
 def evaluations_table(card: dict) -> str:

@@ -39,14 +39,16 @@ from cracknet.engine import Precision, log_loss, lr_at, train_one_epoch
 from cracknet.errors import CracknetError, kind_of, root_cause
 from cracknet.metrics import binary_metrics, evaluation, operating_point, threshold_rule
 from cracknet.cluster import ensure_ray, train_log_level
-from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_starting_weights,
+from cracknet.card import preprocessing_of, read_card
+from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_artifact, load_starting_weights,
                             save_artifact, set_backbone_trainable)
 from cracknet.transforms import Preprocessing
 
 RUN_NAME = "train"
 STATE_FILE = "state.pt"
 # Settings that must not change when an unfinished run is resumed.
-RESUME_KEYS = ("data", "image_size", "weights", "seed", "val_fraction", "test_fraction", "head_epochs")
+RESUME_KEYS = ("data", "image_size", "weights", "base_model", "seed", "val_fraction", "test_fraction",
+               "head_epochs", "augmentation", "keep")
 
 
 # ---------------------------------------------------------------------------
@@ -158,9 +160,13 @@ def train_loop_per_worker(config: dict) -> dict | None:
         state = _load_state(checkpoint)
         module.load_state_dict(state["model"])
         start_epoch, history, restarts = state["epoch"], state["history"], state["restarts"] + 1
+        best = state.get("best")
     else:
-        state = None
-        load_starting_weights(module, cfg.weights)
+        state, best = None, None
+        if cfg.base_model:
+            module.load_state_dict(load_artifact(cfg.base_model)[0].state_dict())
+        else:
+            load_starting_weights(module, cfg.weights)
         start_epoch, history, restarts = 0, [], 0
     if precision.channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -193,7 +199,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
         )
         started = time.monotonic()
         loss_sum, seen, right = train_one_epoch(model, batches, optimizer, spec, device, generator, lr_for_step,
-                                                precision, backbone_frozen=(stage == "head"))
+                                                precision, backbone_frozen=(stage == "head"),
+                                                strong_augmentation=cfg.strong_augmentation)
         train_seconds = time.monotonic() - started
         totals = _gather((loss_sum, seen, right))
         val_probs, val_labels = predict_shared(module, _batches(ray.train.get_dataset_shard("val"), cfg), spec,
@@ -212,13 +219,16 @@ def train_loop_per_worker(config: dict) -> dict | None:
             "seconds": time.monotonic() - started,
         }
         history.append(metrics)
+        if cfg.keep_best and (best is None or metrics["val_loss"] < best["val_loss"]):
+            best = {"epoch": epoch + 1, "val_loss": metrics["val_loss"],
+                    "model": {k: v.detach().clone() for k, v in module.state_dict().items()}}
         if rank == 0 and config.get("progress") is not None:
             config["progress"].put(epoch_line(metrics, cfg.epochs))
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
                 torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(), "stage": stage,
-                            "epoch": epoch + 1, "history": history, "restarts": restarts},
+                            "epoch": epoch + 1, "history": history, "restarts": restarts, "best": best},
                            os.path.join(folder, STATE_FILE))
                 saved = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"epoch-{epoch + 1:04d}",
@@ -227,6 +237,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
     if model is None:  # resumed after the last epoch: only the final predictions are left to do
         module.to(device)
+    if best is not None:  # the kept epoch's weights are the ones tested and saved
+        module.load_state_dict(best["model"])
     val = predict_shared(module, _batches(ray.train.get_dataset_shard("val"), cfg), spec, device, rank, world)
     test = predict_shared(module, _batches(ray.train.get_dataset_shard("test"), cfg), spec, device, rank, world)
     if rank != 0:
@@ -310,11 +322,16 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     started = time.monotonic()
     # Ray Train runs each worker in a folder of its own: local paths must not depend on the working directory.
     weights = cfg.weights if cfg.weights in ("imagenet", "none") else storage.absolute(cfg.weights)
+    base = read_card(storage.absolute(cfg.base_model)) if cfg.base_model else None
     cfg = dataclasses.replace(cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output),
-                              weights=weights)
-    spec = Preprocessing(cfg.image_size)
+                              weights=weights, base_model=base["folder"] if base else None,
+                              image_size=cfg.image_size or (base["preprocessing"]["image_size"] if base else 224))
+    # Adapting keeps the base model's normalisation; the network is size-agnostic, so the size may change.
+    spec = dataclasses.replace(preprocessing_of(base), image_size=cfg.image_size) if base else \
+        Preprocessing(cfg.image_size)
     images = discover(cfg.data)
-    _check_weights(cfg.weights)
+    if base is None:
+        _check_weights(cfg.weights)
     model_dir, checkpoints = _check_output(cfg)
     log(f"Found {len(images)} labelled images under {cfg.data}.")
 
@@ -360,6 +377,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         raise kind_of(result.error)(f"Training failed: {root_cause(result.error)}")
     out = result.return_value
     state = _load_state(result.checkpoint)
+    kept = state.get("best") or {"epoch": state["epoch"], "model": state["model"]}
 
     (val_probs, val_labels), (test_probs, test_labels) = out["val"], out["test"]
     point = operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence)
@@ -385,12 +403,38 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             "val": at_threshold,
         },
         "data": {"uri": cfg.data, **plan.summary()},
-        "training": {**settings, "epochs_completed": state["epoch"], "restarts": out["restarts"],
-                     "history": out["history"], "seconds": round(time.monotonic() - started, 1),
-                     "checkpoints": checkpoints},
+        "training": {**settings, "epochs_completed": state["epoch"], "kept_epoch": kept["epoch"],
+                     "restarts": out["restarts"], "history": out["history"],
+                     "seconds": round(time.monotonic() - started, 1), "checkpoints": checkpoints},
         "versions": _versions(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    card = save_artifact(model_dir, state["model"], card)
+    if base is not None:
+        card["lineage"] = lineage(base, _base_on_test(base, images, plan, cfg.batch_size))
+    card = save_artifact(model_dir, kept["model"], card)
     return {**card, "folder": model_dir}
+
+
+def lineage(base: dict, on_test: dict) -> dict:
+    """Where an adapted model came from: the base model, what it was trained on (and its own lineage), and
+    how it did on this run's test split before adaptation, at its own threshold."""
+    return {"base_model": {"uri": base["folder"], "model_id": base["model_id"],
+                           "data_uri": base.get("data", {}).get("uri"),
+                           "data_fingerprint": base.get("data", {}).get("fingerprint"),
+                           "threshold": base["threshold"], "image_size": base["preprocessing"]["image_size"],
+                           "lineage": base.get("lineage")},
+            "base_model_on_test": on_test}
+
+
+def _base_on_test(base: dict, images: list, plan, batch_size: int) -> dict:
+    """The base model's metrics on this run's test split, scored as the nightly job would score them."""
+    from cracknet.scorer import Scorer
+
+    labels = {image.uri: image.label for image in images}
+    uris = sorted(plan.members["test"])
+    scorer = Scorer.load(base["folder"], batch_tiles=batch_size, model_id=base["model_id"])
+    found = [p for start in range(0, len(uris), 256) for p in scorer.predict(uris[start:start + 256]) if not p.error]
+    probs = np.array([p.crack_probability for p in found])
+    truth = np.array([labels[p.source] for p in found])
+    return binary_metrics(probs, truth, base["threshold"])
 

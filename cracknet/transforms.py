@@ -127,12 +127,15 @@ def eval_preset(images: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     return _normalise(_to_float(images), spec)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator, strong: bool = False) -> torch.Tensor:
     """Random label-preserving changes for crack patches; x is float (N, 3, S, S) in [0, 1].
 
     Cracks have no preferred orientation, so flips and 90 degree turns are free
     data; brightness/contrast jitter covers lighting; a small zoom covers the
-    distance of the camera from the wall.
+    distance of the camera from the wall. ``strong`` (for adapting a model to a
+    new surface from few images) covers how survey imagery differs: scale from
+    0.7x to 1.7x (crack widths), blur and lost resolution, sensor noise, JPEG
+    quality down to 25, grey images and colour casts, wider lighting changes.
     """
     import torch
     import torch.nn.functional as F
@@ -150,9 +153,10 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         turns = (draw(n) * 4).long().clamp_(max=3)
         x = torch.stack([torch.rot90(img, int(k), dims=(1, 2)) for img, k in zip(x, turns)])
 
-    # Zoom in by up to 15% around a random centre (per sample, one affine resample).
-    scale = 1.0 - 0.15 * draw(n)
-    shift = (1.0 - scale).unsqueeze(1) * (draw(n, 2) * 2 - 1)
+    # Zoom in by up to 15% around a random centre (strong: from 0.6 to 1.4 of the view, log-uniform;
+    # zooming out mirrors the surface at the edges). One affine resample per sample.
+    scale = (1.4 * (0.6 / 1.4) ** draw(n)) if strong else 1.0 - 0.15 * draw(n)
+    shift = (1.0 - scale).clamp(min=0.0).unsqueeze(1) * (draw(n, 2) * 2 - 1)
     theta = torch.zeros(n, 2, 3, device=x.device)
     theta[:, 0, 0] = scale
     theta[:, 1, 1] = scale
@@ -160,17 +164,72 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
-    brightness = 1.0 + 0.2 * (draw(n, 1, 1, 1) - 0.5)
-    contrast = 1.0 + 0.2 * (draw(n, 1, 1, 1) - 0.5)
+    spread = 0.5 if strong else 0.2
+    brightness = 1.0 + spread * (draw(n, 1, 1, 1) - 0.5)
+    contrast = 1.0 + spread * (draw(n, 1, 1, 1) - 0.5)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean) * brightness
+    if strong:
+        x = _degrade(x.clamp(0.0, 1.0), draw, generator)
     return x.clamp_(0.0, 1.0)
 
 
-def train_preset(images: torch.Tensor, spec: Preprocessing, generator: torch.Generator) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> augmented, normalised float (N, 3, H, W)."""
-    return _normalise(augment(_to_float(images), generator), spec)
+def _degrade(x: torch.Tensor, draw, generator: torch.Generator) -> torch.Tensor:
+    """Strong augmentation's camera and storage effects, each on a random share of the batch."""
+    import torch
+    import torch.nn.functional as F
 
+    n, _, side, _ = x.shape
+
+    def some(p: float) -> list[int]:
+        return (draw(n) < p).nonzero().flatten().tolist()
+
+    x = x.clone()
+    cast = some(0.5)
+    x[cast] = x[cast] * (1.0 + 0.16 * (draw(len(cast), 3, 1, 1) - 0.5))
+    grey = some(0.2)
+    x[grey] = x[grey].mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    blur = some(0.3)
+    if blur:  # sigma 0.3-1.5 px, a separable Gaussian per image
+        sigma = 0.3 + 1.2 * draw(len(blur)).view(-1, 1, 1, 1)
+        radius = 4
+        offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype).view(1, 1, 1, -1)
+        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel = (kernel / kernel.sum(-1, keepdim=True)).repeat_interleave(3, 0)
+        flat = x[blur].reshape(1, len(blur) * 3, side, side)
+        flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel, groups=len(blur) * 3)
+        flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel.transpose(2, 3),
+                        groups=len(blur) * 3)
+        x[blur] = flat.view(len(blur), 3, side, side)
+    low = some(0.2)
+    if low:  # lost resolution: down by 2 or 3 and back up
+        small = F.interpolate(x[low], size=max(8, side // (2 + int(draw(1).item() * 2))), mode="bilinear",
+                              antialias=True, align_corners=False)
+        x[low] = F.interpolate(small, size=side, mode="bilinear", align_corners=False)
+    noisy = some(0.3)
+    grain = torch.randn(len(noisy), *x.shape[1:], generator=generator).to(x.device)
+    x[noisy] = x[noisy] + 0.06 * draw(len(noisy), 1, 1, 1) * grain  # sensor noise
+    coded = some(0.3)
+    return _jpeg(x.clamp_(0.0, 1.0), coded, (25 + draw(len(coded)) * 50).long().tolist())
+
+
+def _jpeg(x: torch.Tensor, picks: list[int], qualities: list[int]) -> torch.Tensor:
+    """Re-encode the picked images as JPEG at the given qualities (the real codec: block and ringing artefacts)."""
+    import torch
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    if not picks:
+        return x
+    pixels = (x[picks].cpu() * 255).round().to(torch.uint8)
+    coded = [decode_jpeg(encode_jpeg(img, quality=q)) for img, q in zip(pixels, qualities)]
+    x[picks] = (torch.stack(coded).float() / 255).to(x.device)
+    return x
+
+
+def train_preset(images: torch.Tensor, spec: Preprocessing, generator: torch.Generator,
+                 strong: bool = False) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> augmented, normalised float (N, 3, H, W)."""
+    return _normalise(augment(_to_float(images), generator, strong), spec)
 
 
 def scored_whole(width: int, height: int, tile: int) -> bool:

@@ -99,22 +99,74 @@ def test_ddp_training_writes_a_complete_self_describing_artifact(ray_cluster, la
     assert report["for_target_recall"]["metrics"]["recall"] >= 0.9
 
 
-def test_two_stage_fine_tuning_freezes_then_trains_the_backbone(ray_cluster, synthetic_tree, tmp_path):
+@pytest.fixture(scope="module")
+def concrete_model(ray_cluster, synthetic_tree, tmp_path_factory):
+    """A model fine-tuned in two stages from a state-dict file on the generated concrete surface."""
+    folder = tmp_path_factory.mktemp("concrete-model")
     torch.manual_seed(1)
     start = torchvision.models.resnet50(weights=None).state_dict()
-    weights = tmp_path / "start.pth"
-    torch.save(start, weights)
-    card = run_training(tiny(synthetic_tree, tmp_path / "run", weights=str(weights), head_epochs=1),
+    torch.save(start, folder / "start.pth")
+    card = run_training(tiny(synthetic_tree, folder / "run", weights=str(folder / "start.pth"), head_epochs=1),
                         log=lambda _: None)
+    return card, start, folder / "run"
+
+
+def test_two_stage_fine_tuning_freezes_then_trains_the_backbone(concrete_model):
+    card, start, run = concrete_model
     assert [h["stage"] for h in card["training"]["history"]] == ["head", "all"]
 
-    first = torch.load(tmp_path / "run" / "checkpoints" / "train" / "epoch-0001" / "state.pt", weights_only=True)
+    first = torch.load(run / "checkpoints" / "train" / "epoch-0001" / "state.pt", weights_only=True)
     backbone = [k for k in start if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
     # Stage one: the backbone (BatchNorm statistics included) is exactly the starting weights.
     assert all(torch.equal(first["model"][k], start[k]) for k in backbone)
-    final, _ = load_artifact(str(tmp_path / "run"))
+    final, _ = load_artifact(str(run))
     changed = [k for k in backbone if not torch.equal(final.state_dict()[k], start[k])]
     assert len(changed) > len(backbone) // 2
+
+
+def test_adapting_a_model_to_a_new_surface_records_its_lineage(concrete_model, tmp_path, capsys):
+    from cracknet.report import build_report
+    from cracknet.synthetic import generate
+
+    base, _, base_run = concrete_model
+    asphalt = tmp_path / "asphalt"
+    generate(str(asphalt), per_class=50, size=64, seed=3, surface="asphalt")
+    assert cli_main(["train", "--data", str(asphalt), "--output", str(tmp_path / "adapted"), "--base-model",
+                     str(base_run), "--epochs", "3", "--batch-size", "8", "--num-workers", "2",
+                     "--warmup-epochs", "0.2"]) == 0
+    printed = capsys.readouterr().out
+    model, card = load_artifact(str(tmp_path / "adapted"))
+
+    # The base model's preprocessing and normalisation; strong augmentation and the best epoch by default.
+    assert card["preprocessing"]["image_size"] == base["preprocessing"]["image_size"] == 32
+    assert card["preprocessing"]["mean"] == list(base["preprocessing"]["mean"])
+    training = card["training"]
+    assert training["augmentation"] == "auto" and training["keep"] == "auto" and training["base_model"]
+    assert [h["stage"] for h in training["history"]] == ["head", "all", "all"]
+    losses = [h["val_loss"] for h in training["history"]]
+    assert training["kept_epoch"] == 1 + int(np.argmin(losses))
+    last = torch.load(tmp_path / "adapted" / "checkpoints" / "train" / "epoch-0003" / "state.pt", weights_only=True)
+    assert last["best"]["epoch"] == training["kept_epoch"]
+    assert all(torch.equal(model.state_dict()[k], last["best"]["model"][k].contiguous()) for k in last["model"])
+
+    # Lineage: the base model, and how it did on this test split before adaptation (recomputed here).
+    lineage = card["lineage"]
+    assert lineage["base_model"]["model_id"] == base["model_id"]
+    assert lineage["base_model"]["data_fingerprint"] == base["data"]["fingerprint"]
+    test = [i.uri for i in split_images(asphalt, "test")]
+    labels = np.array([i.label for i in split_images(asphalt, "test")])
+    before = Scorer.load(str(base_run)).predict(test)
+    recomputed = binary_metrics(np.array([p.crack_probability for p in before]), labels, base["threshold"])
+    assert lineage["base_model_on_test"]["n"] == card["metrics"]["test"]["n"] == len(test)
+    assert lineage["base_model_on_test"]["accuracy"] == pytest.approx(recomputed["accuracy"])
+    assert f"Adapted from {base_run / 'model'} (model_id {base['model_id']})" in printed
+    build_report(str(tmp_path / "adapted"), str(tmp_path / "report"))
+    assert "adapted from" in (tmp_path / "report" / "report.html").read_text()
+
+    # A base model that is not there fails before any cluster work, in one sentence.
+    assert cli_main(["train", "--data", str(asphalt), "--output", str(tmp_path / "x"), "--base-model",
+                     str(tmp_path / "missing")]) == 2
+    assert "holds no finished model" in capsys.readouterr().err
 
 
 def test_training_reads_and_writes_object_storage(ray_cluster, s3_endpoint, synthetic_tree):
