@@ -132,11 +132,11 @@ class CrackPredictor:
     probability (the highest of its tiles), and each tile's box and probability."""
 
     def __init__(self, model_uri: str, model_id: str, batch_tiles: int, tiling, threads: int = 0, fp32: bool = False,
-                 decode_on_device: bool = False, max_pixels: int = 0):
+                 decode_on_device: bool = False, max_pixels: int = 0, compile: bool = False):
         from cracknet.scorer import Scorer
 
         self.scorer = Scorer.load(model_uri, batch_tiles=batch_tiles, tile_size=tiling.size, overlap=tiling.overlap,
-                                  fp32=fp32, model_id=model_id, threads=threads)
+                                  fp32=fp32, model_id=model_id, threads=threads, compile=compile)
         if max_pixels:
             self.scorer.spec = dataclasses.replace(self.scorer.spec, max_pixels=max_pixels)
         self.decode_on_device = decode_on_device
@@ -294,7 +294,7 @@ def _score_and_commit(cfg: ScoreConfig, card: dict, plan_files: list[str], run_i
     metadata = {"model_id": card["model_id"], "model": card["folder"], "threshold": card["threshold"],
                 "preprocessing": card["preprocessing"],
                 "tile_size": tiling_of(card, cfg.tile_size, cfg.tile_overlap).size,
-                "tile_overlap": cfg.tile_overlap, "fp32": cfg.fp32,
+                "tile_overlap": cfg.tile_overlap, "fp32": cfg.fp32, "compile": cfg.compile,
                 "input": cfg.input, "run_id": run_id}
     try:
         parts, progress = [], Progress(todo, "images", log)
@@ -346,7 +346,7 @@ def _score_pipeline(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id:
                                                            "batch_tiles": cfg.batch_size, "tiling": tiling,
                                                            "threads": threads, "fp32": cfg.fp32,
                                                            "decode_on_device": bool(gpus),
-                                                           "max_pixels": cfg.max_pixels},
+                                                           "max_pixels": cfg.max_pixels, "compile": cfg.compile},
                      compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
                      num_cpus=0 if gpus else 1, batch_size=1, batch_format="numpy")
         .map_batches(write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id, "run_date": now.date().isoformat(),

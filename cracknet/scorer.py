@@ -227,10 +227,13 @@ class Scorer:
 
     @classmethod
     def load(cls, uri: str, *, batch_tiles: int = 64, tile_size: int = 0, overlap: float = DEFAULT_OVERLAP,
-             fp32: bool = False, model_id: str | None = None, threads: int = 0) -> "Scorer":
+             fp32: bool = False, model_id: str | None = None, threads: int = 0, compile: bool = False) -> "Scorer":
         """The model at ``uri`` (its weights checked against its card) ready to score on this machine's best device.
 
-        With ``model_id``, refuse a model other than the one named (e.g. replaced since a run began).
+        With ``model_id``, refuse a model other than the one named (e.g. replaced since a run began). With
+        ``compile``, the model runs under ``torch.compile`` with its weights frozen into the graph: the first
+        call compiles (about a minute on two CPU cores), later ones are about 1.5x faster on CPUs. Every call
+        has one shape, so it compiles once.
         """
         import torch
 
@@ -249,7 +252,10 @@ class Scorer:
         model.to(device)
         if precision.channels_last:
             model.to(memory_format=torch.channels_last)
-        return cls(model.eval(), preprocessing_of(card), device=device, precision=precision,
+        model = model.eval()
+        if compile:
+            model = torch.compile(model, options={"freezing": True})
+        return cls(model, preprocessing_of(card), device=device, precision=precision,
                    tiling=tiling_of(card, tile_size, overlap), batch_tiles=batch_tiles,
                    threshold=float(card["threshold"]), card=card)
 
@@ -369,6 +375,6 @@ class Scorer:
 def load_model(uri: str, **options) -> Scorer:
     """A trained model for notebooks and scripts: ``load_model(uri).predict([...])``, no Ray needed.
 
-    Options as for ``Scorer.load``: batch_tiles, tile_size, overlap, fp32.
+    Options as for ``Scorer.load``: batch_tiles, tile_size, overlap, fp32, compile.
     """
     return Scorer.load(uri, **options)

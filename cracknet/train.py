@@ -103,6 +103,14 @@ def _load_state(checkpoint) -> dict:
         return read_checkpoint_state(os.path.join(folder, STATE_FILE))
 
 
+def _best_of(state: dict) -> dict | None:
+    """The kept (lowest validation loss) epoch recorded in a checkpoint, with its weights; None: keep the last."""
+    best = state.get("best")
+    if best is not None and best["model"] is None:
+        best = {**best, "model": state["model"]}
+    return best
+
+
 def upload_checkpoint(checkpoint, dir_name: str, like: str):
     """Copy a checkpoint's files into the run's storage folder with storage's verified writes.
 
@@ -160,7 +168,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         state = _load_state(checkpoint)
         module.load_state_dict(state["model"])
         start_epoch, history, restarts = state["epoch"], state["history"], state["restarts"] + 1
-        best = state.get("best")
+        best = _best_of(state)
     else:
         state, best = None, None
         if cfg.base_model:
@@ -228,7 +236,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
             saved = None
             if rank == 0:
                 torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(), "stage": stage,
-                            "epoch": epoch + 1, "history": history, "restarts": restarts, "best": best},
+                            "epoch": epoch + 1, "history": history, "restarts": restarts,
+                            # The kept epoch's weights, unless they are this epoch's (then "model" holds them).
+                            "best": best if best is None or best["epoch"] != epoch + 1 else {**best, "model": None}},
                            os.path.join(folder, STATE_FILE))
                 saved = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"epoch-{epoch + 1:04d}",
@@ -377,7 +387,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         raise kind_of(result.error)(f"Training failed: {root_cause(result.error)}")
     out = result.return_value
     state = _load_state(result.checkpoint)
-    kept = state.get("best") or {"epoch": state["epoch"], "model": state["model"]}
+    kept = _best_of(state) or {"epoch": state["epoch"], "model": state["model"]}
 
     (val_probs, val_labels), (test_probs, test_labels) = out["val"], out["test"]
     point = operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence)
@@ -410,7 +420,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if base is not None:
-        card["lineage"] = lineage(base, _base_on_test(base, images, plan, cfg.batch_size))
+        card["lineage"] = lineage(base, _base_on_test(base, images, plan, cfg.data, cfg.batch_size))
     card = save_artifact(model_dir, kept["model"], card)
     return {**card, "folder": model_dir}
 
@@ -426,12 +436,12 @@ def lineage(base: dict, on_test: dict) -> dict:
             "base_model_on_test": on_test}
 
 
-def _base_on_test(base: dict, images: list, plan, batch_size: int) -> dict:
+def _base_on_test(base: dict, images: list, plan, data: str, batch_size: int) -> dict:
     """The base model's metrics on this run's test split, scored as the nightly job would score them."""
     from cracknet.scorer import Scorer
 
     labels = {image.uri: image.label for image in images}
-    uris = sorted(plan.members["test"])
+    uris = sorted(storage.to_uri(path, data) for path in plan.members["test"])  # members: filesystem paths
     scorer = Scorer.load(base["folder"], batch_tiles=batch_size, model_id=base["model_id"])
     found = [p for start in range(0, len(uris), 256) for p in scorer.predict(uris[start:start + 256]) if not p.error]
     probs = np.array([p.crack_probability for p in found])

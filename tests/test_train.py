@@ -124,66 +124,63 @@ def test_two_stage_fine_tuning_freezes_then_trains_the_backbone(concrete_model):
     assert len(changed) > len(backbone) // 2
 
 
-def test_adapting_a_model_to_a_new_surface_records_its_lineage(concrete_model, tmp_path, capsys):
+def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage(concrete_model, s3_endpoint,
+                                                                                  tmp_path, capsys):
+    """``--base-model`` from s3://, data and output there too (with an unreadable file, skipped and counted)."""
+    import io
+
     from cracknet.report import build_report
     from cracknet.synthetic import generate
 
     base, _, base_run = concrete_model
+    base_uri, data, output = (f"s3://{BUCKET}/adapt/{name}" for name in ("base", "asphalt", "run"))
+    for name in ("model.json", "weights.pt"):
+        storage.write_bytes(f"{base_uri}/{name}", (base_run / "model" / name).read_bytes())
     asphalt = tmp_path / "asphalt"
     generate(str(asphalt), per_class=50, size=64, seed=3, surface="asphalt")
-    assert cli_main(["train", "--data", str(asphalt), "--output", str(tmp_path / "adapted"), "--base-model",
-                     str(base_run), "--epochs", "3", "--batch-size", "8", "--num-workers", "2",
-                     "--warmup-epochs", "0.2"]) == 0
+    for path in asphalt.rglob("*.jpg"):
+        storage.write_bytes(f"{data}/{path.relative_to(asphalt).as_posix()}", path.read_bytes())
+    storage.write_bytes(f"{data}/crack/truncated.jpg", b"\xff\xd8\xff\xe0 cut short")
+    assert cli_main(["train", "--data", data, "--output", output, "--base-model", base_uri, "--epochs", "2",
+                     "--batch-size", "8", "--num-workers", "2", "--warmup-epochs", "0.2",
+                     "--max-bad-fraction", "0.05"]) == 0
     printed = capsys.readouterr().out
-    model, card = load_artifact(str(tmp_path / "adapted"))
+    model, card = load_artifact(output)
+    assert card["folder"] == f"{output}/model" and card["data"]["uri"] == data and card["data"]["unreadable"] == 1
 
     # The base model's preprocessing and normalisation; strong augmentation and the best epoch by default.
     assert card["preprocessing"]["image_size"] == base["preprocessing"]["image_size"] == 32
     assert card["preprocessing"]["mean"] == list(base["preprocessing"]["mean"])
     training = card["training"]
-    assert training["augmentation"] == "auto" and training["keep"] == "auto" and training["base_model"]
-    assert [h["stage"] for h in training["history"]] == ["head", "all", "all"]
+    assert training["augmentation"] == "auto" and training["keep"] == "auto" and training["base_model"] == base_uri
+    assert [h["stage"] for h in training["history"]] == ["head", "all"]
     losses = [h["val_loss"] for h in training["history"]]
     assert training["kept_epoch"] == 1 + int(np.argmin(losses))
-    last = torch.load(tmp_path / "adapted" / "checkpoints" / "train" / "epoch-0003" / "state.pt", weights_only=True)
+    last = torch.load(io.BytesIO(storage.read_bytes(f"{output}/checkpoints/train/epoch-0002/state.pt")),
+                      weights_only=True)
     assert last["best"]["epoch"] == training["kept_epoch"]
-    assert all(torch.equal(model.state_dict()[k], last["best"]["model"][k].contiguous()) for k in last["model"])
+    kept = last["model"] if last["best"]["model"] is None else last["best"]["model"]  # None: the last epoch's
+    assert (last["best"]["model"] is None) == (training["kept_epoch"] == 2)
+    assert all(torch.equal(model.state_dict()[k], kept[k].contiguous()) for k in last["model"])
 
     # Lineage: the base model, and how it did on this test split before adaptation (recomputed here).
     lineage = card["lineage"]
-    assert lineage["base_model"]["model_id"] == base["model_id"]
+    assert lineage["base_model"]["model_id"] == base["model_id"] and lineage["base_model"]["uri"] == base_uri
     assert lineage["base_model"]["data_fingerprint"] == base["data"]["fingerprint"]
-    test = [i.uri for i in split_images(asphalt, "test")]
-    labels = np.array([i.label for i in split_images(asphalt, "test")])
-    before = Scorer.load(str(base_run)).predict(test)
-    recomputed = binary_metrics(np.array([p.crack_probability for p in before]), labels, base["threshold"])
+    test = [i for i in split_images(asphalt, "test")]
+    before = Scorer.load(str(base_run)).predict([i.uri for i in test])
+    recomputed = binary_metrics(np.array([p.crack_probability for p in before]), np.array([i.label for i in test]),
+                                base["threshold"])
     assert lineage["base_model_on_test"]["n"] == card["metrics"]["test"]["n"] == len(test)
     assert lineage["base_model_on_test"]["accuracy"] == pytest.approx(recomputed["accuracy"])
-    assert f"Adapted from {base_run / 'model'} (model_id {base['model_id']})" in printed
-    build_report(str(tmp_path / "adapted"), str(tmp_path / "report"))
+    assert f"Adapted from {base_uri} (model_id {base['model_id']})" in printed
+    build_report(output, str(tmp_path / "report"))
     assert "adapted from" in (tmp_path / "report" / "report.html").read_text()
 
     # A base model that is not there fails before any cluster work, in one sentence.
-    assert cli_main(["train", "--data", str(asphalt), "--output", str(tmp_path / "x"), "--base-model",
+    assert cli_main(["train", "--data", data, "--output", f"{output}-2", "--base-model",
                      str(tmp_path / "missing")]) == 2
     assert "holds no finished model" in capsys.readouterr().err
-
-
-def test_training_reads_and_writes_object_storage(ray_cluster, s3_endpoint, synthetic_tree):
-    data = f"s3://{BUCKET}/train-data"
-    for path in synthetic_tree.rglob("*.jpg"):
-        storage.write_bytes(f"{data}/{path.relative_to(synthetic_tree).as_posix()}", path.read_bytes())
-    storage.write_bytes(f"{data}/crack/truncated.jpg", b"\xff\xd8\xff\xe0 cut short")  # skipped and counted
-    output = f"s3://{BUCKET}/runs/s3-run"
-    card = run_training(tiny(data, output, max_bad_fraction=0.05), log=lambda _: None)
-    assert card["data"]["unreadable"] == 1
-
-    assert card["folder"] == f"{output}/model"
-    files = storage.list_files(output)
-    assert f"{output}/model/model.json" in files and f"{output}/model/weights.pt" in files
-    assert any("/checkpoints/train/epoch-0002/state.pt" in f for f in files)
-    model, read = load_artifact(output)
-    assert read["model_id"] == card["model_id"] and read["data"]["uri"] == data
 
 
 def train_worker_pids():
