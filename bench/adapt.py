@@ -1,13 +1,14 @@
 """What double-step transfer learning buys on a new surface: before adapting, after, and random init.
 
     .venv/bin/python bench/adapt.py                                   # demo model, generated asphalt
-    .venv/bin/python bench/adapt.py --base-model runs/demo --data NEW --holdout NEW_TEST --epochs 8
+    .venv/bin/python bench/adapt.py --base-model runs/demo --data NEW --holdout NEW_TEST --epochs 8 --image-size 224
 
 Three rows on the held-out images of the new surface, each at its model's own
 threshold (and at 0.5): (1) the base model as it is; (2) the base model adapted
 with ``cracknet train --base-model`` on the small labelled set; (3) a model
 trained from random init on the same set with the same epochs, image size and
-normalisation — the value of the first step. Without --data/--holdout it
+normalisation — the value of the first step. The base model is judged at its own
+image size; the other two at --image-size (adapting may change it). Without --data/--holdout it
 generates them: 300 labelled and 400 held-out tiles of the asphalt surface
 (``cracknet.synthetic``), different seeds. Real data of your own structures is
 what this benchmark is for: pass their labelled trees.
@@ -45,7 +46,9 @@ def main() -> None:
     parser.add_argument("--data", help="the small labelled set of the new surface (default: 300 generated tiles)")
     parser.add_argument("--holdout", help="other labelled images of that surface (default: 400 generated tiles)")
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--image-size", type=int, help="default: the base model's")
+    parser.add_argument("--image-size", type=int, default=128,
+                        help="model input side for the adapted and random-init models (default 128: the generated "
+                             "surface's cracks are 3-4 px wide in 227 px tiles, under a pixel at 64 px)")
     parser.add_argument("--num-workers", type=int, default=1)
     args = parser.parse_args()
 
@@ -58,7 +61,7 @@ def main() -> None:
             generate(holdout, per_class=200, size=227, seed=11, surface="asphalt")
         before = evaluate(base["folder"], holdout)
         rows = [row("before (base model)", before)]
-        size = args.image_size or base["preprocessing"]["image_size"]
+        size = args.image_size
         common = dict(data=data, epochs=args.epochs, image_size=size, batch_size=32, num_workers=args.num_workers,
                       overwrite=True)
         runs = {

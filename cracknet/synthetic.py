@@ -97,7 +97,7 @@ def draw_thin_crack(img: Image.Image, rng: np.random.Generator) -> None:
             heading += rng.normal(0, 0.3)
             x, y = x + step * math.cos(heading), y + step * math.sin(heading)
             points.append((x, y))
-        draw.line(points, fill=(darker, darker, darker), width=max(1, int(round(size / 96))), joint="curve")
+        draw.line(points, fill=(darker, darker, darker), width=max(1, int(round(size / 64))), joint="curve")
         if len(points) > 4:  # the next branch leaves from a point on this one
             x, y = points[int(rng.integers(1, len(points) - 1))]
             heading += rng.choice([-1, 1]) * rng.uniform(0.6, 1.2)

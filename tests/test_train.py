@@ -126,14 +126,13 @@ def test_two_stage_fine_tuning_freezes_then_trains_the_backbone(concrete_model):
 
 def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage(concrete_model, s3_endpoint,
                                                                                   tmp_path, capsys):
-    """``--base-model`` from s3://, data and output there too (with an unreadable file, skipped and counted)."""
-    import io
-
+    """``--base-model`` and the data on s3:// (with an unreadable file, skipped and counted), output on disk."""
     from cracknet.report import build_report
     from cracknet.synthetic import generate
 
     base, _, base_run = concrete_model
-    base_uri, data, output = (f"s3://{BUCKET}/adapt/{name}" for name in ("base", "asphalt", "run"))
+    base_uri, data = (f"s3://{BUCKET}/adapt/{name}" for name in ("base", "asphalt"))
+    output = str(tmp_path / "run")
     for name in ("model.json", "weights.pt"):
         storage.write_bytes(f"{base_uri}/{name}", (base_run / "model" / name).read_bytes())
     asphalt = tmp_path / "asphalt"
@@ -156,8 +155,7 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
     assert [h["stage"] for h in training["history"]] == ["head", "all"]
     losses = [h["val_loss"] for h in training["history"]]
     assert training["kept_epoch"] == 1 + int(np.argmin(losses))
-    last = torch.load(io.BytesIO(storage.read_bytes(f"{output}/checkpoints/train/epoch-0002/state.pt")),
-                      weights_only=True)
+    last = torch.load(f"{output}/checkpoints/train/epoch-0002/state.pt", weights_only=True)
     assert last["best"]["epoch"] == training["kept_epoch"]
     kept = last["model"] if last["best"]["model"] is None else last["best"]["model"]  # None: the last epoch's
     assert (last["best"]["model"] is None) == (training["kept_epoch"] == 2)
@@ -181,6 +179,23 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
     assert cli_main(["train", "--data", data, "--output", f"{output}-2", "--base-model",
                      str(tmp_path / "missing")]) == 2
     assert "holds no finished model" in capsys.readouterr().err
+
+
+def test_training_reads_and_writes_object_storage(ray_cluster, s3_endpoint, synthetic_tree):
+    data = f"s3://{BUCKET}/train-data"
+    for path in synthetic_tree.rglob("*.jpg"):
+        storage.write_bytes(f"{data}/{path.relative_to(synthetic_tree).as_posix()}", path.read_bytes())
+    storage.write_bytes(f"{data}/crack/truncated.jpg", b"\xff\xd8\xff\xe0 cut short")  # skipped and counted
+    output = f"s3://{BUCKET}/runs/s3-run"
+    card = run_training(tiny(data, output, max_bad_fraction=0.05), log=lambda _: None)
+    assert card["data"]["unreadable"] == 1
+
+    assert card["folder"] == f"{output}/model"
+    files = storage.list_files(output)
+    assert f"{output}/model/model.json" in files and f"{output}/model/weights.pt" in files
+    assert any("/checkpoints/train/epoch-0002/state.pt" in f for f in files)
+    model, read = load_artifact(output)
+    assert read["model_id"] == card["model_id"] and read["data"]["uri"] == data
 
 
 def train_worker_pids():
