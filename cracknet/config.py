@@ -36,6 +36,8 @@ class TrainConfig:
     epochs: int = _opt(10, "total epochs, including the head-only epochs of two-stage fine-tuning")
     image_size: Optional[int] = _opt(None, "side in pixels the images are resized to (default: 224, or the "
                                            "--base-model's)")
+    source_size: int = _opt(0, "side in source pixels of what one model input shows, for tiling large photos when "
+                               "scoring (default: the training images' typical side)")
     batch_size: int = _opt(64, "images per worker per step")
     num_workers: int = _opt(2, "Ray Train data-parallel workers")
     use_gpu: bool = _opt(False, "one GPU per worker, bf16 autocast and channels_last")
@@ -76,6 +78,7 @@ class TrainConfig:
              "--val-fraction and --test-fraction must be positive and leave at least 10% for training."),
             (0.0 <= self.max_bad_fraction < 1.0, f"--max-bad-fraction must be in [0, 1), got {self.max_bad_fraction}."),
             (self.max_failures >= 0, f"--max-failures must not be negative, got {self.max_failures}."),
+            (self.source_size >= 0, f"--source-size must not be negative, got {self.source_size}."),
             (self.augmentation in ("auto", "standard", "strong"),
              f"--augmentation must be standard, strong or auto, got {self.augmentation!r}."),
             (self.keep in ("auto", "last", "best"), f"--keep must be last, best or auto, got {self.keep!r}."),

@@ -400,7 +400,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "format_version": 1,
         "class_names": list(CLASS_NAMES),
         "positive_class": CLASS_NAMES[1],
-        "preprocessing": {**dataclasses.asdict(spec), "source_size": plan.typical_side,
+        "preprocessing": {**dataclasses.asdict(spec), "source_size": cfg.source_size or plan.typical_side,
                           "resize": "bilinear, whole image to a square",
                           "colour": "RGB, EXIF orientation applied"},
         "threshold": threshold,

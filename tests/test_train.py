@@ -142,7 +142,7 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
     storage.write_bytes(f"{data}/crack/truncated.jpg", b"\xff\xd8\xff\xe0 cut short")
     assert cli_main(["train", "--data", data, "--output", output, "--base-model", base_uri, "--epochs", "2",
                      "--batch-size", "8", "--num-workers", "2", "--warmup-epochs", "0.2",
-                     "--max-bad-fraction", "0.05"]) == 0
+                     "--max-bad-fraction", "0.05", "--source-size", "128"]) == 0
     printed = capsys.readouterr().out
     model, card = load_artifact(output)
     assert card["folder"] == f"{output}/model" and card["data"]["uri"] == data and card["data"]["unreadable"] == 1
@@ -150,6 +150,7 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
     # The base model's preprocessing and normalisation; strong augmentation and the best epoch by default.
     assert card["preprocessing"]["image_size"] == base["preprocessing"]["image_size"] == 32
     assert card["preprocessing"]["mean"] == list(base["preprocessing"]["mean"])
+    assert card["preprocessing"]["source_size"] == 128  # the tile scale named, not the images' 64 px
     training = card["training"]
     assert training["augmentation"] == "auto" and training["keep"] == "auto" and training["base_model"] == base_uri
     assert [h["stage"] for h in training["history"]] == ["head", "all"]
