@@ -85,7 +85,7 @@ def asphalt(rng: np.random.Generator, size: int) -> Image.Image:
 def draw_thin_crack(img: Image.Image, rng: np.random.Generator) -> None:
     """A thin, low-contrast crack with a branch or two, as on a road surface."""
     size = img.size[0]
-    darker = int(np.asarray(img).mean() * rng.uniform(0.25, 0.5))
+    darker = int(np.asarray(img).mean() * rng.uniform(0.1, 0.3))
     draw = ImageDraw.Draw(img)
     x, y = rng.uniform(0, size), 0.0
     if rng.random() < 0.5:
@@ -97,7 +97,7 @@ def draw_thin_crack(img: Image.Image, rng: np.random.Generator) -> None:
             heading += rng.normal(0, 0.3)
             x, y = x + step * math.cos(heading), y + step * math.sin(heading)
             points.append((x, y))
-        draw.line(points, fill=(darker, darker, darker), width=max(1, int(round(size / 64))), joint="curve")
+        draw.line(points, fill=(darker, darker, darker), width=max(1, int(round(size / 48))), joint="curve")
         if len(points) > 4:  # the next branch leaves from a point on this one
             x, y = points[int(rng.integers(1, len(points) - 1))]
             heading += rng.choice([-1, 1]) * rng.uniform(0.6, 1.2)

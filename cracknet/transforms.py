@@ -189,9 +189,11 @@ def _degrade(x: torch.Tensor, draw, generator: torch.Generator) -> torch.Tensor:
     x[cast] = x[cast] * (1.0 + 0.16 * (draw(len(cast), 3, 1, 1) - 0.5))
     grey = some(0.2)
     x[grey] = x[grey].mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    # Camera effects happen at the photo's scale: their size here shrinks with the model input (224 px: as named).
+    scale = side / 224
     blur = some(0.3)
-    if blur:  # sigma 0.3-1.5 px, a separable Gaussian per image
-        sigma = 0.3 + 1.2 * draw(len(blur)).view(-1, 1, 1, 1)
+    if blur:  # sigma 0.3-1.5 px at 224 px, a separable Gaussian per image
+        sigma = (0.3 + 1.2 * draw(len(blur)).view(-1, 1, 1, 1)) * max(scale, 0.25)
         radius = 4
         offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype).view(1, 1, 1, -1)
         kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
@@ -202,8 +204,9 @@ def _degrade(x: torch.Tensor, draw, generator: torch.Generator) -> torch.Tensor:
                         groups=len(blur) * 3)
         x[blur] = flat.view(len(blur), 3, side, side)
     low = some(0.2)
-    if low:  # lost resolution: down by 2 or 3 and back up
-        small = F.interpolate(x[low], size=max(8, side // (2 + int(draw(1).item() * 2))), mode="bilinear",
+    if low:  # lost resolution: down by 2 or 3 at 224 px (less at smaller inputs) and back up
+        factor = 1.0 + (1.0 + draw(1).item()) * min(scale, 1.0)
+        small = F.interpolate(x[low], size=max(8, int(side / factor)), mode="bilinear",
                               antialias=True, align_corners=False)
         x[low] = F.interpolate(small, size=side, mode="bilinear", align_corners=False)
     noisy = some(0.3)
