@@ -53,13 +53,18 @@ def read_card(uri: str) -> dict[str, Any]:
 def record_evaluations(uri: str, rows: dict[str, dict[str, Any]]) -> str:
     """Add per-surface evaluation rows to a model's card (``evaluations``, by surface name; a surface
     evaluated again replaces its row). The weights and the model id do not change. Returns the card's URI."""
-    from cracknet.metrics import json_safe
-
     card_uri = storage.join(model_folder(uri), CARD_FILE)
     card = json.loads(storage.read_bytes(card_uri))
     card["evaluations"] = {**card.get("evaluations", {}), **rows}
-    storage.write_bytes(card_uri, json.dumps(json_safe(card), indent=2, allow_nan=False).encode())
+    storage.write_bytes(card_uri, card_bytes(card))
     return card_uri
+
+
+def card_bytes(card: dict[str, Any]) -> bytes:
+    """A card as written to ``model.json``: strict JSON (NaN as null), indented."""
+    from cracknet.metrics import json_safe
+
+    return json.dumps(json_safe(card), indent=2, allow_nan=False).encode()
 
 
 def in_split(card: dict[str, Any], split: str) -> Callable[[str], bool]:

@@ -16,7 +16,6 @@ that died half-way never leaves something that looks like a finished model.
 from __future__ import annotations
 
 import io
-import json
 import pickle
 from typing import Any
 
@@ -25,11 +24,10 @@ import torchvision
 from torch import nn
 
 from cracknet import storage
-from cracknet.card import (ARCHITECTURE, CARD_FILE, WEIGHTS_FILE, in_split, model_folder,  # noqa: F401
+from cracknet.card import (ARCHITECTURE, CARD_FILE, WEIGHTS_FILE, card_bytes, in_split, model_folder,  # noqa: F401
                             preprocessing_of, read_card)
 from cracknet.data import content_hash
 from cracknet.errors import CracknetError
-from cracknet.metrics import json_safe
 
 HEAD_PREFIX = "fc."
 
@@ -116,8 +114,7 @@ def save_artifact(folder: str, state_dict: dict[str, torch.Tensor], card: dict[s
     card = {**card, "architecture": ARCHITECTURE, "weights_file": WEIGHTS_FILE,
             "weights_sha256": digest, "model_id": digest[:16]}
     storage.write_bytes(storage.join(folder, WEIGHTS_FILE), data)
-    text = json.dumps(json_safe(card), indent=2, allow_nan=False)
-    storage.write_bytes(storage.join(folder, CARD_FILE), text.encode())
+    storage.write_bytes(storage.join(folder, CARD_FILE), card_bytes(card))
     return card
 
 

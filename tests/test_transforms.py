@@ -81,14 +81,19 @@ def test_eval_preset_normalises_with_the_recorded_statistics():
     assert torch.allclose(x[0, :, 0, 0], torch.tensor(expected))
 
 
-def test_augmentation_keeps_shape_range_and_is_seeded():
-    rng = np.random.default_rng(1)
+def cracked_patches(seed: int, count: int, size: int) -> torch.Tensor:
+    """uint8 (N, S, S, 3) generated concrete patches, each with a crack."""
+    rng = np.random.default_rng(seed)
     batch = []
-    for _ in range(6):
-        img = concrete(rng, 32)
+    for _ in range(count):
+        img = concrete(rng, size)
         draw_crack(img, rng)
         batch.append(np.asarray(img))
-    images = torch.from_numpy(np.stack(batch))
+    return torch.from_numpy(np.stack(batch))
+
+
+def test_augmentation_keeps_shape_range_and_is_seeded():
+    images = cracked_patches(1, 6, 32)
     x = images.permute(0, 3, 1, 2).float() / 255
     a = augment(x.clone(), torch.Generator().manual_seed(5))
     b = augment(x.clone(), torch.Generator().manual_seed(5))
@@ -125,13 +130,7 @@ def test_large_images_are_tiled_at_native_scale_and_small_ones_kept_whole():
 
 
 def test_strong_augmentation_covers_camera_and_storage_effects_reproducibly():
-    rng = np.random.default_rng(2)
-    batch = []
-    for _ in range(64):
-        img = concrete(rng, 48)
-        draw_crack(img, rng)
-        batch.append(np.asarray(img))
-    x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255
+    x = cracked_patches(2, 64, 48).permute(0, 3, 1, 2).float() / 255
     a = augment(x.clone(), torch.Generator().manual_seed(5), strong=True)
     b = augment(x.clone(), torch.Generator().manual_seed(5), strong=True)
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1 and torch.equal(a, b)
