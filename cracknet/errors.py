@@ -59,7 +59,8 @@ def root_cause(exc: BaseException) -> str:
     """The sentence to show for a failure that came back through Ray.
 
     Ray hands a task's exception back as text inside its own exceptions: a
-    cracknet sentence found anywhere in the chain wins; otherwise the innermost
+    cracknet sentence found anywhere in the chain wins (also one raised in this process, whose
+    ``__context__`` may still hold the library error it replaced); otherwise the innermost
     error's type and last line, not Ray's wrapping.
     """
     chain = _chain(exc)
@@ -67,6 +68,8 @@ def root_cause(exc: BaseException) -> str:
         found = re.search(r"cracknet\.errors\.\w+: (.+)", str(error))
         if found:
             return found.group(1).strip()
+        if type(error).__module__.startswith("cracknet."):  # raised here, not carried back as text
+            return str(error).strip()
     innermost = chain[-1]
     lines = str(innermost).strip().splitlines()
     return f"{type(innermost).__name__}: {lines[-1] if lines else ''}".strip()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
+import re
 import shutil
 import time
 import uuid
@@ -169,7 +170,7 @@ def read_bytes(uri: str) -> bytes:
     except FileNotFoundError:
         raise CracknetError(f"{uri} does not exist.") from None
     except OSError as exc:
-        raise CracknetError(f"Cannot read {uri}: {reason(exc)}") from None
+        raise _failure("read", uri, exc) from None
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -200,7 +201,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        raise CracknetError(f"Cannot write {uri}: {reason(exc)}") from None
+        raise _failure("write", uri, exc) from None
 
 
 def exists(uri: str) -> bool:
@@ -208,7 +209,7 @@ def exists(uri: str) -> bool:
     try:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
     except OSError as exc:
-        raise CracknetError(f"Cannot look up {uri}: {reason(exc)}") from None
+        raise _failure("look up", uri, exc) from None
 
 
 def list_files(uri: str) -> list[str]:
@@ -227,7 +228,7 @@ def _file_infos(uri: str) -> list[pafs.FileInfo]:
             raise CracknetError(f"{uri} is a file; expected a folder or prefix.")
         entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     except OSError as exc:
-        raise CracknetError(f"Cannot list {uri}: {reason(exc)}") from None
+        raise _failure("list", uri, exc) from None
     return [e for e in entries if e.type == pafs.FileType.File]
 
 
@@ -241,7 +242,7 @@ def delete_tree(uri: str) -> None:
         else:
             shutil.rmtree(path)
     except OSError as exc:
-        raise CracknetError(f"Cannot delete {uri}: {reason(exc)}") from None
+        raise _failure("delete", uri, exc) from None
 
 
 def iter_versions(uri: str, page: int = 1000):
@@ -261,7 +262,7 @@ def iter_versions(uri: str, page: int = 1000):
     except CracknetError:
         raise
     except Exception as exc:  # botocore's ClientError, EndpointConnectionError, NoSuchBucket ...
-        raise CracknetError(f"Cannot list {uri}: {reason(exc)}") from None
+        raise _failure("list", uri, exc) from None
 
 
 def _local_versions(uri: str, page: int):
@@ -319,7 +320,7 @@ def read_versioned(uri: str) -> tuple[bytes, str]:
             if info.type == pafs.FileType.Directory:
                 raise CracknetError(f"{uri} is a folder, not a file.")
         except OSError as exc:
-            raise CracknetError(f"Cannot read {uri}: {reason(exc)}") from None
+            raise _failure("read", uri, exc) from None
         return read_bytes(uri), _local_version(info)
     bucket, key = split_s3(uri)
     last: Exception | None = None
@@ -335,7 +336,7 @@ def read_versioned(uri: str) -> tuple[bytes, str]:
             if not _from_store(exc):
                 raise  # a bug, not the store: never retried, never reported as an unavailable store
             if not _transient(exc):
-                raise CracknetError(f"Cannot read {uri}: {reason(exc)}") from None
+                raise _failure("read", uri, exc) from None
             last = exc
             if getattr(exc, "response", None):
                 break  # an error response after botocore's own retries: retrying again only delays the verdict
@@ -348,6 +349,17 @@ def _from_store(exc: BaseException) -> bool:
     from botocore.exceptions import BotoCoreError, ClientError
 
     return isinstance(exc, (BotoCoreError, ClientError)) or _transient(exc)
+
+
+def _failure(verb: str, uri: str, exc: BaseException) -> CracknetError:
+    """The error for a filesystem call that failed: the store being unavailable is told apart from the rest."""
+    error = StorageUnavailable if _transient(exc) else CracknetError
+    return error(f"Cannot {verb} {uri}: {reason(exc)}")
+
+
+# How Arrow's S3 filesystem (an OSError with the AWS SDK's error name) reports throttling, 5xx and the network.
+_ARROW_TRANSIENT = re.compile(r"AWS Error (SLOW_DOWN|THROTTLING|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|REQUEST_TIMEOUT"
+                              r"|NETWORK_CONNECTION|REQUEST_TIME_TOO_SKEWED)|HTTP status 5\d\d")
 
 
 def _transient(exc: BaseException) -> bool:
@@ -368,4 +380,4 @@ def _transient(exc: BaseException) -> bool:
 
     network = (BotoConnectionError, HTTPClientError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError,
                Urllib3Error, ConnectionError, TimeoutError)
-    return isinstance(exc, network)
+    return isinstance(exc, network) or (isinstance(exc, OSError) and bool(_ARROW_TRANSIENT.search(str(exc))))

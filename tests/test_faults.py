@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cracknet import storage
+from cracknet.errors import CracknetError
 from cracknet.query import run_query
 from cracknet.results import table_exists
 from cracknet.synthetic import concrete, draw_crack, image_bytes
@@ -104,6 +105,31 @@ def test_faults_that_never_stop_fail_the_run_with_one_line_and_commit_nothing(s3
     assert time.monotonic() - started < 400
     assert not table_exists(results)
     assert run_query(results, "SELECT count(*) AS n FROM images").to_pylist() == [{"n": 0}]
+
+
+def test_every_store_call_tells_an_unavailable_store_from_a_bad_input(s3_endpoint, survey, monkeypatch):
+    """Arrow's S3 calls (look up, list, read, delete) that keep getting 503s raise StorageUnavailable (exit 75,
+    retry later), whose sentence is the one shown, not the library error it replaced; a missing file stays
+    a plain error (exit 2)."""
+    from cracknet.errors import StorageUnavailable, exit_status, kind_of, root_cause
+
+    key = "faults/survey/s0/img-0000.jpg"
+    with FaultProxy(s3_endpoint, Faults(slow_down=1.0), seed=5) as proxy:
+        for name, value in {**through(proxy), "AWS_MAX_ATTEMPTS": "2"}.items():
+            monkeypatch.setenv(name, value)
+        calls = {"look up": lambda: storage.exists(f"{survey}/s0"), "list": lambda: storage.list_files(survey),
+                 "read": lambda: storage.read_bytes(f"s3://{BUCKET}/{key}"),
+                 "delete": lambda: storage.delete_tree(f"s3://{BUCKET}/faults/nothing-here")}
+        for verb, call in calls.items():
+            with pytest.raises(StorageUnavailable, match=f"Cannot {verb} s3://") as raised:
+                call()
+            assert exit_status(kind_of(raised.value)("x")) == 75
+            assert root_cause(raised.value).startswith(f"Cannot {verb} s3://"), root_cause(raised.value)
+        assert proxy.counts["slow_down"] >= len(calls)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    with pytest.raises(CracknetError, match="does not exist") as missing:
+        storage.read_bytes(f"s3://{BUCKET}/faults/no-such-file.jpg")
+    assert not isinstance(missing.value, StorageUnavailable)
 
 
 def test_a_commit_whose_answer_is_lost_is_committed_exactly_once(s3_endpoint, survey, random_model, cracknet_cli):
