@@ -82,7 +82,8 @@ def _start(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
                                 start_new_session=True, cwd=REPO)
 
 
-def _stop_group(pid: int, timeout: float = 60.0) -> None:
+def _stop_group(pid: int, timeout: float = 16.0) -> None:
+    """SIGTERM to the process group, SIGKILL after ``timeout`` seconds (the grace period of ``ray stop``)."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
