@@ -165,7 +165,9 @@ def require_bucket(uri: str) -> None:
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     try:
-        with fs.open_input_stream(path) as stream:
+        # A random-access file knows its size, so Arrow fetches it in one request; its input stream's
+        # read() fetches it in small ranges (a 94 MB model took 25 s instead of 0.2 s on a local endpoint).
+        with fs.open_input_file(path) as stream:
             return stream.read()
     except FileNotFoundError:
         raise CracknetError(f"{uri} does not exist.") from None
