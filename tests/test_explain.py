@@ -44,18 +44,21 @@ def crack_model(tmp_path_factory):
             module.reset_running_stats()
             module.momentum = None  # a plain average over the batches below
     stem = torch.nn.Sequential(*list(model.children())[:-3])  # conv1 .. layer3
-    with torch.no_grad():
+    fast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    with torch.no_grad(), fast:
         model.train()
         for i in range(0, len(x), 40):
             model(x[i:i + 40])
         model.eval()
-        features = torch.cat([stem(x[i:i + 40]) for i in range(0, len(x), 40)])
+        features = torch.cat([stem(x[i:i + 40]).float() for i in range(0, len(x), 40)])
     top = torch.nn.Sequential(model.layer4, model.avgpool, torch.nn.Flatten(), model.fc).train()
     optimizer = torch.optim.AdamW(top.parameters(), lr=3e-4, weight_decay=0.01)
     for _ in range(8):
         for batch in torch.randperm(len(features)).split(24):
             optimizer.zero_grad()
-            torch.nn.functional.binary_cross_entropy_with_logits(top(features[batch])[:, 0], y[batch]).backward()
+            with fast:
+                logits = top(features[batch])[:, 0].float()
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, y[batch]).backward()
             optimizer.step()
     model.eval()
     folder = tmp_path_factory.mktemp("cam-model") / "model"
