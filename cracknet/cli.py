@@ -23,7 +23,8 @@ import os
 import sys
 
 from cracknet import storage
-from cracknet.config import ScoreConfig, TrainConfig, add_arguments, check_recall_settings, from_arguments
+from cracknet.config import (ScoreConfig, TrainConfig, add_arguments, check_recall_settings, check_tile_size,
+                             from_arguments)
 from cracknet.errors import EXIT_INTERRUPTED, CracknetError, exit_status
 from cracknet.metrics import json_safe, operating_point_caveat
 
@@ -84,6 +85,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from cracknet.evaluate import evaluate_surfaces, parse_surface, surface_row
 
     check_recall_settings(args.target_recall, args.recall_confidence)
+    check_tile_size(args.tile_size)
     reports = evaluate_surfaces(args.model, [parse_surface(d) for d in args.data], args.batch_size,
                                 args.target_recall, args.recall_confidence, tile_size=args.tile_size)
     for name, report in reports.items():

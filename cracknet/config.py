@@ -29,6 +29,16 @@ def check_recall_settings(target_recall: Optional[float], recall_confidence: flo
         raise CracknetError(f"--recall-confidence must be in [0, 1), got {recall_confidence}.")
 
 
+MIN_TILE = 16
+
+
+def check_tile_size(tile_size: int) -> None:
+    """The tile side of `score` and `evaluate`: 0 for the model's own, else enough source pixels to see."""
+    if tile_size != 0 and tile_size < MIN_TILE:
+        raise CracknetError(f"--tile-size must be 0 (the model's own) or at least {MIN_TILE} source pixels, "
+                            f"got {tile_size}.")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = field(metadata={"help": "labelled image tree <root>/<label>/...: a local path or s3://bucket/prefix"})
@@ -136,8 +146,9 @@ class ScoreConfig:
         if min(self.batch_size, self.read_batch_size, self.rows_per_part) < 1 or self.lease_seconds <= 0:
             raise CracknetError("--batch-size, --read-batch-size, --rows-per-part and --lease-seconds must be "
                                 "positive.")
-        if self.num_actors < 0 or self.tile_size < 0:
-            raise CracknetError("--num-actors and --tile-size must not be negative.")
+        if self.num_actors < 0:
+            raise CracknetError(f"--num-actors must not be negative, got {self.num_actors}.")
+        check_tile_size(self.tile_size)
         if not 0.0 <= self.tile_overlap < 1.0:
             raise CracknetError(f"--tile-overlap must be in [0, 1), got {self.tile_overlap}.")
 

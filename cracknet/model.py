@@ -118,9 +118,16 @@ def save_artifact(folder: str, state_dict: dict[str, torch.Tensor], card: dict[s
     return card
 
 
-def load_artifact(uri: str) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained model (in eval mode) and its card."""
+def load_artifact(uri: str, model_id: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model (in eval mode) and its card.
+
+    With ``model_id``, refuse a model other than the one named (e.g. replaced since a run began and
+    recorded its id).
+    """
     card = read_card(uri)
+    if model_id is not None and card["model_id"] != model_id:
+        raise CracknetError(f"The model at {card['folder']} is now {card['model_id']}, not the {model_id} this "
+                            "run was started with (it was replaced during the run); rerun to use it.")
     weights_uri = storage.join(card["folder"], card["weights_file"])
     data = storage.read_bytes(weights_uri)
     if content_hash(data) != card["weights_sha256"]:

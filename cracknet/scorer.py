@@ -243,10 +243,7 @@ class Scorer:
 
         if threads:
             torch.set_num_threads(threads)
-        model, card = load_artifact(uri)
-        if model_id is not None and card["model_id"] != model_id:
-            raise CracknetError(f"The model at {card['folder']} is now {card['model_id']}, not the {model_id} this "
-                                "run was started with (it was replaced during the run); rerun to score with it.")
+        model, card = load_artifact(uri, model_id=model_id)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         precision = Precision.for_inference(device, allow_bf16=not fp32)
         model.to(device)

@@ -172,7 +172,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
     else:
         state, best = None, None
         if cfg.base_model:
-            module.load_state_dict(load_artifact(cfg.base_model)[0].state_dict())
+            # The base model the driver read and the card names, not one put in its place since.
+            module.load_state_dict(load_artifact(cfg.base_model, model_id=config["base_model_id"])[0].state_dict())
         else:
             load_starting_weights(module, cfg.weights)
         start_epoch, history, restarts = 0, [], 0
@@ -362,7 +363,8 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     progress = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "spec": spec, "steps_per_epoch": steps_per_epoch, "progress": progress},
+        train_loop_config={"cfg": cfg, "spec": spec, "steps_per_epoch": steps_per_epoch, "progress": progress,
+                           "base_model_id": base["model_id"] if base else None},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name=RUN_NAME, storage_path=path, storage_filesystem=fs,

@@ -100,8 +100,10 @@ def test_evaluate_refuses_a_missing_model(synthetic_tree, tmp_path, cracknet_cli
 @pytest.mark.parametrize("flags, expected", [
     (["--target-recall", "0"], "--target-recall must be in (0, 1], got 0.0."),
     (["--target-recall", "0.9", "--recall-confidence", "-0.1"], "--recall-confidence must be in [0, 1), got -0.1."),
+    (["--tile-size", "-3"], "--tile-size must be 0 (the model's own) or at least 16 source pixels, got -3."),
+    (["--tile-size", "4"], "--tile-size must be 0 (the model's own) or at least 16 source pixels, got 4."),
 ])
-def test_evaluate_refuses_bad_recall_settings_before_reading_anything(tmp_path, capsys, flags, expected):
+def test_evaluate_refuses_bad_settings_before_reading_anything(tmp_path, capsys, flags, expected):
     assert cli_main(["evaluate", "--model", str(tmp_path / "nothing"), "--data", str(tmp_path / "none"),
                      *flags]) == 2
     err = capsys.readouterr().err.strip()

@@ -117,6 +117,9 @@ def test_artifact_round_trip_and_damage_detection(tmp_path):
     assert read["model_id"] == card["model_id"] == card["weights_sha256"][:16]
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(x), model(x))
+    assert load_artifact(folder, model_id=card["model_id"])[1]["model_id"] == card["model_id"]
+    with pytest.raises(CracknetError, match=f"is now {card['model_id']}, not the 0123456789abcdef this run"):
+        load_artifact(folder, model_id="0123456789abcdef")  # a run pinned to a model replaced since
     # The weights load with weights_only=True: no arbitrary object is unpickled.
     torch.load(os.path.join(folder, "weights.pt"), weights_only=True)
 
