@@ -7,7 +7,7 @@ Two surfaces. ``concrete``: grey, noisy, with blotches and pores; a crack is a
 dark, jagged random walk of varying width across the patch. ``asphalt``, a
 visibly different surface for adaptation tests and demos: dark, coarse
 aggregate of light and dark stones, oil stains and tyre marks (dark streaks
-that are not cracks); a crack is a thin, low-contrast, branching line.
+that are not cracks); a crack is a thin, dark, branching line that crosses the tile.
 Generation is deterministic for a given seed; the JPEGs are real files,
 decoded like any other.
 """
@@ -83,19 +83,22 @@ def asphalt(rng: np.random.Generator, size: int) -> Image.Image:
 
 
 def draw_thin_crack(img: Image.Image, rng: np.random.Generator) -> None:
-    """A thin, low-contrast crack with a branch or two, as on a road surface."""
+    """A thin dark crack with a branch or two, as on a road surface: it runs across the tile on a
+    slowly drifting heading, jagged at the scale of a few pixels."""
     size = img.size[0]
     darker = int(np.asarray(img).mean() * rng.uniform(0.1, 0.3))
     draw = ImageDraw.Draw(img)
-    x, y = rng.uniform(0, size), 0.0
+    x, y = rng.uniform(0.1, 0.9) * size, 0.0
     if rng.random() < 0.5:
-        x, y = 0.0, rng.uniform(0, size)
-    heading = math.atan2(size / 2 - y, size / 2 - x) + rng.uniform(-0.5, 0.5)
+        x, y = 0.0, rng.uniform(0.1, 0.9) * size
+    heading = math.atan2(size / 2 - y, size / 2 - x) + rng.uniform(-0.4, 0.4)
+    step = max(1.5, size / 32)
     for branch in range(int(rng.integers(1, 3))):
-        points, step = [(x, y)], max(1.5, size / 32)
+        points = [(x, y)]
         while 0 <= x <= size and 0 <= y <= size and len(points) < 300:
-            heading += rng.normal(0, 0.3)
-            x, y = x + step * math.cos(heading), y + step * math.sin(heading)
+            heading += rng.normal(0, 0.08)  # the course drifts slowly ...
+            jag = rng.normal(0, 0.35)       # ... and each step zig-zags about it
+            x, y = x + step * math.cos(heading + jag), y + step * math.sin(heading + jag)
             points.append((x, y))
         draw.line(points, fill=(darker, darker, darker), width=max(1, int(round(size / 48))), joint="curve")
         if len(points) > 4:  # the next branch leaves from a point on this one
