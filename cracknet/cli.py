@@ -153,13 +153,18 @@ def cmd_compact(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from cracknet.demo import run_demo
+    from cracknet.demo import adapt_demo, run_demo, verdict
 
     done = run_demo(args.data, args.output, args.epochs, args.image_size, verbose=args.verbose)
     _print_training(done["card"])
     s = done["scoring"]
     print(f"Scored a survey of {s['scored']} images ({s['errors']} errors) into {s['output']}.")
     print(f"Report: {done['report']} (open it in a browser; figures beside it)")
+    if args.adapt:
+        adapted = adapt_demo(done["card"], args.output, verbose=args.verbose)
+        _print_training(adapted["card"])
+        print(f"The adapted model {adapted['card']['folder']} on the held-out asphalt: {verdict(adapted['after'])}; "
+              f"before: {verdict(adapted['before'])}.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default=os.path.join("runs", "demo"))
     demo.add_argument("--epochs", type=int, default=3)
     demo.add_argument("--image-size", type=int, default=64)
+    demo.add_argument("--adapt", action="store_true",
+                      help="then adapt the model to a surface it never saw (generated asphalt) and measure both")
     demo.add_argument("--verbose", action="store_true", help="also show Ray's INFO logs and Ray Data's progress bars")
     demo.set_defaults(run=cmd_demo)
     return parser

@@ -182,6 +182,30 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
     assert "holds no finished model" in capsys.readouterr().err
 
 
+def test_the_demo_adapts_its_model_to_a_surface_it_never_saw_and_records_both(concrete_model, tmp_path):
+    """`cracknet demo --adapt`'s step: measure on generated asphalt, adapt, measure again; both in the cards."""
+    import shutil
+
+    from cracknet.card import read_card
+    from cracknet.demo import NEW_SURFACE, adapt_demo
+
+    _, _, base_run = concrete_model
+    shutil.copytree(base_run / "model", tmp_path / "base")
+    base = read_card(str(tmp_path / "base"))
+    said = []
+    done = adapt_demo(base, str(tmp_path / "demo"), epochs=2, image_size=32, per_class=(50, 20), say=said.append)
+    assert said[0].startswith(f"A surface the model never saw, {tmp_path}/demo/asphalt-holdout (generated asphalt): "
+                              f"accuracy {done['before']['metrics']['accuracy']:.3f}")
+    assert [line.split(" (")[0] for line in said if line.startswith("Epoch")] == ["Epoch 1/2", "Epoch 2/2"]
+    card = read_card(done["card"]["folder"])
+    assert card["lineage"]["base_model"]["model_id"] == base["model_id"]
+    for model, report in ((read_card(str(tmp_path / "base")), done["before"]), (card, done["after"])):
+        row = model["evaluations"][NEW_SURFACE]
+        assert row["images"] == 40 and row["cracks"] == 20
+        assert row["accuracy"] == pytest.approx(report["metrics"]["accuracy"])
+    assert read_card(str(tmp_path / "base"))["model_id"] == base["model_id"]  # recording changed no weights
+
+
 def test_training_reads_and_writes_object_storage(ray_cluster, s3_endpoint, synthetic_tree):
     data = f"s3://{BUCKET}/train-data"
     for path in synthetic_tree.rglob("*.jpg"):
