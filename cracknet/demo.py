@@ -81,11 +81,12 @@ def run_demo(data: str, output: str, epochs: int, image_size: int, say: Callable
     return {"card": card, "scoring": scored, **written}
 
 
-def adapt_demo(base: dict, output: str, epochs: int = 8, image_size: int = 128, per_class: tuple = (150, 200),
-               say: Callable[[str], None] = print, verbose: bool = False) -> dict:
+def adapt_demo(base: dict, output: str, epochs: int = 16, image_size: int = 128, per_class: tuple = (150, 200),
+               batch_size: int = 16, say: Callable[[str], None] = print, verbose: bool = False) -> dict:
     """Step 4: measure ``base`` on generated asphalt, adapt it with labelled tiles of it, measure again.
 
     ``per_class``: labelled tiles per class to adapt on, and held-out tiles per class to measure on.
+    ``batch_size`` per worker: small, so that some 200 training tiles still make several steps an epoch.
     Returns the adapted model's card and the two evaluation reports.
     """
     from cracknet.card import record_evaluations
@@ -102,7 +103,7 @@ def adapt_demo(base: dict, output: str, epochs: int = 8, image_size: int = 128, 
     say(f"A surface the model never saw, {holdout} (generated asphalt): {verdict(before)}. "
         f"Adapting it with {2 * per_class[0]} labelled tiles under {labelled}.")
     cfg = TrainConfig(data=labelled, output=storage.join(output, "adapted"), base_model=base["folder"],
-                      epochs=epochs, image_size=image_size, batch_size=32, num_workers=2, overwrite=True,
+                      epochs=epochs, image_size=image_size, batch_size=batch_size, num_workers=2, overwrite=True,
                       verbose=verbose)
     card = run_training(cfg, log=say)
     after = evaluate(card["folder"], holdout)

@@ -193,7 +193,7 @@ def test_the_demo_adapts_its_model_to_a_surface_it_never_saw_and_records_both(co
     shutil.copytree(base_run / "model", tmp_path / "base")
     base = read_card(str(tmp_path / "base"))
     said = []
-    done = adapt_demo(base, str(tmp_path / "demo"), epochs=2, image_size=32, per_class=(50, 20), say=said.append)
+    done = adapt_demo(base, str(tmp_path / "demo"), epochs=2, image_size=32, per_class=(30, 20), say=said.append)
     assert said[0].startswith(f"A surface the model never saw, {tmp_path}/demo/asphalt-holdout (generated asphalt): "
                               f"accuracy {done['before']['metrics']['accuracy']:.3f}")
     assert [line.split(" (")[0] for line in said if line.startswith("Epoch")] == ["Epoch 1/2", "Epoch 2/2"]
