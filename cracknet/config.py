@@ -39,6 +39,15 @@ def check_tile_size(tile_size: int) -> None:
                             f"got {tile_size}.")
 
 
+BATCH_SIZE, MIN_BATCH_SIZE, MIN_STEPS = 64, 8, 8
+
+
+def batch_size_for(n_train: int, num_workers: int) -> int:
+    """The default images per worker per step: 64, or fewer (not under 8) where the train split is too small
+    for 8 steps an epoch, as with the few hundred labelled images of an adaptation."""
+    return max(MIN_BATCH_SIZE, min(BATCH_SIZE, n_train // (num_workers * MIN_STEPS)))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = field(metadata={"help": "labelled image tree <root>/<label>/...: a local path or s3://bucket/prefix"})
@@ -48,7 +57,8 @@ class TrainConfig:
                                            "--base-model's)")
     source_size: int = _opt(0, "side in source pixels of what one model input shows, for tiling large photos when "
                                "scoring (default: the training images' typical side)")
-    batch_size: int = _opt(64, "images per worker per step")
+    batch_size: Optional[int] = _opt(None, "images per worker per step (default: 64, fewer for small sets so that "
+                                           "an epoch still makes 8 steps, down to 8)")
     num_workers: int = _opt(2, "Ray Train data-parallel workers")
     use_gpu: bool = _opt(False, "one GPU per worker, bf16 autocast and channels_last")
     fp32: bool = _opt(False, "train in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
@@ -81,7 +91,7 @@ class TrainConfig:
     def __post_init__(self):
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
-            (self.batch_size >= 2, f"--batch-size must be at least 2, got {self.batch_size}."),
+            (self.batch_size is None or self.batch_size >= 2, f"--batch-size must be at least 2, got {self.batch_size}."),
             (self.num_workers >= 1, f"--num-workers must be at least 1, got {self.num_workers}."),
             (self.head_epochs >= 0, f"--head-epochs must not be negative, got {self.head_epochs}."),
             (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 0.9,

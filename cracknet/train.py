@@ -32,7 +32,7 @@ import torch
 
 import cracknet
 from cracknet import storage
-from cracknet.config import TrainConfig
+from cracknet.config import TrainConfig, batch_size_for
 from cracknet.data import CLASS_NAMES, discover
 from cracknet.datasets import load_labelled, split_datasets
 from cracknet.engine import Precision, log_loss, lr_at, train_one_epoch
@@ -352,6 +352,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     log(f"Split by content hash: {json.dumps(plan.counts)}; {plan.duplicates} duplicate copies and "
         f"{plan.conflicts} images with conflicting labels dropped, {len(plan.unreadable)} unreadable skipped.")
     n_train = len(plan.members["train"])
+    cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or batch_size_for(n_train, cfg.num_workers))
     steps_per_epoch = n_train // (cfg.num_workers * cfg.batch_size)
     if steps_per_epoch < 1:
         raise CracknetError(

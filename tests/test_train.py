@@ -15,7 +15,7 @@ import torchvision
 
 from cracknet import storage
 from cracknet.cli import main as cli_main
-from cracknet.config import TrainConfig
+from cracknet.config import TrainConfig, batch_size_for
 from cracknet.data import content_hash, discover, split_of
 from cracknet.evaluate import predict_tree
 from cracknet.metrics import binary_metrics, operating_point_caveat, recall_lower_bound
@@ -99,6 +99,14 @@ def test_ddp_training_writes_a_complete_self_describing_artifact(ray_cluster, la
     assert report["for_target_recall"]["metrics"]["recall"] >= 0.9
 
 
+def test_the_default_batch_keeps_eight_steps_an_epoch_for_small_sets():
+    assert TrainConfig(data="d", output="o").batch_size is None  # chosen once the train split is known
+    assert batch_size_for(3485, 2) == 64  # the METU dev set's train split: the full batch
+    assert batch_size_for(209, 2) == 13 and 209 // (2 * 13) == 8  # 300 labelled tiles of a new surface
+    assert batch_size_for(209, 1) == 26
+    assert batch_size_for(60, 2) == 8  # never under 8 images per worker
+
+
 @pytest.fixture(scope="module")
 def concrete_model(ray_cluster, synthetic_tree, tmp_path_factory):
     """A model fine-tuned in two stages from a state-dict file on the generated concrete surface."""
@@ -141,7 +149,7 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
         storage.write_bytes(f"{data}/{path.relative_to(asphalt).as_posix()}", path.read_bytes())
     storage.write_bytes(f"{data}/crack/truncated.jpg", b"\xff\xd8\xff\xe0 cut short")
     assert cli_main(["train", "--data", data, "--output", output, "--base-model", base_uri, "--epochs", "2",
-                     "--batch-size", "8", "--num-workers", "2", "--warmup-epochs", "0.2",
+                     "--num-workers", "2", "--warmup-epochs", "0.2",
                      "--max-bad-fraction", "0.05", "--source-size", "128"]) == 0
     printed = capsys.readouterr().out
     model, card = load_artifact(output)
@@ -152,6 +160,8 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
     assert card["preprocessing"]["mean"] == list(base["preprocessing"]["mean"])
     assert card["preprocessing"]["source_size"] == 128  # the tile scale named, not the images' 64 px
     training = card["training"]
+    assert training["batch_size"] == batch_size_for(card["data"]["counts"]["train"]["crack"] +
+                                                    card["data"]["counts"]["train"]["no_crack"], 2) == 8
     assert training["augmentation"] == "auto" and training["keep"] == "auto" and training["base_model"] == base_uri
     assert [h["stage"] for h in training["history"]] == ["head", "all"]
     losses = [h["val_loss"] for h in training["history"]]
