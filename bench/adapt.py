@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cracknet.card import read_card  # noqa: E402
 from cracknet.config import TrainConfig  # noqa: E402
 from cracknet.evaluate import evaluate  # noqa: E402
-from cracknet.synthetic import generate  # noqa: E402
+from cracknet.synthetic import adaptation_sets  # noqa: E402
 from cracknet.train import run_training  # noqa: E402
 
 DEMO_MODEL = os.path.join(os.path.dirname(__file__), "..", "runs", "demo", "model")
@@ -57,8 +57,7 @@ def main() -> None:
         data, holdout = args.data, args.holdout
         if not data or not holdout:
             data, holdout = os.path.join(scratch, "asphalt"), os.path.join(scratch, "asphalt-holdout")
-            generate(data, per_class=150, size=227, seed=10, surface="asphalt")
-            generate(holdout, per_class=200, size=227, seed=11, surface="asphalt")
+            adaptation_sets(data, holdout)
         before = evaluate(base["folder"], holdout)
         rows = [row("before (base model)", before)]
         size = args.image_size

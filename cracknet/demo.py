@@ -91,13 +91,13 @@ def adapt_demo(base: dict, output: str, epochs: int = 16, image_size: int = 128,
     """
     from cracknet.card import record_evaluations
     from cracknet.evaluate import evaluate, surface_row
-    from cracknet.synthetic import generate
+    from cracknet.synthetic import adaptation_sets
     from cracknet.train import run_training
 
     labelled, holdout = storage.join(output, "asphalt"), storage.join(output, "asphalt-holdout")
-    for root, count, seed in ((labelled, per_class[0], 10), (holdout, per_class[1], 11)):
-        storage.delete_tree(root)
-        generate(root, per_class=count, size=227, seed=seed, surface="asphalt")
+    storage.delete_tree(labelled)
+    storage.delete_tree(holdout)
+    adaptation_sets(labelled, holdout, per_class)
     before = evaluate(base["folder"], holdout)
     record_evaluations(base["folder"], {NEW_SURFACE: surface_row(before)})
     say(f"A surface the model never saw, {holdout} (generated asphalt): {verdict(before)}. "

@@ -190,8 +190,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         except Exception as exc:  # botocore's ClientError, connection errors after its retries ...
             if not _from_store(exc):
                 raise  # a bug, not the store: let it show as itself
-            error = StorageUnavailable if _transient(exc) else CracknetError
-            raise error(f"Cannot write {uri}: {reason(exc)}") from None
+            raise _failure("write", uri, exc) from None
         return
     fs, path = resolve(uri)
     try:

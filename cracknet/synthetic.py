@@ -131,6 +131,13 @@ def generate(root: str, per_class: int = 200, size: int = 96, seed: int = 0, sur
     return written
 
 
+def adaptation_sets(labelled: str, holdout: str, per_class: tuple[int, int] = (150, 200)) -> None:
+    """The generated new surface of the adaptation demo and benchmark: ``per_class[0]`` labelled asphalt
+    tiles per class to adapt on and ``per_class[1]`` others per class to measure on (227 px, fixed seeds)."""
+    generate(labelled, per_class=per_class[0], size=227, seed=10, surface="asphalt")
+    generate(holdout, per_class=per_class[1], size=227, seed=11, surface="asphalt")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="folder or s3:// prefix to write crack/ and no_crack/ into")
