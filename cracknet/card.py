@@ -9,6 +9,7 @@ Reading a card needs no torch, so the scoring driver, ``cracknet query`` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Callable
 
@@ -47,7 +48,19 @@ def read_card(uri: str) -> dict[str, Any]:
     if missing:
         raise CracknetError(
             f"{storage.join(folder, CARD_FILE)} lacks {', '.join(missing)}; it is not a cracknet model card.")
+    if card["model_id"] not in (model_identity(card), card["weights_sha256"][:16]):  # the second: cards before 0.3
+        raise CracknetError(f"{storage.join(folder, CARD_FILE)} names model {card['model_id']}, but its weights, "
+                            "threshold and preprocessing make another model: the card was edited after the model was "
+                            "saved. Save it as a new model (a new id) rather than change what an id means.")
     return {**card, "folder": folder}
+
+
+def model_identity(card: dict[str, Any]) -> str:
+    """A model's id: what decides every verdict it gives -- the weights' SHA-256, the threshold and the
+    preprocessing -- so that no edit of the card can keep an id while changing its verdicts."""
+    decides = {"weights_sha256": card["weights_sha256"], "threshold": float(card["threshold"]),
+               "preprocessing": card["preprocessing"]}
+    return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def record_evaluations(uri: str, rows: dict[str, dict[str, Any]]) -> str:

@@ -10,11 +10,17 @@ the retention period: files replaced by compaction (kept that long for readers
 of older snapshots and time travel) and files written by runs that died before
 committing. It holds the scoring lease throughout, so it never deletes the
 not-yet-committed files of a live run.
+
+Only files cracknet wrote are ever deleted (``run_date=*/part-*.parquet``, and the
+plans of dead runs): Delta's own vacuum would delete *every* unreferenced file
+under the folder, photos, reports and notes a person keeps there included.
+Delta lists the candidates; cracknet deletes those of its own naming.
 """
 
 from __future__ import annotations
 
 import time
+from urllib.parse import unquote
 
 from cracknet import results, storage
 from cracknet.errors import CracknetError
@@ -42,8 +48,7 @@ def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS, lease_seco
                                             commit_properties=CommitProperties(
                                                 custom_metadata={"cracknet.run_id": run_id}))
             lease.check()
-            deleted = table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False,
-                                   full=True)
+            deleted = vacuum_own_files(table, uri, retention_hours)
             table.cleanup_metadata()
         except CracknetError:
             raise
@@ -53,3 +58,15 @@ def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS, lease_seco
     return {"results": uri, "files_before": before, "files_after": after, "files_added": merged["numFilesAdded"],
             "files_removed": merged["numFilesRemoved"], "files_deleted": len(deleted),
             "retention_hours": retention_hours}
+
+
+def vacuum_own_files(table, uri: str, retention_hours: int) -> list[str]:
+    """Delete the unreferenced files older than the retention that cracknet itself wrote; return their URIs."""
+    candidates = table.vacuum(retention_hours=retention_hours, dry_run=True, enforce_retention_duration=False,
+                              full=True)
+    deleted = []
+    for relative in map(unquote, candidates):  # paths below the table, as its log writes them
+        if results.PART_FILE.fullmatch(relative):
+            storage.delete_file(storage.join(uri, relative))
+            deleted.append(storage.join(uri, relative))
+    return deleted

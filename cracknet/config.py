@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, get_args, get_type_hints
 
 from cracknet.errors import CracknetError
-from cracknet.transforms import DEFAULT_MAX_PIXELS
+from cracknet.transforms import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -140,7 +140,10 @@ class ScoreConfig:
                                 "by default GPUs are used when the cluster has them")
     tile_size: int = _opt(0, "tile side in source pixels for large images (default: the model's training images)")
     tile_overlap: float = _opt(0.25, "overlap of neighbouring tiles, as a share of the tile side")
-    max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused (decompression bombs)")
+    max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused (decompression bombs); 16- and "
+                                               "32-bit images count by the memory they need, as 8-bit RGB would")
+    max_bytes: int = _opt(DEFAULT_MAX_BYTES, "files larger than this many bytes are refused by their size, unread")
+    retry_errors: bool = _opt(False, "score again every image whose last attempt was an error row, permanent or not")
     fp32: bool = _opt(False, "score in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
     compile: bool = _opt(False, "run the model under torch.compile: about a minute of compiling per actor, then "
                                 "about 1.5x faster on CPUs; pays from a few thousand images per actor")
@@ -153,9 +156,10 @@ class ScoreConfig:
     verbose: bool = _opt(False, "also show Ray's INFO logs and Ray Data's progress bars")
 
     def __post_init__(self):
-        if min(self.batch_size, self.read_batch_size, self.rows_per_part) < 1 or self.lease_seconds <= 0:
-            raise CracknetError("--batch-size, --read-batch-size, --rows-per-part and --lease-seconds must be "
-                                "positive.")
+        if min(self.batch_size, self.read_batch_size, self.rows_per_part, self.max_pixels, self.max_bytes) < 1 \
+                or self.lease_seconds <= 0:
+            raise CracknetError("--batch-size, --read-batch-size, --rows-per-part, --max-pixels, --max-bytes and "
+                                "--lease-seconds must be positive.")
         if self.num_actors < 0:
             raise CracknetError(f"--num-actors must not be negative, got {self.num_actors}.")
         check_tile_size(self.tile_size)

@@ -15,6 +15,12 @@ class StorageUnavailable(CracknetError):
     """
 
 
+class ReadRefused(CracknetError):
+    """The store refused to hand over one object (access denied, a key policy, archived to Glacier): a fact about
+    that object *tonight*, which a rotated key or a restore may change. Scoring records an error row that later
+    runs try again; unlike ``StorageUnavailable`` it does not stop the job."""
+
+
 class OutputBusy(CracknetError):
     """Another run holds the output (its lease), or took it over while this run wrote: retry later."""
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from cracknet import storage
 from cracknet.card import (ARCHITECTURE, CARD_FILE, WEIGHTS_FILE, card_bytes, in_split, model_folder,  # noqa: F401
-                            preprocessing_of, read_card)
+                            model_identity, preprocessing_of, read_card)
 from cracknet.data import content_hash
 from cracknet.errors import CracknetError
 
@@ -111,8 +111,8 @@ def save_artifact(folder: str, state_dict: dict[str, torch.Tensor], card: dict[s
     torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, buffer)
     data = buffer.getvalue()
     digest = content_hash(data)
-    card = {**card, "architecture": ARCHITECTURE, "weights_file": WEIGHTS_FILE,
-            "weights_sha256": digest, "model_id": digest[:16]}
+    card = {**card, "architecture": ARCHITECTURE, "weights_file": WEIGHTS_FILE, "weights_sha256": digest}
+    card["model_id"] = model_identity(card)
     storage.write_bytes(storage.join(folder, WEIGHTS_FILE), data)
     storage.write_bytes(storage.join(folder, CARD_FILE), card_bytes(card))
     return card

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pyarrow as pa
 
@@ -30,12 +31,16 @@ def run_query(uri: str, sql: str, con=None) -> pa.Table:
         raise CracknetError(f"The query failed: {first}") from None
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _text(value) -> str:
+    """A cell as shown in a terminal: control characters (escape sequences included) become "?"."""
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value)
+    return _CONTROL.sub("?", str(value).replace("\t", " ").replace("\n", " "))
 
 
 def _flat(table: pa.Table) -> pa.Table:

@@ -31,6 +31,15 @@ LIMITS = ("Trained and tested on the labelled images named in the card (concrete
           "validation split; precision at that threshold is the cost of that choice.")
 
 
+class Html(str):
+    """Markup made here (an image, a link): the one kind of text a table cell does not escape."""
+
+
+def _plain(text: Any) -> str:
+    """Text for a matplotlib label, drawn as written ("$" would otherwise start mathtext)."""
+    return str(text).replace("$", r"\$")
+
+
 def _pyplot():
     import matplotlib
 
@@ -63,6 +72,14 @@ class Report:
     def section(self, title: str, body: str) -> None:
         self.sections.append(f"<section><h2>{html.escape(title)}</h2>\n{body}\n</section>")
 
+    def attempt(self, title: str, build, *args) -> None:
+        """Add a section by ``build(self, *args)``; one that fails becomes a note, and the report still opens."""
+        try:
+            build(self, *args)
+        except Exception as exc:  # noqa: BLE001 - one bad figure or row must not cost the whole report
+            _pyplot().close("all")
+            self.section(title, _note(f"This section could not be drawn: {_reason(exc)}"))
+
     def write(self) -> str:
         page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>
@@ -84,15 +101,32 @@ text-align: left; font-size: .92em; }} img {{ max-width: 100%; }}
 
 
 def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...] | None = None) -> str:
-    head = "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    """An HTML table; every cell is escaped unless it is ``Html``."""
+    head = "<tr>" + "".join(f"<th>{_cell(h)}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table>{head}{body}</table>"
 
 
+def _cell(value: Any) -> str:
+    return value if isinstance(value, Html) else html.escape(_fmt(value))
+
+
 def _fmt(value: Any) -> str:
+    """A value as plain text (escaped where it reaches HTML)."""
     if isinstance(value, float):
         return f"{value:.4f}"
-    return html.escape(str(value))
+    return str(value)
+
+
+def _note(text: str) -> Html:
+    return Html(f'<p class="note">{html.escape(text)}</p>')
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, CracknetError):
+        return str(exc)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _thumbnail(uri: str, side: int = THUMB) -> str:
@@ -101,11 +135,11 @@ def _thumbnail(uri: str, side: int = THUMB) -> str:
     try:
         img = load_rgb(storage.read_bytes(uri))
     except Exception:  # noqa: BLE001 - a missing or broken image just has no thumbnail
-        return "<div>(unreadable)</div>"
+        return Html("<div>(unreadable)</div>")
     img.thumbnail((side, side))
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", quality=85)
-    return f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+    return Html(f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}">')
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -138,7 +172,7 @@ def model_card_section(report: Report, card: dict) -> None:
         ("epochs", training.get("epochs_completed", "")),
         ("versions", ", ".join(f"{k} {v}" for k, v in card.get("versions", {}).items())),
     ]
-    body = (_table([(html.escape(k), html.escape(str(v))) for k, v in facts])
+    body = (_table(facts)
             + "<h3>Images per split and class</h3>" + _table(split_rows, ("split", *classes))
             + "<h3>Test metrics at the threshold (95% bootstrap intervals)</h3>"
             + _table(metric_rows, ("metric", "value", "interval"))
@@ -172,9 +206,9 @@ def evaluations_table(card: dict) -> str:
     rows = card.get("evaluations", {})
     if not rows:
         return ""
-    body = [(html.escape(name), html.escape(r["data"]), r["images"], r["cracks"],
-             *(_fmt(r[k]) if r.get(k) is not None else "n/a" for k in ("accuracy", "precision", "recall", "roc_auc")),
-             html.escape(r.get("evaluated_at", "")))
+    body = [(name, r.get("data", ""), r.get("images", ""), r.get("cracks", ""),
+             *(r[k] if r.get(k) is not None else "n/a" for k in ("accuracy", "precision", "recall", "roc_auc")),
+             r.get("evaluated_at", ""))
             for name, r in rows.items()]
     return ("<h3>Measured on other surfaces (at the threshold)</h3>"
             + _table(body, ("surface", "data", "images", "cracks", "accuracy", "precision", "recall", "ROC-AUC",
@@ -219,7 +253,7 @@ def evaluation_section(report: Report, card: dict, found, gallery: int) -> None:
     ax.imshow(matrix, cmap="Blues")
     for (i, j), v in np.ndenumerate(matrix):
         ax.text(j, i, str(v), ha="center", va="center", color="black" if v < matrix.max() / 2 else "white")
-    names = card.get("class_names", ["no_crack", "crack"])
+    names = [_plain(n) for n in card.get("class_names", ["no_crack", "crack"])]
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=names, yticklabels=names, xlabel="predicted",
            ylabel="true", title=f"Confusion matrix at {threshold:.3f}")
     confusion = report.figure("confusion_matrix", fig)
@@ -345,17 +379,18 @@ def scoring_section(report: Report, results: str, top: int, maps: int, card: dic
     overview = report.figure("scoring_overview", fig)
 
     fig, ax = plt.subplots(figsize=(11, max(2.5, 0.3 * len(structures))))
-    names = [name[-60:] for name in _short_names([s["structure"] for s in structures])][::-1]
+    names = [_plain(name[-60:]) for name in _short_names([s["structure"] for s in structures])][::-1]
     ax.barh(names, [s["images"] for s in structures][::-1], color="#95a5a6", label="images")
     ax.barh(names, [s["cracks"] for s in structures][::-1], color="#c0392b", label="cracks")
     ax.set(title="Per structure (folder)", xlabel="images")
     ax.legend()
     per_structure = report.figure("scoring_structures", fig)
 
-    rows = [(_thumbnail(r["image_uri"], 96), html.escape(r["image_uri"]), f"{r['crack_probability']:.3f}",
+    rows = [(_thumbnail(r["image_uri"], 96), r["image_uri"], f"{r['crack_probability']:.3f}",
              r["tiles_scored"]) for r in likely]
     other = sorted(scored_by - {card["model_id"]})
-    note = (f" Scored by model {', '.join(map(html.escape, other))} as well as or instead of {card['model_id']}: "
+    note = (f" Scored by model {html.escape(', '.join(other))} as well as or instead of "
+            f"{html.escape(card['model_id'])}: "
             f"is_crack follows each scoring model's threshold; the lines drawn here are {threshold:.3f}, "
             f"this report's model's." if other else "")
     body = (f"<p>{len(images)} images scored, {errors} error rows, in {html.escape(results)}.{note}</p>" + overview
@@ -364,9 +399,12 @@ def scoring_section(report: Report, results: str, top: int, maps: int, card: dic
     large = [r for r in likely if r["tiles_scored"] > 1][:maps]
     for i, r in enumerate(large):
         tiles = ask("SELECT * FROM tiles_above('{}', 0.0)".format(r["image_uri"].replace("'", "''"))).to_pylist()
+        try:
+            drawn = report.png(f"tile_map_{i + 1}", tile_map(r["image_uri"], tiles, threshold))
+        except Exception as exc:  # noqa: BLE001 - e.g. the photo was deleted since it was scored
+            drawn = _note(f"The map could not be drawn: {_reason(exc)}")
         body += (f"<h3>Tile crack map: {html.escape(r['image_uri'])} (p={r['crack_probability']:.3f}; "
-                 f"outlined: tiles at or above {threshold:.3f})</h3>"
-                 + report.png(f"tile_map_{i + 1}", tile_map(r["image_uri"], tiles, threshold)))
+                 f"outlined: tiles at or above {threshold:.3f})</h3>" + drawn)
     report.section("Scoring results", body)
 
 
@@ -382,10 +420,10 @@ def build_report(model_uri: str, out: str, data: str | None = None, split: str =
     if results:
         require_results(results)
     report = Report(out, f"cracknet report: model {card['model_id']}")
-    model_card_section(report, card)
-    training_section(report, card)
+    report.attempt("Model card", model_card_section, card)
+    report.attempt("Training curves", training_section, card)
     if found is not None:
-        evaluation_section(report, card, found, gallery)
+        report.attempt("Evaluation", evaluation_section, card, found, gallery)
     if results:
-        scoring_section(report, results, top, maps, card)
+        report.attempt("Scoring results", scoring_section, results, top, maps, card)
     return {"report": report.write(), "figures": report.files}

@@ -34,6 +34,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import tempfile
 import time
 import uuid
@@ -74,10 +75,16 @@ FILE_SCHEMA = pa.schema([   # what each Parquet file holds; run_date lives in th
     ("run_id", pa.string()),
     ("scored_at", pa.timestamp("us", tz="UTC")),
     ("tiles", pa.list_(TILE)),  # the tiles of a tiled image; empty when it was scored whole, null on error
+    ("error_kind", pa.string()),  # with error: permanent (about the file) or transient (tried again later)
 ])
 SCHEMA = FILE_SCHEMA.append(pa.field(PARTITION, pa.date32()))
-KEYS = pa.schema([FILE_SCHEMA.field("image_uri"), FILE_SCHEMA.field("version"), FILE_SCHEMA.field("model_id")])
+ADDED_COLUMNS = ("error_kind",)  # columns added since the first release: older tables get them on their next commit
+KEYS = pa.schema([FILE_SCHEMA.field(name) for name in ("image_uri", "version", "model_id", "error", "error_kind")])
 STATS_COLUMNS = ("image_uri", "version", "model_id", "run_id", "crack_probability", "tiles_scored")
+# The files a scoring run writes into the table, and the only table files cracknet ever deletes.
+PART_FILE = re.compile(r"run_date=\d{4}-\d{2}-\d{2}/part-[A-Za-z0-9_.-]+\.parquet")
+# What else cracknet keeps under an output: the log, the lease, plans, the runs table.
+OWN_FOLDERS = (LOG, STAGING, "_runs", "_lease", "_lease.json")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -92,6 +99,33 @@ def refuse_old_layout(uri: str) -> None:
     if not table_exists(uri) and storage.exists(storage.join(uri, OLD_MANIFESTS)):
         raise CracknetError(f"{uri} holds results in cracknet's earlier Parquet-and-manifest layout, not a Delta "
                             "table; score into a new --output (the old parts stay readable as plain Parquet).")
+
+
+def own_file(relative: str) -> bool:
+    """Whether a file (its path below the output) is one cracknet writes there."""
+    return bool(PART_FILE.fullmatch(relative)) or relative.split("/", 1)[0] in OWN_FOLDERS
+
+
+def check_output(output: str, inputs: tuple[str, ...] = ()) -> None:
+    """Refuse, before anything is written, an output that overlaps the images or holds someone else's files.
+
+    Results never share a folder with their inputs (a table's maintenance must never come near a photo), and
+    a new output must be empty or hold only what cracknet itself writes there.
+    """
+    if "%" in output:  # deltalake decodes %xx in table paths, so such a table could not be read back
+        raise CracknetError(f"The output {output} contains '%', which the table format cannot keep in a path; "
+                            "choose a location without it.")
+    for source in inputs:
+        if source and storage.overlap(source, output):
+            raise CracknetError(f"The output {output} overlaps the input {source}: results must lie outside the "
+                                "images and must not contain them; choose another --output.")
+    if table_exists(output) or not storage.exists(output):
+        return
+    for page in storage.iter_versions(output):
+        for uri, _ in page:
+            if not own_file(storage.relative(uri, output)):
+                raise CracknetError(f"{output} already holds files that are not a cracknet results table (such "
+                                    f"as {uri}); give an empty location or an existing results table as --output.")
 
 
 def open_table(uri: str):
@@ -126,6 +160,8 @@ def part_table(images: dict, tiles: list, threshold: float, model_id: str, run_i
     n = len(images["image_uri"])
     errors = [e if isinstance(e, str) and e else None for e in images["error"]]
     ok = np.array([e is None for e in errors], dtype=bool)
+    kinds = images.get("error_kind", [None] * n)  # none: an error of unknown kind, tried again like a transient one
+    kinds = [k if e is not None and isinstance(k, str) and k else None for e, k in zip(errors, kinds)]
     probs = np.asarray(images["crack_probability"], dtype=np.float32)
     tile_rows = [None if not good else [dict(zip(TILE.names, t)) for t in image_tiles or []]
                  for good, image_tiles in zip(ok, tiles)]
@@ -142,6 +178,7 @@ def part_table(images: dict, tiles: list, threshold: float, model_id: str, run_i
         "run_id": pa.array([run_id] * n, pa.string()),
         "scored_at": pa.array([datetime.fromisoformat(scored_at)] * n, pa.timestamp("us", tz="UTC")),
         "tiles": pa.array(tile_rows, pa.list_(TILE)),
+        "error_kind": pa.array(kinds, pa.string()),
     }, schema=FILE_SCHEMA)
     return table.replace_schema_metadata({"cracknet": json.dumps(metadata)})
 
@@ -170,7 +207,7 @@ def file_stats(table: pa.Table) -> str:
         if column.null_count < len(column):
             low, high = pc.min_max(column).values()
             mins[name], maxs[name] = low.as_py(), high.as_py()
-    for name in ("error", "is_crack", "width", "height", "scored_at"):
+    for name in ("error", "error_kind", "is_crack", "width", "height", "scored_at"):
         nulls[name] = table.column(name).null_count
     return json.dumps({"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
 
@@ -199,7 +236,8 @@ def commit(output: str, parts: list[dict], run_id: str, metadata: dict,
                 uri, SCHEMA, mode="ignore", partition_by=[PARTITION], name=TABLE_NAME,
                 description="cracknet crack predictions: one row per scored image (see cracknet's README)",
                 configuration=TABLE_CONFIGURATION, storage_options=options)
-            table.create_write_transaction(actions, mode="append", schema=SCHEMA, partition_by=[PARTITION],
+            table = _with_added_columns(table)
+            table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=[PARTITION],
                                            commit_properties=properties)
             table.update_incremental()
             return table.version()
@@ -212,6 +250,20 @@ def commit(output: str, parts: list[dict], run_id: str, metadata: dict,
                 return found
     # Every attempt failed and none of them landed: the store (or the way to it) is failing; retry later.
     raise StorageUnavailable(f"Cannot commit run {run_id} to {output}: {storage.reason(last)}")
+
+
+def _with_added_columns(table):
+    """The table with every column of today's schema (a table made by an older release gains the new ones,
+    null in its older files)."""
+    from deltalake.schema import Field
+
+    have = {f.name for f in table.schema().fields}
+    missing = [name for name in ADDED_COLUMNS if name not in have]
+    if not missing:
+        return table
+    table.alter.add_columns([Field(name, "string", nullable=True) for name in missing])
+    table.update_incremental()
+    return table
 
 
 def _committed_version(output: str, run_id: str, depth: int = 20) -> int | None:
@@ -240,8 +292,16 @@ def commit_metadata(output: str, run_id: str) -> dict | None:
 # Planning: tonight's listing minus what this model already committed (an anti-join, never a Python set)
 
 
-def plan(listed: pa.RecordBatchReader, output: str, model_id: str, staging: str) -> dict:
+ERROR_ATTEMPTS = 3  # transient error rows an image may collect before later runs stop trying it
+
+
+def plan(listed: pa.RecordBatchReader, output: str, model_id: str, staging: str, retry_errors: bool = False,
+         error_attempts: int = ERROR_ATTEMPTS) -> dict:
     """Write the images still to score as Parquet files under ``staging``; return counts and the files.
+
+    Done for this model: an image (at its version) it scored, or whose error row is permanent, or that failed
+    transiently ``error_attempts`` times (then it stays in the ``failures`` view until ``retry_errors``, which
+    tries every error row again).
 
     The listing streams once into DuckDB (memory capped at PLAN_MEMORY, spilling to local disk beyond);
     only the ``image_uri``, ``version`` and ``model_id`` columns of committed files whose statistics can
@@ -260,8 +320,11 @@ def plan(listed: pa.RecordBatchReader, output: str, model_id: str, staging: str)
             listed_n, low, high = con.execute("SELECT count(*), min(image_uri), max(image_uri) FROM listing").fetchall()[0]
             scored, files_read, files_all = scored_keys(output, model_id, low, high)
             con.register("scored", scored)
-            con.execute(PLAN_SQL, [model_id]).fetchall()
+            attempts_sql, todo_sql = PLAN_SQL.strip().rstrip(";").split(";\n")
+            con.execute(attempts_sql, {"model": model_id}).fetchall()
+            con.execute(todo_sql, {"retry": retry_errors, "attempts": error_attempts}).fetchall()
             todo = con.execute("SELECT count(*) FROM todo").fetchall()[0][0]
+            retried, given_up = con.execute(RETRY_SQL, {"attempts": error_attempts}).fetchall()[0]
             written = _write_plan(con, todo, staging)
         except duckdb.Error as exc:
             if failure:
@@ -270,15 +333,29 @@ def plan(listed: pa.RecordBatchReader, output: str, model_id: str, staging: str)
         finally:
             con.close()
     return {"listed": listed_n, "todo": todo, "files": written, "history_files_read": files_read,
-            "history_files": files_all}
+            "history_files": files_all, "errors_retried": int(retried or 0), "errors_given_up": int(given_up or 0)}
 
 
 PLAN_SQL = """
+CREATE TEMP TABLE attempts AS
+    SELECT image_uri, version,
+           bool_or(error IS NULL) AS scored,
+           bool_or(error IS NOT NULL AND error_kind = 'permanent') AS permanent,
+           count(*) FILTER (WHERE error IS NOT NULL AND error_kind IS DISTINCT FROM 'permanent') AS transient
+    FROM scored WHERE model_id = $model GROUP BY image_uri, version;
 CREATE TEMP TABLE todo AS
-    WITH done AS (SELECT image_uri, version FROM scored WHERE model_id = $1)
+    WITH done AS (SELECT image_uri, version FROM attempts
+                  WHERE scored OR (NOT $retry AND (permanent OR transient >= $attempts)))
     SELECT l.image_uri, l.version FROM listing l ANTI JOIN done d USING (image_uri, version) WHERE l.version <> ''
     UNION ALL  -- a row without a version counts as scored once its URI was scored at any version
-    SELECT l.image_uri, l.version FROM listing l ANTI JOIN done d USING (image_uri) WHERE l.version = ''
+    SELECT l.image_uri, l.version FROM listing l ANTI JOIN done d USING (image_uri) WHERE l.version = '';
+"""
+
+RETRY_SQL = """
+SELECT count(*) FILTER (WHERE a.image_uri IS NOT NULL AND NOT a.scored),
+       (SELECT count(*) FROM attempts a JOIN listing l USING (image_uri, version)
+        WHERE NOT a.scored AND NOT a.permanent AND a.transient >= $attempts)
+FROM todo t LEFT JOIN attempts a USING (image_uri, version)
 """
 
 
@@ -389,13 +466,24 @@ CREATE MACRO tiles_above(uri, p) AS TABLE
 
 
 def connect(uri: str):
-    """A DuckDB connection with the views above over the committed table at ``uri``."""
+    """A DuckDB connection with the views above over the committed table at ``uri``, and access to nothing else
+    (the query runs with the job's credentials, so it must not reach files, the environment or extensions)."""
     import duckdb
 
     if not storage.exists(uri):
         raise CracknetError(f"{uri} does not exist.")
-    con = duckdb.connect()
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute("SET TimeZone = 'UTC'").fetchall()
     con.register("results", dataset(uri))
     con.execute(VIEWS).fetchall()
+    # From here on SQL sees the table and nothing else: no files, no environment, no extensions, and no
+    # setting can turn that back on.
+    con.execute(LOCKDOWN).fetchall()
     return con
+
+
+LOCKDOWN = """
+SET enable_external_access = false;
+SET allow_community_extensions = false;
+SET lock_configuration = true;
+"""

@@ -73,14 +73,14 @@ def read_and_tile(batch: dict, spec, tiling, root: str, tiles_per_pack: int):
         yield pack(pending, spec.image_size)
 
 
-def read_encoded(batch: dict, root: str, images_per_pack: int, bytes_per_pack: int = 64 << 20):
+def read_encoded(batch: dict, root: str, images_per_pack: int, max_bytes: int, bytes_per_pack: int = 64 << 20):
     """image_uri, version -> packs of undecoded images, for model actors that decode on their GPU (see
     ``scorer.tiles_on_device``): the same reads and error policy as ``read_and_tile``, no decoding here."""
     from cracknet.scorer import fetch
 
     pending, size = [], 0
     for uri, listed_version in zip(batch["image_uri"], batch["version"]):
-        found, data = fetch(uri, root, listed_version or "")
+        found, data = fetch(uri, root, listed_version or "", max_bytes)
         pending.append((found, data or b""))
         size += len(data or b"")
         if len(pending) >= images_per_pack or size >= bytes_per_pack:
@@ -94,7 +94,7 @@ def encoded_pack(pending: list) -> dict:
     """(Found, bytes) pairs -> one row: the bytes end to end with their offsets, text as JSON."""
     lengths = np.asarray([len(data) for _, data in pending], dtype=np.int64)
     text = {"image_uri": [f.uri for f, _ in pending], "version": [f.version for f, _ in pending],
-            "error": [f.error for f, _ in pending]}
+            "error": [f.error for f, _ in pending], "error_kind": [f.error_kind for f, _ in pending]}
     return {
         "data": _ragged([np.frombuffer(b"".join(data for _, data in pending) or b"", dtype=np.uint8)]),
         "lengths": _ragged([lengths]),
@@ -106,7 +106,7 @@ def pack(found: list, size: int) -> dict:
     """Images read for scoring -> one row: every tile in one array, per-image numbers as arrays, text as JSON."""
     empty_tiles, empty_boxes = np.zeros((0, size, size, 3), dtype=np.uint8), np.zeros((0, 4), dtype=np.int32)
     text = {"image_uri": [f.uri for f in found], "version": [f.version for f in found],
-            "error": [f.error for f in found]}
+            "error": [f.error for f in found], "error_kind": [f.error_kind for f in found]}
     return {
         "tiles": _ragged([np.concatenate([empty_tiles] + [f.tiles for f in found if f.tiles is not None])]),
         "boxes": _ragged([np.concatenate([empty_boxes] + [f.boxes for f in found if f.boxes is not None])]),
@@ -132,22 +132,23 @@ class CrackPredictor:
     probability (the highest of its tiles), and each tile's box and probability."""
 
     def __init__(self, model_uri: str, model_id: str, batch_tiles: int, tiling, threads: int = 0, fp32: bool = False,
-                 decode_on_device: bool = False, max_pixels: int = 0, compile: bool = False):
+                 decode_on_device: bool = False, max_pixels: int = 0, max_bytes: int = 0, compile: bool = False):
         from cracknet.scorer import Scorer
 
         self.scorer = Scorer.load(model_uri, batch_tiles=batch_tiles, tile_size=tiling.size, overlap=tiling.overlap,
                                   fp32=fp32, model_id=model_id, threads=threads, compile=compile)
-        if max_pixels:
-            self.scorer.spec = dataclasses.replace(self.scorer.spec, max_pixels=max_pixels)
+        if max_pixels or max_bytes:
+            self.scorer.spec = dataclasses.replace(self.scorer.spec, max_pixels=max_pixels or self.scorer.spec.max_pixels,
+                                                   max_bytes=max_bytes or self.scorer.spec.max_bytes)
         self.decode_on_device = decode_on_device
 
     def __call__(self, batch: dict) -> dict:
-        out = {k: [] for k in ("image_uri", "version", "error", "width", "height", "crack_probability",
+        out = {k: [] for k in ("image_uri", "version", "error", "error_kind", "width", "height", "crack_probability",
                                "tiles_scored", "tile_probabilities", "boxes")}
         packs = self._decoded_packs(batch) if self.decode_on_device else self._tiled_packs(batch)
         for text, widths, heights, per_image, boxes in packs:
             crack, tile_probs = self.scorer.score(per_image)
-            for key in ("image_uri", "version", "error"):
+            for key in ("image_uri", "version", "error", "error_kind"):
                 out[key] += text[key]
             out["width"] += list(widths)
             out["height"] += list(heights)
@@ -159,6 +160,7 @@ class CrackPredictor:
             "image_uri": np.asarray(out["image_uri"], dtype=object),
             "version": np.asarray(out["version"], dtype=object),
             "error": np.asarray(out["error"], dtype=object),  # "" keeps it a string column in every block
+            "error_kind": np.asarray(out["error_kind"], dtype=object),
             "width": np.asarray(out["width"], dtype=np.int32),
             "height": np.asarray(out["height"], dtype=np.int32),
             "crack_probability": np.asarray(out["crack_probability"], dtype=np.float32),
@@ -195,7 +197,7 @@ class CrackPredictor:
                 if got is None:  # not a plain JPEG, or the device refused it: the CPU path, its errors included
                     got = decode_into(Found(text["image_uri"][i]), datas[i], spec, tiling)
                     if got.error:
-                        text["error"][i] = got.error
+                        text["error"][i], text["error_kind"][i] = got.error, got.error_kind
                         continue
                     got = (got.width, got.height, got.tiles, got.boxes)
                 widths[i], heights[i], per_image[i], boxes[i] = got
@@ -230,6 +232,7 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
                               input_prefix=storage.absolute(cfg.input_prefix) if cfg.input_prefix else None)
     storage.require_bucket(cfg.output)
     results.refuse_old_layout(cfg.output)
+    results.check_output(cfg.output, inputs=(cfg.input, cfg.input_prefix or ""))
     card = read_card(cfg.model)
     root = inputs.input_root(cfg.input, cfg.input_prefix)
     now = datetime.now(timezone.utc)
@@ -323,7 +326,7 @@ def _score_pipeline(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id:
     from cracknet.card import preprocessing_of
     from cracknet.cluster import ensure_ray
 
-    spec = dataclasses.replace(preprocessing_of(card), max_pixels=cfg.max_pixels)
+    spec = dataclasses.replace(preprocessing_of(card), max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes)
     tiling = tiling_of(card, cfg.tile_size, cfg.tile_overlap)
     ensure_ray(cfg.ray_address, verbose=cfg.verbose)
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -333,7 +336,8 @@ def _score_pipeline(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id:
     threads = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
     # GPU actors decode JPEGs themselves, in batches on the GPU; otherwise CPU tasks decode and tile.
     if gpus:
-        read = dict(fn=read_encoded, fn_kwargs={"root": root, "images_per_pack": cfg.batch_size})
+        read = dict(fn=read_encoded, fn_kwargs={"root": root, "images_per_pack": cfg.batch_size,
+                                                "max_bytes": cfg.max_bytes})
     else:
         read = dict(fn=read_and_tile, fn_kwargs={"spec": spec, "tiling": tiling, "root": root,
                                                  "tiles_per_pack": cfg.batch_size})
@@ -346,7 +350,8 @@ def _score_pipeline(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id:
                                                            "batch_tiles": cfg.batch_size, "tiling": tiling,
                                                            "threads": threads, "fp32": cfg.fp32,
                                                            "decode_on_device": bool(gpus),
-                                                           "max_pixels": cfg.max_pixels, "compile": cfg.compile},
+                                                           "max_pixels": cfg.max_pixels, "max_bytes": cfg.max_bytes,
+                                                           "compile": cfg.compile},
                      compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
                      num_cpus=0 if gpus else 1, batch_size=1, batch_format="numpy")
         .map_batches(write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id, "run_date": now.date().isoformat(),

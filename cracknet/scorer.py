@@ -36,7 +36,7 @@ from PIL import Image
 
 from cracknet import storage
 from cracknet.data import content_hash
-from cracknet.errors import CracknetError, StorageUnavailable
+from cracknet.errors import CracknetError, ReadRefused, StorageUnavailable
 from cracknet.transforms import ImageError, Preprocessing, decode_tiles, scored_whole, tile_boxes, to_rgb
 
 if TYPE_CHECKING:
@@ -70,7 +70,12 @@ class Found:
     tiles: np.ndarray | None = None  # uint8 (T, S, S, 3)
     boxes: np.ndarray | None = None  # int32 (T, 4): x, y, w, h in the photo's own pixels
     error: str = ""
+    error_kind: str = ""  # with error: "permanent" (about the file itself) or "transient" (may read later)
     skipped: bool = False  # left out by ``want``
+
+    def fail(self, exc: BaseException) -> "Found":
+        self.error, self.error_kind = _error(exc), error_kind(exc)
+        return self
 
 
 def read_image(uri: str, spec: Preprocessing, tiling: Tiling, root: str | None = None, version: str = "",
@@ -80,7 +85,7 @@ def read_image(uri: str, spec: Preprocessing, tiling: Tiling, root: str | None =
     Raises only ``StorageUnavailable`` (the store kept failing: not a fact about this image). With ``root``,
     an image outside it is not read at all; with ``want``, only an image whose SHA-256 it accepts is decoded.
     """
-    found, data = fetch(uri, root, version)
+    found, data = fetch(uri, root, version, spec.max_bytes)
     if data is None:
         return found
     if want is not None and not want(content_hash(data)):
@@ -89,22 +94,21 @@ def read_image(uri: str, spec: Preprocessing, tiling: Tiling, root: str | None =
     return decode_into(found, data, spec, tiling)
 
 
-def fetch(uri: str, root: str | None = None, version: str = "") -> tuple[Found, bytes | None]:
+def fetch(uri: str, root: str | None = None, version: str = "", max_bytes: int = 0) -> tuple[Found, bytes | None]:
     """The first half of ``read_image``: the bytes of one image (None, with ``error`` set, where they cannot be
-    had). For decoders elsewhere, e.g. in batches on a GPU."""
+    had; a file over ``max_bytes`` is refused by its size, unread). For decoders elsewhere, e.g. on a GPU."""
     found = Found(uri, version)
     try:
         if root is not None and not storage.within(uri, root):
             raise CracknetError(f"{uri} lies outside the input location {root}, so it was not read "
                                 "(--input-prefix widens the location).")
-        data, read_version = storage.read_versioned(uri)
+        data, read_version = storage.read_versioned(uri, max_bytes)
         found.version = version or read_version
         return found, data
     except StorageUnavailable:
         raise
     except Exception as exc:
-        found.error = _error(exc)
-        return found, None
+        return found.fail(exc), None
 
 
 def decode_into(found: Found, data: bytes, spec: Preprocessing, tiling: Tiling) -> Found:
@@ -112,8 +116,17 @@ def decode_into(found: Found, data: bytes, spec: Preprocessing, tiling: Tiling) 
     try:
         found.width, found.height, found.tiles, found.boxes = decode_tiles(data, spec, tiling.size, tiling.overlap)
     except Exception as exc:
-        found.error = _error(exc)
+        found.fail(exc)
     return found
+
+
+def error_kind(exc: BaseException) -> str:
+    """Permanent: a fact about the file (not an image, truncated, too many pixels or bytes, outside the input, gone);
+    transient: tonight's circumstance (access refused, archived, out of memory, an unexpected failure), so later
+    runs try it again."""
+    if isinstance(exc, CracknetError) and not isinstance(exc, ReadRefused):
+        return "permanent"
+    return "transient"
 
 
 def _error(exc: Exception) -> str:

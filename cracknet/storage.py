@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from cracknet.errors import CracknetError, StorageUnavailable
+from cracknet.errors import CracknetError, ReadRefused, StorageUnavailable
 
 S3_PREFIX = "s3://"
 BODY_READ_ATTEMPTS = 3
@@ -121,18 +121,40 @@ def join(uri: str, *parts: str) -> str:
 
 
 def within(uri: str, root: str) -> bool:
-    """Whether ``uri`` lies under ``root`` once ``.``/``..`` segments (and, locally, symlinks) are resolved."""
+    """Whether ``uri`` lies under ``root``, judged on what a read of ``uri`` opens.
+
+    On local disk the kernel resolves ``.``/``..`` and symlinks, so both paths are resolved first. On S3
+    a key is taken literally (``a/../b`` is a key of its own, not ``b``), so a key or root with a ``.``
+    or ``..`` segment is never inside anything.
+    """
     if is_s3(uri) != is_s3(root):
         return False
     if is_s3(uri):
         bucket, key = split_s3(uri)
         root_bucket, root_key = split_s3(root)
-        key = posixpath.normpath("/" + key).lstrip("/")
-        root_key = posixpath.normpath("/" + root_key).strip("/")
+        root_key = root_key.rstrip("/")
+        if _dot_segments(key) or _dot_segments(root_key):
+            return False
         return bucket == root_bucket and (not root_key or key == root_key or key.startswith(root_key + "/"))
     path = os.path.realpath(os.path.expanduser(uri))
     base = os.path.realpath(os.path.expanduser(root))
     return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _dot_segments(key: str) -> bool:
+    return any(segment in (".", "..") for segment in key.split("/"))
+
+
+def overlap(a: str, b: str) -> bool:
+    """Whether one location lies inside the other (or they are the same)."""
+    return within(a, b) or within(b, a)
+
+
+def relative(uri: str, root: str) -> str:
+    """The part of ``uri`` below ``root`` (a path with ``/`` separators)."""
+    if is_s3(uri):
+        return uri[len(root.rstrip("/")) + 1:]
+    return os.path.relpath(absolute(uri), absolute(root)).replace(os.sep, "/")
 
 
 def reason(exc: BaseException) -> str:
@@ -246,6 +268,17 @@ def delete_tree(uri: str) -> None:
         raise _failure("delete", uri, exc) from None
 
 
+def delete_file(uri: str) -> None:
+    """Delete one file (nothing when it is already gone)."""
+    fs, path = resolve(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _failure("delete", uri, exc) from None
+
+
 def iter_versions(uri: str, page: int = 1000):
     """Every file below ``uri`` with a version tag (the ETag on S3, size and mtime on local disk), streamed
     as lists of at most ``page`` (URI, version) pairs: an S3 listing page by page, a local tree folder
@@ -312,8 +345,9 @@ def _local_version(info: pafs.FileInfo) -> str:
     return f"{info.size}-{info.mtime_ns}"
 
 
-def read_versioned(uri: str) -> tuple[bytes, str]:
-    """The bytes of one file and its version tag, read in one go."""
+def read_versioned(uri: str, max_bytes: int = 0) -> tuple[bytes, str]:
+    """The bytes of one file and its version tag, read in one go. With ``max_bytes``, a larger file is refused
+    from its size alone (its bytes are never fetched)."""
     if not is_s3(uri):
         fs, path = resolve(uri)
         try:
@@ -322,14 +356,23 @@ def read_versioned(uri: str) -> tuple[bytes, str]:
                 raise CracknetError(f"{uri} is a folder, not a file.")
         except OSError as exc:
             raise _failure("read", uri, exc) from None
+        if info.type == pafs.FileType.File:
+            _check_size(uri, info.size, max_bytes)
         return read_bytes(uri), _local_version(info)
     bucket, key = split_s3(uri)
     last: Exception | None = None
     for attempt in range(BODY_READ_ATTEMPTS):
         try:
             response = s3_client().get_object(Bucket=bucket, Key=key)
+            try:
+                _check_size(uri, int(response.get("ContentLength", 0)), max_bytes)
+            except CracknetError:
+                response["Body"].close()  # the headers said enough: the body is never read
+                raise
             # botocore retries a request, but not a connection that drops while the body streams.
             return response["Body"].read(), response["ETag"].strip('"')
+        except CracknetError:
+            raise
         except Exception as exc:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404"):
@@ -345,6 +388,12 @@ def read_versioned(uri: str) -> tuple[bytes, str]:
     raise StorageUnavailable(f"Cannot read {uri}: the object store kept failing ({reason(last)}).")
 
 
+def _check_size(uri: str, size: int, max_bytes: int) -> None:
+    if max_bytes and size > max_bytes:
+        raise CracknetError(f"the file is {size / 2**20:.1f} MiB, over the limit of {max_bytes / 2**20:.0f} MiB "
+                            "(--max-bytes), so it was not read")
+
+
 def _from_store(exc: BaseException) -> bool:
     """Whether an exception came from the object store or the way to it (an answer, or a network failure)."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -353,9 +402,24 @@ def _from_store(exc: BaseException) -> bool:
 
 
 def _failure(verb: str, uri: str, exc: BaseException) -> CracknetError:
-    """The error for a filesystem call that failed: the store being unavailable is told apart from the rest."""
-    error = StorageUnavailable if _transient(exc) else CracknetError
+    """The error for a filesystem call that failed: the store being unavailable, and an object it refuses (which
+    may change), are told apart from the rest."""
+    error = StorageUnavailable if _transient(exc) else ReadRefused if _refused(exc) else CracknetError
     return error(f"Cannot {verb} {uri}: {reason(exc)}")
+
+
+# S3's answers for an object it will not hand over now: denied (keys, bucket or KMS policies), or archived.
+_REFUSED_CODES = ("AccessDenied", "AllAccessDisabled", "InvalidObjectState", "InvalidAccessKeyId",
+                  "SignatureDoesNotMatch", "ExpiredToken", "KMS.DisabledException", "KMS.AccessDeniedException",
+                  "403")
+
+
+def _refused(exc: BaseException) -> bool:
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) if isinstance(
+        getattr(exc, "response", None), dict) else ""
+    return (isinstance(exc, PermissionError) or code in _REFUSED_CODES or code.startswith("KMS.")
+            or (isinstance(exc, OSError) and bool(re.search(r"ACCESS_DENIED|AccessDenied|HTTP status 403|"
+                                                            r"InvalidObjectState", str(exc)))))
 
 
 # How Arrow's S3 filesystem (an OSError with the AWS SDK's error name) reports throttling, 5xx and the network.

@@ -32,6 +32,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Well above a 48 MP survey photo, far below a decompression bomb.
 DEFAULT_MAX_PIXELS = 150_000_000
+# Well above a 48 MP photo as an uncompressed 16-bit TIFF (~290 MB).
+DEFAULT_MAX_BYTES = 512 << 20
+# Bytes per pixel of each PIL mode as stored once decoded; what decoding costs beyond that is counted in
+# ``decoding_bytes``.
+MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2,
+              "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4}
 
 # We check the pixel count ourselves (with a clear message), so PIL's own
 # warning threshold must not fire first.
@@ -48,6 +54,7 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES  # files above this are refused by their size, before they are read
 
     def __post_init__(self):
         if not 16 <= self.image_size <= 4096:
@@ -67,17 +74,42 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError(f"{width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+    need, limit = decoding_bytes(img), max_pixels * decoding_bytes_per_pixel("RGB")
+    if need > limit:
+        raise ImageError(f"{width}x{height} pixels in mode {img.mode} would take {need / 2**20:.0f} MiB to decode, "
+                         f"more than the {limit / 2**20:.0f} MiB that the limit of {max_pixels} 8-bit RGB pixels "
+                         "allows")
     return img
+
+
+def decoding_bytes_per_pixel(mode: str) -> int:
+    """Peak bytes per pixel of decoding an image of ``mode`` into 8-bit RGB: the decoded image, the working copies
+    of modes converted through NumPy (16 and 32 bits), and the RGB result."""
+    stored = MODE_BYTES.get(mode, 8)  # an unknown mode is counted as the deepest
+    working = stored + 2 if mode.startswith(("I", "F")) else 0  # the array, its 8-bit copy and that as an image
+    return stored + working + 3
+
+
+def decoding_bytes(img: Image.Image) -> int:
+    """What decoding ``img`` (its first frame, the only one read) costs at most, judged from its header."""
+    width, height = img.size
+    return width * height * decoding_bytes_per_pixel(img.mode)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Apply EXIF orientation and convert any mode (L, P, RGBA, CMYK, 16-bit) to 8-bit RGB."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16/32-bit greyscale: scale the full range down to 8 bits.
-        arr = np.asarray(img, dtype=np.float32)
+        # 16/32-bit greyscale: scale the full range down to 8 bits, a band of rows at a time (a float copy of
+        # a whole 36 MP image would be 144 MB more).
+        arr = np.asarray(img)
         top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+        out = np.empty(arr.shape, dtype=np.uint8)
+        for row in range(0, arr.shape[0], 256):
+            band = arr[row:row + 256].astype(np.float32)
+            out[row:row + 256] = np.clip(band * (255.0 / top), 0, 255).astype(np.uint8)
+        del arr
+        img = Image.fromarray(out, mode="L")
     if img.mode == "P":
         img = img.convert("RGBA")
     return img.convert("RGB")

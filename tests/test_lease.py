@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from cracknet import storage
-from cracknet.errors import CracknetError
+from cracknet import lease as lease_module, storage
+from cracknet.errors import CracknetError, OutputBusy
 from cracknet.lease import LEASE_FILE, Lease, LeaseLost
 
 from conftest import BUCKET, REPO
@@ -30,7 +30,7 @@ def test_a_dead_runs_lease_expires_and_exactly_one_successor_takes_it_over(s3_en
     output = f"s3://{BUCKET}/lease-test/expiry"
     dead = Lease(output, owner={"run_id": "dead"}, seconds=1.0)
     dead._acquire_s3()  # acquired but never renewed: the run died
-    time.sleep(1.2)
+    time.sleep(2.2)  # the store's clock counts whole seconds
     successor = Lease(output, owner={"run_id": "successor"}, seconds=60).acquire()
     try:
         with pytest.raises(CracknetError, match="run successor"):
@@ -71,3 +71,54 @@ def test_a_local_lease_dies_with_its_process(tmp_path):
         holder.wait()
     with Lease(str(output), owner={"run_id": "parent"}):
         pass
+
+
+def test_expiry_is_judged_by_the_stores_clock_not_the_writers(s3_endpoint, monkeypatch):
+    output = f"s3://{BUCKET}/lease-test/skew"
+    real = time.time
+    # A live holder; a taker whose clock runs six minutes fast must still see it as live.
+    with Lease(output, owner={"run_id": "live"}, seconds=60):
+        monkeypatch.setattr(lease_module, "_now", lambda: real() + 360)
+        with pytest.raises(OutputBusy, match="run live .* its lease expires in"):
+            Lease(output, owner={"run_id": "fast-taker"}, seconds=60).acquire()
+    # A holder whose clock ran a day fast died: its lease expires after its length by the store, not "tomorrow".
+    monkeypatch.setattr(lease_module, "_now", lambda: real() + 86_400)
+    Lease(output, owner={"run_id": "dead-and-fast"}, seconds=1.0)._acquire_s3()
+    monkeypatch.setattr(lease_module, "_now", real)
+    time.sleep(2.2)
+    with Lease(output, owner={"run_id": "next"}, seconds=60) as taken:
+        taken.check()
+
+
+def test_a_holder_that_cannot_renew_after_a_takeover_does_not_commit(s3_endpoint, monkeypatch):
+    from botocore.exceptions import EndpointConnectionError
+
+    output = f"s3://{BUCKET}/lease-test/fenced"
+    stalled = Lease(output, owner={"run_id": "stalled"}, seconds=1.0)
+    stalled._acquire_s3()
+    stalled.check()  # fresh: it may commit
+    time.sleep(2.2)  # stalled past its lease (a long pause, a partitioned network) ...
+    successor = Lease(output, owner={"run_id": "successor"}, seconds=60).acquire()
+    try:
+        def unreachable(**_):
+            raise EndpointConnectionError(endpoint_url=s3_endpoint)
+
+        monkeypatch.setattr(stalled, "_put", unreachable)  # ... and now it cannot even reach the store
+        with pytest.raises(LeaseLost, match="could not renew its lease .* results are not committed"):
+            stalled.check()
+        successor.check()
+    finally:
+        successor.release()
+
+
+def test_an_unreadable_lease_file_is_presumed_dead_after_the_lease_length(s3_endpoint):
+    output = f"s3://{BUCKET}/lease-test/empty"
+    storage.write_bytes(f"{output}/{LEASE_FILE}", b"")
+    with pytest.raises(OutputBusy) as info:
+        Lease(output, owner={"run_id": "first"}, seconds=1.0).acquire()
+    message = str(info.value)
+    assert "cannot be read (empty or not JSON); it is treated as expired" in message and "same moment" not in message
+    time.sleep(2.2)
+    with Lease(output, owner={"run_id": "after"}, seconds=1.0) as taken:  # by the length a taker asks for
+        taken.check()
+        assert json.loads(storage.read_bytes(f"{output}/{LEASE_FILE}"))["run_id"] == "after"

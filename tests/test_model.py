@@ -12,6 +12,7 @@ from cracknet import storage
 from cracknet.errors import CracknetError
 from cracknet.model import (build_model, load_artifact, load_starting_weights, model_folder, read_card,
                             save_artifact)
+from cracknet.card import model_identity, record_evaluations
 from cracknet.train import read_checkpoint_state
 
 from conftest import model_card
@@ -114,7 +115,7 @@ def test_artifact_round_trip_and_damage_detection(tmp_path):
     card = save_artifact(folder, model.state_dict(), model_card())
     assert model_folder(str(tmp_path / "run")) == folder
     loaded, read = load_artifact(str(tmp_path / "run"))
-    assert read["model_id"] == card["model_id"] == card["weights_sha256"][:16]
+    assert read["model_id"] == card["model_id"] == model_identity(card)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(x), model(x))
     assert load_artifact(folder, model_id=card["model_id"])[1]["model_id"] == card["model_id"]
@@ -128,6 +129,25 @@ def test_artifact_round_trip_and_damage_detection(tmp_path):
     open(os.path.join(folder, "weights.pt"), "wb").write(bytes(damaged))
     with pytest.raises(CracknetError, match="does not match the hash"):
         load_artifact(folder)
+
+
+def test_a_card_edited_after_saving_keeps_no_id(tmp_path):
+    """The id stands for what decides the verdicts: an edited threshold or preprocessing is refused on load."""
+    folder, state = str(tmp_path / "model"), build_model().state_dict()
+    card = save_artifact(folder, state, model_card(threshold=0.5))
+    assert card["model_id"] != card["weights_sha256"][:16]  # the weights alone do not make the id
+    edits = {"threshold": 0.2, "preprocessing": {**card["preprocessing"], "image_size": 64}}
+    for field, value in edits.items():
+        edited = {**json.loads(open(os.path.join(folder, "model.json")).read()), field: value}
+        open(os.path.join(folder, "model.json"), "w").write(json.dumps(edited))
+        with pytest.raises(CracknetError, match="the card was edited after the model was saved"):
+            load_artifact(folder)
+    # Saved again, it is a new model with an id of its own; evaluations recorded later do not change it.
+    again = save_artifact(folder, state, model_card(threshold=0.2))
+    assert again["weights_sha256"] == card["weights_sha256"]
+    assert again["model_id"] != card["model_id"]
+    record_evaluations(folder, {"asphalt": {"data": "x", "images": 1, "cracks": 0}})
+    assert load_artifact(folder)[1]["model_id"] == again["model_id"]
 
 
 def test_weights_without_a_card_are_not_a_model(tmp_path):
@@ -165,6 +185,7 @@ def test_a_model_artifact_whose_weights_hide_a_payload_is_refused(tmp_path):
     torch.save({**build_model().state_dict(), "x": Payload(str(marker))}, evil)
     card = json.loads((folder / "model.json").read_text())
     card["weights_sha256"] = hashlib.sha256(evil.read_bytes()).hexdigest()
+    card["model_id"] = model_identity(card)
     (folder / "model.json").write_text(json.dumps(card))
     with pytest.raises(CracknetError, match="Refusing to load"):
         load_artifact(str(folder))

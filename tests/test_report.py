@@ -57,6 +57,7 @@ def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(ray_clus
     big = concrete(rng, 400)
     draw_crack(big, rng)
     storage.write_bytes(str(survey / "bridge-0" / "drone.jpg"), image_bytes(big))
+    storage.write_bytes(str(survey / "bridge-$\\alpha_{$" / "odd.jpg"), image_bytes(concrete(rng, 64)))  # mathtext
     results = tmp_path / "results"
     run_scoring(ScoreConfig(model=str(run), input=str(survey), output=str(results)), log=lambda _: None)
 
@@ -90,6 +91,23 @@ def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(ray_clus
     other = tmp_path / "other-report"
     assert cli_main(["report", "--model", str(random_model), "--results", str(results), "--out", str(other)]) == 0
     assert f"Scored by model {card['model_id']}" in (other / "report.html").read_text()
+
+    # A photo deleted since it was scored, and card text carrying markup: the report says so and still opens.
+    (survey / "bridge-0" / "drone.jpg").unlink()
+    hostile = json.loads((run / "model" / "model.json").read_text())
+    hostile["data"]["counts"]["<script>split()</script>"] = {"crack": "<script>n()</script>"}
+    hostile["evaluations"] = {"<script>name()</script>": {"data": "<img src=x onerror=alert(1)>", "images": "<b>",
+                                                           "cracks": 1, "accuracy": 0.5}}
+    (run / "model" / "model.json").write_text(json.dumps(hostile))
+    degraded = tmp_path / "degraded-report"
+    assert cli_main(["report", "--model", str(run), "--results", str(results), "--out", str(degraded)]) == 0
+    page = (degraded / "report.html").read_text()
+    assert "The map could not be drawn: " in page and "does not exist" in page
+    assert "<script" not in page and "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "&lt;script&gt;split()&lt;/script&gt;" in page and "&lt;script&gt;name()&lt;/script&gt;" in page
+    parser = Sources()
+    parser.feed(page)
+    assert all(src.startswith("data:image/") for src in parser.sources)
 
 
 def test_tile_map_tints_by_the_highest_covering_tile_and_outlines_the_flagged_area(tmp_path):

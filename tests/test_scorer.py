@@ -184,7 +184,7 @@ def test_gpu_actors_decoding_packs_of_bytes_score_like_the_cpu_tasks(random_mode
     tiling = Tiling(96)
     on_device = CrackPredictor(str(random_model), card["model_id"], 16, tiling, decode_on_device=True)
     on_cpu = CrackPredictor(str(random_model), card["model_id"], 16, tiling)
-    got = [on_device(p) for p in read_encoded(batch, "/", images_per_pack=3)]
+    got = [on_device(p) for p in read_encoded(batch, "/", images_per_pack=3, max_bytes=1 << 30)]
     want = [on_cpu(p) for p in read_and_tile(batch, preprocessing_of(card), tiling, "/", tiles_per_pack=16)]
     column = lambda parts, key: [v for p in parts for v in p[key]]  # noqa: E731
     assert column(got, "image_uri") == column(want, "image_uri") == uris

@@ -1,0 +1,140 @@
+"""Nothing lost, no one in: maintenance deletes only the table's own files, outputs never overlap their inputs,
+S3 keys are judged as they will be read, and a query reads the table and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+
+from cracknet import results, storage
+from cracknet.cli import main as cli_main
+from cracknet.compact import compact
+from cracknet.errors import CracknetError
+from cracknet.query import render, run_query
+from cracknet.scorer import fetch
+
+from conftest import BUCKET, TEST_SECRET_KEY
+from test_results import commit_run
+
+
+def test_compaction_deletes_only_the_files_the_table_wrote(store_root):
+    output = storage.join(store_root, "results")
+    commit_run(output, [f"s3://s/a-{i}.jpg" for i in range(4)], files=2)
+    commit_run(output, [f"s3://s/b-{i}.jpg" for i in range(4)], run_id="run-2", files=2)
+    kept = {  # what a person keeps beside the results: none of it is the table's
+        "photos/bridge-7/IMG_0001.jpg": b"\xff\xd8\xff a photo",
+        "report/report.html": b"<html>a report</html>",
+        "notes.json": b"{}",
+        "run_date=2026-11-23/inspector-photo.jpg": b"\xff\xd8\xff in a partition folder",
+        "run_date=2026-11-23/part-notes.txt": b"not a Parquet file",
+    }
+    for rel, data in kept.items():
+        storage.write_bytes(storage.join(output, rel), data)
+    dead = storage.join(output, "run_date=2026-11-24/part-dead-0123456789ab.parquet")  # a run that died
+    storage.write_bytes(dead, b"PAR1 never committed")
+
+    done = compact(output, retention_hours=0)
+
+    assert done["files_deleted"] == 4 + 1  # the four replaced by compaction, and the dead run's file
+    for rel, data in kept.items():
+        assert storage.read_bytes(storage.join(output, rel)) == data, rel
+    assert not storage.exists(dead)
+    assert run_query(output, "SELECT count(*) AS n FROM images").to_pylist() == [{"n": 8}]
+
+
+@pytest.mark.parametrize("relation", ["same", "output above the input", "output inside the input"])
+def test_an_output_that_overlaps_the_input_is_refused_before_anything_is_written(store_root, relation):
+    survey = storage.join(store_root, "survey")
+    storage.write_bytes(storage.join(survey, "incoming", "a.jpg"), b"photo")
+    output = {"same": storage.join(survey, "incoming"), "output above the input": survey,
+              "output inside the input": storage.join(survey, "incoming", "results")}[relation]
+    with pytest.raises(CracknetError, match="overlaps the input .* choose another --output"):
+        results.check_output(output, inputs=(storage.join(survey, "incoming"),))
+    assert storage.list_files(survey) == [storage.join(survey, "incoming", "a.jpg")]
+
+
+def test_a_new_output_must_be_empty_or_hold_only_cracknets_own_files(store_root):
+    output = storage.join(store_root, "results")
+    results.check_output(output)  # nothing there yet
+    storage.write_bytes(storage.join(output, "_staging", "run-1", "plan-000000.parquet"), b"plan")
+    storage.write_bytes(storage.join(output, "run_date=2026-11-24", "part-dead-0123.parquet"), b"dead run")
+    results.check_output(output)  # what a run that died before its first commit left
+    storage.write_bytes(storage.join(output, "2026", "IMG_0001.jpg"), b"photo")
+    with pytest.raises(CracknetError, match="already holds files that are not a cracknet results table"):
+        results.check_output(output)
+    # An existing table is cracknet's, whatever a person put beside it (compaction leaves those alone).
+    table = storage.join(store_root, "table")
+    commit_run(table, ["s3://s/a.jpg"])
+    storage.write_bytes(storage.join(table, "notes.json"), b"{}")
+    results.check_output(table)
+
+
+def test_score_refuses_such_outputs_with_one_line(tmp_path, random_model, capsys):
+    survey = tmp_path / "survey"
+    storage.write_bytes(str(survey / "incoming" / "a.jpg"), b"photo")
+    assert cli_main(["score", "--model", str(random_model), "--input", str(survey / "incoming"),
+                     "--output", str(survey)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cracknet: error: The output ") and "overlaps the input" in err and "\n" not in err
+    assert cli_main(["score", "--model", str(random_model), "--input", str(survey / "incoming"),
+                     "--output", str(tmp_path / "with%41percent")]) == 2
+    assert "contains '%'" in capsys.readouterr().err
+    assert not (tmp_path / "with%41percent").exists()
+
+
+def test_outputs_with_spaces_and_unicode_work(store_root):
+    output = storage.join(store_root, "résultats du pont", "ñ 漢字")
+    commit_run(output, [f"s3://s/a-{i}.jpg" for i in range(3)])
+    commit_run(output, [f"s3://s/b-{i}.jpg" for i in range(3)], run_id="run-2")
+    assert run_query(output, "SELECT count(*) AS n FROM images").to_pylist() == [{"n": 6}]
+    assert compact(output, retention_hours=0)["files_deleted"] == 2
+
+
+def test_an_s3_key_is_judged_as_it_will_be_read(s3_endpoint):
+    root = f"s3://{BUCKET}/keys"
+    storage.write_bytes(f"{root}/private/secret.jpg", b"secret")
+    storage.write_bytes(f"{root}/survey/x.jpg", b"photo")
+    found, data = fetch(f"{root}/survey/../private/secret.jpg", root=f"{root}/survey")
+    assert data is None and "lies outside the input location" in found.error
+    found, data = fetch(f"{root}/survey/x.jpg", root=f"{root}/survey")
+    assert data == b"photo" and not found.error
+
+
+QUERIES_REFUSED = [
+    "SELECT * FROM read_text('/etc/hostname')",
+    "SELECT * FROM read_text('/proc/self/environ')",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM glob('/*')",
+    "COPY (SELECT 1) TO '{tmp}/written.csv'",
+    "ATTACH '{tmp}/other.duckdb'",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET enable_external_access = true",
+    "SET lock_configuration = false",
+]
+
+
+@pytest.mark.parametrize("sql", QUERIES_REFUSED)
+def test_a_query_reads_the_table_and_nothing_else(tmp_path, sql, s3_endpoint):
+    output = str(tmp_path / "results")
+    commit_run(output, ["s3://s/a.jpg", "s3://s/b.jpg"], errors=["", "unreadable"])
+    with pytest.raises(CracknetError) as info:
+        run_query(output, sql.format(tmp=tmp_path))
+    assert str(info.value).startswith("The query failed: ") and TEST_SECRET_KEY not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_every_view_still_works_on_a_locked_connection(tmp_path):
+    output = str(tmp_path / "results")
+    commit_run(output, ["s3://s/bridge/a.jpg", "s3://s/bridge/b.jpg"], errors=["", "unreadable"])
+    con = results.connect(output)
+    for view in ("results", "images", "tiles", "current", "structures", "failures",
+                 "likely_cracks_since('2026-01-01')", "tiles_above('s3://s/bridge/a.jpg', 0.0)"):
+        run_query(output, f"SELECT * FROM {view}", con=con)
+    assert run_query(output, "SELECT count(*) AS n FROM current", con=con).to_pylist() == [{"n": 2}]
+
+
+def test_table_output_shows_no_terminal_control_characters(tmp_path):
+    output = str(tmp_path / "results")
+    commit_run(output, ["s3://s/\x1b]0;owned\x07\x1b[2J.jpg"])
+    shown = render(run_query(output, "SELECT image_uri FROM images"), "table")
+    assert "\x1b" not in shown and "\x07" not in shown and "?]0;owned??[2J.jpg" in shown
