@@ -58,8 +58,8 @@ def read_card(uri: str) -> dict[str, Any]:
 def model_identity(card: dict[str, Any]) -> str:
     """A model's id: what decides every verdict it gives -- the weights' SHA-256, the threshold and the
     preprocessing -- so that no edit of the card can keep an id while changing its verdicts."""
-    decides = {"weights_sha256": card["weights_sha256"], "threshold": float(card["threshold"]),
-               "preprocessing": card["preprocessing"]}
+    decides = {"weights_sha256": card["weights_sha256"], "threshold": card.get("threshold"),
+               "preprocessing": card.get("preprocessing")}
     return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
 
 

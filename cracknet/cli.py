@@ -11,7 +11,7 @@
 
 Every user-facing failure ends in one line on stderr and a documented exit status: 2 for bad usage or
 input (retrying will not help), 73 when another run holds the output, 75 when the object store kept
-failing (both worth retrying later; see errors.EXIT_*), 130 when interrupted.
+failing (both worth retrying later; see errors.EXIT_*), 130 when interrupted, 143 when stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import argparse
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 
 from cracknet import storage
 from cracknet.config import (ScoreConfig, TrainConfig, add_arguments, check_recall_settings, check_tile_size,
                              from_arguments)
-from cracknet.errors import EXIT_INTERRUPTED, CracknetError, exit_status
+from cracknet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, CracknetError, Terminated, exit_status
 from cracknet.metrics import json_safe, operating_point_caveat
 
 DEV_DATA = os.path.join("..", "shared", "data", "metu-dev")
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      allow_abbrev=False,
                                      epilog="Exit status: 0 done; 2 bad usage or input; 73 another run holds the "
                                             "output; 75 the object store is unavailable (retry later); "
-                                            "130 interrupted.")
+                                            "130 interrupted; 143 stopped by SIGTERM.")
     parser.add_argument("--version", action="version", version=f"cracknet {cracknet.__version__}")
     # allow_abbrev=False: a mistyped flag is an error, never a silent match of a longer one.
     sub = parser.add_subparsers(dest="command", required=True,
@@ -253,13 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)  # unwind, releasing the lease, rather than die mid-step
     try:
         args.run(args)
     except CracknetError as exc:
         print(f"cracknet: error: {exc}", file=sys.stderr)
         return exit_status(exc)
+    except Terminated:
+        print("cracknet: stopped by SIGTERM; a run commits whole or not at all, and what was committed before is "
+              "kept", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("cracknet: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -19,10 +19,10 @@ Delta lists the candidates; cracknet deletes those of its own naming.
 
 from __future__ import annotations
 
-import time
+from datetime import datetime, timezone
 from urllib.parse import unquote
 
-from cracknet import results, storage
+from cracknet import results, runs, storage
 from cracknet.errors import CracknetError
 from cracknet.lease import Lease
 
@@ -36,11 +36,16 @@ def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS, lease_seco
     if retention_hours < 0:
         raise CracknetError(f"--retention-hours must not be negative, got {retention_hours}.")
     uri = storage.absolute(uri)
-    run_id = time.strftime("compact-%Y%m%dT%H%M%SZ", time.gmtime())
+    started = datetime.now(timezone.utc)
+    run_id = started.strftime("compact-%Y%m%dT%H%M%SZ")
     with Lease(uri, owner={"run_id": run_id, "job": "compaction"}, seconds=lease_seconds) as lease:
         table = results.open_table(uri)
         if table is None:
             raise CracknetError(f"{uri} holds no results table; give the --output of a `cracknet score` run.")
+        for source in runs.inputs(uri):  # an output scored before outputs were checked may hold its own input
+            if storage.overlap(source, uri):
+                raise CracknetError(f"The results table {uri} overlaps the input {source} of its own runs; compaction "
+                                    "is refused there. Score into a location outside the images, then compact that.")
         storage.delete_tree(storage.join(uri, results.STAGING))  # plans of dead runs; none is live while we hold this
         before = len(table.file_uris())
         try:
@@ -54,7 +59,10 @@ def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS, lease_seco
             raise
         except Exception as exc:  # deltalake's errors share no base class
             raise CracknetError(f"Compacting {uri} failed: {storage.reason(exc)}") from None
-        after = len(results.open_table(uri).file_uris())
+        table = results.open_table(uri)
+        after = len(table.file_uris())
+        runs.record(uri, [runs.row(run_id, "compaction", {"started_at": started}, {}, datetime.now(timezone.utc),
+                                   table.version())])
     return {"results": uri, "files_before": before, "files_after": after, "files_added": merged["numFilesAdded"],
             "files_removed": merged["numFilesRemoved"], "files_deleted": len(deleted),
             "retention_hours": retention_hours}

@@ -30,6 +30,13 @@ EXIT_USAGE = 2        # bad usage or bad input: retrying will not help
 EXIT_BUSY = 73        # another run holds the output (EX_CANTCREAT): retry after it ends
 EXIT_UNAVAILABLE = 75  # the object store kept failing (EX_TEMPFAIL): retry later
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped by the scheduler (a pod eviction, a job timeout)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwind like an interrupt (leases released, plans deleted, Ray shut down), commit nothing
+    more. A KeyboardInterrupt, so that Ray's own clean-up on interrupts runs too and no ``except Exception``
+    swallows it."""
 
 
 def exit_status(exc: CracknetError) -> int:

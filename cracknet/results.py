@@ -22,7 +22,9 @@ Views on a connection:
     results                     the table as stored (with the nested tiles)
     images                      one row per scored image and run (see the README for the columns)
     tiles                       one row per tile of a tiled image
-    current                     the newest row per image (newest model or version), for counting
+    runs                        one row per run: its model, weights, threshold, settings and counts (cracknet.runs)
+    current                     one row per image, for counting: the row of the model in force (that of the newest
+                                run) if it has one, a verdict before a transient error, then the newest
     structures                  per folder (structure) of current images: images, cracks, errors
     failures                    current images that could not be scored, and why
     likely_cracks_since(day)    current cracked images scored on or after a day, most likely first
@@ -38,13 +40,14 @@ import re
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Callable, Iterable
 from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cracknet import storage
+from cracknet import runs, storage
 from cracknet.errors import CracknetError, StorageUnavailable
 
 LOG = "_delta_log"
@@ -185,16 +188,20 @@ def part_table(images: dict, tiles: list, threshold: float, model_id: str, run_i
 
 def write_part(table: pa.Table, output: str, run_id: str, run_date: str) -> dict:
     """Write one Parquet file under the table (not yet part of it); return what its commit needs."""
+    part = write_file(table, output, f"{PARTITION}={run_date}/part-{run_id}-{uuid.uuid4().hex[:12]}.parquet")
+    return {**part, "errors": table.num_rows - table.column("error").null_count, "run_date": run_date,
+            "stats": file_stats(table)}
+
+
+def write_file(table: pa.Table, location: str, path: str) -> dict:
+    """Write ``table`` as the Parquet file ``path`` below a table's ``location``; what an AddAction needs."""
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd", row_group_size=64 * 1024)
     data = buffer.getvalue()
-    path = f"{PARTITION}={run_date}/part-{run_id}-{uuid.uuid4().hex[:12]}.parquet"
-    storage.write_bytes(storage.join(output, path), data)
-    return {"path": path, "size": len(data), "rows": table.num_rows,
-            "errors": table.num_rows - table.column("error").null_count,
-            "run_date": run_date, "stats": file_stats(table), "modification_time": int(time.time() * 1000)}
+    storage.write_bytes(storage.join(location, path), data)
+    return {"path": path, "size": len(data), "rows": table.num_rows, "modification_time": int(time.time() * 1000)}
 
 
 def file_stats(table: pa.Table) -> str:
@@ -212,8 +219,23 @@ def file_stats(table: pa.Table) -> str:
     return json.dumps({"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
 
 
+@dataclass(frozen=True)
+class TableKind:
+    """What a Delta table cracknet keeps is made of: the results, or the runs table beside them."""
+
+    schema: pa.Schema
+    partition_by: tuple[str, ...]
+    name: str
+    description: str
+    added_columns: tuple[str, ...] = ()
+
+
+RESULTS = TableKind(SCHEMA, (PARTITION,), TABLE_NAME,
+                    "cracknet crack predictions: one row per scored image (see cracknet's README)", ADDED_COLUMNS)
+
+
 def commit(output: str, parts: list[dict], run_id: str, metadata: dict,
-           before: Callable[[], None] = lambda: None) -> int:
+           before: Callable[[], None] = lambda: None, kind: TableKind = RESULTS) -> int:
     """Add ``parts`` to the table in one Delta commit (creating the table first if needed); returns the version.
 
     Idempotent: when a commit's answer is lost and the log shows this run's commit, that counts as done,
@@ -223,8 +245,9 @@ def commit(output: str, parts: list[dict], run_id: str, metadata: dict,
     from deltalake.transaction import AddAction
 
     uri, options = _table_uri(output), storage.delta_options(output)
-    actions = [AddAction(path=p["path"], size=int(p["size"]), partition_values={PARTITION: p["run_date"]},
-                         modification_time=int(p["modification_time"]), data_change=True, stats=p["stats"])
+    actions = [AddAction(path=p["path"], size=int(p["size"]),
+                         partition_values={k: p[k] for k in kind.partition_by},
+                         modification_time=int(p["modification_time"]), data_change=True, stats=p.get("stats"))
                for p in parts]
     custom = {f"cracknet.{k}": json.dumps(v) for k, v in metadata.items() if k != "run_id"}
     properties = CommitProperties(custom_metadata={**custom, "cracknet.run_id": run_id}, max_commit_retries=0)
@@ -233,12 +256,11 @@ def commit(output: str, parts: list[dict], run_id: str, metadata: dict,
         before()
         try:
             table = open_table(output) or DeltaTable.create(
-                uri, SCHEMA, mode="ignore", partition_by=[PARTITION], name=TABLE_NAME,
-                description="cracknet crack predictions: one row per scored image (see cracknet's README)",
-                configuration=TABLE_CONFIGURATION, storage_options=options)
-            table = _with_added_columns(table)
-            table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=[PARTITION],
-                                           commit_properties=properties)
+                uri, kind.schema, mode="ignore", partition_by=list(kind.partition_by) or None, name=kind.name,
+                description=kind.description, configuration=TABLE_CONFIGURATION, storage_options=options)
+            table = _with_added_columns(table, kind.added_columns)
+            table.create_write_transaction(actions, mode="append", schema=table.schema(),
+                                           partition_by=list(kind.partition_by) or None, commit_properties=properties)
             table.update_incremental()
             return table.version()
         except CracknetError:
@@ -252,13 +274,13 @@ def commit(output: str, parts: list[dict], run_id: str, metadata: dict,
     raise StorageUnavailable(f"Cannot commit run {run_id} to {output}: {storage.reason(last)}")
 
 
-def _with_added_columns(table):
+def _with_added_columns(table, added: tuple[str, ...]):
     """The table with every column of today's schema (a table made by an older release gains the new ones,
     null in its older files)."""
     from deltalake.schema import Field
 
     have = {f.name for f in table.schema().fields}
-    missing = [name for name in ADDED_COLUMNS if name not in have]
+    missing = [name for name in added if name not in have]
     if not missing:
         return table
     table.alter.add_columns([Field(name, "string", nullable=True) for name in missing])
@@ -443,8 +465,13 @@ CREATE VIEW images AS SELECT * EXCLUDE (tiles) FROM results;
 CREATE VIEW tiles AS
     SELECT image_uri, t.tile_x, t.tile_y, t.tile_w, t.tile_h, t.crack_probability, model_id, run_id, run_date
     FROM (SELECT image_uri, model_id, run_id, run_date, unnest(tiles) AS t FROM results WHERE len(tiles) > 0);
+CREATE VIEW in_force AS
+    SELECT model_id FROM runs WHERE job = 'scoring' ORDER BY started_at DESC, run_id DESC LIMIT 1;
 CREATE VIEW current AS
-    SELECT * FROM images QUALIFY row_number() OVER (PARTITION BY image_uri ORDER BY scored_at DESC, run_id DESC) = 1;
+    SELECT * FROM images QUALIFY row_number() OVER (PARTITION BY image_uri ORDER BY
+        model_id IS NOT DISTINCT FROM (SELECT model_id FROM in_force) DESC,  -- the model the newest run named
+        (error IS NULL OR error_kind = 'permanent') DESC,  -- a verdict over a transient failure
+        scored_at DESC, run_id DESC) = 1;
 CREATE VIEW structures AS
     SELECT regexp_replace(image_uri, '/[^/]*$', '') AS structure,
            count(*) AS images,
@@ -475,6 +502,7 @@ def connect(uri: str):
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute("SET TimeZone = 'UTC'").fetchall()
     con.register("results", dataset(uri))
+    con.register("runs", runs.read(uri))
     con.execute(VIEWS).fetchall()
     # From here on SQL sees the table and nothing else: no files, no environment, no extensions, and no
     # setting can turn that back on.

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from cracknet import inputs, results, storage
+from cracknet import inputs, results, runs, storage
 from cracknet.config import ScoreConfig
 from cracknet.errors import CracknetError, kind_of, root_cause
 from cracknet.lease import Lease
@@ -232,29 +232,37 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
                               input_prefix=storage.absolute(cfg.input_prefix) if cfg.input_prefix else None)
     storage.require_bucket(cfg.output)
     results.refuse_old_layout(cfg.output)
-    results.check_output(cfg.output, inputs=(cfg.input, cfg.input_prefix or ""))
+    results.check_output(cfg.output, inputs=(cfg.input,))
     card = read_card(cfg.model)
     root = inputs.input_root(cfg.input, cfg.input_prefix)
     now = datetime.now(timezone.utc)
     run_id = now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+    provenance = provenance_of(cfg, card, now)
     staging_root = storage.join(cfg.output, results.STAGING)
     staging = storage.join(staging_root, run_id)
     # One writer at a time: two runs must not both score (and commit) the same images.
     with Lease(cfg.output, owner={"run_id": run_id, "model_id": card["model_id"], "job": "scoring"},
                seconds=cfg.lease_seconds) as lease:
         storage.delete_tree(staging_root)  # plans of runs that died: nobody else writes here while we hold the lease
+        _restore_runs(cfg.output)
+        runs.check_model(cfg.output, card)
         try:
             planned = _plan(cfg, card, root, staging)
             if not planned["listed"]:
                 raise CracknetError(f"No images (jpg, jpeg, png, tif) were found under {cfg.input}.")
             summary = {"run_id": run_id, "model_id": card["model_id"], "listed": planned["listed"],
                        "skipped": planned["listed"] - planned["todo"], "scored": 0, "errors": 0,
+                       "errors_retried": planned["errors_retried"], "errors_given_up": planned["errors_given_up"],
                        "output": cfg.output, "history_files_read": planned["history_files_read"],
                        "history_files": planned["history_files"]}
-            log(f"Planned run {run_id}: {planned['todo']} of {planned['listed']} listed images to score.")
+            log(plan_line(run_id, planned))
             if planned["files"]:
-                summary.update(_score_and_commit(cfg, card, planned["files"], run_id, now, root, lease,
+                summary.update(_score_and_commit(cfg, card, provenance, planned["files"], run_id, now, root, lease,
                                                  planned["todo"], log))
+            else:  # nothing new: the run still records itself, so the model it names is the one in force
+                lease.check()
+            runs.record(cfg.output, [runs.row(run_id, "scoring", provenance, summary, datetime.now(timezone.utc),
+                                              summary.get("version"))])
         finally:
             _discard(staging)
     summary["seconds"] = round(time.monotonic() - started, 2)
@@ -262,9 +270,39 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     return summary
 
 
-def plan_run(input_uri: str, root: str, output: str, model_id: str, staging: str) -> dict:
+def provenance_of(cfg: ScoreConfig, card: dict, now: datetime) -> dict:
+    """What a run's results depend on: its commit metadata, its Parquet files' metadata and its runs row."""
+    from cracknet import __version__
+
+    return {"model_id": card["model_id"], "model": card["folder"], "weights_sha256": card["weights_sha256"],
+            "threshold": card["threshold"], "preprocessing": card["preprocessing"],
+            "tile_size": tiling_of(card, cfg.tile_size, cfg.tile_overlap).size, "tile_overlap": cfg.tile_overlap,
+            "settings": {"fp32": cfg.fp32, "compile": cfg.compile, "max_pixels": cfg.max_pixels,
+                         "max_bytes": cfg.max_bytes, "retry_errors": cfg.retry_errors},
+            "input": cfg.input, "started_at": now.isoformat(), "cracknet_version": __version__}
+
+
+def plan_line(run_id: str, planned: dict) -> str:
+    line = f"Planned run {run_id}: {planned['todo']} of {planned['listed']} listed images to score"
+    notes = []
+    if planned["errors_retried"]:
+        notes.append(f"{planned['errors_retried']} of them after an error that may pass")
+    if planned["errors_given_up"]:
+        notes.append(f"{planned['errors_given_up']} failed {results.ERROR_ATTEMPTS} times and are no longer tried "
+                     "(see the failures view; --retry-errors tries them again)")
+    return line + (f" ({'; '.join(notes)})." if notes else ".")
+
+
+def _restore_runs(output: str) -> None:
+    """Runs rows lost between a results commit and its runs row (a run that died there) come back."""
+    table = results.open_table(output)
+    if table is not None:
+        runs.restore_missing(output, table.history(20))
+
+
+def plan_run(input_uri: str, root: str, output: str, model_id: str, staging: str, retry_errors: bool = False) -> dict:
     """Tonight's listing minus what the model committed, written as plan files (see results.plan)."""
-    return results.plan(inputs.listing(input_uri, root), output, model_id, staging)
+    return results.plan(inputs.listing(input_uri, root), output, model_id, staging, retry_errors=retry_errors)
 
 
 def _plan(cfg: ScoreConfig, card: dict, root: str, staging: str) -> dict:
@@ -277,7 +315,7 @@ def _plan(cfg: ScoreConfig, card: dict, root: str, staging: str) -> dict:
     ensure_ray(cfg.ray_address, verbose=cfg.verbose)
     task = ray.remote(num_cpus=1, max_calls=1, max_retries=1)(plan_run)
     try:
-        return ray.get(task.remote(cfg.input, root, cfg.output, card["model_id"], staging))
+        return ray.get(task.remote(cfg.input, root, cfg.output, card["model_id"], staging, cfg.retry_errors))
     except ray.exceptions.RayError as exc:
         raise kind_of(exc)(root_cause(exc)) from None
 
@@ -291,14 +329,10 @@ def _discard(uri: str) -> None:
         pass
 
 
-def _score_and_commit(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id: str, now: datetime,
-                      root: str, lease: Lease, todo: int, log) -> dict:
+def _score_and_commit(cfg: ScoreConfig, card: dict, provenance: dict, plan_files: list[str], run_id: str,
+                      now: datetime, root: str, lease: Lease, todo: int, log) -> dict:
     started = time.monotonic()
-    metadata = {"model_id": card["model_id"], "model": card["folder"], "threshold": card["threshold"],
-                "preprocessing": card["preprocessing"],
-                "tile_size": tiling_of(card, cfg.tile_size, cfg.tile_overlap).size,
-                "tile_overlap": cfg.tile_overlap, "fp32": cfg.fp32, "compile": cfg.compile,
-                "input": cfg.input, "run_id": run_id}
+    metadata = {**provenance, "run_id": run_id}
     try:
         parts, progress = [], Progress(todo, "images", log)
         try:

@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")
+ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                 b"<Message>Access Denied</Message></Error>")
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Faults:
     max_delay: float = 0.5
     only: str = ""              # faults only for requests whose "METHOD /path" contains this
     limit: int = -1             # at most this many faults in all (-1: no limit)
+    deny: str = ""              # requests whose "METHOD /path" contains this are answered 403 AccessDenied
 
 
 class FaultProxy:
@@ -39,7 +42,7 @@ class FaultProxy:
         self.faults = faults
         self.random = random.Random(seed)
         self.lock = threading.Lock()
-        self.counts = {"requests": 0, "slow_down": 0, "drop_before": 0, "drop_after": 0, "delay": 0}
+        self.counts = {"requests": 0, "slow_down": 0, "drop_before": 0, "drop_after": 0, "delay": 0, "deny": 0}
         self.seen: list[tuple[str, str]] = []  # ("METHOD /path", fate) of every request
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -65,6 +68,9 @@ class FaultProxy:
         with self.lock:
             self.counts["requests"] += 1
             x = self.random.random()
+            if f.deny and f.deny in request:
+                self.counts["deny"] += 1
+                return "deny"
             faults = sum(v for k, v in self.counts.items() if k != "requests")
             if f.only not in request or (f.limit >= 0 and faults >= f.limit):
                 return "forward"
@@ -89,12 +95,13 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 fate = proxy._draw(f"{self.command} {self.path}")
-                if fate == "slow_down":
-                    self.send_response(503)
+                if fate in ("slow_down", "deny"):
+                    status, answer = (503, SLOW_DOWN) if fate == "slow_down" else (403, ACCESS_DENIED)
+                    self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
+                    self.send_header("Content-Length", str(len(answer)))
                     self.end_headers()
-                    self.wfile.write(SLOW_DOWN)
+                    self.wfile.write(answer)
                     return
                 if fate == "drop_before":
                     self.close_connection = True

@@ -51,7 +51,7 @@ def test_scoring_through_a_flaky_store_finishes_exactly_once(s3_endpoint, survey
                            "--rows-per-part", "40", "--lease-seconds", "20", env=through(proxy), timeout=500)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"Scored {N_IMAGES} images (0 errors)" in run.stdout
-    faults = {k: v for k, v in proxy.counts.items() if k != "requests"}
+    faults = {k: v for k, v in proxy.counts.items() if k not in ("requests", "deny")}
     assert all(n > 0 for n in faults.values()), proxy.counts  # every kind of fault really happened
     assert any("/_delta_log/" in request and request.startswith("PUT") for request, _ in proxy.seen), \
         "the commit did not go through the faulty store"
@@ -130,6 +130,29 @@ def test_every_store_call_tells_an_unavailable_store_from_a_bad_input(s3_endpoin
     with pytest.raises(CracknetError, match="does not exist") as missing:
         storage.read_bytes(f"s3://{BUCKET}/faults/no-such-file.jpg")
     assert not isinstance(missing.value, StorageUnavailable)
+
+
+def test_a_refused_object_is_a_transient_error_and_a_too_large_one_is_refused_unread(s3_endpoint, survey,
+                                                                                     monkeypatch):
+    """AccessDenied on one object (a rotated key, a KMS or bucket policy) is an error row that later runs try
+    again, not a fact about the image; an object over --max-bytes is refused from its size, its body unread."""
+    from cracknet.scorer import fetch
+
+    denied, large = "faults/survey/s0/img-0000.jpg", f"s3://{BUCKET}/faults/huge/survey.tif"
+    storage.write_bytes(large, b"II*\x00" + bytes(3 << 20))
+    with FaultProxy(s3_endpoint, Faults(deny=denied), seed=7) as proxy:
+        for name, value in through(proxy).items():
+            monkeypatch.setenv(name, value)
+        found, data = fetch(f"s3://{BUCKET}/{denied}")
+        assert data is None and "AccessDenied" in found.error and found.error_kind == "transient"
+        found, data = fetch(large, max_bytes=1 << 20)
+        assert data is None and found.error_kind == "permanent"
+        assert found.error == "the file is 3.0 MiB, over the limit of 1 MiB (--max-bytes), so it was not read"
+        found, data = fetch(f"s3://{BUCKET}/faults/survey/s1/img-0001.jpg", max_bytes=1 << 20)
+        assert data and not found.error
+    assert proxy.counts["deny"] == 1 and len([r for r, _ in proxy.seen if "huge" in r]) == 1
+    found, _ = fetch(f"s3://{BUCKET}/faults/survey/no-such.jpg")
+    assert "does not exist" in found.error and found.error_kind == "permanent"
 
 
 def test_a_large_object_is_read_in_one_request(s3_endpoint, monkeypatch):

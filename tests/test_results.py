@@ -30,7 +30,7 @@ DAY = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
 
 def commit_run(output: str, uris: list[str], model_id: str = "model-a", run_id: str = "run-1",
                when: datetime = DAY, versions: list[str] | None = None, errors: list[str] | None = None,
-               probabilities: list[float] | None = None, files: int = 1) -> int:
+               probabilities: list[float] | None = None, files: int = 1, kinds: list[str] | None = None) -> int:
     """Commit one run's rows the way scoring does (files written, then one commit), without Ray."""
     n = len(uris)
     probs = probabilities or [0.1 + 0.8 * (i % 2) for i in range(n)]
@@ -40,6 +40,8 @@ def commit_run(output: str, uris: list[str], model_id: str = "model-a", run_id: 
         rows = {"image_uri": [uris[i] for i in chunk], "version": [(versions or ["v1"] * n)[i] for i in chunk],
                 "width": [64] * len(chunk), "height": [64] * len(chunk), "error": [errs[i] for i in chunk],
                 "crack_probability": [probs[i] for i in chunk], "tiles_scored": [1] * len(chunk)}
+        if kinds:
+            rows["error_kind"] = [kinds[i] for i in chunk]
         table = results.part_table(rows, [[] for _ in chunk], 0.5, model_id, run_id, when.isoformat(),
                                    {"model_id": model_id})
         parts.append(results.write_part(table, output, run_id, when.date().isoformat()))
@@ -122,7 +124,7 @@ def test_compaction_keeps_every_row_and_merges_the_files(store_root):
     assert done["files_deleted"] == 12
     table = DeltaTable(output, storage_options=storage.delta_options(output))
     assert sorted(table.to_pyarrow_table().column("image_uri").to_pylist()) == sorted(expected)
-    assert len([u for u in storage.list_files(output) if u.endswith(".parquet")]) == 2
+    assert len([u for u in storage.list_files(output) if u.endswith(".parquet") and "/run_date=" in u]) == 2
     assert sorted(run_query(output, "SELECT image_uri FROM images").column(0).to_pylist()) == sorted(expected)
 
 

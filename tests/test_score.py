@@ -1,5 +1,6 @@
 """Bulk scoring on a real local Ray: error rows, tiling, incremental reruns, Delta commits, and querying."""
 
+import dataclasses
 import io
 import json
 import os
@@ -195,3 +196,60 @@ def test_scoring_from_an_s3_inventory_report_and_again_the_next_night(ray_cluste
     assert rows == [{"image_uri": f"s3://{BUCKET}/{k}", "version": e} for k, e, *_ in sorted(objects)]
     again = run_scoring(cfg, log=lambda _: None)
     assert (again["scored"], again["skipped"]) == (0, 4)
+
+
+def test_runs_record_themselves_errors_heal_and_a_rollback_makes_the_older_model_current(ray_cluster, model_dir,
+                                                                                        tmp_path):
+    from cracknet import results as results_format
+    from cracknet.card import read_card
+    from cracknet.model import build_model, save_artifact
+
+    from conftest import model_card
+
+    rng = np.random.default_rng(4)
+    inputs, output = str(tmp_path / "in"), str(tmp_path / "results")
+    write_tree(inputs, {f"s/{i}.jpg": image_bytes(concrete(rng, 96)) for i in range(4)})
+    card_a = read_card(str(model_dir))
+    cfg = ScoreConfig(model=str(model_dir), input=inputs, output=output, batch_size=8)
+    first = run_scoring(cfg, log=lambda _: None)
+    assert first["scored"] == 4
+
+    # Last night model A could not read two new photos: one was refused (transient), one is not an image.
+    denied, broken = os.path.join(inputs, "s", "denied.jpg"), os.path.join(inputs, "s", "broken.jpg")
+    write_tree(inputs, {"s/denied.jpg": image_bytes(concrete(rng, 96)), "s/broken.jpg": image_bytes(concrete(rng, 96))})
+    versions = {u: v for page in storage.iter_versions(inputs) for u, v in page}
+    rows = {"image_uri": [denied, broken], "version": [versions[denied], versions[broken]], "width": [0, 0],
+            "height": [0, 0], "error": [f"Cannot read {denied}: AccessDenied", "the file is not a recognised image"],
+            "error_kind": ["transient", "permanent"], "crack_probability": [0.0, 0.0], "tiles_scored": [0, 0]}
+    part = results_format.write_part(results_format.part_table(rows, [None, None], 0.5, card_a["model_id"], "night",
+                                                               "2026-11-30T02:00:00+00:00", {}),
+                                     output, "night", "2026-11-30")
+    results_format.commit(output, [part], "night", {"model_id": card_a["model_id"]})
+
+    said = []
+    healed = run_scoring(cfg, log=said.append)
+    assert healed["scored"] == 1 and healed["errors"] == 0 and healed["errors_retried"] == 1
+    assert "(1 of them after an error that may pass)" in said[0]
+    assert count(output, f"SELECT error IS NULL AS ok FROM current WHERE image_uri = '{denied}'") == [{"ok": True}]
+    assert count(output, f"SELECT error FROM current WHERE image_uri = '{broken}'")[0]["error"]
+    retried = run_scoring(dataclasses.replace(cfg, retry_errors=True), log=lambda _: None)
+    assert retried["scored"] == 1  # --retry-errors: the permanent one too (the file was fixed since)
+
+    # Model B takes over; then the team rolls back to A: nothing is rescored, yet A's rows are current again.
+    model_b = tmp_path / "model-b"
+    save_artifact(str(model_b), build_model().state_dict(), model_card(threshold=0.3))
+    card_b = read_card(str(model_b))
+    assert run_scoring(dataclasses.replace(cfg, model=str(model_b)), log=lambda _: None)["scored"] == 6
+    assert count(output, "SELECT DISTINCT model_id FROM current") == [{"model_id": card_b["model_id"]}]
+    back = run_scoring(cfg, log=lambda _: None)
+    assert back["scored"] == 0
+    assert count(output, "SELECT DISTINCT model_id FROM current") == [{"model_id": card_a["model_id"]}]
+
+    recorded = count(output, "SELECT run_id, model_id, weights_sha256, threshold, scored, results_version FROM runs "
+                             "ORDER BY started_at")
+    assert [r["run_id"] for r in recorded] == [first["run_id"], "night", healed["run_id"], retried["run_id"],
+                                               recorded[4]["run_id"], back["run_id"]]
+    assert recorded[0] == {"run_id": first["run_id"], "model_id": card_a["model_id"],
+                           "weights_sha256": card_a["weights_sha256"], "threshold": card_a["threshold"],
+                           "scored": 4, "results_version": 1}
+    assert recorded[-1]["results_version"] is None and recorded[4]["threshold"] == 0.3

@@ -1,0 +1,175 @@
+"""Node loss on a real multi-node Ray cluster (``ray.cluster_utils.Cluster``: a head and worker nodes, each a
+raylet of its own on this machine, token authentication on), with data, checkpoints and results on the S3
+endpoint, driven as an operator drives it: `cracknet` commands connecting with --ray-address.
+
+- a worker node that disappears mid-training (spot preemption, a host fault): the run resumes from the last
+  checkpoint in S3 on the nodes that remain, and its card counts every epoch once;
+- a node that disappears mid-scoring: the run finishes with exactly one row per image, or fails with nothing
+  committed and the rerun completes it;
+- a scoring driver stopped with SIGTERM (a pod eviction): it ends within a grace period, nothing committed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cracknet import storage
+from cracknet.query import run_query
+from cracknet.synthetic import concrete, draw_crack, image_bytes
+
+from conftest import BUCKET, REPO
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
+N_IMAGES = 240
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint):
+    """A head (1 CPU, for drivers' tasks and Ray Data) and three worker nodes of 2 CPUs, one raylet each."""
+    from ray.cluster_utils import Cluster
+
+    token = secrets.token_hex(32)
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)  # the nodes inherit them, as drivers do
+    nodes = Cluster(initialize_head=True, connect=False,
+                    head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"})
+    workers = [nodes.add_node(num_cpus=2, node_ip_address="127.0.0.1") for _ in range(3)]
+    nodes.wait_for_nodes()
+    try:
+        yield {"cluster": nodes, "workers": workers, "address": nodes.address,
+               "env": {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}}
+    finally:
+        nodes.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def survey(s3_endpoint):
+    rng = np.random.default_rng(21)
+    for i in range(N_IMAGES):
+        img = concrete(rng, 48)
+        if i % 2:
+            draw_crack(img, rng)
+        storage.write_bytes(f"s3://{BUCKET}/nodes/survey/s{i % 4}/img-{i:04d}.jpg", image_bytes(img))
+    return f"s3://{BUCKET}/nodes/survey"
+
+
+def cracknet(cluster, *args: str) -> subprocess.Popen:
+    """A cracknet command in its own process group (so that it can be stopped as a scheduler stops it)."""
+    return subprocess.Popen([sys.executable, "-m", "cracknet.cli", *args, "--ray-address", cluster["address"]],
+                            cwd=REPO, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def node_of(cluster, process_title: str):
+    """The worker node whose raylet runs a process titled ``process_title`` (e.g. ray::RayTrainWorker)."""
+    import psutil
+
+    raylets = {n.all_processes["raylet"][0].process.pid: n for n in cluster["workers"] if n.all_processes}
+    for proc in psutil.process_iter(["cmdline"]):
+        if process_title in " ".join(proc.info["cmdline"] or []):
+            for parent in proc.parents():
+                if parent.pid in raylets:
+                    return raylets[parent.pid]
+    return None
+
+
+def kill_node(cluster, node) -> None:
+    cluster["cluster"].remove_node(node, allow_graceful=False)  # SIGKILL its raylet and every worker on it
+    cluster["workers"].remove(node)
+
+
+def wait_for(condition, timeout: float, what: str, run: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if run is not None and run.poll() is not None:
+            raise AssertionError(f"the run ended before {what}: {run.stderr.read()[-3000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def exactly_once(results: str) -> dict:
+    return run_query(results, "SELECT count(*) AS n, count(DISTINCT image_uri) AS uris, count(error) AS errors "
+                              "FROM images").to_pylist()[0]
+
+
+def test_a_worker_node_lost_mid_training_resumes_from_the_s3_checkpoint_on_the_nodes_left(cluster,
+                                                                                         synthetic_tree):
+    output = f"s3://{BUCKET}/nodes/train"
+    run = cracknet(cluster, "train", "--data", str(synthetic_tree), "--output", output, "--epochs", "4",
+                   "--image-size", "32", "--batch-size", "8", "--num-workers", "2", "--cpus-per-worker", "2",
+                   "--weights", "none", "--warmup-epochs", "0.2", "--max-failures", "2")
+    snapshot = f"{output}/checkpoints/train/checkpoint_manager_snapshot.json"
+    wait_for(lambda: storage.exists(snapshot) and b"epoch-0001" in storage.read_bytes(snapshot), 300,
+             "the first checkpoint", run)
+    # Two CPUs a worker: the two workers stand on two different nodes; the third node is spare.
+    node = node_of(cluster, "ray::RayTrainWorker")
+    assert node is not None, "no training worker found on a worker node"
+    kill_node(cluster, node)
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-3000:]
+    card = __import__("json").loads(storage.read_bytes(f"{output}/model/model.json"))
+    training = card["training"]
+    assert training["restarts"] >= 1 and training["epochs_completed"] == 4
+    assert [h["epoch"] for h in training["history"]] == [1, 2, 3, 4]
+    assert len({h["train_images"] for h in training["history"]}) == 1
+    assert [line for line in out.splitlines() if line.startswith("Epoch ")][-1].startswith("Epoch 4/4")
+    cluster["workers"].append(cluster["cluster"].add_node(num_cpus=2, node_ip_address="127.0.0.1"))  # for the next
+    cluster["cluster"].wait_for_nodes()
+
+
+def test_a_node_lost_mid_scoring_leaves_one_row_per_image_or_nothing_and_the_rerun_completes(cluster, survey,
+                                                                                            random_model):
+    results = f"s3://{BUCKET}/nodes/results"
+    run = cracknet(cluster, "score", "--model", str(random_model), "--input", survey, "--output", results,
+                   "--num-actors", "2", "--read-batch-size", "8", "--rows-per-part", "20", "--lease-seconds", "10")
+    wait_for(lambda: node_of(cluster, "MapWorker") is not None and storage.exists(results)
+             and any("/run_date=" in u for u in storage.list_files(results)), 300, "the first files", run)
+    kill_node(cluster, node_of(cluster, "MapWorker"))  # a node with a model actor, part-way through
+    out, err = run.communicate(timeout=600)
+    if run.returncode == 0:  # Ray Data restarted the actor and re-ran the lost tasks elsewhere
+        assert f"Scored {N_IMAGES} images (0 errors)" in out
+    else:
+        assert "nothing from run" in err and "was committed" in err, err[-3000:]
+        assert exactly_once(results)["n"] == 0
+        time.sleep(12)  # its lease, by the store's clock
+        rerun = cracknet(cluster, "score", "--model", str(random_model), "--input", survey, "--output", results)
+        out, err = rerun.communicate(timeout=600)
+        assert rerun.returncode == 0, err[-3000:]
+    assert exactly_once(results) == {"n": N_IMAGES, "uris": N_IMAGES, "errors": 0}
+
+
+def test_a_scoring_driver_stopped_with_sigterm_ends_in_its_grace_period_with_nothing_committed(cluster, survey,
+                                                                                              random_model):
+    results = f"s3://{BUCKET}/nodes/evicted"
+    run = cracknet(cluster, "score", "--model", str(random_model), "--input", survey, "--output", results,
+                   "--read-batch-size", "8", "--rows-per-part", "20")
+    wait_for(lambda: storage.exists(results) and any("/run_date=" in u for u in storage.list_files(results)), 300,
+             "the first files", run)
+    stopped = time.monotonic()
+    os.kill(run.pid, signal.SIGTERM)  # what the kubelet sends first
+    out, err = run.communicate(timeout=GRACE_SECONDS + 30)
+    took = time.monotonic() - stopped
+    assert run.returncode == 143 and took < GRACE_SECONDS, (run.returncode, took, err[-2000:])
+    assert err.strip().splitlines()[-1].startswith("cracknet: stopped by SIGTERM;")
+    assert exactly_once(results)["n"] == 0  # files written, none committed
+    assert not storage.exists(f"{results}/_lease.json")  # released on the way out: the next run need not wait
+    assert not any("/_staging/" in u for u in storage.list_files(results))
+    rerun = cracknet(cluster, "score", "--model", str(random_model), "--input", survey, "--output", results)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err[-3000:]
+    assert exactly_once(results) == {"n": N_IMAGES, "uris": N_IMAGES, "errors": 0}
