@@ -17,8 +17,11 @@ RAY_DATA_LOG_LEVEL) wins.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 
 # For workers and for this process: no Ray Data progress bars, Ray Data logs from WARNING up, and no
 # DeprecationWarnings of Ray's own internals (they are addressed to Ray's developers, not to an operator).
@@ -56,6 +59,25 @@ def ensure_ray(address: str | None, min_cpus: float = 0, verbose: bool = False) 
         return
     level = logging.INFO if verbose else logging.WARNING
     address = address or os.environ.get("RAY_ADDRESS")
+    with _own_sigterm_handler():
+        _init(address, quiet, level, min_cpus, verbose)
+
+
+@contextlib.contextmanager
+def _own_sigterm_handler():
+    """Keep the SIGTERM handler the command line installed (it unwinds the run, releasing its lease); Ray's
+    driver replaces it with one that exits at once."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init(address: str | None, quiet: dict, level: int, min_cpus: float, verbose: bool) -> None:
+    import ray
+
     if address:
         ray.init(address=address, log_to_driver=verbose, logging_level=level,
                  runtime_env={"env_vars": quiet} if quiet else None)

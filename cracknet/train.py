@@ -232,7 +232,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
             best = {"epoch": epoch + 1, "val_loss": metrics["val_loss"],
                     "model": {k: v.detach().clone() for k, v in module.state_dict().items()}}
         if rank == 0 and config.get("progress") is not None:
-            config["progress"].put(epoch_line(metrics, cfg.epochs))
+            _tell(config["progress"], epoch_line(metrics, cfg.epochs))
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
@@ -266,6 +266,25 @@ def epoch_line(m: dict, epochs: int) -> str:
 
 # ---------------------------------------------------------------------------
 # On the driver
+
+
+def _tell(queue, line: str) -> None:
+    """Hand an epoch line to the driver. The line is only for the console: a queue that is gone (its node was
+    lost) must not fail the training run, or every restart would fail again on it."""
+    try:
+        queue.put(line, timeout=10)
+    except Exception:  # noqa: BLE001 - ActorDiedError, a full queue, a lost connection
+        pass
+
+
+def _beside_the_driver() -> dict:
+    """Actor options that keep a helper actor on the driver's own node: a worker node that disappears (spot
+    preemption, a host fault) must not take the driver's console with it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
 
 
 def _relay(queue, log: Callable[[str], None], done: threading.Event) -> None:
@@ -361,7 +380,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         )
 
     fs, path = storage.resolve(checkpoints)
-    progress = Queue(actor_options={"num_cpus": 0})
+    progress = Queue(actor_options=_beside_the_driver())
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "spec": spec, "steps_per_epoch": steps_per_epoch, "progress": progress,

@@ -11,6 +11,7 @@ endpoint, driven as an operator drives it: `cracknet` commands connecting with -
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -33,28 +34,51 @@ GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
 N_IMAGES = 240
 
 
+class Nodes:
+    """The cluster of ``tests/multinode.py``, in a process of its own, steered over its stdin."""
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "multinode.py"), "--head-cpus", "1",
+                                      "--nodes", "3", "--node-cpus", "2"], cwd=REPO, env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        started = self._answer()
+        self.address, self.raylets = started["address"], started["raylets"]
+
+    def _answer(self) -> dict:
+        line = self.proc.stdout.readline()
+        assert line, "the cluster process ended"
+        return json.loads(line)
+
+    def _say(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        self.raylets = self._answer()["raylets"]
+
+    def kill(self, raylet: int) -> None:
+        self._say(f"kill {raylet}")  # SIGKILL the node's raylet and every process on it, as a host fault does
+
+    def add(self) -> None:
+        self._say("add")
+
+    def stop(self) -> None:
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=120)
+
+
 @pytest.fixture(scope="module")
 def cluster(s3_endpoint):
-    """A head (1 CPU, for drivers' tasks and Ray Data) and three worker nodes of 2 CPUs, one raylet each."""
-    from ray.cluster_utils import Cluster
-
-    token = secrets.token_hex(32)
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)  # the nodes inherit them, as drivers do
-    nodes = Cluster(initialize_head=True, connect=False,
-                    head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"})
-    workers = [nodes.add_node(num_cpus=2, node_ip_address="127.0.0.1") for _ in range(3)]
-    nodes.wait_for_nodes()
+    """A head (1 CPU: drivers' tasks and Ray Data) and three worker nodes of 2 CPUs, one raylet each."""
+    # Ray turns a 127.0.0.1 address into the machine's own network address unless told this is a one-machine
+    # cluster; every node and driver here stays on the loopback.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    nodes = Nodes(env)
     try:
-        yield {"cluster": nodes, "workers": workers, "address": nodes.address,
-               "env": {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}}
+        yield nodes
     finally:
-        nodes.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        nodes.stop()
 
 
 @pytest.fixture(scope="module")
@@ -68,29 +92,26 @@ def survey(s3_endpoint):
     return f"s3://{BUCKET}/nodes/survey"
 
 
-def cracknet(cluster, *args: str) -> subprocess.Popen:
+def cracknet(cluster: Nodes, *args: str) -> subprocess.Popen:
     """A cracknet command in its own process group (so that it can be stopped as a scheduler stops it)."""
-    return subprocess.Popen([sys.executable, "-m", "cracknet.cli", *args, "--ray-address", cluster["address"]],
-                            cwd=REPO, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen([sys.executable, "-m", "cracknet.cli", *args, "--ray-address", cluster.address],
+                            cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 
-def node_of(cluster, process_title: str):
-    """The worker node whose raylet runs a process titled ``process_title`` (e.g. ray::RayTrainWorker)."""
-    import psutil
-
-    raylets = {n.all_processes["raylet"][0].process.pid: n for n in cluster["workers"] if n.all_processes}
-    for proc in psutil.process_iter(["cmdline"]):
-        if process_title in " ".join(proc.info["cmdline"] or []):
-            for parent in proc.parents():
-                if parent.pid in raylets:
-                    return raylets[parent.pid]
+def node_of(cluster: Nodes, process_title: str) -> int | None:
+    """The raylet of the worker node that runs a process titled ``process_title`` (e.g. ray::RayTrainWorker)."""
+    table = [line.split(None, 2) for line in subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True,
+                                                             text=True).stdout.splitlines()[1:]]
+    parent = {int(pid): int(ppid) for pid, ppid, *_ in table}
+    for pid, _, *args in table:
+        if args and process_title in args[0]:
+            ancestor = int(pid)
+            while ancestor in parent and ancestor not in cluster.raylets:
+                ancestor = parent[ancestor]
+            if ancestor in cluster.raylets:
+                return ancestor
     return None
-
-
-def kill_node(cluster, node) -> None:
-    cluster["cluster"].remove_node(node, allow_graceful=False)  # SIGKILL its raylet and every worker on it
-    cluster["workers"].remove(node)
 
 
 def wait_for(condition, timeout: float, what: str, run: subprocess.Popen | None = None) -> None:
@@ -119,17 +140,16 @@ def test_a_worker_node_lost_mid_training_resumes_from_the_s3_checkpoint_on_the_n
     # Two CPUs a worker: the two workers stand on two different nodes; the third node is spare.
     node = node_of(cluster, "ray::RayTrainWorker")
     assert node is not None, "no training worker found on a worker node"
-    kill_node(cluster, node)
+    cluster.kill(node)
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err[-3000:]
-    card = __import__("json").loads(storage.read_bytes(f"{output}/model/model.json"))
+    card = json.loads(storage.read_bytes(f"{output}/model/model.json"))
     training = card["training"]
     assert training["restarts"] >= 1 and training["epochs_completed"] == 4
     assert [h["epoch"] for h in training["history"]] == [1, 2, 3, 4]
     assert len({h["train_images"] for h in training["history"]}) == 1
     assert [line for line in out.splitlines() if line.startswith("Epoch ")][-1].startswith("Epoch 4/4")
-    cluster["workers"].append(cluster["cluster"].add_node(num_cpus=2, node_ip_address="127.0.0.1"))  # for the next
-    cluster["cluster"].wait_for_nodes()
+    cluster.add()  # three worker nodes again, for the next test
 
 
 def test_a_node_lost_mid_scoring_leaves_one_row_per_image_or_nothing_and_the_rerun_completes(cluster, survey,
@@ -139,7 +159,7 @@ def test_a_node_lost_mid_scoring_leaves_one_row_per_image_or_nothing_and_the_rer
                    "--num-actors", "2", "--read-batch-size", "8", "--rows-per-part", "20", "--lease-seconds", "10")
     wait_for(lambda: node_of(cluster, "MapWorker") is not None and storage.exists(results)
              and any("/run_date=" in u for u in storage.list_files(results)), 300, "the first files", run)
-    kill_node(cluster, node_of(cluster, "MapWorker"))  # a node with a model actor, part-way through
+    cluster.kill(node_of(cluster, "MapWorker"))  # a node with a model actor, part-way through
     out, err = run.communicate(timeout=600)
     if run.returncode == 0:  # Ray Data restarted the actor and re-ran the lost tasks elsewhere
         assert f"Scored {N_IMAGES} images (0 errors)" in out
