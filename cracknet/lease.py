@@ -174,7 +174,7 @@ class Lease:
                 if _is_conflict(exc) or exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     try:
                         holder, etag, age = self._read()
-                    except CracknetError:
+                    except Exception:  # noqa: BLE001 - unreadable now: not proven ours, so presumed lost
                         holder = etag = None
                     if self._is_mine(holder):  # a retried renewal whose first attempt went through
                         self._etag, self._renewed = etag, time.monotonic() - age - 2.0
@@ -253,9 +253,17 @@ def _store_age(response: dict) -> float:
     both to the second): one second is taken off, so a lease is never judged older than it can be."""
     from email.utils import parsedate_to_datetime
 
-    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-    now = parsedate_to_datetime(date) if date else datetime.now(timezone.utc)
-    return max(0.0, (now - response["LastModified"]).total_seconds() - 1.0)
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date", "")
+    try:  # the first of "<day>, <date>[, <day>, <date>]": a proxy in between may add a Date of its own
+        now = parsedate_to_datetime(",".join(date.split(",")[:2]))
+    except (TypeError, ValueError):
+        now = datetime.now(timezone.utc)  # no usable Date: this machine's clock, the only one left
+    return max(0.0, (_utc(now) - _utc(response["LastModified"])).total_seconds() - 1.0)
+
+
+def _utc(moment: datetime) -> datetime:
+    """HTTP dates are UTC, also when they say "-0000" (which Python reads as a time without a zone)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _busy_message(output: str, holder: dict, left: float | None = None) -> str:

@@ -215,7 +215,8 @@ def file_stats(table: pa.Table) -> str:
             low, high = pc.min_max(column).values()
             mins[name], maxs[name] = low.as_py(), high.as_py()
     for name in ("error", "error_kind", "is_crack", "width", "height", "scored_at"):
-        nulls[name] = table.column(name).null_count
+        if name in table.column_names:
+            nulls[name] = table.column(name).null_count
     return json.dumps({"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
 
 
@@ -501,7 +502,12 @@ def connect(uri: str):
         raise CracknetError(f"{uri} does not exist.")
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute("SET TimeZone = 'UTC'").fetchall()
-    con.register("results", dataset(uri))
+    stored = dataset(uri)
+    missing = [name for name in ADDED_COLUMNS if name not in stored.schema.names]  # a table older than them
+    con.register("results_stored" if missing else "results", stored)
+    if missing:
+        nulls = ", ".join(f"CAST(NULL AS VARCHAR) AS {name}" for name in missing)
+        con.execute(f"CREATE VIEW results AS SELECT *, {nulls} FROM results_stored").fetchall()
     con.register("runs", runs.read(uri))
     con.execute(VIEWS).fetchall()
     # From here on SQL sees the table and nothing else: no files, no environment, no extensions, and no

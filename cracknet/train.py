@@ -284,7 +284,9 @@ def _beside_the_driver() -> dict:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = ray.get_runtime_context().get_node_id()
-    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
+    # Restarted elsewhere should that node go all the same (lines in it then are lost, later ones are not).
+    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True),
+            "max_restarts": -1, "max_task_retries": -1}
 
 
 def _relay(queue, log: Callable[[str], None], done: threading.Event) -> None:
@@ -297,8 +299,10 @@ def _relay(queue, log: Callable[[str], None], done: threading.Event) -> None:
         except Empty:
             if done.is_set():
                 return
-        except Exception:  # the queue's actor went away with the cluster: nothing more to print
-            return
+        except Exception:  # noqa: BLE001 - the queue is being restarted, or went with the cluster
+            if done.is_set():
+                return
+            time.sleep(0.5)
 
 
 def _check_output(cfg: TrainConfig) -> tuple[str, str]:

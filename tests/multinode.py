@@ -29,9 +29,13 @@ def main() -> None:
 
     from ray.cluster_utils import Cluster
 
+    # A lost node is declared dead after 3 missed health checks a second apart (Ray's defaults take about 30 s:
+    # the same sequence of events, slower).
+    health = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
+              "health_check_failure_threshold": 3}
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": args.head_cpus, "include_dashboard": False,
-                                      "node_ip_address": "127.0.0.1"})
+                                      "node_ip_address": "127.0.0.1", "_system_config": health})
     workers = []
 
     def add() -> None:

@@ -122,3 +122,14 @@ def test_an_unreadable_lease_file_is_presumed_dead_after_the_lease_length(s3_end
     with Lease(output, owner={"run_id": "after"}, seconds=1.0) as taken:  # by the length a taker asks for
         taken.check()
         assert json.loads(storage.read_bytes(f"{output}/{LEASE_FILE}"))["run_id"] == "after"
+
+
+@pytest.mark.parametrize("date", ["Tue, 01 Dec 2026 23:21:57 GMT",
+                                  "Tue, 01 Dec 2026 23:21:57 GMT, Tue, 01 Dec 2026 23:21:58 GMT",  # a proxy's own
+                                  "Tue, 01 Dec 2026 23:21:57 -0000"])
+def test_a_lease_age_reads_the_stores_date_however_it_is_written(date):
+    from datetime import datetime, timezone
+
+    written = datetime(2026, 12, 1, 23, 21, 47, tzinfo=timezone.utc)
+    age = lease_module._store_age({"ResponseMetadata": {"HTTPHeaders": {"date": date}}, "LastModified": written})
+    assert age == 9.0  # ten seconds by the store, less the second its clock may round away

@@ -31,7 +31,7 @@ from conftest import BUCKET, REPO
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
-N_IMAGES = 240
+N_IMAGES = 160
 
 
 class Nodes:
@@ -131,13 +131,13 @@ def exactly_once(results: str) -> dict:
 def test_a_worker_node_lost_mid_training_resumes_from_the_s3_checkpoint_on_the_nodes_left(cluster,
                                                                                          synthetic_tree):
     output = f"s3://{BUCKET}/nodes/train"
-    run = cracknet(cluster, "train", "--data", str(synthetic_tree), "--output", output, "--epochs", "4",
+    run = cracknet(cluster, "train", "--data", str(synthetic_tree), "--output", output, "--epochs", "2",
                    "--image-size", "32", "--batch-size", "8", "--num-workers", "2", "--cpus-per-worker", "2",
                    "--weights", "none", "--warmup-epochs", "0.2", "--max-failures", "2")
     snapshot = f"{output}/checkpoints/train/checkpoint_manager_snapshot.json"
     wait_for(lambda: storage.exists(snapshot) and b"epoch-0001" in storage.read_bytes(snapshot), 300,
              "the first checkpoint", run)
-    # Two CPUs a worker: the two workers stand on two different nodes; the third node is spare.
+    # Two CPUs a worker and two a node: the workers stand on two nodes, the third is spare for the restart.
     node = node_of(cluster, "ray::RayTrainWorker")
     assert node is not None, "no training worker found on a worker node"
     cluster.kill(node)
@@ -145,10 +145,10 @@ def test_a_worker_node_lost_mid_training_resumes_from_the_s3_checkpoint_on_the_n
     assert run.returncode == 0, err[-3000:]
     card = json.loads(storage.read_bytes(f"{output}/model/model.json"))
     training = card["training"]
-    assert training["restarts"] >= 1 and training["epochs_completed"] == 4
-    assert [h["epoch"] for h in training["history"]] == [1, 2, 3, 4]
+    assert training["restarts"] >= 1 and training["epochs_completed"] == 2
+    assert [h["epoch"] for h in training["history"]] == [1, 2]
     assert len({h["train_images"] for h in training["history"]}) == 1
-    assert [line for line in out.splitlines() if line.startswith("Epoch ")][-1].startswith("Epoch 4/4")
+    assert [line for line in out.splitlines() if line.startswith("Epoch ")][-1].startswith("Epoch 2/2")
     cluster.add()  # three worker nodes again, for the next test
 
 
@@ -189,7 +189,3 @@ def test_a_scoring_driver_stopped_with_sigterm_ends_in_its_grace_period_with_not
     assert exactly_once(results)["n"] == 0  # files written, none committed
     assert not storage.exists(f"{results}/_lease.json")  # released on the way out: the next run need not wait
     assert not any("/_staging/" in u for u in storage.list_files(results))
-    rerun = cracknet(cluster, "score", "--model", str(random_model), "--input", survey, "--output", results)
-    out, err = rerun.communicate(timeout=600)
-    assert rerun.returncode == 0, err[-3000:]
-    assert exactly_once(results) == {"n": N_IMAGES, "uris": N_IMAGES, "errors": 0}

@@ -121,3 +121,24 @@ def test_an_id_keeps_the_threshold_it_was_first_committed_with(tmp_path):
     runs.check_model(output, card)
     with pytest.raises(CracknetError, match="first committed to .* by run first with another threshold"):
         runs.check_model(output, {**card, "threshold": 0.0002})
+
+
+def test_a_table_from_before_error_kinds_reads_and_gains_the_column_on_its_next_commit(tmp_path):
+    """A table an older release wrote (no error_kind column) answers every view, plans as before, and the
+    next commit adds the column (null in its older rows)."""
+    output = str(tmp_path / "results")
+    old_schema = results.FILE_SCHEMA.remove(results.FILE_SCHEMA.get_field_index("error_kind"))
+    rows = results.part_table({"image_uri": ["s3://s/a.jpg", "s3://s/b.jpg"], "version": ["v1", "v1"],
+                               "width": [1, 1], "height": [1, 1], "error": ["", DENIED],
+                               "crack_probability": [0.9, 0.0], "tiles_scored": [1, 0]},
+                              [[], None], 0.5, "model-a", "old", DAY.isoformat(), {}).select(old_schema.names)
+    part = results.write_part(rows, output, "old", DAY.date().isoformat())
+    old_kind = results.TableKind(old_schema.append(results.SCHEMA.field("run_date")), ("run_date",), "old", "old")
+    results.commit(output, [part], "old", {"model_id": "model-a"}, kind=old_kind)
+    assert "error_kind" not in results.open_table(output).schema().to_arrow().names
+    assert run_query(output, "SELECT image_uri, error_kind FROM current ORDER BY 1").to_pylist() == [
+        {"image_uri": "s3://s/a.jpg", "error_kind": None}, {"image_uri": "s3://s/b.jpg", "error_kind": None}]
+    assert [u for u, _ in planned(output, [("s3://s/a.jpg", "v1"), ("s3://s/b.jpg", "v1")])[1]] == ["s3://s/b.jpg"]
+    commit_run(output, ["s3://s/c.jpg"], run_id="new", errors=[DENIED], kinds=["transient"])
+    kinds = run_query(output, "SELECT image_uri, error_kind FROM images ORDER BY 1").to_pylist()
+    assert [k["error_kind"] for k in kinds] == [None, None, "transient"]
