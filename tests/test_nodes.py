@@ -31,7 +31,7 @@ from conftest import BUCKET, REPO
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
-N_IMAGES = 160
+N_IMAGES = 120
 
 
 class Nodes:
@@ -147,7 +147,8 @@ def test_a_worker_node_lost_mid_training_resumes_from_the_s3_checkpoint_on_the_n
     training = card["training"]
     assert training["restarts"] >= 1 and training["epochs_completed"] == 2
     assert [h["epoch"] for h in training["history"]] == [1, 2]
-    assert len({h["train_images"] for h in training["history"]}) == 1
+    assert len({h["train_images"] for h in training["history"]}) == 1  # each epoch saw the same images
+    assert np.isfinite(card["metrics"]["test"]["roc_auc"])
     assert [line for line in out.splitlines() if line.startswith("Epoch ")][-1].startswith("Epoch 2/2")
     cluster.add()  # three worker nodes again, for the next test
 

@@ -2,11 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -231,37 +228,6 @@ def test_training_reads_and_writes_object_storage(ray_cluster, s3_endpoint, synt
     assert any("/checkpoints/train/epoch-0002/state.pt" in f for f in files)
     model, read = load_artifact(output)
     assert read["model_id"] == card["model_id"] and read["data"]["uri"] == data
-
-
-def train_worker_pids():
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ray::RayTrainWorker" in line]
-
-
-def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, labelled_tree, tmp_path):
-    cfg = tiny(labelled_tree, tmp_path / "run", epochs=5, image_size=64, max_failures=2)
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(card=run_training(cfg, log=lambda _: None)))
-    thread.start()
-
-    # Wait until the controller has registered the first epoch's checkpoint, then SIGKILL a worker.
-    snapshot = tmp_path / "run" / "checkpoints" / "train" / "checkpoint_manager_snapshot.json"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (snapshot.exists() and "epoch-0001" in snapshot.read_text()):
-        time.sleep(0.1)
-    pids = train_worker_pids()
-    assert pids, "no Ray Train worker process found"
-    os.kill(pids[0], signal.SIGKILL)
-
-    thread.join(timeout=600)
-    assert "card" in outcome, "training did not finish"
-    training = outcome["card"]["training"]
-    assert training["restarts"] >= 1
-    assert training["epochs_completed"] == 5
-    # Each epoch appears once, in order, and every epoch saw the same number of images.
-    assert [h["epoch"] for h in training["history"]] == [1, 2, 3, 4, 5]
-    assert len({h["train_images"] for h in training["history"]}) == 1
-    assert np.isfinite(outcome["card"]["metrics"]["test"]["roc_auc"])
 
 
 def test_relative_paths_work_for_training_and_scoring(synthetic_tree, tmp_path):
