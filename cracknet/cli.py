@@ -28,7 +28,7 @@ from cracknet import storage
 from cracknet.config import (ScoreConfig, TrainConfig, add_arguments, check_recall_settings, check_tile_size,
                              from_arguments)
 from cracknet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, CracknetError, Terminated, exit_status
-from cracknet.metrics import json_safe, operating_point_caveat
+from cracknet.metrics import MAX_FALSE_ALARMS, json_safe, operating_point_caveat
 
 DEV_DATA = os.path.join("..", "shared", "data", "metu-dev")
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
@@ -44,17 +44,25 @@ def _format_metrics(metrics: dict) -> str:
     return ", ".join(parts) + f" (threshold {metrics['threshold']:.3f}, n={metrics['n']})"
 
 
+def _false_alarms(point: dict) -> str:
+    """", false alarms 4 of 61 no-crack images (6.6%)"; "" where the card does not count them."""
+    if point.get("negatives") is None or point.get("false_alarms") is None:
+        return ""
+    flagged = round(point["false_alarms"] * point["negatives"])
+    return f", false alarms {flagged} of {point['negatives']} no-crack images ({point['false_alarms']:.1%})"
+
+
 def _print_training(card: dict) -> None:
     # Start on a fresh line: Ray's progress bars may have left the cursor mid-line.
     point = card["operating_point"]
     bound = (f", {point['confidence']:.0%} lower bound {point['recall_lower_bound']:.3f}"
              if point.get("confidence") else "")
     print(f"Threshold {card['threshold']:.3f} for recall >= {point['target_recall']}: validation recall "
-          f"{point['val_recall']:.3f}{bound}, precision {point['val_precision']:.3f} "
+          f"{point['val_recall']:.3f}{bound}, precision {point['val_precision']:.3f}{_false_alarms(point)} "
           f"(at 0.5: recall {point['val_recall_at_0.5']:.3f}, precision {point['val_precision_at_0.5']:.3f})")
     if operating_point_caveat(point):
-        print(f"Warning: {operating_point_caveat(point)} Hold out more images (--val-fraction) "
-              f"or lower --recall-confidence.")
+        advice = " Hold out more images (--val-fraction) or lower --recall-confidence." if not point["backed"] else ""
+        print(f"Warning: {operating_point_caveat(point)}{advice}")
     print(f"Test metrics: {_format_metrics(card['metrics']['test'])}")
     print(f"Test at 0.5:  {_format_metrics(card['metrics']['test_at_0.5'])}")
     if "lineage" in card:
@@ -86,10 +94,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from cracknet.card import record_evaluations
     from cracknet.evaluate import evaluate_surfaces, parse_surface, surface_row
 
-    check_recall_settings(args.target_recall, args.recall_confidence)
+    check_recall_settings(args.target_recall, args.recall_confidence, args.max_false_alarms)
     check_tile_size(args.tile_size)
     reports = evaluate_surfaces(args.model, [parse_surface(d) for d in args.data], args.batch_size,
-                                args.target_recall, args.recall_confidence, tile_size=args.tile_size)
+                                args.target_recall, args.recall_confidence, tile_size=args.tile_size,
+                                max_false_alarms=args.max_false_alarms)
     for name, report in reports.items():
         title = f"{name}: " if len(reports) > 1 else ""
         print(f"{title}{report['images']} images under {report['data']}, {len(report['unreadable'])} unreadable.")
@@ -202,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also report the threshold that keeps this recall on this data, and its precision")
     evaluate.add_argument("--recall-confidence", type=float, default=0.95,
                           help="confidence the --target-recall threshold keeps that recall on new images")
+    evaluate.add_argument("--max-false-alarms", type=float, default=MAX_FALSE_ALARMS,
+                          help="the --target-recall threshold flags at most this share of no-crack images "
+                               f"(default: {MAX_FALSE_ALARMS})")
     evaluate.set_defaults(run=cmd_evaluate)
 
     explain = sub.add_parser("explain", help="Grad-CAM heatmap: which pixels made the model say crack (PNG)")

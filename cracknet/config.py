@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, get_args, get_type_hints
 
 from cracknet.errors import CracknetError
+from cracknet.metrics import MAX_FALSE_ALARMS
 from cracknet.transforms import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 
@@ -21,12 +22,15 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
-def check_recall_settings(target_recall: Optional[float], recall_confidence: float) -> None:
+def check_recall_settings(target_recall: Optional[float], recall_confidence: float,
+                          max_false_alarms: float = MAX_FALSE_ALARMS) -> None:
     """The operating-point settings of `train` and `evaluate` (``target_recall`` None: not asked for)."""
     if target_recall is not None and not 0.0 < target_recall <= 1.0:
         raise CracknetError(f"--target-recall must be in (0, 1], got {target_recall}.")
     if not 0.0 <= recall_confidence < 1.0:
         raise CracknetError(f"--recall-confidence must be in [0, 1), got {recall_confidence}.")
+    if not 0.0 < max_false_alarms <= 1.0:
+        raise CracknetError(f"--max-false-alarms must be in (0, 1], got {max_false_alarms}.")
 
 
 MIN_TILE = 16
@@ -81,6 +85,8 @@ class TrainConfig:
                                       "on the validation split (a missed crack costs more than a false alarm)")
     recall_confidence: float = _opt(0.95, "confidence that the threshold keeps --target-recall on new images "
                                           "(a Clopper-Pearson bound on validation recall; 0: the plain estimate)")
+    max_false_alarms: float = _opt(MAX_FALSE_ALARMS, "whatever the recall target asks, the threshold flags at most "
+                                                     "this share of the validation no-crack images")
     max_bad_fraction: float = _opt(0.01, "fail when more than this share of the images cannot be decoded")
     max_failures: int = _opt(3, "worker failures to recover from (resuming from the last checkpoint)")
     seed: int = _opt(0, "random seed for initialisation, shuffling and augmentation")
@@ -106,7 +112,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise CracknetError(message)
-        check_recall_settings(self.target_recall, self.recall_confidence)
+        check_recall_settings(self.target_recall, self.recall_confidence, self.max_false_alarms)
 
     @property
     def pretrained(self) -> bool:

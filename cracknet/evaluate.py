@@ -22,7 +22,7 @@ import numpy as np
 from cracknet.card import in_split
 from cracknet.data import LabelledImage, discover
 from cracknet.errors import CracknetError
-from cracknet.metrics import binary_metrics, evaluation, operating_point
+from cracknet.metrics import MAX_FALSE_ALARMS, binary_metrics, evaluation, operating_point
 from cracknet.scorer import Found, Scorer, read_image
 
 READ_THREADS = 8
@@ -82,7 +82,8 @@ def predict_tree(scorer: Scorer, data_uri: str, split: str = "all") -> Predictio
 
 
 def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall: float | None = None,
-             recall_confidence: float = 0.95, tile_size: int = 0, scorer: Scorer | None = None) -> dict:
+             recall_confidence: float = 0.95, tile_size: int = 0, scorer: Scorer | None = None,
+             max_false_alarms: float = MAX_FALSE_ALARMS) -> dict:
     """Metrics of a model on a labelled tree at its own threshold and at 0.5, with bootstrap intervals.
 
     With ``target_recall``, also the threshold this data would choose for that recall (by the same rule
@@ -103,7 +104,7 @@ def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall:
         "unreadable": [{"uri": uri, "error": err} for uri, err in unreadable],
     }
     if target_recall is not None:
-        point = operating_point(probs, labels, target_recall, recall_confidence)
+        point = operating_point(probs, labels, target_recall, recall_confidence, max_false_alarms)
         report["for_target_recall"] = {**point, "metrics": binary_metrics(probs, labels, point["threshold"])}
     return report
 
@@ -120,14 +121,14 @@ def parse_surface(text: str) -> tuple[str, str]:
 
 def evaluate_surfaces(model_uri: str, surfaces: list[tuple[str, str]], batch_size: int = 64,
                       target_recall: float | None = None, recall_confidence: float = 0.95,
-                      tile_size: int = 0) -> dict[str, dict]:
+                      tile_size: int = 0, max_false_alarms: float = MAX_FALSE_ALARMS) -> dict[str, dict]:
     """``evaluate`` on each named labelled tree with one loaded model; reports by surface name."""
     names = [name for name, _ in surfaces]
     if len(set(names)) != len(names):
         raise CracknetError(f"Each --data needs its own name; got {', '.join(names)}. Use NAME=URI.")
     scorer = Scorer.load(model_uri, batch_tiles=batch_size, tile_size=tile_size)
     return {name: evaluate(model_uri, uri, target_recall=target_recall, recall_confidence=recall_confidence,
-                           scorer=scorer) for name, uri in surfaces}
+                           scorer=scorer, max_false_alarms=max_false_alarms) for name, uri in surfaces}
 
 
 def surface_row(report: dict) -> dict:

@@ -89,8 +89,12 @@ def recall_lower_bound(found: int, positives: int, confidence: float) -> float:
     return low
 
 
-def operating_point(probs: np.ndarray, labels: np.ndarray, target: float, confidence: float = 0.95) -> dict:
-    """The decision threshold for a target recall, chosen with a safety margin.
+MAX_FALSE_ALARMS = 0.1  # the share of validation no-crack images a threshold may flag, at most
+
+
+def operating_point(probs: np.ndarray, labels: np.ndarray, target: float, confidence: float = 0.95,
+                    max_false_alarms: float = MAX_FALSE_ALARMS) -> dict:
+    """The decision threshold for a target recall, chosen with a safety margin and a bound on false alarms.
 
     Missing a crack costs more than a false alarm, so the threshold is chosen
     for recall on purpose: the highest threshold whose recall on these scores
@@ -101,8 +105,14 @@ def operating_point(probs: np.ndarray, labels: np.ndarray, target: float, confid
     recall about half the time. When even finding every positive cannot show the
     target at that confidence (too few positives: always so for the few hundred
     images an adaptation set holds), ``backed`` is False and the threshold is
-    estimated from the positives' spread instead (``few_positives_threshold``),
-    so that one hard or mislabelled crack cannot drag it towards zero.
+    estimated from the positives' spread instead (``few_positives_threshold``).
+
+    The invariant, whatever the recall rule says: the threshold never flags more
+    than ``max_false_alarms`` of the negatives. Where the recall target would need
+    more (scores that overlap, as a small adaptation set's do, or a mislabelled
+    crack), the threshold is the lowest that keeps that bound, ``limited_by`` says
+    ``false_alarms`` and ``recall`` says what it finds; a model never leaves
+    training calling almost every image a crack.
 
     Candidate cuts are midway between neighbouring distinct scores (or half the
     lowest score), so the cut never sits on a score itself.
@@ -113,10 +123,16 @@ def operating_point(probs: np.ndarray, labels: np.ndarray, target: float, confid
         raise ValueError(f"target recall must be in (0, 1], got {target}")
     if not 0.0 <= confidence < 1.0:
         raise ValueError(f"confidence must be in [0, 1), got {confidence}")
+    if not 0.0 < max_false_alarms <= 1.0:
+        raise ValueError(f"max_false_alarms must be in (0, 1], got {max_false_alarms}")
     positives = np.sort(probs[labels])[::-1]
+    negatives = probs[~labels]
     if len(positives) == 0:
         return {"threshold": 0.5, "target_recall": target, "confidence": confidence, "positives": 0,
-                "recall": float("nan"), "recall_lower_bound": float("nan"), "backed": False}
+                "recall": float("nan"), "recall_lower_bound": float("nan"), "backed": False,
+                "max_false_alarms": max_false_alarms, "negatives": int(len(negatives)),
+                "false_alarms": float((negatives >= 0.5).mean()) if len(negatives) else float("nan"),
+                "limited_by": "recall_target"}
 
     def found_at(k: int) -> int:  # positives kept when the cut sits just below the k-th highest positive
         return int((positives >= positives[k - 1]).sum())
@@ -138,10 +154,28 @@ def operating_point(probs: np.ndarray, labels: np.ndarray, target: float, confid
             else:
                 low = mid + 1
         threshold, backed = cut_below(low), True
+    for_target = float((negatives >= threshold).mean()) if len(negatives) else 0.0
+    floor = false_alarm_floor(probs, negatives, max_false_alarms)
+    limited = floor > threshold
+    threshold = max(threshold, floor)
     found = int((positives >= threshold).sum())
     return {"threshold": threshold, "target_recall": target, "confidence": confidence,
             "positives": int(len(positives)), "recall": found / len(positives),
-            "recall_lower_bound": recall_lower_bound(found, len(positives), confidence), "backed": backed}
+            "recall_lower_bound": recall_lower_bound(found, len(positives), confidence), "backed": backed,
+            "max_false_alarms": max_false_alarms, "negatives": int(len(negatives)),
+            "false_alarms": float((negatives >= threshold).mean()) if len(negatives) else float("nan"),
+            "false_alarms_for_target": for_target, "limited_by": "false_alarms" if limited else "recall_target"}
+
+
+def false_alarm_floor(probs: np.ndarray, negatives: np.ndarray, max_false_alarms: float) -> float:
+    """The lowest cut (midway between distinct scores) that flags at most ``max_false_alarms`` of the
+    negatives; 0 when every negative may be flagged."""
+    allowed = int(np.floor(max_false_alarms * len(negatives) + 1e-9))
+    if allowed >= len(negatives):
+        return 0.0
+    highest_refused = np.sort(negatives)[::-1][allowed]  # this negative and every lower one stay unflagged
+    above = probs[probs > highest_refused]
+    return float((highest_refused + above.min()) / 2.0) if len(above) else float((highest_refused + 1.0) / 2.0)
 
 
 OUTLIER_SPREADS = 3.0  # a positive this many robust standard deviations below the median (in logits) is an outlier
@@ -167,24 +201,33 @@ def few_positives_threshold(positives: np.ndarray, target: float, cut_below: Cal
     return min(cut_below(kept), float(1.0 / (1.0 + np.exp(-quantile))))
 
 
-def threshold_rule(target: float, confidence: float) -> str:
+def threshold_rule(target: float, confidence: float, max_false_alarms: float = MAX_FALSE_ALARMS) -> str:
     few = ("; with too few validation cracks to back that, the lower of the cut keeping every crack but "
            f"outliers and the {1 - target:.0%} quantile of a robust logit-normal fit to their scores")
+    bound = f"; never flagging more than {max_false_alarms:.0%} of validation no-crack images"
     if confidence <= 0.0:
-        return f"highest threshold with recall >= {target} on the validation split"
+        return f"highest threshold with recall >= {target} on the validation split" + bound
     return (f"highest threshold whose validation recall has a {confidence:.0%} lower confidence bound "
-            f"(Clopper-Pearson) of at least {target}" + few)
+            f"(Clopper-Pearson) of at least {target}" + few + bound)
 
 
 def operating_point_caveat(point: dict, where: str = "in the validation split") -> str:
-    """A sentence when the threshold could not be backed at the asked confidence, else ""."""
-    if point.get("backed", True):
-        return ""
+    """Sentences when the threshold could not be backed at the asked confidence or had to give recall up to
+    keep false alarms bounded, else ""."""
     recall = point["recall"] if "recall" in point else point["val_recall"]  # a model card's operating point
-    missed = round(point["positives"] * (1.0 - recall))
-    return (f"Only {point['positives']} crack images {where}: too few to show recall >= {point['target_recall']} "
+    sentences = []
+    if not point.get("backed", True):
+        missed = round(point["positives"] * (1.0 - recall))
+        sentences.append(
+            f"Only {point['positives']} crack images {where}: too few to show recall >= {point['target_recall']} "
             f"with {point['confidence']:.0%} confidence even when every one is found, so the threshold is "
             f"estimated from the spread of their scores ({missed} of them score below it).")
+    if point.get("limited_by") == "false_alarms":
+        sentences.append(
+            f"The recall target would flag {point['false_alarms_for_target']:.0%} of the no-crack images {where}; "
+            f"the threshold flags at most {point['max_false_alarms']:.0%} of them (--max-false-alarms) and finds "
+            f"{recall:.1%} of the cracks there.")
+    return " ".join(sentences)
 
 
 def curve_points(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -167,6 +167,10 @@ def model_card_section(report: Report, card: dict) -> None:
          f"{_fmt(point.get('val_recall', ''))} / {_fmt(point.get('val_precision', ''))}"
          + (f" (recall's {point['confidence']:.0%} lower bound {_fmt(point['recall_lower_bound'])})"
             if point.get("confidence") else "")),
+        *([("validation false alarms at the threshold",
+            f"{round(point['false_alarms'] * point['negatives'])} of {point['negatives']} no-crack images "
+            f"({point['false_alarms']:.1%}; at most {point['max_false_alarms']:.0%} by rule)")]
+          if point.get("false_alarms") is not None and point.get("negatives") else []),
         ("validation recall / precision at 0.5",
          f"{_fmt(point.get('val_recall_at_0.5', ''))} / {_fmt(point.get('val_precision_at_0.5', ''))}"),
         ("epochs", training.get("epochs_completed", "")),

@@ -416,7 +416,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     kept = _best_of(state) or {"epoch": state["epoch"], "model": state["model"]}
 
     (val_probs, val_labels), (test_probs, test_labels) = out["val"], out["test"]
-    point = operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence)
+    point = operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence, cfg.max_false_alarms)
     threshold = point.pop("threshold")
     point.pop("recall")  # the same as val_recall below
     at_threshold = binary_metrics(val_probs, val_labels, threshold)
@@ -430,7 +430,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                           "resize": "bilinear, whole image to a square",
                           "colour": "RGB, EXIF orientation applied"},
         "threshold": threshold,
-        "threshold_rule": threshold_rule(cfg.target_recall, cfg.recall_confidence),
+        "threshold_rule": threshold_rule(cfg.target_recall, cfg.recall_confidence, cfg.max_false_alarms),
         "operating_point": {**point, "val_recall": at_threshold["recall"], "val_precision": at_threshold["precision"],
                             "val_recall_at_0.5": at_half["recall"], "val_precision_at_0.5": at_half["precision"]},
         "metrics": {

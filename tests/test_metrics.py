@@ -46,7 +46,7 @@ def _scores(seed: int, n: int = 300):
 @pytest.mark.parametrize("target", [0.5, 0.9, 0.98, 1.0])
 def test_plain_operating_point_is_the_highest_threshold_reaching_the_target(seed, target):
     probs, labels = _scores(seed)
-    point = operating_point(probs, labels, target, confidence=0.0)
+    point = operating_point(probs, labels, target, confidence=0.0, max_false_alarms=1.0)
     threshold = point["threshold"]
     chosen = binary_metrics(probs, labels, threshold)
     assert chosen["recall"] >= target and point["recall"] == pytest.approx(chosen["recall"])
@@ -59,7 +59,7 @@ def test_plain_operating_point_is_the_highest_threshold_reaching_the_target(seed
 @pytest.mark.parametrize("target", [0.5, 0.9, 0.95])
 def test_backed_operating_point_is_the_highest_threshold_whose_lower_bound_reaches_the_target(seed, target):
     probs, labels = _scores(seed, n=1000)
-    point = operating_point(probs, labels, target, confidence=0.95)
+    point = operating_point(probs, labels, target, confidence=0.95, max_false_alarms=1.0)
     positives = int(labels.sum())
 
     def bound(threshold):
@@ -68,7 +68,7 @@ def test_backed_operating_point_is_the_highest_threshold_whose_lower_bound_reach
 
     assert point["backed"] and bound(point["threshold"]) >= target
     assert binary_metrics(probs, labels, point["threshold"])["recall"] >= target
-    assert point["threshold"] <= operating_point(probs, labels, target, confidence=0.0)["threshold"]
+    assert point["threshold"] <= operating_point(probs, labels, target, confidence=0.0, max_false_alarms=1.0)["threshold"]
     for higher in np.unique(probs[probs > point["threshold"]]):
         assert bound(higher + 1e-12) < target
 
@@ -76,7 +76,7 @@ def test_backed_operating_point_is_the_highest_threshold_whose_lower_bound_reach
 def test_too_few_positives_estimate_the_threshold_and_say_so():
     probs = np.r_[np.linspace(0.6, 0.99, 40), np.linspace(0.01, 0.7, 60)]
     labels = np.r_[np.ones(40, bool), np.zeros(60, bool)]
-    point = operating_point(probs, labels, 0.98, confidence=0.95)
+    point = operating_point(probs, labels, 0.98, confidence=0.95, max_false_alarms=1.0)
     # 40 of 40 found only shows recall >= 0.05 ** (1 / 40) = 0.928 with 95% confidence.
     assert not point["backed"] and point["recall"] == 1.0
     assert point["recall_lower_bound"] == pytest.approx(0.05 ** (1 / 40))
@@ -84,7 +84,7 @@ def test_too_few_positives_estimate_the_threshold_and_say_so():
     assert 0.3 < point["threshold"] < 0.45
     caveat = operating_point_caveat(point)
     assert "Only 40 crack images in the validation split" in caveat and "0 of them score below it" in caveat
-    assert operating_point_caveat(operating_point(probs, labels, 0.9, confidence=0.95)) == ""
+    assert operating_point_caveat(operating_point(probs, labels, 0.9, confidence=0.95, max_false_alarms=1.0)) == ""
 
 
 def test_one_stray_crack_does_not_drag_the_threshold_to_zero():
@@ -122,6 +122,59 @@ def test_small_noisy_validation_sets_keep_recall_without_flagging_everything():
         assert np.median(false_alarms[noisy]) <= 0.25
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_the_threshold_never_flags_more_than_the_false_alarm_bound_on_validation(seed):
+    """The invariant, on sets large and small, well and badly separated: at most ``max_false_alarms`` of the
+    negatives score at or above the threshold; where that bound does not bind, the recall rule alone decides."""
+    rng = np.random.default_rng(seed)
+    n_pos, n_neg = int(rng.integers(5, 400)), int(rng.integers(5, 400))
+    gap = rng.uniform(0.0, 5.0)
+    probs = 1 / (1 + np.exp(-np.r_[rng.normal(gap / 2, 1.5, n_pos), rng.normal(-gap / 2, 1.5, n_neg)]))
+    probs = probs.round(int(rng.integers(2, 6)))  # ties
+    labels = np.r_[np.ones(n_pos, bool), np.zeros(n_neg, bool)]
+    for bound in (0.02, 0.1, 0.3):
+        point = operating_point(probs, labels, 0.98, 0.95, max_false_alarms=bound)
+        flagged = int((probs[~labels] >= point["threshold"]).sum())
+        assert flagged <= bound * n_neg + 1e-9 and point["false_alarms"] == flagged / n_neg
+        unbounded = operating_point(probs, labels, 0.98, 0.95, max_false_alarms=1.0)["threshold"]
+        if point["limited_by"] == "recall_target":
+            assert point["threshold"] == unbounded
+        else:  # the lowest cut that keeps the bound: one distinct score lower flags too many
+            assert point["threshold"] > unbounded
+            lower = probs[probs < point["threshold"]]
+            assert len(lower) and (probs[~labels] >= lower.max()).sum() > bound * n_neg
+
+
+def test_small_overlapping_validation_sets_no_longer_collapse_to_flagging_everything():
+    """Validation sets the size of an adaptation's (30 cracks, 60 clean images) whose scores overlap like a model
+    meeting a new surface (ROC-AUC about 0.83), two of the cracks mislabelled: the recall rule alone lands at a few
+    hundredths and flags most clean images; bounded, it flags about a tenth and still finds most cracks."""
+    rng = np.random.default_rng(1)
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    cracks, clean = sigmoid(rng.normal(1.5, 2.0, 100_000)), sigmoid(rng.normal(-1.5, 2.0, 100_000))
+    unbounded, bounded = [], []
+    for _ in range(60):
+        positives, negatives = sigmoid(rng.normal(1.5, 2.0, 30)), sigmoid(rng.normal(-1.5, 2.0, 60))
+        positives[:2] = sigmoid(rng.normal(-1.5, 2.0, 2))  # labelled crack, look clean
+        probs, labels = np.r_[positives, negatives], np.r_[np.ones(30, bool), np.zeros(60, bool)]
+        assert 0.65 < roc_auc(probs, labels) < 0.97
+        unbounded.append(operating_point(probs, labels, 0.98, 0.95, max_false_alarms=1.0)["threshold"])
+        point = operating_point(probs, labels, 0.98, 0.95)
+        assert point["false_alarms"] <= 0.1 and not point["backed"]
+        bounded.append(point)
+    false_alarms = lambda t: float((clean >= t).mean())  # noqa: E731
+    recall = lambda t: float((cracks >= t).mean())  # noqa: E731
+    assert np.median(unbounded) < 0.1 and np.median([false_alarms(t) for t in unbounded]) > 0.7
+    thresholds = [p["threshold"] for p in bounded]
+    assert np.median([false_alarms(t) for t in thresholds]) < 0.15
+    assert np.median([recall(t) for t in thresholds]) > 0.5
+    accuracy = [(recall(t) + 1 - false_alarms(t)) / 2 for t in thresholds]
+    assert np.median(accuracy) > 0.7 > np.median([(recall(t) + 1 - false_alarms(t)) / 2 for t in unbounded])
+    limited = next(p for p in bounded if p["limited_by"] == "false_alarms")
+    caveat = operating_point_caveat(limited)
+    assert "flags at most 10% of them (--max-false-alarms)" in caveat and "Only 30 crack images" in caveat
+
+
 def test_clopper_pearson_lower_bound_matches_known_values():
     # Textbook one-sided 95% bounds (the lower ends of two-sided 90% Clopper-Pearson intervals).
     assert recall_lower_bound(9, 10, 0.95) == pytest.approx(0.6058, abs=1e-4)
@@ -152,7 +205,7 @@ def test_backed_threshold_keeps_the_target_recall_on_new_images_far_more_often()
         neg = 1 / (1 + np.exp(-rng.normal(-2.5, 1.5, 300)))
         probs, labels = np.r_[pos, neg], np.r_[np.ones(300, bool), np.zeros(300, bool)]
         for confidence in held:
-            held[confidence] += true_recall(operating_point(probs, labels, 0.98, confidence)["threshold"]) >= 0.98
+            held[confidence] += true_recall(operating_point(probs, labels, 0.98, confidence, 1.0)["threshold"]) >= 0.98
     assert held[0.95] / draws >= 0.9
     assert held[0.0] / draws <= 0.8
 
