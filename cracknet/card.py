@@ -14,7 +14,7 @@ import json
 from typing import Any, Callable
 
 from cracknet import storage
-from cracknet.data import split_of
+from cracknet.data import NO_GROUPS, grouper, split_of
 from cracknet.errors import CracknetError
 from cracknet.transforms import Preprocessing
 
@@ -80,12 +80,23 @@ def card_bytes(card: dict[str, Any]) -> bytes:
     return json.dumps(json_safe(card), indent=2, allow_nan=False).encode()
 
 
-def in_split(card: dict[str, Any], split: str) -> Callable[[str], bool]:
-    """Whether an image, by the SHA-256 of its bytes, fell in ``split`` of the model's own training run."""
-    training = card.get("training", {})
+def in_split(card: dict[str, Any], split: str, root: str) -> Callable[[str, str], bool]:
+    """Whether an image of the labelled tree at ``root`` (by its URI and the SHA-256 of its bytes) fell in
+    ``split`` of the model's own training run: by its group where the run grouped its images, else by hash."""
+    training, grouping = card.get("training", {}), card.get("data", {}).get("grouping", {"by": NO_GROUPS})
     if "val_fraction" not in training:
         raise CracknetError(f"The model {card.get('folder', '')} does not record its splits; use --split all.")
-    return lambda sha: split_of(sha, training["val_fraction"], training["test_fraction"]) == split
+    group_of = grouper(grouping["by"], root)
+    if group_of is None:
+        return lambda uri, sha: split_of(sha, training["val_fraction"], training["test_fraction"]) == split
+    held_out = {name: set(grouping[f"{name}_groups"]) for name in ("val", "test")}
+
+    def member(uri: str, sha: str) -> bool:
+        group = group_of(uri)
+        found = next((name for name, groups in held_out.items() if group in groups), "train")
+        return found == split
+
+    return member
 
 
 def preprocessing_of(card: dict[str, Any]) -> Preprocessing:

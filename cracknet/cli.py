@@ -27,6 +27,7 @@ import threading
 from cracknet import storage
 from cracknet.config import (ScoreConfig, TrainConfig, add_arguments, check_recall_settings, check_tile_size,
                              from_arguments)
+from cracknet.data import check_grouping
 from cracknet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, CracknetError, Terminated, exit_status
 from cracknet.metrics import MAX_FALSE_ALARMS, json_safe, operating_point_caveat
 
@@ -90,15 +91,30 @@ def _surface_table(rows: dict[str, dict]) -> list[str]:
     return lines
 
 
+GROUP_ROWS = 10
+
+
+def _group_table(groups: list[dict], grouping: str) -> list[str]:
+    """The groups (photos, structures) with the most errors, one line each; the rest counted."""
+    width = max(5, *(len(r["group"]) for r in groups[:GROUP_ROWS]))
+    lines = [f"Per group ({grouping}), {len(groups)} groups" + (f"; the {GROUP_ROWS} with the most errors:"
+                                                                 if len(groups) > GROUP_ROWS else ":"),
+             f"{'group':<{width}} {'images':>7} {'cracks':>7} {'missed':>7} {'false alarms':>13} {'accuracy':>9}"]
+    lines += [f"{r['group']:<{width}} {r['images']:>7} {r['cracks']:>7} {r['missed']:>7} {r['false_alarms']:>13} "
+              f"{r['accuracy']:>9.4f}" for r in groups[:GROUP_ROWS]]
+    return lines
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from cracknet.card import record_evaluations
     from cracknet.evaluate import evaluate_surfaces, parse_surface, surface_row
 
     check_recall_settings(args.target_recall, args.recall_confidence, args.max_false_alarms)
     check_tile_size(args.tile_size)
+    check_grouping(args.group_by)
     reports = evaluate_surfaces(args.model, [parse_surface(d) for d in args.data], args.batch_size,
                                 args.target_recall, args.recall_confidence, tile_size=args.tile_size,
-                                max_false_alarms=args.max_false_alarms)
+                                max_false_alarms=args.max_false_alarms, group_by=args.group_by)
     for name, report in reports.items():
         title = f"{name}: " if len(reports) > 1 else ""
         print(f"{title}{report['images']} images under {report['data']}, {len(report['unreadable'])} unreadable.")
@@ -109,6 +125,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             print(f"For recall >= {chosen['target_recall']} on this data: {_format_metrics(chosen['metrics'])}")
             if operating_point_caveat(chosen):
                 print(f"Warning: {operating_point_caveat(chosen, where='in this data')}")
+        if report["groups"]:
+            print("\n".join(_group_table(report["groups"], report["grouping"])))
     rows = {name: surface_row(report) for name, report in reports.items()}
     threshold = next(iter(reports.values()))["threshold"]
     if len(reports) > 1:
@@ -211,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also report the threshold that keeps this recall on this data, and its precision")
     evaluate.add_argument("--recall-confidence", type=float, default=0.95,
                           help="confidence the --target-recall threshold keeps that recall on new images")
+    evaluate.add_argument("--group-by", default="auto",
+                          help="per-group rows (photos, structures): auto (photo folders where the tree has "
+                               "<label>/<photo>/<tile>), none, folder, folder:N or a regular expression on the file "
+                               "name, as for train (default: auto)")
     evaluate.add_argument("--max-false-alarms", type=float, default=MAX_FALSE_ALARMS,
                           help="the --target-recall threshold flags at most this share of no-crack images "
                                f"(default: {MAX_FALSE_ALARMS})")

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, get_args, get_type_hints
 
+from cracknet.data import check_grouping
 from cracknet.errors import CracknetError
 from cracknet.metrics import MAX_FALSE_ALARMS
 from cracknet.transforms import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
@@ -79,8 +80,13 @@ class TrainConfig:
     finetune_lr: float = _opt(1e-4, "peak learning rate once the whole pretrained network trains")
     weight_decay: float = _opt(0.05, "AdamW weight decay")
     warmup_epochs: float = _opt(0.5, "linear warm-up length at the start of each stage, in epochs")
-    val_fraction: float = _opt(0.15, "share of images (by content hash) held out for validation")
-    test_fraction: float = _opt(0.15, "share of images (by content hash) held out for the final test")
+    group_by: str = _opt("auto", "keep these together in one split: auto (the photo folder when the tree is "
+                                 "<label>/<photo>/<tile>, else none), none (each image by its content hash), "
+                                 "folder, folder:N (the first N folders below the label), or a regular expression "
+                                 "matched at the start of the file name, e.g. '(.*)_x\\d+_y\\d+' (its first group)")
+    val_fraction: float = _opt(0.15, "share of images (whole groups where there are groups) held out for validation")
+    test_fraction: float = _opt(0.15, "share of images (whole groups where there are groups) held out for the final "
+                                      "test")
     target_recall: float = _opt(0.98, "the decision threshold is the highest one that keeps at least this recall "
                                       "on the validation split (a missed crack costs more than a false alarm)")
     recall_confidence: float = _opt(0.95, "confidence that the threshold keeps --target-recall on new images "
@@ -113,6 +119,7 @@ class TrainConfig:
             if not ok:
                 raise CracknetError(message)
         check_recall_settings(self.target_recall, self.recall_confidence, self.max_false_alarms)
+        check_grouping(self.group_by)
 
     @property
     def pretrained(self) -> bool:

@@ -1,27 +1,38 @@
-"""Labelled image trees: discovery, and the content-hash train/val/test split.
+"""Labelled image trees: discovery, grouping, and the train/val/test split.
 
 A labelled tree looks like ``<root>/<label>/.../<image>``, at a local path or
 ``s3://bucket/prefix``. Labels are ``crack`` / ``no_crack`` (also the common
 ``Positive`` / ``Negative``); images are jpg, jpeg, png or tif, in any case.
 
     images = discover("../shared/data/metu-dev")
-    plan = plan_splits(rows, val_fraction=0.15, test_fraction=0.15)
+    by = resolve_grouping("auto", root, images)          # "none", "folder", "folder:N" or a regex
+    plan = plan_splits(rows, val_fraction=0.15, test_fraction=0.15, group_of=grouper(by, root))
 
-The split of an image is decided by the SHA-256 of its bytes alone, so the same
-image always lands in the same split (also when the data set grows), and exact
-duplicates can never straddle splits; duplicate copies are dropped and images
-whose copies carry contradicting labels are dropped and counted. Each class is
-split at the same fractions (stratified in expectation), and every split must
-end up holding both classes.
+Tiles cut from one photo must never straddle splits, or validation measures
+memory of those photos rather than the surface. With a grouping, whole groups
+(photos, structures) go to one split: groups are ordered by the SHA-256 of
+their name and given to test, validation and train in turn until each holds its
+share of the images. ``auto`` groups by photo folder when the tree is
+``<label>/<photo>/<tile>``; ``folder:N`` by the first N folders below the label;
+a regular expression by what it matches at the start of the file name (its first
+group if it has one), within its folder. The tiles of one photo sit in the same
+group under both labels.
+
+Without groups, the split of an image is decided by the SHA-256 of its bytes
+alone, so the same image always lands in the same split (also when the data set
+grows). Either way exact duplicates can never straddle splits; duplicate copies
+are dropped and images whose copies carry contradicting labels are dropped and
+counted, and every split must end up holding both classes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from cracknet import storage
 from cracknet.errors import CracknetError
@@ -86,6 +97,79 @@ def discover(root: str, require_both_classes: bool = True) -> list[LabelledImage
     return images
 
 
+NO_GROUPS, FOLDER = "none", "folder"
+# Names such as photo12_x3_y1, DSC0042_r2_c5, img-004-017: the tiles of a few photos.
+TILE_NAME = re.compile(r"(.+?)[_\-. ](?:x|y|c|r|col|row|tile|t|i|j)?\d+[_\-. ](?:x|y|c|r|col|row|j)?\d+$", re.I)
+
+
+def check_grouping(by: str) -> None:
+    """Refuse a --group-by that is neither a keyword nor a regular expression, in one sentence."""
+    if by in ("auto", NO_GROUPS, FOLDER) or re.fullmatch(r"folder:[1-9]\d*", by):
+        return
+    try:
+        re.compile(by)
+    except re.error as exc:
+        raise CracknetError(f"--group-by {by!r} is not auto, none, folder, folder:N or a regular expression "
+                            f"({exc}).") from None
+
+
+def _name_and_folders(root: str, uri: str) -> tuple[str, list[str]]:
+    parts = _relative_parts(root, uri)
+    return parts[-1], parts[1:-1]  # below the label folder
+
+
+def resolve_grouping(by: str, root: str, images: list[LabelledImage]) -> str:
+    """``auto`` becomes ``folder`` where images sit in folders below their label (``<label>/<photo>/<tile>``),
+    else ``none``; other values are returned as they are."""
+    if by != "auto":
+        return by
+    return FOLDER if any(_name_and_folders(root, image.uri)[1] for image in images) else NO_GROUPS
+
+
+def grouper(by: str, root: str) -> Callable[[str], str] | None:
+    """The group of an image's path under ``root``, for a resolved grouping (None: no groups)."""
+    if by == NO_GROUPS:
+        return None
+    levels = int(by.split(":")[1]) if by.startswith("folder:") else None
+    pattern = None if by == FOLDER or levels else re.compile(by)
+
+    def group_of(uri: str) -> str:
+        name, folders = _name_and_folders(root, uri)
+        if pattern is None:
+            kept = folders[:levels] if levels else folders
+            return "/".join(kept) if kept else name  # an image outside any photo folder is a group of its own
+        found = pattern.match(name)
+        if found is None:
+            raise CracknetError(f"{uri} does not match --group-by {by!r}; every image name must match it "
+                                "(from its start), or use --group-by none.")
+        return "/".join([*folders, found.group(1) if pattern.groups else found.group(0)])
+
+    return group_of
+
+
+def looks_tiled(root: str, images: list[LabelledImage]) -> tuple[int, str] | None:
+    """(photos, an example name) when most names look like tiles of a few photos (``photo_x3_y1``), else None."""
+    names = [_name_and_folders(root, image.uri)[0] for image in images]
+    stems = [TILE_NAME.match(name.rsplit(".", 1)[0]) for name in names]
+    matched = [(m.group(1), name) for m, name in zip(stems, names) if m]
+    photos = {prefix for prefix, _ in matched}
+    if len(matched) >= 0.8 * len(names) and len(photos) * 3 <= len(names):
+        return len(photos), matched[0][1]
+    return None
+
+
+def assign_groups(sizes: dict[str, int], val_fraction: float, test_fraction: float) -> dict[str, str]:
+    """Whole groups to splits: ordered by the SHA-256 of their name, a group goes to test while the images
+    before its middle are under ``test_fraction`` of all, then to validation, then to train."""
+    total, before, splits = sum(sizes.values()), 0, {}
+    for key in sorted(sizes, key=lambda k: hashlib.sha256(k.encode()).hexdigest()):
+        middle = (before + sizes[key] / 2.0) / total
+        splits[key] = "test" if middle < test_fraction else "val" if middle < test_fraction + val_fraction \
+            else "train"
+        before += sizes[key]
+    return splits
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -111,6 +195,11 @@ class SplitPlan:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     fingerprint: str = ""
     typical_side: int = 0  # median longest side of the readable images, in source pixels
+    grouping: str = NO_GROUPS
+    groups: dict[str, str] = field(default_factory=dict)  # uri -> group, for the images kept (with a grouping)
+
+    def group_counts(self) -> dict[str, int]:
+        return {split: len({self.groups[uri] for uri in members}) for split, members in self.members.items()}
 
     @property
     def total(self) -> int:
@@ -123,7 +212,16 @@ class SplitPlan:
             "conflicting_labels_dropped": self.conflicts,
             "unreadable": len(self.unreadable),
             "fingerprint": self.fingerprint,
+            "grouping": self.grouping_summary(),
         }
+
+    def grouping_summary(self) -> dict:
+        """What the card keeps: the grouping, groups per split, and the groups held out (train is the rest)."""
+        if self.grouping == NO_GROUPS:
+            return {"by": NO_GROUPS}
+        held_out = {f"{split}_groups": sorted({self.groups[uri] for uri in self.members[split]})
+                    for split in ("val", "test")}
+        return {"by": self.grouping, "groups": self.group_counts(), **held_out}
 
 
 def plan_splits(
@@ -131,11 +229,14 @@ def plan_splits(
     val_fraction: float,
     test_fraction: float,
     max_bad_fraction: float = 0.01,
+    group_of: Callable[[str], str] | None = None,
+    grouping: str = NO_GROUPS,
 ) -> SplitPlan:
     """Assign decoded rows (``path``, ``label``, ``sha256``, ``error``, optional ``side``) to splits.
 
     Rows with an ``error`` are unreadable images: counted, and fatal above
-    ``max_bad_fraction`` of all images.
+    ``max_bad_fraction`` of all images. With ``group_of`` (path -> group, see ``grouper``), whole groups
+    go to one split (``assign_groups``); else each image by its content hash.
     """
     by_hash: dict[str, list[tuple[str, int]]] = {}
     unreadable, sides, seen = [], [], 0
@@ -157,14 +258,19 @@ def plan_splits(
     counts = {split: {name: 0 for name in CLASS_NAMES} for split in SPLITS}
     duplicates = conflicts = 0
     fingerprint = hashlib.sha256()
+    kept = []
     for sha in sorted(by_hash):
         copies = sorted(by_hash[sha])
         if len({label for _, label in copies}) > 1:
             conflicts += len(copies)
             continue
         duplicates += len(copies) - 1
-        uri, label = copies[0]
-        split = split_of(sha, val_fraction, test_fraction)
+        kept.append((sha, *copies[0]))
+    groups = {uri: group_of(uri) for _, uri, _ in kept} if group_of else {}
+    if group_of:
+        group_split = assign_groups(dict(Counter(groups.values())), val_fraction, test_fraction)
+    for sha, uri, label in kept:
+        split = group_split[groups[uri]] if group_of else split_of(sha, val_fraction, test_fraction)
         members[split][uri] = len(members[split])
         counts[split][CLASS_NAMES[label]] += 1
         fingerprint.update(f"{sha} {label} {split}\n".encode())
@@ -172,10 +278,13 @@ def plan_splits(
     for split in SPLITS:
         missing = [name for name, n in counts[split].items() if n == 0]
         if missing:
+            held = f"{sum(counts[split].values())} images"
+            if group_of:
+                held += f" of {len({groups[uri] for uri in members[split]})} groups ({grouping})"
             raise CracknetError(
-                f"The {split} split holds no {' or '.join(missing)} images "
-                f"({sum(counts[split].values())} images in it); the data set is too small "
-                "to split, add images or raise --val-fraction/--test-fraction."
+                f"The {split} split holds no {' or '.join(missing)} images ({held} in it); the data set is too "
+                "small to split, add images (or photos) or raise --val-fraction/--test-fraction."
             )
     typical_side = int(sorted(sides)[len(sides) // 2]) if sides else 0
-    return SplitPlan(members, counts, duplicates, conflicts, unreadable, fingerprint.hexdigest(), typical_side)
+    return SplitPlan(members, counts, duplicates, conflicts, unreadable, fingerprint.hexdigest(), typical_side,
+                     grouping if group_of else NO_GROUPS, groups)

@@ -16,7 +16,7 @@ import random
 import numpy as np
 
 from cracknet import storage
-from cracknet.data import LabelledImage, SplitPlan, content_hash, label_of, plan_splits
+from cracknet.data import NO_GROUPS, LabelledImage, SplitPlan, content_hash, grouper, label_of, plan_splits
 from cracknet.transforms import ImageError, Preprocessing, decode, open_image
 
 DECODE_BATCH = 32
@@ -60,8 +60,10 @@ def select_split(batch: dict, members: dict[str, int]) -> dict:
 
 
 def load_labelled(images: list[LabelledImage], root: str, spec: Preprocessing,
-                  val_fraction: float, test_fraction: float, max_bad_fraction: float, seed: int = 0):
-    """Read and decode every image in Ray Data; plan the split on the driver.
+                  val_fraction: float, test_fraction: float, max_bad_fraction: float, seed: int = 0,
+                  grouping: str = NO_GROUPS):
+    """Read and decode every image in Ray Data; plan the split on the driver (by ``grouping``, resolved:
+    see ``data.resolve_grouping``).
 
     The files are read in a seeded random order: listed in folder order, every
     block would hold one class, and even a local shuffle buffer would then feed
@@ -79,7 +81,7 @@ def load_labelled(images: list[LabelledImage], root: str, spec: Preprocessing,
         .materialize()
     )
     rows = decoded.select_columns(["path", "label", "sha256", "side", "error"]).iter_rows()
-    plan = plan_splits(rows, val_fraction, test_fraction, max_bad_fraction)
+    plan = plan_splits(rows, val_fraction, test_fraction, max_bad_fraction, grouper(grouping, root_path), grouping)
     return decoded, plan
 
 

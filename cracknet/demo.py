@@ -30,11 +30,11 @@ NEW_SURFACE = "asphalt (generated, held out)"
 
 def build_survey(data: str, survey: str, card: dict, per_structure: int = 100, seed: int = 0) -> None:
     """Copy held-out test images into two structure folders and add two stitched large photos."""
-    in_test = in_split(card, "test")
+    in_test = in_split(card, "test", data)
     held_out = []
     for image in discover(data):
         raw = storage.read_bytes(image.uri)
-        if in_test(content_hash(raw)):
+        if in_test(image.uri, content_hash(raw)):
             held_out.append((image, raw))
     # Both classes mixed, in a fixed order.
     held_out = [held_out[i] for i in np.random.default_rng(seed).permutation(len(held_out))]

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from cracknet.card import in_split
-from cracknet.data import LabelledImage, discover
+from cracknet.data import LabelledImage, check_grouping, discover, grouper, resolve_grouping
 from cracknet.errors import CracknetError
 from cracknet.metrics import MAX_FALSE_ALARMS, binary_metrics, evaluation, operating_point
 from cracknet.scorer import Found, Scorer, read_image
@@ -55,13 +55,14 @@ class Predictions:
     labels: np.ndarray
     unreadable: list[tuple[str, str]]
     source: str = ""
+    root: str = ""  # the labelled tree
 
 
 def predict_tree(scorer: Scorer, data_uri: str, split: str = "all") -> Predictions:
     """Score a labelled tree the way the nightly job scores (large photos tiled, image = highest tile);
     ``split`` keeps only the images the model's training run put in that split."""
     images = discover(data_uri, require_both_classes=False)  # e.g. a folder of known cracks
-    want = None if split == "all" else in_split(scorer.card, split)
+    want = None if split == "all" else in_split(scorer.card, split, data_uri)
     uris, probs, labels, unreadable = [], [], [], []
     for group in read_tree(images, scorer, want):
         readable = [(i, found) for i, found in group if not found.error and not found.skipped]
@@ -78,12 +79,33 @@ def predict_tree(scorer: Scorer, data_uri: str, split: str = "all") -> Predictio
                                 f"(the first: {uri}: {error}).")
         raise CracknetError(f"None of the {len(images)} images under {data_uri} is in the {split} split of the "
                             f"model's training run; use --split all for other data.")
-    return Predictions(uris, np.concatenate(probs), np.asarray(labels, dtype=np.int64), unreadable, source)
+    return Predictions(uris, np.concatenate(probs), np.asarray(labels, dtype=np.int64), unreadable, source, data_uri)
+
+
+def group_results(found: Predictions, threshold: float, group_by: str = "auto") -> tuple[str, list[dict]]:
+    """(the grouping, one row per group: images, cracks, found, missed, false alarms, accuracy at ``threshold``),
+    the groups with the most errors first; no rows where the tree has no groups (``data.resolve_grouping``)."""
+    by = resolve_grouping(group_by, found.root, [LabelledImage(uri, 0) for uri in found.uris])
+    group_of = grouper(by, found.root)
+    if group_of is None:
+        return by, []
+    rows: dict[str, dict] = {}
+    for uri, prob, label in zip(found.uris, found.probs, found.labels):
+        row = rows.setdefault(group_of(uri), {"images": 0, "cracks": 0, "found": 0, "false_alarms": 0})
+        flagged = bool(prob >= threshold)
+        row["images"] += 1
+        row["cracks"] += int(label)
+        row["found"] += int(flagged and label)
+        row["false_alarms"] += int(flagged and not label)
+    table = [{"group": name, **r, "missed": r["cracks"] - r["found"],
+              "accuracy": 1.0 - (r["cracks"] - r["found"] + r["false_alarms"]) / r["images"]}
+             for name, r in rows.items()]
+    return by, sorted(table, key=lambda r: (r["accuracy"], r["group"]))
 
 
 def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall: float | None = None,
              recall_confidence: float = 0.95, tile_size: int = 0, scorer: Scorer | None = None,
-             max_false_alarms: float = MAX_FALSE_ALARMS) -> dict:
+             max_false_alarms: float = MAX_FALSE_ALARMS, group_by: str = "auto") -> dict:
     """Metrics of a model on a labelled tree at its own threshold and at 0.5, with bootstrap intervals.
 
     With ``target_recall``, also the threshold this data would choose for that recall (by the same rule
@@ -103,6 +125,7 @@ def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall:
         "metrics_at_0.5": binary_metrics(probs, labels, 0.5),
         "unreadable": [{"uri": uri, "error": err} for uri, err in unreadable],
     }
+    report["grouping"], report["groups"] = group_results(found, card["threshold"], group_by)
     if target_recall is not None:
         point = operating_point(probs, labels, target_recall, recall_confidence, max_false_alarms)
         report["for_target_recall"] = {**point, "metrics": binary_metrics(probs, labels, point["threshold"])}
@@ -121,20 +144,23 @@ def parse_surface(text: str) -> tuple[str, str]:
 
 def evaluate_surfaces(model_uri: str, surfaces: list[tuple[str, str]], batch_size: int = 64,
                       target_recall: float | None = None, recall_confidence: float = 0.95,
-                      tile_size: int = 0, max_false_alarms: float = MAX_FALSE_ALARMS) -> dict[str, dict]:
+                      tile_size: int = 0, max_false_alarms: float = MAX_FALSE_ALARMS,
+                      group_by: str = "auto") -> dict[str, dict]:
     """``evaluate`` on each named labelled tree with one loaded model; reports by surface name."""
     names = [name for name, _ in surfaces]
     if len(set(names)) != len(names):
         raise CracknetError(f"Each --data needs its own name; got {', '.join(names)}. Use NAME=URI.")
     scorer = Scorer.load(model_uri, batch_tiles=batch_size, tile_size=tile_size)
     return {name: evaluate(model_uri, uri, target_recall=target_recall, recall_confidence=recall_confidence,
-                           scorer=scorer, max_false_alarms=max_false_alarms) for name, uri in surfaces}
+                           scorer=scorer, max_false_alarms=max_false_alarms, group_by=group_by)
+            for name, uri in surfaces}
 
 
 def surface_row(report: dict) -> dict:
     """What the model card keeps of one surface's evaluation."""
     m = report["metrics"]
     return {"data": report["data"], "images": m["n"], "cracks": m["tp"] + m["fn"],
+            **({"groups": len(report["groups"]), "grouping": report["grouping"]} if report.get("groups") else {}),
             "unreadable": len(report["unreadable"]), "threshold": report["threshold"],
             **{k: m[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
             "recall_interval_95": m["intervals_95"].get("recall"),

@@ -246,6 +246,23 @@ def training_section(report: Report, card: dict) -> None:
 # A labelled evaluation set
 
 
+GROUP_ROWS = 20
+
+
+def groups_table(found, threshold: float) -> str:
+    """Per photo or structure, where the tree groups its images (``<label>/<photo>/<tile>``): the worst first."""
+    from cracknet.evaluate import group_results
+
+    grouping, rows = group_results(found, threshold)
+    if not rows:
+        return ""
+    body = [(r["group"], r["images"], r["cracks"], r["missed"], r["false_alarms"], _fmt(r["accuracy"]))
+            for r in rows[:GROUP_ROWS]]
+    more = f", the {GROUP_ROWS} with the most errors" if len(rows) > GROUP_ROWS else ""
+    return (f"<h3>Per group ({html.escape(grouping)}): {len(rows)} groups{more}</h3>"
+            + _table(body, ("group", "images", "cracks", "missed", "false alarms", "accuracy")))
+
+
 def evaluation_section(report: Report, card: dict, found, gallery: int) -> None:
     plt = _pyplot()
     probs, labels, threshold = found.probs, found.labels.astype(bool), card["threshold"]
@@ -291,7 +308,7 @@ def evaluation_section(report: Report, card: dict, found, gallery: int) -> None:
     summary = (f"<p>{len(probs)} images of {html.escape(found.source)}; {len(found.unreadable)} unreadable. "
                f"At the threshold: accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f}, "
                f"recall {m['recall']:.4f}.</p>")
-    report.section("Evaluation", summary + confusion + curves
+    report.section("Evaluation", summary + confusion + curves + groups_table(found, threshold)
                    + f"<h3>Most confident false positives ({len(false_pos)} in all)</h3>" + cards(worst_fp)
                    + f"<h3>Most confident false negatives: missed cracks ({len(false_neg)} in all)</h3>"
                    + cards(worst_fn))

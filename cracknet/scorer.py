@@ -79,16 +79,16 @@ class Found:
 
 
 def read_image(uri: str, spec: Preprocessing, tiling: Tiling, root: str | None = None, version: str = "",
-               want: Callable[[str], bool] | None = None) -> Found:
+               want: Callable[[str, str], bool] | None = None) -> Found:
     """Read and decode one image; an unreadable image comes back with ``error`` set, never as an exception.
 
     Raises only ``StorageUnavailable`` (the store kept failing: not a fact about this image). With ``root``,
-    an image outside it is not read at all; with ``want``, only an image whose SHA-256 it accepts is decoded.
+    an image outside it is not read at all; with ``want``, only an image it accepts by URI and SHA-256 is decoded.
     """
     found, data = fetch(uri, root, version, spec.max_bytes)
     if data is None:
         return found
-    if want is not None and not want(content_hash(data)):
+    if want is not None and not want(uri, content_hash(data)):
         found.skipped = True
         return found
     return decode_into(found, data, spec, tiling)

@@ -3,12 +3,23 @@
     python -m cracknet.synthetic runs/synthetic --per-class 200 --size 96
     python -m cracknet.synthetic runs/asphalt --surface asphalt --per-class 150
 
-Two surfaces. ``concrete``: grey, noisy, with blotches and pores; a crack is a
+    python -m cracknet.synthetic runs/pavement --surface pavement --photos 60
+
+Two tile surfaces. ``concrete``: grey, noisy, with blotches and pores; a crack is a
 dark, jagged random walk of varying width across the patch. ``asphalt``, a
 visibly different surface for adaptation tests and demos: dark, coarse
 aggregate of light and dark stones, oil stains and tyre marks (dark streaks
 that are not cracks); a crack is a thin, dark, branching line that crosses the tile.
-Generation is deterministic for a given seed; the JPEGs are real files,
+
+And ``pavement``, the hard one, for developing adaptation: whole photos of a
+concrete pavement cut into tiles (``<label>/<photo>/<photo>_x<col>_y<row>.jpg``,
+so that splits must keep a photo together). Each photo has its own light,
+colour and sharpness; low contrast; hair-thin cracks (1-2 px) a little darker
+than the surface; and look-alikes that are not cracks: sawn joints (straight,
+dark), tyre marks, hard-edged shadows, stains, dark aggregate. A tile's label
+comes from the exact crack mask: crack where the crack runs at least a third of
+the tile side through it, no_crack where no crack pixel falls in it, left out in
+between. Generation is deterministic for a given seed; the JPEGs are real files,
 decoded like any other.
 """
 
@@ -107,6 +118,100 @@ def draw_thin_crack(img: Image.Image, rng: np.random.Generator) -> None:
 
 
 SURFACES = {"concrete": (concrete, draw_crack), "asphalt": (asphalt, draw_thin_crack)}
+PHOTO_SURFACES = ("pavement",)
+
+
+def _soft(rng: np.random.Generator, shape: tuple[int, int], cells: int, scale: float) -> np.ndarray:
+    coarse = rng.normal(0, scale, size=(cells, cells)).astype(np.float32)
+    return np.asarray(Image.fromarray(coarse, mode="F").resize(shape[::-1], Image.BICUBIC))
+
+
+def pavement_photo(rng: np.random.Generator, width: int, height: int) -> tuple[Image.Image, np.ndarray]:
+    """One photo of concrete pavement with 0-2 hair-thin cracks and crack look-alikes; (photo, crack mask)."""
+    base = rng.uniform(95, 175)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * math.pi)
+    light = rng.uniform(-25, 25) * ((xx / width - .5) * math.cos(angle) + (yy / height - .5) * math.sin(angle))
+    grey = base + light + _soft(rng, (height, width), 12, 9) + rng.normal(0, rng.uniform(5, 12), (height, width))
+    img = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), mode="L")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(width * height // 900, width * height // 300))):  # aggregate, dark and light
+        x, y, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0.5, 2.5)
+        shade = int(np.clip(base * rng.choice([rng.uniform(0.55, 0.8), rng.uniform(1.1, 1.3)]), 0, 255))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=shade)
+    if rng.random() < 0.5:  # a sawn joint: straight, dark, across the photo (not a crack)
+        vertical = rng.random() < 0.5
+        at = rng.uniform(0.2, 0.8) * (width if vertical else height)
+        ends = [(at, 0), (at + rng.uniform(-4, 4), height)] if vertical else [(0, at), (width, at + rng.uniform(-4, 4))]
+        draw.line(ends, fill=int(base * rng.uniform(0.45, 0.7)), width=int(rng.integers(2, 5)))
+    for _ in range(int(rng.integers(0, 3))):  # stains: soft dark blotches
+        x, y, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(8, 30)
+        stain = Image.new("L", img.size, 0)
+        ImageDraw.Draw(stain).ellipse([x - r, y - r * 0.6, x + r, y + r * 0.6], fill=int(rng.uniform(60, 140)))
+        img = Image.composite(Image.new("L", img.size, int(base * 0.7)), img, stain.filter(ImageFilter.GaussianBlur(r / 3)))
+    if rng.random() < 0.4:  # a tyre mark: wide, soft, slightly curved
+        y0, y1 = rng.uniform(0, height, 2)
+        mark = Image.new("L", img.size, 0)
+        ImageDraw.Draw(mark).line([(0, y0), (width / 2, (y0 + y1) / 2 + rng.uniform(-20, 20)), (width, y1)],
+                                  fill=110, width=int(rng.integers(14, 30)), joint="curve")
+        img = Image.composite(Image.new("L", img.size, int(base * 0.6)), img, mark.filter(ImageFilter.GaussianBlur(6)))
+    mask = Image.new("L", img.size, 0)
+    draw, marks = ImageDraw.Draw(img), ImageDraw.Draw(mask)
+    for _ in range(int(rng.choice([0, 1, 1, 2]))):
+        darker = int(base * rng.uniform(0.55, 0.8))  # low contrast
+        x, y = (rng.uniform(0.1, 0.9) * width, 0.0) if rng.random() < 0.5 else (0.0, rng.uniform(0.1, 0.9) * height)
+        heading = math.atan2(height / 2 - y, width / 2 - x) + rng.uniform(-0.5, 0.5)
+        points = [(x, y)]
+        while 0 <= x <= width and 0 <= y <= height and len(points) < 2000:
+            heading += rng.normal(0, 0.06)
+            jag = rng.normal(0, 0.4)
+            x, y = x + 3 * math.cos(heading + jag), y + 3 * math.sin(heading + jag)
+            points.append((x, y))
+        wide = int(rng.choice([1, 1, 2]))  # hair-thin
+        draw.line(points, fill=darker, width=wide, joint="curve")
+        marks.line(points, fill=255, width=wide, joint="curve")
+    if rng.random() < 0.4:  # a hard-edged shadow (a pole, a railing) over part of the photo
+        shadow = Image.new("L", img.size, 0)
+        x0 = rng.uniform(0, width)
+        ImageDraw.Draw(shadow).polygon([(x0, 0), (x0 + rng.uniform(15, 40), 0),
+                                        (x0 + rng.uniform(-60, 60), height), (x0 + rng.uniform(-90, 30), height)],
+                                       fill=int(rng.uniform(90, 160)))
+        img = Image.composite(Image.new("L", img.size, int(base * 0.45)), img, shadow.filter(ImageFilter.GaussianBlur(1)))
+    tint = rng.uniform(0.92, 1.08, 3)
+    rgb = np.clip(np.asarray(img, dtype=np.float32)[..., None] * tint, 0, 255).astype(np.uint8)
+    photo = Image.fromarray(rgb, mode="RGB").filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.9)))
+    return photo, np.asarray(mask) > 0
+
+
+def tile_label(mask: np.ndarray, tile: int) -> int | None:
+    """1 where the crack mask holds at least a third of the tile side in pixels (a 1 px crack that long), 0 where
+    no crack pixel falls in the tile, None in between (too little crack to call: left out)."""
+    crack_pixels = int(mask.sum())
+    if crack_pixels == 0:
+        return 0
+    return 1 if crack_pixels >= tile / 3 else None
+
+
+def generate_photos(root: str, photos: int = 40, tile: int = 96, grid: tuple[int, int] = (4, 3), seed: int = 0,
+                    first: int = 0) -> list[str]:
+    """``photos`` pavement photos of ``grid`` tiles of ``tile`` px each, as ``<label>/<photo>/<tile>.jpg``
+    under ``root`` (photo names from ``first``, so that two calls make different photos); returns the URIs."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for p in range(first, first + photos):
+        photo, mask = pavement_photo(rng, grid[0] * tile, grid[1] * tile)
+        name = f"pave{p:04d}"
+        for row in range(grid[1]):
+            for col in range(grid[0]):
+                box = (col * tile, row * tile, (col + 1) * tile, (row + 1) * tile)
+                label = tile_label(mask[box[1]:box[3], box[0]:box[2]], tile)
+                if label is None:
+                    continue
+                folder = "crack" if label else "no_crack"
+                uri = storage.join(root, folder, name, f"{name}_x{col}_y{row}.jpg")
+                storage.write_bytes(uri, image_bytes(photo.crop(box), quality=int(rng.integers(75, 93))))
+                written.append(uri)
+    return written
 
 
 def image_bytes(img: Image.Image, quality: int = 92) -> bytes:
@@ -144,9 +249,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--surface", choices=sorted(SURFACES), default="concrete")
+    parser.add_argument("--surface", choices=sorted([*SURFACES, *PHOTO_SURFACES]), default="concrete")
+    parser.add_argument("--photos", type=int, default=40, help="pavement: photos, each cut into 4 x 3 tiles")
     args = parser.parse_args(argv)
-    written = generate(args.root, args.per_class, args.size, args.seed, args.surface)
+    written = generate_photos(args.root, args.photos, args.size, seed=args.seed) if args.surface == "pavement" \
+        else generate(args.root, args.per_class, args.size, args.seed, args.surface)
     print(f"Wrote {len(written)} {args.surface} images under {args.root}.")
 
 

@@ -33,7 +33,7 @@ import torch
 import cracknet
 from cracknet import storage
 from cracknet.config import TrainConfig, batch_size_for
-from cracknet.data import CLASS_NAMES, discover
+from cracknet.data import CLASS_NAMES, NO_GROUPS, discover, looks_tiled, resolve_grouping
 from cracknet.datasets import load_labelled, split_datasets
 from cracknet.engine import Precision, log_loss, lr_at, train_one_epoch
 from cracknet.errors import CracknetError, kind_of, root_cause
@@ -42,7 +42,7 @@ from cracknet.cluster import ensure_ray, train_log_level
 from cracknet.card import preprocessing_of, read_card
 from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_artifact, load_starting_weights,
                             save_artifact, set_backbone_trainable)
-from cracknet.transforms import Preprocessing
+from cracknet.transforms import ImageError, Preprocessing, open_image
 
 RUN_NAME = "train"
 STATE_FILE = "state.pt"
@@ -330,6 +330,25 @@ def _check_output(cfg: TrainConfig) -> tuple[str, str]:
     return model_dir, checkpoints
 
 
+ADAPT_MAX_SIDE, SIDE_SAMPLE = 128, 16
+
+
+def default_image_size(base: dict | None, images: list) -> int:
+    """224 from scratch or ImageNet. Adapting: the base model's side, raised to the new images' own typical side
+    up to 128 px, so that a 96 px tile of hair-thin cracks is not shrunk to a 64 px base (a 1 px crack would
+    blur away) and a large tile costs at most 128 px (what a few hundred images can train on a CPU)."""
+    if base is None:
+        return 224
+    step, sides = max(1, len(images) // SIDE_SAMPLE), []
+    for image in images[::step][:SIDE_SAMPLE]:
+        try:
+            sides.append(max(open_image(storage.read_bytes(image.uri)).size))
+        except ImageError:  # counted where every image is decoded
+            continue
+    typical = sorted(sides)[len(sides) // 2] if sides else 0
+    return max(base["preprocessing"]["image_size"], min(typical, ADAPT_MAX_SIDE))
+
+
 def _check_weights(weights: str) -> None:
     """Fail before any cluster work when the starting weights cannot be had."""
     if weights == "imagenet":
@@ -358,21 +377,30 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     weights = cfg.weights if cfg.weights in ("imagenet", "none") else storage.absolute(cfg.weights)
     base = read_card(storage.absolute(cfg.base_model)) if cfg.base_model else None
     cfg = dataclasses.replace(cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output),
-                              weights=weights, base_model=base["folder"] if base else None,
-                              image_size=cfg.image_size or (base["preprocessing"]["image_size"] if base else 224))
+                              weights=weights, base_model=base["folder"] if base else None)
+    images = discover(cfg.data)
+    cfg = dataclasses.replace(cfg, image_size=cfg.image_size or default_image_size(base, images))
     # Adapting keeps the base model's normalisation; the network is size-agnostic, so the size may change.
     spec = dataclasses.replace(preprocessing_of(base), image_size=cfg.image_size) if base else \
         Preprocessing(cfg.image_size)
-    images = discover(cfg.data)
+    cfg = dataclasses.replace(cfg, group_by=resolve_grouping(cfg.group_by, cfg.data, images))
     if base is None:
         _check_weights(cfg.weights)
     model_dir, checkpoints = _check_output(cfg)
     log(f"Found {len(images)} labelled images under {cfg.data}.")
+    tiled = looks_tiled(cfg.data, images) if cfg.group_by == NO_GROUPS else None
+    if tiled:
+        log(f"Warning: the image names look like tiles of about {tiled[0]} photos (e.g. {tiled[1]}), but the split "
+            "is by image: tiles of one photo will straddle train, validation and test, and validation will "
+            "measure memory of those photos. Group them: --group-by '(.*)_x\\d+_y\\d+' (a pattern that "
+            "matches your names), or put each photo's tiles in a folder of its own.")
 
     ensure_ray(cfg.ray_address, min_cpus=cfg.num_workers * cfg.cpus_per_worker, verbose=cfg.verbose)
     decoded, plan = load_labelled(images, cfg.data, spec, cfg.val_fraction, cfg.test_fraction,
-                                  cfg.max_bad_fraction, cfg.seed)
-    log(f"Split by content hash: {json.dumps(plan.counts)}; {plan.duplicates} duplicate copies and "
+                                  cfg.max_bad_fraction, cfg.seed, cfg.group_by)
+    by = "by content hash" if cfg.group_by == NO_GROUPS else \
+        f"by group ({cfg.group_by}; groups {json.dumps(plan.group_counts())})"
+    log(f"Split {by}: {json.dumps(plan.counts)}; {plan.duplicates} duplicate copies and "
         f"{plan.conflicts} images with conflicting labels dropped, {len(plan.unreadable)} unreadable skipped.")
     n_train = len(plan.members["train"])
     cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or batch_size_for(n_train, cfg.num_workers))

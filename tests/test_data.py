@@ -6,7 +6,9 @@ import random
 import pytest
 
 from cracknet import storage
-from cracknet.data import discover, label_of, plan_splits, split_of
+from cracknet.config import TrainConfig
+from cracknet.data import (LabelledImage, assign_groups, check_grouping, discover, grouper, label_of, looks_tiled,
+                           plan_splits, resolve_grouping, split_of)
 from cracknet.errors import CracknetError
 
 
@@ -120,3 +122,84 @@ def test_unreadable_images_are_counted_and_fatal_only_above_the_limit():
 def test_too_small_a_data_set_is_refused_with_a_sentence():
     with pytest.raises(CracknetError, match="split holds no"):
         plan_splits(rows(2), 0.15, 0.15)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Grouped splits: the tiles of one photo stay together
+
+
+def tiled_rows(root, photos=40, tiles=12, nested=True, seed=0):
+    """Rows as the decoder yields them for ``photos`` photos cut into ``tiles`` tiles each, some cracked."""
+    rng = random.Random(seed)
+    out = []
+    for p in range(photos):
+        for t in range(tiles):
+            label = int(rng.random() < 0.4)
+            folder = "crack" if label else "no_crack"
+            name = f"{folder}/road{p:03d}/road{p:03d}_x{t % 4}_y{t // 4}.jpg" if nested else \
+                f"{folder}/road{p:03d}_x{t % 4}_y{t // 4}.jpg"
+            out.append({"path": f"{root}/{name}", "label": label, "sha256": fake_hash(p * 1000 + t), "error": ""})
+    return out
+
+
+@pytest.mark.parametrize("by, nested", [("folder", True), (r"(.*)_x\d+_y\d+", False), ("folder:1", True)])
+def test_grouped_splits_never_put_one_photo_in_two_splits(by, nested):
+    root = "/data/roads"
+    data = tiled_rows(root, nested=nested)
+    plan = plan_splits(data, 0.15, 0.15, group_of=grouper(by, root), grouping=by)
+    photo = lambda uri: uri.rsplit("/", 1)[-1].split("_x")[0]  # noqa: E731
+    where = {}
+    for split, members in plan.members.items():
+        for uri in members:
+            assert where.setdefault(photo(uri), split) == split  # under both labels
+    assert len(where) == 40 and plan.group_counts() == {s: len({photo(u) for u in m}) for s, m in plan.members.items()}
+    # Whole photos still give each split about its share of the images.
+    total = sum(len(m) for m in plan.members.values())
+    assert abs(len(plan.members["test"]) / total - 0.15) < 0.05 and abs(len(plan.members["val"]) / total - 0.15) < 0.05
+    summary = plan.summary()["grouping"]
+    assert summary["by"] == by and summary["groups"]["test"] == len(summary["test_groups"]) >= 4
+    # By image, the same tiles straddle: most photos have tiles in two or more splits.
+    by_image = plan_splits(data, 0.15, 0.15)
+    spread = {}
+    for split, members in by_image.members.items():
+        for uri in members:
+            spread.setdefault(photo(uri), set()).add(split)
+    assert sum(len(s) > 1 for s in spread.values()) > 20 and by_image.summary()["grouping"] == {"by": "none"}
+
+
+def test_auto_grouping_follows_the_tree_and_tiled_names_are_noticed(tmp_path):
+    nested, flat = tmp_path / "nested", tmp_path / "flat"
+    for p in range(3):
+        for t in range(4):
+            touch(nested, f"crack/photo{p}/photo{p}_x{t}_y0.jpg")
+            touch(flat, f"no_crack/photo{p}_x{t}_y0.jpg")
+    touch(flat, "crack/other.jpg")
+    assert resolve_grouping("auto", str(nested), discover(str(nested), require_both_classes=False)) == "folder"
+    flat_images = discover(str(flat))
+    assert resolve_grouping("auto", str(flat), flat_images) == "none"
+    assert resolve_grouping("(.*)_x", str(flat), flat_images) == "(.*)_x"
+    photos, example = looks_tiled(str(flat), flat_images)
+    assert photos == 3 and example.startswith("photo")
+    metu_like = [LabelledImage(f"/d/crack/{i:05d}.jpg", 1) for i in range(50)]
+    assert looks_tiled("/d", metu_like) is None
+
+
+def test_a_grouping_that_does_not_fit_is_refused_in_one_sentence():
+    with pytest.raises(CracknetError, match="is not auto, none, folder, folder:N or a regular expression"):
+        check_grouping("(unclosed")
+    group_of = grouper(r"(.*)_x\d+", "/d")
+    assert group_of("/d/crack/a/b_x1.jpg") == "a/b"
+    with pytest.raises(CracknetError, match="does not match --group-by"):
+        group_of("/d/crack/DSC0001.jpg")
+    with pytest.raises(CracknetError, match=r"group-by"):
+        TrainConfig(data="d", output="o", group_by="[")
+
+
+def test_assign_groups_is_deterministic_and_fills_each_share():
+    sizes = {f"photo{i}": 5 + i % 7 for i in range(60)}
+    first = assign_groups(sizes, 0.15, 0.15)
+    assert first == assign_groups(dict(reversed(list(sizes.items()))), 0.15, 0.15)
+    total = sum(sizes.values())
+    for split in ("val", "test"):
+        share = sum(n for k, n in sizes.items() if first[k] == split) / total
+        assert abs(share - 0.15) < 0.03

@@ -16,7 +16,7 @@ from cracknet.config import TrainConfig, batch_size_for
 from cracknet.data import content_hash, discover, split_of
 from cracknet.evaluate import predict_tree
 from cracknet.metrics import binary_metrics, operating_point_caveat, recall_lower_bound
-from cracknet.model import load_artifact
+from cracknet.model import in_split, load_artifact
 from cracknet.scorer import Scorer
 from cracknet.train import run_training
 
@@ -131,7 +131,8 @@ def test_two_stage_fine_tuning_freezes_then_trains_the_backbone(concrete_model):
 
 def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage(concrete_model, s3_endpoint,
                                                                                   tmp_path, capsys):
-    """``--base-model`` and the data on s3:// (with an unreadable file, skipped and counted), output on disk."""
+    """``--base-model`` and the data on s3:// (with an unreadable file, skipped and counted), output on disk; the
+    tiles sit in photo folders (``<label>/<photo>/<tile>``), so the split keeps each photo's tiles together."""
     from cracknet.report import build_report
     from cracknet.synthetic import generate
 
@@ -142,8 +143,9 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
         storage.write_bytes(f"{base_uri}/{name}", (base_run / "model" / name).read_bytes())
     asphalt = tmp_path / "asphalt"
     generate(str(asphalt), per_class=30, size=64, seed=3, surface="asphalt")
-    for path in asphalt.rglob("*.jpg"):
-        storage.write_bytes(f"{data}/{path.relative_to(asphalt).as_posix()}", path.read_bytes())
+    for path in asphalt.rglob("*.jpg"):  # crack/crack-00007.jpg -> crack/photo1/crack-00007.jpg: 6 photos
+        photo = f"photo{int(path.stem.split('-')[1]) % 6}"
+        storage.write_bytes(f"{data}/{path.parent.name}/{photo}/{path.name}", path.read_bytes())
     storage.write_bytes(f"{data}/crack/truncated.jpg", b"\xff\xd8\xff\xe0 cut short")
     assert cli_main(["train", "--data", data, "--output", output, "--base-model", base_uri, "--epochs", "2",
                      "--num-workers", "2", "--warmup-epochs", "0.2",
@@ -152,8 +154,18 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
     model, card = load_artifact(output)
     assert card["folder"] == f"{output}/model" and card["data"]["uri"] == data and card["data"]["unreadable"] == 1
 
-    # The base model's preprocessing and normalisation; strong augmentation and the best epoch by default.
-    assert card["preprocessing"]["image_size"] == base["preprocessing"]["image_size"] == 32
+    # Whole photos per split, recorded in the card and printed.
+    grouping = card["data"]["grouping"]
+    assert grouping["by"] == "folder" and grouping["groups"] == {"train": 4, "val": 1, "test": 1}
+    assert len(grouping["test_groups"]) == 1 and set(grouping["test_groups"]).isdisjoint(grouping["val_groups"])
+    assert 'Split by group (folder; groups {"train": 4, "val": 1, "test": 1})' in printed
+    test = [i for i in discover(data) if i.uri.split("/")[-2] in grouping["test_groups"]]
+    in_test = in_split(card, "test", data)
+    assert [i for i in discover(data) if in_test(i.uri, "")] == test and len(test) == 10
+
+    # The base model's normalisation, at the new tiles' own side (64 px) rather than the base's 32 px; strong
+    # augmentation and the best epoch by default.
+    assert base["preprocessing"]["image_size"] == 32 and card["preprocessing"]["image_size"] == 64
     assert card["preprocessing"]["mean"] == list(base["preprocessing"]["mean"])
     assert card["preprocessing"]["source_size"] == 128  # the tile scale named, not the images' 64 px
     training = card["training"]
@@ -173,15 +185,19 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
     lineage = card["lineage"]
     assert lineage["base_model"]["model_id"] == base["model_id"] and lineage["base_model"]["uri"] == base_uri
     assert lineage["base_model"]["data_fingerprint"] == base["data"]["fingerprint"]
-    test = [i for i in split_images(asphalt, "test")]
     before = Scorer.load(str(base_run)).predict([i.uri for i in test])
     recomputed = binary_metrics(np.array([p.crack_probability for p in before]), np.array([i.label for i in test]),
                                 base["threshold"])
     assert lineage["base_model_on_test"]["n"] == card["metrics"]["test"]["n"] == len(test)
     assert lineage["base_model_on_test"]["accuracy"] == pytest.approx(recomputed["accuracy"])
     assert f"Adapted from {base_uri} (model_id {base['model_id']})" in printed
-    build_report(output, str(tmp_path / "report"))
-    assert "adapted from" in (tmp_path / "report" / "report.html").read_text()
+    # Evaluation and the report give one row per photo, the worst first.
+    assert cli_main(["evaluate", "--model", output, "--data", data]) == 0
+    printed = capsys.readouterr().out
+    assert "Per group (folder), 6 groups:" in printed and printed.count("\nphoto") == 6
+    build_report(output, str(tmp_path / "report"), data=data)
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "adapted from" in page and "Per group (folder): 6 groups" in page
 
     # A base model that is not there fails before any cluster work, in one sentence.
     assert cli_main(["train", "--data", data, "--output", f"{output}-2", "--base-model",
