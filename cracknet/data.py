@@ -158,6 +158,17 @@ def looks_tiled(root: str, images: list[LabelledImage]) -> tuple[int, str] | Non
     return None
 
 
+def ungrouped_tiles(root: str, images: list[LabelledImage]) -> str:
+    """The warning for a split by image of names that look like tiles of a few photos, else ""."""
+    tiled = looks_tiled(root, images)
+    if not tiled:
+        return ""
+    return (f"the image names look like tiles of about {tiled[0]} photos (e.g. {tiled[1]}), but the split is by "
+            "image: tiles of one photo will straddle train, validation and test, and validation will measure "
+            "memory of those photos. Group them: --group-by '(.*)_x\\d+_y\\d+' (a pattern that matches your "
+            "names), or put each photo's tiles in a folder of its own.")
+
+
 def assign_groups(sizes: dict[str, int], val_fraction: float, test_fraction: float) -> dict[str, str]:
     """Whole groups to splits: ordered by the SHA-256 of their name, a group goes to test while the images
     before its middle are under ``test_fraction`` of all, then to validation, then to train."""

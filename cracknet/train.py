@@ -33,7 +33,7 @@ import torch
 import cracknet
 from cracknet import storage
 from cracknet.config import TrainConfig, batch_size_for
-from cracknet.data import CLASS_NAMES, NO_GROUPS, discover, looks_tiled, resolve_grouping
+from cracknet.data import CLASS_NAMES, NO_GROUPS, discover, resolve_grouping, ungrouped_tiles
 from cracknet.datasets import load_labelled, split_datasets
 from cracknet.engine import Precision, log_loss, lr_at, train_one_epoch
 from cracknet.errors import CracknetError, kind_of, root_cause
@@ -388,12 +388,8 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         _check_weights(cfg.weights)
     model_dir, checkpoints = _check_output(cfg)
     log(f"Found {len(images)} labelled images under {cfg.data}.")
-    tiled = looks_tiled(cfg.data, images) if cfg.group_by == NO_GROUPS else None
-    if tiled:
-        log(f"Warning: the image names look like tiles of about {tiled[0]} photos (e.g. {tiled[1]}), but the split "
-            "is by image: tiles of one photo will straddle train, validation and test, and validation will "
-            "measure memory of those photos. Group them: --group-by '(.*)_x\\d+_y\\d+' (a pattern that "
-            "matches your names), or put each photo's tiles in a folder of its own.")
+    if cfg.group_by == NO_GROUPS and ungrouped_tiles(cfg.data, images):
+        log(f"Warning: {ungrouped_tiles(cfg.data, images)}")
 
     ensure_ray(cfg.ray_address, min_cpus=cfg.num_workers * cfg.cpus_per_worker, verbose=cfg.verbose)
     decoded, plan = load_labelled(images, cfg.data, spec, cfg.val_fraction, cfg.test_fraction,

@@ -8,7 +8,7 @@ import pytest
 from cracknet import storage
 from cracknet.config import TrainConfig
 from cracknet.data import (LabelledImage, assign_groups, check_grouping, discover, grouper, label_of, looks_tiled,
-                           plan_splits, resolve_grouping, split_of)
+                           plan_splits, resolve_grouping, split_of, ungrouped_tiles)
 from cracknet.errors import CracknetError
 
 
@@ -180,6 +180,7 @@ def test_auto_grouping_follows_the_tree_and_tiled_names_are_noticed(tmp_path):
     assert resolve_grouping("(.*)_x", str(flat), flat_images) == "(.*)_x"
     photos, example = looks_tiled(str(flat), flat_images)
     assert photos == 3 and example.startswith("photo")
+    assert ungrouped_tiles(str(flat), flat_images).startswith("the image names look like tiles of about 3 photos")
     metu_like = [LabelledImage(f"/d/crack/{i:05d}.jpg", 1) for i in range(50)]
     assert looks_tiled("/d", metu_like) is None
 
@@ -203,3 +204,25 @@ def test_assign_groups_is_deterministic_and_fills_each_share():
     for split in ("val", "test"):
         share = sum(n for k, n in sizes.items() if first[k] == split) / total
         assert abs(share - 0.15) < 0.03
+
+
+def test_generated_pavement_photos_are_tiles_in_photo_folders_labelled_by_their_exact_masks(tmp_path):
+    import numpy as np
+
+    from cracknet.synthetic import generate_photos, pavement_photo, tile_label
+
+    written = generate_photos(str(tmp_path / "pave"), photos=6, tile=48, seed=1)
+    again = generate_photos(str(tmp_path / "again"), photos=6, tile=48, seed=1)
+    assert [w.split("/pave/")[1] for w in written] == [w.split("/again/")[1] for w in again]
+    assert all(storage.read_bytes(a) == storage.read_bytes(b) for a, b in zip(written, again))
+    images = discover(str(tmp_path / "pave"))
+    assert resolve_grouping("auto", str(tmp_path / "pave"), images) == "folder"
+    assert len({grouper("folder", str(tmp_path / "pave"))(i.uri) for i in images}) == 6
+    # A tile's label is its mask's: crack where a third of the side's worth of crack pixels fall in it.
+    rng = np.random.default_rng(4)
+    photo, mask = pavement_photo(rng, 192, 144)
+    assert photo.size == (192, 144) and mask.shape == (144, 192) and mask.dtype == bool
+    empty, crossed, grazed = np.zeros((48, 48), bool), np.zeros((48, 48), bool), np.zeros((48, 48), bool)
+    crossed[20, :] = True
+    grazed[0, :5] = True
+    assert (tile_label(empty, 48), tile_label(crossed, 48), tile_label(grazed, 48)) == (0, 1, None)

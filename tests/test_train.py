@@ -267,3 +267,25 @@ def test_relative_paths_work_for_training_and_scoring(synthetic_tree, tmp_path):
     score = run("score", "--model", "run", "--input", "survey", "--output", "results")
     assert score.returncode == 0 and "Scored 3 images (0 errors)" in score.stdout, score.stderr[-2000:]
     assert len(list((tmp_path / "results").glob("run_date=*/*.parquet"))) >= 1
+
+
+def test_adapting_trains_at_the_new_tiles_own_side_up_to_128_px(tmp_path):
+    from PIL import Image
+
+    from cracknet.train import default_image_size
+
+    def tree(side):
+        root = tmp_path / str(side)
+        for label in ("crack", "no_crack"):
+            (root / label).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (side, side * 3 // 4)).save(root / label / f"{i}.jpg")
+        (root / "crack" / "bad.jpg").write_bytes(b"not an image")
+        return discover(str(root))
+
+    base = {"preprocessing": {"image_size": 64}}
+    tiles = tree(96)
+    assert default_image_size(None, tiles) == 224  # not adapting: ResNet50's own
+    assert default_image_size(base, tiles) == 96  # not shrunk to the base's 64
+    assert default_image_size(base, tree(227)) == 128  # at most 128
+    assert default_image_size(base, tree(40)) == 64  # never below the base's
