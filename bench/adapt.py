@@ -85,6 +85,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=0,
                         help="model input side for the adapted and random-init models (default: train's own rule)")
     parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=None, help="as for cracknet train (default: its own rule)")
+    parser.add_argument("--finetune-lr", type=float, default=TrainConfig.finetune_lr)
+    parser.add_argument("--head-epochs", type=int, default=TrainConfig.head_epochs)
     parser.add_argument("--skip-random-init", action="store_true", help="only the base model, before and adapted")
     parser.add_argument("--turns", action="store_true", help="also measure test-time flip/turn averaging on the "
                                                              "adapted model")
@@ -103,9 +106,10 @@ def main() -> None:
         before = evaluate(base["folder"], holdout)
         rows = [row("before (base model)", before)]
         common = dict(data=data, epochs=args.epochs, image_size=args.image_size or None, num_workers=args.num_workers,
-                      group_by=args.group_by, overwrite=True)
+                      group_by=args.group_by, batch_size=args.batch_size, overwrite=True)
+        recipe = dict(finetune_lr=args.finetune_lr, head_epochs=args.head_epochs)
         runs = {"adapted from the base": TrainConfig(output=os.path.join(scratch, "adapted"),
-                                                     base_model=base["folder"], **common)}
+                                                     base_model=base["folder"], **common, **recipe)}
         if not args.skip_random_init:
             # Same epochs, size, augmentation and best-epoch rule; only the starting weights differ.
             runs["random init, same budget"] = TrainConfig(output=os.path.join(scratch, "scratch"), weights="none",
