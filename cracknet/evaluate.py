@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from cracknet.card import in_split
-from cracknet.data import LabelledImage, check_grouping, discover, grouper, resolve_grouping
+from cracknet.data import LabelledImage, discover, grouper, resolve_grouping
 from cracknet.errors import CracknetError
 from cracknet.metrics import MAX_FALSE_ALARMS, binary_metrics, evaluation, operating_point
 from cracknet.scorer import Found, Scorer, read_image
