@@ -214,8 +214,8 @@ def threshold_rule(target: float, confidence: float, max_false_alarms: float = M
 def operating_point_caveat(point: dict, where: str = "in the validation split") -> str:
     """Sentences when the threshold could not be backed at the asked confidence or had to give recall up to
     keep false alarms bounded, else ""."""
-    recall = point["recall"] if "recall" in point else point["val_recall"]  # a model card's operating point
     sentences = []
+    recall = point.get("recall", point.get("val_recall"))  # a model card's operating point calls it val_recall
     if not point.get("backed", True):
         missed = round(point["positives"] * (1.0 - recall))
         sentences.append(
