@@ -93,7 +93,10 @@ def test_ddp_training_writes_a_complete_self_describing_artifact(ray_cluster, la
     report = json.loads(report_path.read_text())
     assert report["model_id"] == card["model_id"] and report["metrics"]["n"] == 120
     assert set(report["metrics"]) >= {"accuracy", "precision", "recall", "f1", "roc_auc", "average_precision"}
-    assert report["for_target_recall"]["metrics"]["recall"] >= 0.9
+    chosen = report["for_target_recall"]
+    # The recall target is met, unless meeting it would flag more than 10% of the clean images.
+    assert chosen["metrics"]["recall"] >= 0.9 or chosen["limited_by"] == "false_alarms"
+    assert chosen["metrics"]["fp"] <= 0.1 * (chosen["metrics"]["fp"] + chosen["metrics"]["tn"])
 
 
 def test_the_default_batch_keeps_eight_steps_an_epoch_for_small_sets():
