@@ -388,8 +388,9 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         _check_weights(cfg.weights)
     model_dir, checkpoints = _check_output(cfg)
     log(f"Found {len(images)} labelled images under {cfg.data}.")
-    if cfg.group_by == NO_GROUPS and ungrouped_tiles(cfg.data, images):
-        log(f"Warning: {ungrouped_tiles(cfg.data, images)}")
+    warning = ungrouped_tiles(cfg.data, images) if cfg.group_by == NO_GROUPS else ""
+    if warning:
+        log(f"Warning: {warning}")
 
     ensure_ray(cfg.ray_address, min_cpus=cfg.num_workers * cfg.cpus_per_worker, verbose=cfg.verbose)
     decoded, plan = load_labelled(images, cfg.data, spec, cfg.val_fraction, cfg.test_fraction,
