@@ -5,7 +5,7 @@
     cracknet score --input s3://inventory/survey/all/2026-11-24T01-00Z/manifest.json   # an S3 Inventory report
 
 A listing is never held whole: each kind yields record batches that the planner
-(``results.plan``) consumes once. Only image names (jpg, jpeg, png, tif) are
+(``planning.plan``) consumes once. Only image names (jpg, jpeg, png, tif) are
 taken from folder listings and inventories; a manifest names images on purpose,
 so every row of it is kept and a bad one becomes an error row.
 

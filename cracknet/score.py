@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from cracknet import inputs, results, runs, storage
+from cracknet import inputs, planning, results, runs, storage
 from cracknet.config import ScoreConfig
 from cracknet.errors import CracknetError, kind_of, root_cause
 from cracknet.lease import Lease
@@ -255,7 +255,7 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
                        "errors_retried": planned["errors_retried"], "errors_given_up": planned["errors_given_up"],
                        "output": cfg.output, "history_files_read": planned["history_files_read"],
                        "history_files": planned["history_files"]}
-            log(plan_line(run_id, planned))
+            log(planning.plan_line(run_id, planned))
             if planned["files"]:
                 summary.update(_score_and_commit(cfg, card, provenance, planned["files"], run_id, now, root, lease,
                                                  planned["todo"], log))
@@ -282,27 +282,11 @@ def provenance_of(cfg: ScoreConfig, card: dict, now: datetime) -> dict:
             "input": cfg.input, "started_at": now.isoformat(), "cracknet_version": __version__}
 
 
-def plan_line(run_id: str, planned: dict) -> str:
-    line = f"Planned run {run_id}: {planned['todo']} of {planned['listed']} listed images to score"
-    notes = []
-    if planned["errors_retried"]:
-        notes.append(f"{planned['errors_retried']} of them after an error that may pass")
-    if planned["errors_given_up"]:
-        notes.append(f"{planned['errors_given_up']} failed {results.ERROR_ATTEMPTS} times and are no longer tried "
-                     "(see the failures view; --retry-errors tries them again)")
-    return line + (f" ({'; '.join(notes)})." if notes else ".")
-
-
 def _restore_runs(output: str) -> None:
     """Runs rows lost between a results commit and its runs row (a run that died there) come back."""
     table = results.open_table(output)
     if table is not None:
         runs.restore_missing(output, table.history(20))
-
-
-def plan_run(input_uri: str, root: str, output: str, model_id: str, staging: str, retry_errors: bool = False) -> dict:
-    """Tonight's listing minus what the model committed, written as plan files (see results.plan)."""
-    return results.plan(inputs.listing(input_uri, root), output, model_id, staging, retry_errors=retry_errors)
 
 
 def _plan(cfg: ScoreConfig, card: dict, root: str, staging: str) -> dict:
@@ -313,7 +297,7 @@ def _plan(cfg: ScoreConfig, card: dict, root: str, staging: str) -> dict:
     from cracknet.cluster import ensure_ray
 
     ensure_ray(cfg.ray_address, verbose=cfg.verbose)
-    task = ray.remote(num_cpus=1, max_calls=1, max_retries=1)(plan_run)
+    task = ray.remote(num_cpus=1, max_calls=1, max_retries=1)(planning.plan_run)
     try:
         return ray.get(task.remote(cfg.input, root, cfg.output, card["model_id"], staging, cfg.retry_errors))
     except ray.exceptions.RayError as exc:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from cracknet import inputs, results, storage
+from cracknet import inputs, planning, results, storage
 from cracknet.cli import main as cli_main
 from cracknet.compact import compact
 from cracknet.errors import CracknetError
@@ -55,7 +55,7 @@ def listing_of(rows: list[tuple[str, str]]) -> pa.RecordBatchReader:
 
 def planned(output: str, rows, model_id: str = "model-a", staging: str | None = None) -> tuple[dict, list]:
     staging = staging or storage.join(output, results.STAGING, "test")
-    plan = results.plan(listing_of(rows), output, model_id, staging)
+    plan = planning.plan(listing_of(rows), output, model_id, staging)
     todo = [tuple(r.values()) for f in plan["files"] for r in pq.read_table(io.BytesIO(storage.read_bytes(f))).to_pylist()]
     return plan, todo
 
@@ -186,7 +186,7 @@ def test_a_broken_manifest_stops_the_plan_with_its_own_sentence(tmp_path):
     manifest = tmp_path / "tonight.parquet"
     manifest.write_bytes(b"PAR1 not really parquet")
     with pytest.raises(CracknetError, match="is not a readable manifest"):
-        results.plan(inputs.listing(str(manifest), str(tmp_path)), str(tmp_path / "out"), "m", str(tmp_path / "s"))
+        planning.plan(inputs.listing(str(manifest), str(tmp_path)), str(tmp_path / "out"), "m", str(tmp_path / "s"))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pyarrow.parquet as pq
 import pytest
 
-from cracknet import results, runs, storage
+from cracknet import planning, results, runs, storage
 from cracknet.compact import compact
 from cracknet.errors import CracknetError
 from cracknet.query import run_query
@@ -50,7 +50,7 @@ def test_transient_errors_are_planned_again_a_bounded_number_of_times(tmp_path):
     assert [u for u, _ in todo] == ["s3://s/d.jpg"] and plan["errors_given_up"] == 1
 
     # --retry-errors tries every error row again, permanent ones included.
-    plan = results.plan(_listing(listing), output, "model-a", storage.join(output, "_staging", "retry"),
+    plan = planning.plan(_listing(listing), output, "model-a", storage.join(output, "_staging", "retry"),
                         retry_errors=True)
     todo = sorted(r["image_uri"] for f in plan["files"] for r in pq.read_table(f).to_pylist())
     assert todo == ["s3://s/a.jpg", "s3://s/b.jpg", "s3://s/d.jpg"]
