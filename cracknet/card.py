@@ -1,5 +1,7 @@
-"""The model card (``model.json``): where it lives, reading it back, and what it says about preprocessing.
+"""The model card (``model.json``): what it holds, where it lives, reading it back, and what it says about
+preprocessing.
 
+    card = build_card(cfg, spec, plan, predictions, ...)   # at the end of training (then model.save_artifact)
     card = read_card("runs/demo")                  # the model/ folder or the training output above it
     spec = preprocessing_of(card)
 
@@ -9,12 +11,14 @@ Reading a card needs no torch, so the scoring driver, ``cracknet query`` and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from cracknet import storage
-from cracknet.data import NO_GROUPS, grouper, split_of
+from cracknet.data import CLASS_NAMES, NO_GROUPS, grouper, split_of
 from cracknet.errors import CracknetError
 from cracknet.transforms import Preprocessing
 
@@ -22,6 +26,64 @@ ARCHITECTURE = "resnet50"
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "model.json"
 REQUIRED_CARD_FIELDS = ("weights_file", "weights_sha256", "model_id", "threshold", "preprocessing")
+
+
+FORMAT_VERSION = 1
+NOT_RECORDED = ("overwrite", "ray_address", "verbose")  # settings of a run that say nothing about its model
+
+
+def build_card(cfg, spec: Preprocessing, plan, predictions: dict[str, Any], epochs_completed: int, kept_epoch: int,
+               seconds: float, checkpoints: str, versions: dict[str, str]) -> dict[str, Any]:
+    """The card of a trained model: classes, preprocessing, the threshold and how it was chosen, validation and
+    test metrics, the data and its splits, the training settings and history, versions.
+
+    ``cfg`` is the run's TrainConfig, ``plan`` its data.SplitPlan, ``predictions`` what the workers returned:
+    validation and test (probabilities, labels), the epoch history and the restart count. The weights' hash and
+    the model id are added when the artifact is saved (``model.save_artifact``).
+    """
+    from cracknet.metrics import binary_metrics, evaluation, operating_point, threshold_rule
+
+    (val_probs, val_labels), (test_probs, test_labels) = predictions["val"], predictions["test"]
+    point = operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence, cfg.max_false_alarms)
+    threshold = point.pop("threshold")
+    point.pop("recall")  # the same as val_recall below
+    at_threshold = binary_metrics(val_probs, val_labels, threshold)
+    at_half = binary_metrics(val_probs, val_labels, 0.5)
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RECORDED}
+    return {
+        "format_version": FORMAT_VERSION,
+        "class_names": list(CLASS_NAMES),
+        "positive_class": CLASS_NAMES[1],
+        "preprocessing": {**dataclasses.asdict(spec), "source_size": cfg.source_size or plan.typical_side,
+                          "resize": "bilinear, whole image to a square",
+                          "colour": "RGB, EXIF orientation applied"},
+        "threshold": threshold,
+        "threshold_rule": threshold_rule(cfg.target_recall, cfg.recall_confidence, cfg.max_false_alarms),
+        "operating_point": {**point, "val_recall": at_threshold["recall"], "val_precision": at_threshold["precision"],
+                            "val_recall_at_0.5": at_half["recall"], "val_precision_at_0.5": at_half["precision"]},
+        "metrics": {
+            "test": evaluation(test_probs, test_labels, threshold, seed=cfg.seed),
+            "test_at_0.5": binary_metrics(test_probs, test_labels, 0.5),
+            "val": at_threshold,
+        },
+        "data": {"uri": cfg.data, **plan.summary()},
+        "training": {**settings, "epochs_completed": epochs_completed, "kept_epoch": kept_epoch,
+                     "restarts": predictions["restarts"], "history": predictions["history"],
+                     "seconds": round(seconds, 1), "checkpoints": checkpoints},
+        "versions": versions,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def lineage(base: dict[str, Any], on_test: dict[str, Any]) -> dict[str, Any]:
+    """Where an adapted model came from: the base model, what it was trained on (and its own lineage), and
+    how it did on this run's test split before adaptation, at its own threshold."""
+    return {"base_model": {"uri": base["folder"], "model_id": base["model_id"],
+                           "data_uri": base.get("data", {}).get("uri"),
+                           "data_fingerprint": base.get("data", {}).get("fingerprint"),
+                           "threshold": base["threshold"], "image_size": base["preprocessing"]["image_size"],
+                           "lineage": base.get("lineage")},
+            "base_model_on_test": on_test}
 
 
 def model_folder(uri: str) -> str:

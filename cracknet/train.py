@@ -19,33 +19,30 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import platform
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 import cracknet
-from cracknet import storage
+from cracknet import checkpoint as ckpt, storage
 from cracknet.config import TrainConfig, batch_size_for
-from cracknet.data import CLASS_NAMES, NO_GROUPS, discover, resolve_grouping, ungrouped_tiles
+from cracknet.data import NO_GROUPS, discover, resolve_grouping, ungrouped_tiles
 from cracknet.datasets import load_labelled, split_datasets
 from cracknet.engine import Precision, log_loss, lr_at, train_one_epoch
 from cracknet.errors import CracknetError, kind_of, root_cause
-from cracknet.metrics import binary_metrics, evaluation, operating_point, threshold_rule
+from cracknet.metrics import binary_metrics
 from cracknet.cluster import ensure_ray, train_log_level
-from cracknet.card import preprocessing_of, read_card
+from cracknet.card import build_card, lineage, preprocessing_of, read_card
 from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_artifact, load_starting_weights,
                             save_artifact, set_backbone_trainable)
 from cracknet.transforms import ImageError, Preprocessing, open_image
 
 RUN_NAME = "train"
-STATE_FILE = "state.pt"
 # Settings that must not change when an unfinished run is resumed.
 RESUME_KEYS = ("data", "image_size", "weights", "base_model", "seed", "val_fraction", "test_fraction",
                "head_epochs", "augmentation", "keep")
@@ -98,163 +95,171 @@ def _optimizer(module: torch.nn.Module, cfg: TrainConfig, stage: str) -> torch.o
     return torch.optim.AdamW(params, lr=0.0, weight_decay=cfg.weight_decay if stage == "all" else 0.0)
 
 
-def _load_state(checkpoint) -> dict:
-    with checkpoint.as_directory() as folder:
-        return read_checkpoint_state(os.path.join(folder, STATE_FILE))
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    """What a training worker is given: the run's settings and where it stands among the workers."""
+    cfg: TrainConfig
+    spec: Preprocessing
+    steps_per_epoch: int
+    rank: int
+    world: int
+    device: torch.device
+    precision: Precision
 
 
-def _best_of(state: dict) -> dict | None:
-    """The kept (lowest validation loss) epoch recorded in a checkpoint, with its weights; None: keep the last."""
-    best = state.get("best")
-    if best is not None and best["model"] is None:
-        best = {**best, "model": state["model"]}
-    return best
+@dataclasses.dataclass
+class Trainee:
+    """What a worker carries from epoch to epoch: the model, its optimiser and stage, and the run so far."""
+    module: torch.nn.Module
+    start_epoch: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    restarts: int = 0
+    best: dict | None = None      # the kept epoch: {"epoch", "val_loss", "model"}
+    resumed: dict | None = None   # the checkpoint resumed from, until its epoch is trained again
+    model: torch.nn.Module | None = None  # the module as prepared for DDP in the current stage
+    optimizer: torch.optim.Optimizer | None = None
+    stage: str | None = None
 
 
-def upload_checkpoint(checkpoint, dir_name: str, like: str):
-    """Copy a checkpoint's files into the run's storage folder with storage's verified writes.
-
-    Ray Train's own copy goes through a pyarrow multipart stream whose failed
-    final part can be reported only when the stream is destroyed, after the
-    checkpoint was registered as saved; a failed write here raises instead, so
-    the worker fails and the run resumes from the last checkpoint that exists.
-    """
+def resume(cfg: TrainConfig, base_model_id: str | None) -> Trainee:
+    """The model and where training stands: the run's last checkpoint, else the base model (the one the driver
+    read and the card names, not one put in its place since) or the starting weights."""
     import ray.train
 
-    run_storage = ray.train.get_context().get_storage()
-    path = f"{run_storage.experiment_fs_path}/{dir_name}"
-    destination = storage.to_uri(path, like)  # s3://... or the absolute local path
-    with checkpoint.as_directory() as folder:
-        for name in sorted(os.listdir(folder)):
-            with open(os.path.join(folder, name), "rb") as f:
-                storage.write_bytes(storage.join(destination, name), f.read())
-    return ray.train.Checkpoint(path=path, filesystem=run_storage.storage_filesystem)
+    module = build_model()
+    saved = ray.train.get_checkpoint()
+    if saved is not None:
+        state = ckpt.load(saved)
+        module.load_state_dict(state["model"])
+        return Trainee(module, start_epoch=state["epoch"], history=state["history"], restarts=state["restarts"] + 1,
+                       best=ckpt.kept_epoch(state), resumed=state)
+    if cfg.base_model:
+        module.load_state_dict(load_artifact(cfg.base_model, model_id=base_model_id)[0].state_dict())
+    else:
+        load_starting_weights(module, cfg.weights)
+    return Trainee(module)
 
 
-def read_checkpoint_state(path: str) -> dict:
-    """A training checkpoint's state (tensors, numbers, lists), never unpickling other objects."""
-    import pickle
+def stage_of(cfg: TrainConfig, epoch: int) -> str:
+    """Two-stage fine-tuning: the head alone for the first ``head_epochs``, then everything."""
+    head_epochs, _ = cfg.stage_epochs
+    return "head" if epoch < head_epochs else "all"
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CracknetError(f"Refusing to resume from {path}: it holds Python objects other than tensors and "
-                            "numbers, and loading them could run code.") from None
-    except Exception as exc:
-        raise CracknetError(f"The checkpoint {path} is damaged ({type(exc).__name__}); "
-                            "pass --overwrite to start afresh.") from None
-    if not isinstance(state, dict) or not {"model", "epoch"} <= set(state):
-        raise CracknetError(f"{path} is not a cracknet training checkpoint.")
-    return state
+
+def enter_stage(t: Trainee, cfg: TrainConfig, stage: str) -> None:
+    """Freeze or unfreeze the backbone, wrap the module for DDP (after requires_grad is set, so each stage wraps
+    afresh) and build the stage's optimiser, restored from the checkpoint where it was saved in this stage."""
+    import ray.train.torch
+
+    t.model = None
+    set_backbone_trainable(t.module, stage == "all")
+    t.model = ray.train.torch.prepare_model(t.module)
+    t.optimizer = _optimizer(t.module, cfg, stage)
+    if t.resumed is not None and t.resumed["stage"] == stage:
+        t.optimizer.load_state_dict(t.resumed["optimizer"])
+    t.stage = stage
+
+
+def lr_schedule(cfg: TrainConfig, stage: str, epoch: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate of each step of ``epoch``: warm-up then cosine decay within its stage, peaking at the
+    fine-tuning rate once a pretrained backbone is unfrozen."""
+    head_epochs, _ = cfg.stage_epochs
+    first, length = (0, head_epochs) if stage == "head" else (head_epochs, cfg.epochs - head_epochs)
+    peak = cfg.finetune_lr if stage == "all" and cfg.pretrained else cfg.lr
+    warmup = min(cfg.warmup_epochs, length)
+
+    def lr_for_step(step: int) -> float:
+        return lr_at(epoch - first + min(step + 1, steps_per_epoch) / steps_per_epoch, length, warmup, peak)
+
+    return lr_for_step
+
+
+def run_epoch(t: Trainee, w: Worker, epoch: int) -> dict:
+    """Train one epoch on this worker's shard, then score the validation split on all workers; returns the
+    epoch's figures (the same on every worker), and remembers the epoch if it is the one to keep."""
+    import ray.train
+
+    cfg = w.cfg
+    lr_for_step = lr_schedule(cfg, t.stage, epoch, w.steps_per_epoch)
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + w.rank)
+    batches = ray.train.get_dataset_shard("train").iter_torch_batches(
+        batch_size=cfg.batch_size, drop_last=True,
+        local_shuffle_buffer_size=cfg.batch_size * 8, local_shuffle_seed=cfg.seed + epoch * 97 + w.rank,
+    )
+    started = time.monotonic()
+    loss_sum, seen, right = train_one_epoch(t.model, batches, t.optimizer, w.spec, w.device, generator, lr_for_step,
+                                            w.precision, backbone_frozen=(t.stage == "head"),
+                                            strong_augmentation=cfg.strong_augmentation)
+    train_seconds = time.monotonic() - started
+    totals = _gather((loss_sum, seen, right))
+    val_probs, val_labels = predict_shared(t.module, _batches(ray.train.get_dataset_shard("val"), cfg), w.spec,
+                                           w.device, w.rank, w.world)
+    val = binary_metrics(val_probs, val_labels)
+    images = sum(n for _, n, _ in totals)
+    metrics = {
+        "epoch": epoch + 1,
+        "stage": t.stage,
+        "train_loss": sum(loss for loss, _, _ in totals) / max(1, images),
+        "train_images": images,
+        "train_accuracy": sum(r for _, _, r in totals) / max(1, images),
+        "val_loss": log_loss(val_probs, val_labels),
+        **{f"val_{k}": val[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
+        "lr": lr_for_step(w.steps_per_epoch - 1),
+        "images_per_second": images / max(train_seconds, 1e-9),
+        "seconds": time.monotonic() - started,
+    }
+    t.history.append(metrics)
+    if cfg.keep_best and (t.best is None or metrics["val_loss"] < t.best["val_loss"]):
+        t.best = {"epoch": epoch + 1, "val_loss": metrics["val_loss"],
+                  "model": {k: v.detach().clone() for k, v in t.module.state_dict().items()}}
+    return metrics
+
+
+def save_checkpoint(t: Trainee, w: Worker, metrics: dict) -> None:
+    """Report the epoch to Ray Train with rank 0's checkpoint, uploaded through storage's verified writes."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        saved = None
+        if w.rank == 0:
+            saved = ckpt.save(folder, t.module, t.optimizer, t.stage, metrics["epoch"], t.history, t.restarts, t.best)
+        ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"epoch-{metrics['epoch']:04d}",
+                         checkpoint_upload_fn=functools.partial(ckpt.upload, like=w.cfg.output))
+    t.resumed = None
 
 
 def train_loop_per_worker(config: dict) -> dict | None:
-    """The Ray Train loop: unpack, build, resume, train, report; rank 0 returns predictions."""
+    """The Ray Train loop: unpack, resume, train each epoch in its stage, report; rank 0 returns predictions."""
     import ray.train
     import ray.train.torch
 
     cfg: TrainConfig = config["cfg"]
-    spec: Preprocessing = config["spec"]
-    steps_per_epoch: int = config["steps_per_epoch"]
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    precision = Precision.for_training(device, allow_bf16=not cfg.fp32)
+    w = Worker(cfg, config["spec"], config["steps_per_epoch"], ctx.get_world_rank(), ctx.get_world_size(), device,
+               Precision.for_training(device, allow_bf16=not cfg.fp32))
     torch.manual_seed(cfg.seed)
 
-    module = build_model()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        state = _load_state(checkpoint)
-        module.load_state_dict(state["model"])
-        start_epoch, history, restarts = state["epoch"], state["history"], state["restarts"] + 1
-        best = _best_of(state)
-    else:
-        state, best = None, None
-        if cfg.base_model:
-            # The base model the driver read and the card names, not one put in its place since.
-            module.load_state_dict(load_artifact(cfg.base_model, model_id=config["base_model_id"])[0].state_dict())
-        else:
-            load_starting_weights(module, cfg.weights)
-        start_epoch, history, restarts = 0, [], 0
-    if precision.channels_last:
-        module = module.to(memory_format=torch.channels_last)
-
-    head_epochs, _ = cfg.stage_epochs
-    train_shard = ray.train.get_dataset_shard("train")
-    model = optimizer = stage = None
-    for epoch in range(start_epoch, cfg.epochs):
-        epoch_stage = "head" if epoch < head_epochs else "all"
-        if epoch_stage != stage:
-            # DDP must be built after requires_grad is set, so each stage wraps afresh.
-            model = None
-            set_backbone_trainable(module, epoch_stage == "all")
-            model = ray.train.torch.prepare_model(module)
-            optimizer = _optimizer(module, cfg, epoch_stage)
-            if state is not None and state["stage"] == epoch_stage:
-                optimizer.load_state_dict(state["optimizer"])
-            stage = epoch_stage
-        first, length = (0, head_epochs) if stage == "head" else (head_epochs, cfg.epochs - head_epochs)
-        peak = cfg.finetune_lr if stage == "all" and cfg.pretrained else cfg.lr
-        warmup = min(cfg.warmup_epochs, length)
-
-        def lr_for_step(step: int, epoch=epoch, first=first, length=length, peak=peak, warmup=warmup) -> float:
-            return lr_at(epoch - first + min(step + 1, steps_per_epoch) / steps_per_epoch, length, warmup, peak)
-
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
-        batches = train_shard.iter_torch_batches(
-            batch_size=cfg.batch_size, drop_last=True,
-            local_shuffle_buffer_size=cfg.batch_size * 8, local_shuffle_seed=cfg.seed + epoch * 97 + rank,
-        )
-        started = time.monotonic()
-        loss_sum, seen, right = train_one_epoch(model, batches, optimizer, spec, device, generator, lr_for_step,
-                                                precision, backbone_frozen=(stage == "head"),
-                                                strong_augmentation=cfg.strong_augmentation)
-        train_seconds = time.monotonic() - started
-        totals = _gather((loss_sum, seen, right))
-        val_probs, val_labels = predict_shared(module, _batches(ray.train.get_dataset_shard("val"), cfg), spec,
-                                               device, rank, world)
-        val = binary_metrics(val_probs, val_labels)
-        metrics = {
-            "epoch": epoch + 1,
-            "stage": stage,
-            "train_loss": sum(t[0] for t in totals) / max(1, sum(t[1] for t in totals)),
-            "train_images": sum(t[1] for t in totals),
-            "train_accuracy": sum(t[2] for t in totals) / max(1, sum(t[1] for t in totals)),
-            "val_loss": log_loss(val_probs, val_labels),
-            **{f"val_{k}": val[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
-            "lr": lr_for_step(steps_per_epoch - 1),
-            "images_per_second": sum(t[1] for t in totals) / max(train_seconds, 1e-9),
-            "seconds": time.monotonic() - started,
-        }
-        history.append(metrics)
-        if cfg.keep_best and (best is None or metrics["val_loss"] < best["val_loss"]):
-            best = {"epoch": epoch + 1, "val_loss": metrics["val_loss"],
-                    "model": {k: v.detach().clone() for k, v in module.state_dict().items()}}
-        if rank == 0 and config.get("progress") is not None:
+    t = resume(cfg, config["base_model_id"])
+    if w.precision.channels_last:
+        t.module = t.module.to(memory_format=torch.channels_last)
+    for epoch in range(t.start_epoch, cfg.epochs):
+        if stage_of(cfg, epoch) != t.stage:
+            enter_stage(t, cfg, stage_of(cfg, epoch))
+        metrics = run_epoch(t, w, epoch)
+        if w.rank == 0 and config.get("progress") is not None:
             _tell(config["progress"], epoch_line(metrics, cfg.epochs))
-        with tempfile.TemporaryDirectory() as folder:
-            saved = None
-            if rank == 0:
-                torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(), "stage": stage,
-                            "epoch": epoch + 1, "history": history, "restarts": restarts,
-                            # The kept epoch's weights, unless they are this epoch's (then "model" holds them).
-                            "best": best if best is None or best["epoch"] != epoch + 1 else {**best, "model": None}},
-                           os.path.join(folder, STATE_FILE))
-                saved = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"epoch-{epoch + 1:04d}",
-                             checkpoint_upload_fn=functools.partial(upload_checkpoint, like=cfg.output))
-        state = None
+        save_checkpoint(t, w, metrics)
 
-    if model is None:  # resumed after the last epoch: only the final predictions are left to do
-        module.to(device)
-    if best is not None:  # the kept epoch's weights are the ones tested and saved
-        module.load_state_dict(best["model"])
-    val = predict_shared(module, _batches(ray.train.get_dataset_shard("val"), cfg), spec, device, rank, world)
-    test = predict_shared(module, _batches(ray.train.get_dataset_shard("test"), cfg), spec, device, rank, world)
-    if rank != 0:
+    if t.model is None:  # resumed after the last epoch: only the final predictions are left to do
+        t.module.to(device)
+    if t.best is not None:  # the kept epoch's weights are the ones tested and saved
+        t.module.load_state_dict(t.best["model"])
+    val, test = (predict_shared(t.module, _batches(ray.train.get_dataset_shard(split), cfg), w.spec, device, w.rank,
+                                w.world) for split in ("val", "test"))
+    if w.rank != 0:
         return None
-    return {"val": val, "test": test, "history": history, "restarts": restarts}
+    return {"val": val, "test": test, "history": t.history, "restarts": t.restarts}
 
 
 def epoch_line(m: dict, epochs: int) -> str:
@@ -365,15 +370,9 @@ def _versions() -> dict[str, str]:
             "ray": ray.__version__, "python": platform.python_version()}
 
 
-def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
-    """Train, test and write ``<output>/model/``; returns the model card."""
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.util.queue import Queue
-
-    started = time.monotonic()
-    # Ray Train runs each worker in a folder of its own: local paths must not depend on the working directory.
+def resolve_settings(cfg: TrainConfig) -> tuple[TrainConfig, Preprocessing, dict | None, list]:
+    """The run's settings made concrete: absolute locations (Ray Train runs each worker in a folder of its own),
+    the base model's card, the labelled images, the image size and the grouping of the splits."""
     weights = cfg.weights if cfg.weights in ("imagenet", "none") else storage.absolute(cfg.weights)
     base = read_card(storage.absolute(cfg.base_model)) if cfg.base_model else None
     cfg = dataclasses.replace(cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output),
@@ -384,6 +383,55 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     spec = dataclasses.replace(preprocessing_of(base), image_size=cfg.image_size) if base else \
         Preprocessing(cfg.image_size)
     cfg = dataclasses.replace(cfg, group_by=resolve_grouping(cfg.group_by, cfg.data, images))
+    return cfg, spec, base, images
+
+
+def split_line(cfg: TrainConfig, plan) -> str:
+    """The console line that says how the images were split."""
+    by = "by content hash" if cfg.group_by == NO_GROUPS else \
+        f"by group ({cfg.group_by}; groups {json.dumps(plan.group_counts())})"
+    return (f"Split {by}: {json.dumps(plan.counts)}; {plan.duplicates} duplicate copies and "
+            f"{plan.conflicts} images with conflicting labels dropped, {len(plan.unreadable)} unreadable skipped.")
+
+
+def _steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    steps = n_train // (cfg.num_workers * cfg.batch_size)
+    if steps < 1:
+        raise CracknetError(
+            f"The train split holds {n_train} images, fewer than one batch per worker "
+            f"({cfg.num_workers} x {cfg.batch_size}); lower --batch-size or --num-workers."
+        )
+    return steps
+
+
+def _fit(trainer, progress, log: Callable[[str], None]):
+    """Run the trainer while the workers' epoch lines are printed; the result, or a one-sentence failure."""
+    import ray
+
+    done = threading.Event()
+    relay = threading.Thread(target=_relay, args=(progress, log, done), daemon=True)
+    relay.start()
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        raise kind_of(exc)(f"Training failed: {root_cause(exc)}") from None
+    finally:
+        done.set()
+        relay.join(timeout=10)
+        ray.kill(progress.actor)
+    if result.error is not None:
+        raise kind_of(result.error)(f"Training failed: {root_cause(result.error)}")
+    return result
+
+
+def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Train, test and write ``<output>/model/``; returns the model card."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
+    started = time.monotonic()
+    cfg, spec, base, images = resolve_settings(cfg)
     if base is None:
         _check_weights(cfg.weights)
     model_dir, checkpoints = _check_output(cfg)
@@ -395,18 +443,10 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     ensure_ray(cfg.ray_address, min_cpus=cfg.num_workers * cfg.cpus_per_worker, verbose=cfg.verbose)
     decoded, plan = load_labelled(images, cfg.data, spec, cfg.val_fraction, cfg.test_fraction,
                                   cfg.max_bad_fraction, cfg.seed, cfg.group_by)
-    by = "by content hash" if cfg.group_by == NO_GROUPS else \
-        f"by group ({cfg.group_by}; groups {json.dumps(plan.group_counts())})"
-    log(f"Split {by}: {json.dumps(plan.counts)}; {plan.duplicates} duplicate copies and "
-        f"{plan.conflicts} images with conflicting labels dropped, {len(plan.unreadable)} unreadable skipped.")
+    log(split_line(cfg, plan))
     n_train = len(plan.members["train"])
     cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or batch_size_for(n_train, cfg.num_workers))
-    steps_per_epoch = n_train // (cfg.num_workers * cfg.batch_size)
-    if steps_per_epoch < 1:
-        raise CracknetError(
-            f"The train split holds {n_train} images, fewer than one batch per worker "
-            f"({cfg.num_workers} x {cfg.batch_size}); lower --batch-size or --num-workers."
-        )
+    steps_per_epoch = _steps_per_epoch(cfg, n_train)
 
     fs, path = storage.resolve(checkpoints)
     progress = Queue(actor_options=_beside_the_driver())
@@ -423,68 +463,15 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         datasets=split_datasets(decoded, plan),
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
-    done = threading.Event()
-    relay = threading.Thread(target=_relay, args=(progress, log, done), daemon=True)
-    relay.start()
-    try:
-        result = trainer.fit()
-    except Exception as exc:
-        raise kind_of(exc)(f"Training failed: {root_cause(exc)}") from None
-    finally:
-        done.set()
-        relay.join(timeout=10)
-        ray.kill(progress.actor)
-    if result.error is not None:
-        raise kind_of(result.error)(f"Training failed: {root_cause(result.error)}")
-    out = result.return_value
-    state = _load_state(result.checkpoint)
-    kept = _best_of(state) or {"epoch": state["epoch"], "model": state["model"]}
-
-    (val_probs, val_labels), (test_probs, test_labels) = out["val"], out["test"]
-    point = operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence, cfg.max_false_alarms)
-    threshold = point.pop("threshold")
-    point.pop("recall")  # the same as val_recall below
-    at_threshold = binary_metrics(val_probs, val_labels, threshold)
-    at_half = binary_metrics(val_probs, val_labels, 0.5)
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("overwrite", "ray_address", "verbose")}
-    card = {
-        "format_version": 1,
-        "class_names": list(CLASS_NAMES),
-        "positive_class": CLASS_NAMES[1],
-        "preprocessing": {**dataclasses.asdict(spec), "source_size": cfg.source_size or plan.typical_side,
-                          "resize": "bilinear, whole image to a square",
-                          "colour": "RGB, EXIF orientation applied"},
-        "threshold": threshold,
-        "threshold_rule": threshold_rule(cfg.target_recall, cfg.recall_confidence, cfg.max_false_alarms),
-        "operating_point": {**point, "val_recall": at_threshold["recall"], "val_precision": at_threshold["precision"],
-                            "val_recall_at_0.5": at_half["recall"], "val_precision_at_0.5": at_half["precision"]},
-        "metrics": {
-            "test": evaluation(test_probs, test_labels, threshold, seed=cfg.seed),
-            "test_at_0.5": binary_metrics(test_probs, test_labels, 0.5),
-            "val": at_threshold,
-        },
-        "data": {"uri": cfg.data, **plan.summary()},
-        "training": {**settings, "epochs_completed": state["epoch"], "kept_epoch": kept["epoch"],
-                     "restarts": out["restarts"], "history": out["history"],
-                     "seconds": round(time.monotonic() - started, 1), "checkpoints": checkpoints},
-        "versions": _versions(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    result = _fit(trainer, progress, log)
+    state = ckpt.load(result.checkpoint)
+    kept = ckpt.kept_epoch(state) or {"epoch": state["epoch"], "model": state["model"]}
+    card = build_card(cfg, spec, plan, result.return_value, epochs_completed=state["epoch"], kept_epoch=kept["epoch"],
+                      seconds=time.monotonic() - started, checkpoints=checkpoints, versions=_versions())
     if base is not None:
         card["lineage"] = lineage(base, _base_on_test(base, images, plan, cfg.data, cfg.batch_size))
     card = save_artifact(model_dir, kept["model"], card)
     return {**card, "folder": model_dir}
-
-
-def lineage(base: dict, on_test: dict) -> dict:
-    """Where an adapted model came from: the base model, what it was trained on (and its own lineage), and
-    how it did on this run's test split before adaptation, at its own threshold."""
-    return {"base_model": {"uri": base["folder"], "model_id": base["model_id"],
-                           "data_uri": base.get("data", {}).get("uri"),
-                           "data_fingerprint": base.get("data", {}).get("fingerprint"),
-                           "threshold": base["threshold"], "image_size": base["preprocessing"]["image_size"],
-                           "lineage": base.get("lineage")},
-            "base_model_on_test": on_test}
 
 
 def _base_on_test(base: dict, images: list, plan, data: str, batch_size: int) -> dict:

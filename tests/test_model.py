@@ -13,7 +13,7 @@ from cracknet.errors import CracknetError
 from cracknet.model import (build_model, load_artifact, load_starting_weights, model_folder, read_card,
                             save_artifact)
 from cracknet.card import model_identity, record_evaluations
-from cracknet.train import read_checkpoint_state
+from cracknet.checkpoint import read_state as read_checkpoint_state
 
 from conftest import model_card
 
