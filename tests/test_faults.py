@@ -62,18 +62,26 @@ def test_scoring_through_a_flaky_store_finishes_exactly_once(s3_endpoint, survey
 
 
 def test_training_checkpoints_through_a_flaky_store(s3_endpoint, synthetic_tree, cracknet_cli):
+    """Training reads its data from and writes its checkpoints and model to object storage, through faults."""
+    from cracknet.model import load_artifact
+
     data, run_uri = f"s3://{BUCKET}/faults/train-data", f"s3://{BUCKET}/faults/run"
     for path in synthetic_tree.rglob("*.jpg"):
         storage.write_bytes(f"{data}/{path.relative_to(synthetic_tree).as_posix()}", path.read_bytes())
+    storage.write_bytes(f"{data}/crack/truncated.jpg", b"\xff\xd8\xff\xe0 cut short")  # skipped and counted
     with FaultProxy(s3_endpoint, FLAKY, seed=2) as proxy:
         run = cracknet_cli("train", "--data", data, "--output", run_uri, "--epochs", "2", "--image-size", "32",
-                           "--batch-size", "8", "--num-workers", "1", "--weights", "none", env=through(proxy),
-                           timeout=500)
+                           "--batch-size", "8", "--num-workers", "1", "--weights", "none",
+                           "--max-bad-fraction", "0.05", env=through(proxy), timeout=500)
     assert run.returncode == 0, [line for line in run.stderr.splitlines() if "rror" in line][-15:]
     assert proxy.counts["slow_down"] and proxy.counts["drop_before"] and proxy.counts["drop_after"], proxy.counts
     card = json.loads(storage.read_bytes(f"{run_uri}/model/model.json"))
-    assert card["training"]["epochs_completed"] == 2
-    assert any(u.endswith("state.pt") for u in storage.list_files(f"{run_uri}/checkpoints"))
+    assert card["training"]["epochs_completed"] == 2 and card["data"]["unreadable"] == 1
+    files = storage.list_files(run_uri)
+    assert f"{run_uri}/model/weights.pt" in files
+    assert any("/checkpoints/train/epoch-0002/state.pt" in f for f in files)
+    _, read = load_artifact(run_uri)
+    assert read["model_id"] == card["model_id"] and read["data"]["uri"] == data
 
 
 def test_faults_that_never_stop_fail_the_run_with_one_line_and_commit_nothing(s3_endpoint, survey, random_model,

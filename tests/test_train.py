@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -232,43 +230,25 @@ def test_the_demo_adapts_its_model_to_a_surface_it_never_saw_and_records_both(co
     assert read_card(str(tmp_path / "base"))["model_id"] == base["model_id"]  # recording changed no weights
 
 
-def test_training_reads_and_writes_object_storage(ray_cluster, s3_endpoint, synthetic_tree):
-    data = f"s3://{BUCKET}/train-data"
-    for path in synthetic_tree.rglob("*.jpg"):
-        storage.write_bytes(f"{data}/{path.relative_to(synthetic_tree).as_posix()}", path.read_bytes())
-    storage.write_bytes(f"{data}/crack/truncated.jpg", b"\xff\xd8\xff\xe0 cut short")  # skipped and counted
-    output = f"s3://{BUCKET}/runs/s3-run"
-    card = run_training(tiny(data, output, max_bad_fraction=0.05), log=lambda _: None)
-    assert card["data"]["unreadable"] == 1
-
-    assert card["folder"] == f"{output}/model"
-    files = storage.list_files(output)
-    assert f"{output}/model/model.json" in files and f"{output}/model/weights.pt" in files
-    assert any("/checkpoints/train/epoch-0002/state.pt" in f for f in files)
-    model, read = load_artifact(output)
-    assert read["model_id"] == card["model_id"] and read["data"]["uri"] == data
-
-
-def test_relative_paths_work_for_training_and_scoring(synthetic_tree, tmp_path):
+def test_relative_paths_work_for_training_and_scoring(ray_cluster, synthetic_tree, tmp_path, monkeypatch):
     """Ray runs workers in folders of their own: relative paths must mean the caller's folder."""
     import shutil
+
+    from cracknet.config import ScoreConfig
+    from cracknet.score import run_scoring
 
     shutil.copytree(synthetic_tree, tmp_path / "data")
     (tmp_path / "survey").mkdir()
     for path in sorted((tmp_path / "data" / "crack").glob("*.jpg"))[:3]:
         shutil.copy(path, tmp_path / "survey" / path.name)
+    monkeypatch.chdir(tmp_path)
 
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "cracknet.cli", *args], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=400)
-
-    train = run("train", "--data", "data", "--output", "run", "--epochs", "1", "--image-size", "32",
-                "--batch-size", "8", "--num-workers", "1", "--weights", "none")
-    assert train.returncode == 0, train.stderr[-2000:]
+    card = run_training(tiny("data", "run", epochs=1, num_workers=1), log=lambda _: None)
+    assert card["folder"] == str(tmp_path / "run" / "model") and card["data"]["uri"] == str(tmp_path / "data")
     assert (tmp_path / "run" / "model" / "model.json").exists()
     assert list((tmp_path / "run" / "checkpoints" / "train").glob("epoch-0001/state.pt"))
-    score = run("score", "--model", "run", "--input", "survey", "--output", "results")
-    assert score.returncode == 0 and "Scored 3 images (0 errors)" in score.stdout, score.stderr[-2000:]
+    scored = run_scoring(ScoreConfig(model="run", input="survey", output="results"), log=lambda _: None)
+    assert (scored["scored"], scored["errors"], scored["output"]) == (3, 0, str(tmp_path / "results"))
     assert len(list((tmp_path / "results").glob("run_date=*/*.parquet"))) >= 1
 
 
