@@ -1,0 +1,113 @@
+"""Crack geometry on drawn shapes of known length, width and angle."""
+
+import math
+
+import numpy as np
+import pytest
+
+from cracknet.errors import CracknetError
+from cracknet.geometry import (AASHTO_RC, DEFAULT_WIDTH_CLASSES, measure, parse_width_classes, severity_of,
+                               worst)
+
+
+def bar(width: float, angle: float, length: float = 200, size: int = 400, offset: float = 0.37,
+        centre: tuple[float, float] | None = None) -> np.ndarray:
+    """Pixels whose centre lies within width/2 of a segment: a crack exactly ``width`` wide."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    cx, cy = centre if centre else (size / 2 + offset, size / 2 + offset)
+    a = math.radians(angle)
+    along = (xx - cx) * math.cos(a) + (yy - cy) * math.sin(a)
+    across = -(xx - cx) * math.sin(a) + (yy - cy) * math.cos(a)
+    return (np.abs(along) <= length / 2) & (np.abs(across) < width / 2)
+
+
+def vertex_widths(crack: dict) -> list[float]:
+    return [v["width_px"] for path in crack["paths"] for v in path]
+
+
+@pytest.mark.parametrize("angle", [0, 10, 22.5, 40, 45, 55, 75, 90, 135])
+@pytest.mark.parametrize("width", [2, 3, 5, 8, 10])
+def test_a_straight_crack_measures_its_length_and_width(angle, width):
+    (crack,) = measure(bar(width, angle))
+    assert crack["length_px"] == pytest.approx(200, rel=0.03)
+    assert abs(crack["width_mean_px"] - width) <= 0.7
+    assert abs(crack["width_p95_px"] - width) <= 1.5
+    assert abs(max(vertex_widths(crack)) - width) <= 1.5  # the vertices at the ends may be narrower
+    assert crack["width_max_px"] >= crack["width_p95_px"]
+    expected = "transverse" if angle % 180 < 30 or angle % 180 > 150 else \
+        "longitudinal" if 60 < angle % 180 < 120 else "diagonal"
+    assert crack["orientation"] == expected
+    assert crack["junctions"] == 0 and len(crack["paths"]) == 1
+    assert len(crack["paths"][0]) <= 6  # a straight line simplifies to its ends (and the hooks a skeleton makes there)
+
+
+def test_the_bounding_box_and_the_polyline_are_in_photo_pixels():
+    mask = np.zeros((120, 300), bool)
+    mask[40:44, 50:251] = True  # 4 px wide, x 50..250
+    (crack,) = measure(mask)
+    assert crack["bbox"] == {"x": 50, "y": 40, "w": 201, "h": 4}
+    xs = [v["x"] for v in crack["paths"][0]]
+    ys = [v["y"] for v in crack["paths"][0]]
+    assert min(xs) >= 50 and max(xs) <= 250 and all(40 <= y <= 43 for y in ys)
+    assert crack["length_px"] == pytest.approx(201, abs=2)
+    assert crack["area_px"] == 4 * 201
+
+
+def test_a_curved_crack_measures_its_arc():
+    yy, xx = np.mgrid[0:400, 0:400].astype(float)
+    r = np.hypot(xx - 200.3, yy - 200.3)
+    theta = np.degrees(np.arctan2(yy - 200.3, xx - 200.3))
+    mask = (np.abs(r - 150) < 2.5) & (theta > 0) & (theta < 120)  # 5 px wide, a third of a circle
+    (crack,) = measure(mask)
+    assert crack["length_px"] == pytest.approx(150 * math.radians(120), rel=0.03)
+    assert abs(crack["width_mean_px"] - 5) <= 0.7
+
+
+def test_a_branching_crack_counts_its_junction_and_every_arm():
+    mask = bar(4, 0, length=200, centre=(200.4, 200.4)) | bar(4, 90, length=100, centre=(200.4, 150.4))
+    (crack,) = measure(mask)  # a T: 200 px across, 98 px up from it
+    assert crack["junctions"] >= 1 and len(crack["paths"]) == 3
+    assert crack["length_px"] == pytest.approx(200 + 98, rel=0.05)
+
+
+def test_dense_branching_is_map_cracking():
+    mask = np.zeros((300, 300), bool)
+    for k in range(40, 280, 50):
+        mask[k:k + 3, 20:280] = True
+        mask[20:280, k:k + 3] = True
+    (crack,) = measure(mask)
+    assert crack["orientation"] == "map"
+    assert crack["junctions"] >= 4
+
+
+def test_cracks_apart_are_measured_apart_longest_first_and_specks_are_dropped():
+    mask = bar(3, 0, length=120, centre=(150.4, 60.4)) | bar(6, 90, length=250, centre=(320.4, 200.4))
+    mask[380:383, 10:13] = True  # a 3 x 3 speck
+    cracks = measure(mask)
+    assert [round(c["length_px"] / 10) for c in cracks] == [25, 12]
+    assert measure(np.zeros((50, 50), bool)) == []
+
+
+def test_millimetres_and_severity_follow_the_scale_and_are_never_guessed():
+    (unscaled,) = measure(bar(6, 30))
+    assert unscaled["length_mm"] is None and unscaled["width_p95_mm"] is None and unscaled["severity"] is None
+    (scaled,) = measure(bar(6, 30), mm_per_pixel=0.1)
+    assert scaled["length_mm"] == pytest.approx(scaled["length_px"] * 0.1)
+    assert scaled["width_mean_mm"] == pytest.approx(scaled["width_mean_px"] * 0.1)
+    assert scaled["severity"] == "moderate"  # about 0.6 mm: AASHTO's 0.3-1.25 mm band
+    assert measure(bar(6, 30), mm_per_pixel=0.02)[0]["severity"] == "insignificant"
+    assert measure(bar(6, 30), mm_per_pixel=0.5)[0]["severity"] == "wide"
+    with pytest.raises(CracknetError, match="positive number of millimetres per pixel"):
+        measure(bar(6, 30), mm_per_pixel=0)
+
+
+def test_width_classes_parse_and_refuse_in_sentences():
+    assert parse_width_classes(DEFAULT_WIDTH_CLASSES) == AASHTO_RC
+    lanes = parse_width_classes("low:6,moderate:19,high")
+    assert [severity_of(w, lanes) for w in (1, 6, 18.9, 40, None)] == ["low", "moderate", "moderate", "high", None]
+    assert worst(["low", None, "high", "moderate"], lanes) == "high" and worst([None], lanes) is None
+    for text, message in (("low:6,high:9", "no upper bound"), ("low,high", "needs an upper bound"),
+                          ("low:6,mid:3,high", "must increase"), ("wide", "at least two"),
+                          ("lo w:1,high", "not a class name")):
+        with pytest.raises(CracknetError, match=message):
+            parse_width_classes(text)
