@@ -4,6 +4,7 @@
     python -m cracknet.synthetic runs/asphalt --surface asphalt --per-class 150
 
     python -m cracknet.synthetic runs/pavement --surface pavement --photos 60
+    python -m cracknet.synthetic runs/masks --masks --surface concrete --photos 24 --size 256
 
 Two tile surfaces. ``concrete``: grey, noisy, with blotches and pores; a crack is a
 dark, jagged random walk of varying width across the patch. ``asphalt``, a
@@ -19,8 +20,16 @@ than the surface; and look-alikes that are not cracks: sawn joints (straight,
 dark), tyre marks, hard-edged shadows, stains, dark aggregate. A tile's label
 comes from the exact crack mask: crack where the crack runs at least a third of
 the tile side through it, no_crack where no crack pixel falls in it, left out in
-between. Generation is deterministic for a given seed; the JPEGs are real files,
-decoded like any other.
+between.
+
+And mask trees (``--masks``): concrete or asphalt photos with ``images/`` and
+``masks/`` side by side and the truth of every crack in ``cracks.json``: each
+crack is drawn at one known width (2-10 px) along a known centre line, its mask
+exactly the pixels within half that width of the line (so its length, tip to
+tip, is the line's plus one width), and cracks never touch.
+
+Generation is deterministic for a given seed; the JPEGs are real files, decoded
+like any other.
 """
 
 from __future__ import annotations
@@ -214,6 +223,87 @@ def generate_photos(root: str, photos: int = 40, tile: int = 96, grid: tuple[int
     return written
 
 
+# ---------------------------------------------------------------------------------------------------
+# Mask trees: photos with exact crack masks and known widths (for geometry, segmentation and benchmarks)
+
+
+WIDTHS = (2, 10)        # pixels: the widths a generated masked crack is drawn at, one per crack
+CRACK_LENGTHS = (0.4, 1.1)  # of the photo's side
+
+
+def polyline_mask(points: np.ndarray, width: float, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels whose centre lies closer than width/2 to a polyline ((x, y) points): a crack exactly that wide."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    near = np.full(shape, np.inf, np.float32)
+    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
+        dx, dy = x1 - x0, y1 - y0
+        t = np.clip(((xx - x0) * dx + (yy - y0) * dy) / max(dx * dx + dy * dy, 1e-9), 0, 1)
+        np.minimum(near, np.hypot(xx - x0 - t * dx, yy - y0 - t * dy), out=near)
+    return near < width / 2
+
+
+def crack_path(rng: np.random.Generator, size: int, margin: float) -> np.ndarray:
+    """A crack's centre line: a smooth random walk of 8 px steps that stays ``margin`` inside the photo."""
+    target = rng.uniform(*CRACK_LENGTHS) * size
+    x, y = rng.uniform(0.25, 0.75, size=2) * size
+    heading, points = rng.uniform(0, 2 * math.pi), [(x, y)]
+    while len(points) * 8 < target:
+        heading += rng.normal(0, 0.18)
+        x, y = x + 8 * math.cos(heading), y + 8 * math.sin(heading)
+        if not (margin <= x <= size - margin and margin <= y <= size - margin):
+            break
+        points.append((x, y))
+    return np.array(points, dtype=np.float32)
+
+
+def masked_photo(rng: np.random.Generator, size: int, surface: str, cracks: int) -> tuple[Image.Image, np.ndarray,
+                                                                                          list[dict]]:
+    """A photo of ``surface`` with ``cracks`` cracks that do not touch, each of one known width; returns the
+    photo, its exact mask and each crack's truth (width, length and centre line in pixels)."""
+    background, _ = SURFACES[surface]
+    img = np.asarray(background(rng, size), dtype=np.float32)
+    mask, truth = np.zeros((size, size), bool), []
+    for _ in range(cracks * 10):  # tries: a crack that would touch another is drawn again elsewhere
+        if len(truth) == cracks:
+            break
+        width = float(rng.integers(WIDTHS[0], WIDTHS[1] + 1))
+        points = crack_path(rng, size, margin=width + 2)
+        if len(points) < 6:
+            continue
+        if (polyline_mask(points, width + 8, mask.shape) & mask).any():  # within 4 px of another crack
+            continue
+        own = polyline_mask(points, width, mask.shape)
+        mask |= own
+        length = float(np.hypot(*np.diff(points, axis=0).T).sum()) + width  # tip to tip: a round cap at each end
+        truth.append({"width_px": width, "length_px": length, "points": points.round(2).tolist()})
+        img[own] *= rng.uniform(0.3, 0.55)
+    photo = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
+    return photo, mask, truth
+
+
+def generate_masked(root: str, photos: int = 24, size: int = 256, surface: str = "concrete", seed: int = 0) -> list[str]:
+    """A mask tree: ``<root>/images/<surface>-NNNN.jpg`` and ``<root>/masks/<surface>-NNNN.png`` (crack 255,
+    background 0), a quarter of the photos without cracks, the rest with one or two; ``<root>/cracks.json``
+    holds each photo's truth (crack widths, lengths, centre lines). Returns the image URIs."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    written, truths = [], {}
+    for i in range(photos):
+        name = f"{surface}-{i:04d}"
+        photo, mask, truth = masked_photo(rng, size, surface, cracks=0 if i % 4 == 3 else 1 + i % 2)
+        uri = storage.join(root, "images", f"{name}.jpg")
+        storage.write_bytes(uri, image_bytes(photo, quality=int(rng.integers(85, 96))))
+        buffer = io.BytesIO()
+        Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
+        storage.write_bytes(storage.join(root, "masks", f"{name}.png"), buffer.getvalue())
+        truths[name] = truth
+        written.append(uri)
+    storage.write_bytes(storage.join(root, "cracks.json"), json.dumps(truths).encode())
+    return written
+
+
 def image_bytes(img: Image.Image, quality: int = 92) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", quality=quality)
@@ -250,10 +340,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--surface", choices=sorted([*SURFACES, *PHOTO_SURFACES]), default="concrete")
-    parser.add_argument("--photos", type=int, default=40, help="pavement: photos, each cut into 4 x 3 tiles")
+    parser.add_argument("--photos", type=int, default=40, help="pavement: photos, each cut into 4 x 3 tiles; "
+                                                                   "--masks: photos")
+    parser.add_argument("--masks", action="store_true", help="a mask tree: images/, masks/ and cracks.json "
+                                                             "(concrete or asphalt photos of --size px)")
     args = parser.parse_args(argv)
-    written = generate_photos(args.root, args.photos, args.size, seed=args.seed) if args.surface == "pavement" \
-        else generate(args.root, args.per_class, args.size, args.seed, args.surface)
+    if args.masks and args.surface not in SURFACES:
+        parser.error(f"--masks draws on {' or '.join(SURFACES)}, not {args.surface}.")
+    if args.masks:
+        written = generate_masked(args.root, args.photos, args.size, args.surface, args.seed)
+    elif args.surface == "pavement":
+        written = generate_photos(args.root, args.photos, args.size, seed=args.seed)
+    else:
+        written = generate(args.root, args.per_class, args.size, args.seed, args.surface)
     print(f"Wrote {len(written)} {args.surface} images under {args.root}.")
 
 

@@ -111,3 +111,36 @@ def test_width_classes_parse_and_refuse_in_sentences():
                           ("lo w:1,high", "not a class name")):
         with pytest.raises(CracknetError, match=message):
             parse_width_classes(text)
+
+
+def test_a_crack_that_leaves_the_photo_keeps_its_width_at_the_edge():
+    mask = np.zeros((100, 200), bool)
+    mask[40:46, :120] = True  # 6 px wide, running out of the left edge
+    (crack,) = measure(mask)
+    assert crack["length_px"] == pytest.approx(120, abs=2)
+    assert crack["width_p95_px"] == pytest.approx(6, abs=1)
+
+
+def test_generated_mask_trees_hold_exact_masks_whose_geometry_matches_their_truth(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from cracknet.synthetic import generate_masked
+
+    written = generate_masked(str(tmp_path), photos=8, size=256, surface="asphalt", seed=3)
+    assert len(written) == 8
+    truth = json.loads((tmp_path / "cracks.json").read_text())
+    errors = []
+    for name, cracks in truth.items():
+        image = Image.open(tmp_path / "images" / f"{name}.jpg")
+        mask = np.asarray(Image.open(tmp_path / "masks" / f"{name}.png")) > 0
+        assert image.size == (256, 256) and mask.shape == (256, 256)
+        assert set(np.unique(np.asarray(Image.open(tmp_path / "masks" / f"{name}.png")))) <= {0, 255}
+        measured = measure(mask)
+        assert len(measured) == len(cracks)  # cracks never touch, and clean photos have empty masks
+        for true, found in zip(sorted(cracks, key=lambda c: -c["length_px"]), measured):
+            assert 2 <= true["width_px"] <= 10
+            errors.append((abs(found["width_mean_px"] - true["width_px"]), found["length_px"] / true["length_px"] - 1))
+    assert sum(not c for c in truth.values()) == 2 and errors
+    assert np.median([w for w, _ in errors]) <= 1.0 and max(abs(length) for _, length in errors) <= 0.05
