@@ -1,0 +1,63 @@
+"""The mask decoder beside the crack head: one pass, the classifier's own logit, masks at the input's size
+that learn thin cracks."""
+
+import numpy as np
+import pytest
+import torch
+
+from cracknet.masks import CrackSegmenter, mask_loss
+from cracknet.model import build_model
+from cracknet.synthetic import masked_photo
+from cracknet.transforms import Preprocessing, eval_preset
+
+
+def test_one_pass_gives_the_classifiers_own_logit_and_a_mask_at_the_inputs_size():
+    torch.manual_seed(0)
+    classifier = build_model().eval()
+    model = CrackSegmenter(classifier).eval()
+    x = torch.randn(2, 3, 70, 90)
+    with torch.no_grad():
+        logit, masks = model(x)
+        alone = classifier(x).squeeze(1)
+    assert masks.shape == (2, 1, 70, 90)
+    assert torch.allclose(logit, alone, atol=1e-5)
+    assert set(classifier.state_dict()) <= {k.removeprefix("classifier.") for k in model.state_dict()}
+
+
+def test_the_loss_prefers_the_crack_to_all_background():
+    target = torch.zeros(1, 1, 32, 32)
+    target[..., 15:17, :] = 1  # a 2 px crack: 6% of the pixels
+    background = torch.full_like(target, -6.0)
+    right = torch.where(target > 0, 6.0, -6.0)
+    assert mask_loss(right, target) < 0.05 < mask_loss(background, target)
+    assert mask_loss(background, target) > 0.9  # Dice: an empty answer misses every crack pixel
+
+
+def test_the_decoder_fits_thin_generated_cracks_at_full_resolution():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    photos, masks = [], []
+    while len(photos) < 8:
+        photo, mask, truth = masked_photo(rng, 64, "concrete", cracks=1)
+        if truth and truth[0]["width_px"] <= 4:  # thin ones: 2-4 px
+            photos.append(np.asarray(photo))
+            masks.append(mask)
+    x = eval_preset(torch.from_numpy(np.stack(photos)), Preprocessing(64))
+    y = torch.from_numpy(np.stack(masks)).float().unsqueeze(1)
+    model = CrackSegmenter(build_model())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(40):
+        _, logits = model(x)
+        loss = mask_loss(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        predicted = torch.sigmoid(model(x)[1]) > 0.5
+    hit = (predicted & (y > 0)).sum().item()
+    f1 = 2 * hit / max(predicted.sum().item() + (y > 0).sum().item(), 1)
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    assert f1 > 0.8, f1  # on the photos it fitted: 2-4 px cracks are resolved at full resolution
