@@ -2,7 +2,6 @@
 that learn thin cracks."""
 
 import numpy as np
-import pytest
 import torch
 
 from cracknet.masks import CrackSegmenter, mask_loss
