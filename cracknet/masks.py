@@ -3,6 +3,7 @@
     model = CrackSegmenter(build_model())          # the classifier, unchanged, plus the decoder
     crack_logit, mask_logits = model(x)            # x: (B, 3, H, W) -> (B,), (B, 1, H, W)
     loss = mask_loss(mask_logits, masks)           # masks: (B, 1, H, W) in {0, 1}
+    photo = stitch(tile_probs, boxes, width, height)  # overlapping tiles' maps -> one map of the photo
 
 One forward pass: the ResNet50 encoder feeds its crack / no-crack head (the
 same ``fc`` on the same pooled features, so the classifier's logit is exactly
@@ -83,3 +84,25 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1
     probs = torch.sigmoid(logits)
     dice = 1 - (2 * (probs * target).sum() + 1) / (probs.sum() + target.sum() + 1)
     return bce + dice_weight * dice
+
+
+def stitch(tile_probs: torch.Tensor, boxes, width: int, height: int) -> torch.Tensor:
+    """One probability map of a photo from its tiles' maps (T, h, w) at the model's size and their boxes
+    (x, y, w, h) in the photo's pixels (as ``transforms.tile_boxes`` cuts them): each map is resized to its
+    box and overlaps are averaged with weights that fall towards a tile's edges, where it saw least context,
+    so no seam shows where tiles meet. Pixels no tile covers are 0."""
+    total = torch.zeros(height, width)
+    weight = torch.zeros(height, width)
+    for probs, (x, y, w, h) in zip(tile_probs, boxes):
+        x, y, w, h = int(x), int(y), int(w), int(h)
+        resized = F.interpolate(probs[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        ramp = torch.minimum(_ramp(h)[:, None], _ramp(w)[None, :])
+        total[y:y + h, x:x + w] += resized * ramp
+        weight[y:y + h, x:x + w] += ramp
+    return torch.where(weight > 0, total / weight.clamp_min(1e-12), torch.zeros_like(total))
+
+
+def _ramp(n: int) -> torch.Tensor:
+    """1 in the middle, falling linearly to a small weight at both ends (never 0: a photo's edge is covered)."""
+    i = torch.arange(n, dtype=torch.float32)
+    return torch.clamp(torch.minimum(i + 1, n - i) / max(n / 4, 1), 0.05, 1.0)

@@ -1,7 +1,10 @@
-"""Binary classification metrics on crack probabilities (plain numpy, no Ray, no torch).
+"""Binary classification metrics on crack probabilities, and pixel metrics of crack masks (plain numpy, no Ray,
+no torch).
 
     m = binary_metrics(probs, labels, threshold=0.5)
     # {"accuracy", "precision", "recall", "f1", "roc_auc", "tp", "fp", "tn", "fn", "n"}
+    p = mask_metrics([(probability_map, truth_mask), ...], tolerance=2)
+    # {"precision", "recall", "f1", "iou", "threshold", "ods_f1", "ods_threshold", "images", ...}
 """
 
 from __future__ import annotations
@@ -282,3 +285,61 @@ def json_safe(value):
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pixel metrics of crack masks
+
+
+MASK_TOLERANCE = 2.0  # pixels: a predicted crack pixel this close to a true one counts (the usual crack protocol)
+MASK_THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
+
+
+def _mask_counts(probs: np.ndarray, truth: np.ndarray, thresholds: np.ndarray, tolerance: float) -> np.ndarray:
+    """Per threshold: predicted pixels near a true one, predicted, true pixels near a predicted one, true,
+    intersection and union (the last two without tolerance)."""
+    from scipy import ndimage
+
+    truth = np.asarray(truth, dtype=bool)
+    near_truth = ndimage.distance_transform_edt(~truth) <= tolerance if truth.any() else np.zeros_like(truth)
+    rows = []
+    for t in thresholds:
+        predicted = probs >= t
+        near_predicted = ndimage.distance_transform_edt(~predicted) <= tolerance if predicted.any() \
+            else np.zeros_like(predicted)
+        rows.append((int((predicted & near_truth).sum()), int(predicted.sum()), int((truth & near_predicted).sum()),
+                     int(truth.sum()), int((predicted & truth).sum()), int((predicted | truth).sum())))
+    return np.array(rows, dtype=np.int64)
+
+
+def _f1(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    matched_p, predicted, matched_t, true = counts[..., 0], counts[..., 1], counts[..., 2], counts[..., 3]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, matched_p / np.maximum(predicted, 1), 1.0 if not true.any() else 0.0)
+        recall = np.where(true > 0, matched_t / np.maximum(true, 1), 1.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    return precision, recall, f1
+
+
+def mask_metrics(pairs, threshold: float = 0.5, tolerance: float = MASK_TOLERANCE,
+                 thresholds: np.ndarray = MASK_THRESHOLDS) -> dict:
+    """Pixel precision, recall and F1 with a distance tolerance, and IoU, of probability maps against true masks
+    (pairs of arrays of one photo's size), summed over the photos at ``threshold``; and the best fixed threshold
+    over the set (ODS) with its F1. Precision: predicted crack pixels within ``tolerance`` px of a true one;
+    recall: true crack pixels within ``tolerance`` px of a predicted one; IoU: exact pixels."""
+    grid = np.unique(np.append(thresholds, threshold))
+    total, images = np.zeros((len(grid), 6), dtype=np.int64), 0
+    for probs, truth in pairs:
+        probs = np.asarray(probs, dtype=np.float32)
+        if probs.shape != np.shape(truth):
+            raise ValueError(f"A probability map of {probs.shape} cannot be scored against a mask of "
+                             f"{np.shape(truth)}.")
+        total += _mask_counts(probs, truth, grid, tolerance)
+        images += 1
+    precision, recall, f1 = _f1(total)
+    at = int(np.flatnonzero(grid == threshold)[0])
+    best = int(np.argmax(f1))
+    return {"precision": float(precision[at]), "recall": float(recall[at]), "f1": float(f1[at]),
+            "iou": float(total[at, 4] / total[at, 5]) if total[at, 5] else 1.0, "threshold": float(threshold),
+            "ods_f1": float(f1[best]), "ods_threshold": float(grid[best]), "tolerance_px": float(tolerance),
+            "images": images, "crack_pixels": int(total[at, 3])}

@@ -2,6 +2,7 @@
 that learn thin cracks."""
 
 import numpy as np
+import pytest
 import torch
 
 from cracknet.masks import CrackSegmenter, mask_loss
@@ -60,3 +61,24 @@ def test_the_decoder_fits_thin_generated_cracks_at_full_resolution():
     f1 = 2 * hit / max(predicted.sum().item() + (y > 0).sum().item(), 1)
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     assert f1 > 0.8, f1  # on the photos it fitted: 2-4 px cracks are resolved at full resolution
+
+
+def test_overlapping_tiles_stitch_into_one_map_of_the_photo_without_seams():
+    from cracknet.masks import stitch
+    from cracknet.transforms import tile_boxes
+
+    width, height = 300, 200
+    yy, xx = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                            indexing="ij")
+    photo = (xx + 2 * yy) / (width + 2 * height)  # a smooth map: stitched back, it must come out the same
+    boxes = tile_boxes(width, height, 128, 0.25)
+    assert len(boxes) > 2
+    tiles = torch.stack([torch.nn.functional.interpolate(photo[None, None, y:y + h, x:x + w], size=(64, 64),
+                                                         mode="bilinear", align_corners=False)[0, 0]
+                         for x, y, w, h in boxes])  # each tile's map at the model's size
+    stitched = stitch(tiles, boxes, width, height)
+    assert stitched.shape == (height, width)
+    assert (stitched - photo).abs().max() < 0.02
+    one = stitch(torch.ones(1, 8, 8), [(10, 20, 30, 40)], 100, 100)
+    assert torch.allclose(one[20:60, 10:40], torch.ones(40, 30)) and one.sum().item() == pytest.approx(30 * 40)
+    assert one[:20].sum() == 0 and one[:, 40:].sum() == 0  # uncovered pixels are 0

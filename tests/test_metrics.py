@@ -241,3 +241,27 @@ def test_bootstrap_intervals_contain_the_point_estimate_and_narrow_with_more_dat
         return ci["accuracy"][1] - ci["accuracy"][0]
 
     assert width(2000) < width(100)
+
+
+def test_mask_metrics_count_a_prediction_within_the_tolerance_and_find_the_best_threshold():
+    from cracknet.metrics import mask_metrics
+
+    truth = np.zeros((40, 60), bool)
+    truth[20:22, 5:55] = True  # a 2 px crack
+    shifted = np.zeros((40, 60), np.float32)
+    shifted[22:24, 5:55] = 0.7  # the same crack drawn 2 px lower: right within 2 px, wrong pixel for pixel
+    m = mask_metrics([(shifted, truth)])
+    assert m["precision"] == 1.0 and m["recall"] == 1.0 and m["f1"] == 1.0 and m["iou"] == 0.0
+    strict = mask_metrics([(shifted, truth)], tolerance=1)
+    assert strict["precision"] == 0.5 and strict["recall"] == 0.5  # one row of two is within 1 px
+
+    noisy = truth * 0.6 + (np.indices(truth.shape).sum(0) % 7 == 0) * 0.3  # speckle below 0.5, crack above
+    m = mask_metrics([(noisy, truth)], threshold=0.2)
+    assert m["precision"] < 0.5 and m["recall"] == 1.0
+    assert m["ods_f1"] == 1.0 and 0.3 < m["ods_threshold"] <= 0.6
+    clean = mask_metrics([(np.zeros((8, 8)), np.zeros((8, 8), bool))])
+    assert clean["f1"] == 1.0 and clean["iou"] == 1.0 and clean["crack_pixels"] == 0
+    missed = mask_metrics([(np.zeros((40, 60)), truth)])
+    assert missed["recall"] == 0.0 and missed["f1"] == 0.0
+    with pytest.raises(ValueError, match="cannot be scored"):
+        mask_metrics([(np.zeros((8, 8)), np.zeros((9, 8), bool))])
