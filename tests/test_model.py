@@ -1,6 +1,5 @@
 """Model construction, starting weights from every source, and the artifact format."""
 
-import io
 import json
 import os
 

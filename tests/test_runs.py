@@ -4,7 +4,7 @@ through compaction; ``current`` follows the model in force and prefers a verdict
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest

@@ -1,7 +1,6 @@
 """Credentials never leak: a full run (train, evaluate, score, query, a failure) on the S3 endpoint with
 the test credentials and a Ray token, then every byte it printed or wrote is searched for them."""
 
-import os
 import secrets
 import time
 from pathlib import Path
