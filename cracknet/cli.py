@@ -75,9 +75,10 @@ def _print_training(card: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    cfg = from_arguments(TrainConfig, args)  # bad settings are refused before torch and Ray are imported
     from cracknet.train import run_training
 
-    _print_training(run_training(from_arguments(TrainConfig, args)))
+    _print_training(run_training(cfg))
 
 
 def _surface_table(rows: dict[str, dict]) -> list[str]:
