@@ -72,7 +72,35 @@ def build_card(cfg, spec: Preprocessing, plan, predictions: dict[str, Any], epoc
                      "seconds": round(seconds, 1), "checkpoints": checkpoints},
         "versions": versions,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(mask_section(predictions["masks"]) if "masks" in predictions else {}),
     }
+
+
+def mask_section(pairs: dict[str, list]) -> dict[str, Any]:
+    """What the card says about the crack-mask decoder: its shape, and the mask threshold chosen on validation
+    (the best fixed one, ODS) with the pixel metrics at it on validation and test, at the model's input size."""
+    from cracknet.masks import DECODER_CHANNELS, FULL_RESOLUTION_CHANNELS
+    from cracknet.metrics import mask_metrics
+
+    def scaled(split):
+        return [(probs.astype("float32") / 255.0, truth) for probs, truth in pairs[split]]
+
+    val = mask_metrics(scaled("val"))
+    threshold = val["ods_threshold"] if val["crack_pixels"] else 0.5
+    return {
+        "decoder": {"kind": "feature pyramid over the stem and layers 1-4, plus a full-resolution branch",
+                    "channels": DECODER_CHANNELS, "full_resolution_channels": FULL_RESOLUTION_CHANNELS,
+                    "output": "crack probability per input pixel"},
+        "mask": {"threshold": threshold,
+                 "threshold_rule": "the best fixed threshold on the validation masks (ODS), at the model's input size"
+                 if val["crack_pixels"] else "0.5: the validation split holds no crack pixels",
+                 "val": mask_metrics(scaled("val"), threshold), "test": mask_metrics(scaled("test"), threshold)},
+    }
+
+
+def has_decoder(card: dict[str, Any]) -> bool:
+    """Whether the model also draws crack masks (a ``CrackSegmenter``)."""
+    return "decoder" in card
 
 
 def lineage(base: dict[str, Any], on_test: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +150,8 @@ def model_identity(card: dict[str, Any]) -> str:
     preprocessing -- so that no edit of the card can keep an id while changing its verdicts."""
     decides = {"weights_sha256": card["weights_sha256"], "threshold": card.get("threshold"),
                "preprocessing": card.get("preprocessing")}
+    if "mask" in card:  # models that draw masks: their mask threshold decides which pixels are crack
+        decides["mask_threshold"] = card["mask"].get("threshold")
     return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -66,6 +66,12 @@ def _print_training(card: dict) -> None:
         print(f"Warning: {operating_point_caveat(point)}{advice}")
     print(f"Test metrics: {_format_metrics(card['metrics']['test'])}")
     print(f"Test at 0.5:  {_format_metrics(card['metrics']['test_at_0.5'])}")
+    if "mask" in card:
+        mask = card["mask"]
+        print(f"Crack masks: threshold {mask['threshold']:.2f} (best on validation); pixel F1 within "
+              f"{mask['val']['tolerance_px']:g} px {mask['val']['f1']:.3f} (IoU {mask['val']['iou']:.3f}) on "
+              f"{mask['val']['images']} validation masks, {mask['test']['f1']:.3f} (IoU {mask['test']['iou']:.3f}) "
+              f"on {mask['test']['images']} test masks, at the model's input size.")
     if "lineage" in card:
         base, before, after = card["lineage"]["base_model"], card["lineage"]["base_model_on_test"], card["metrics"]["test"]
         print(f"Adapted from {base['uri']} (model_id {base['model_id']}): on this test split the base model had "

@@ -4,6 +4,13 @@ A labelled tree looks like ``<root>/<label>/.../<image>``, at a local path or
 ``s3://bucket/prefix``. Labels are ``crack`` / ``no_crack`` (also the common
 ``Positive`` / ``Negative``); images are jpg, jpeg, png or tif, in any case.
 
+A mask tree holds ``<root>/images/.../<name>.<ext>`` and, for each, a crack mask
+``<root>/masks/.../<name>.<png|bmp|jpg|tif>`` (same folders, same stem, the
+photo's size; non-zero pixels are crack, above half-grey for JPEG masks). An
+image's label is then whether its mask shows any crack. Label folders may sit
+beside ``images/`` and ``masks/`` (a mixed tree): their images train the crack
+/ no-crack head, and a no_crack image is an exact all-background mask.
+
     images = discover("../shared/data/metu-dev")
     by = resolve_grouping("auto", root, images)          # "none", "folder", "folder:N" or a regex
     plan = plan_splits(rows, val_fraction=0.15, test_fraction=0.15, group_of=grouper(by, root))
@@ -43,13 +50,17 @@ LABELS = {
     "no_crack": 0, "nocrack": 0, "no-crack": 0, "no crack": 0, "negative": 0, "uncracked": 0,
 }
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+MASK_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGES, MASKS = "images", "masks"
 SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class LabelledImage:
+    """An image of a labelled or mask tree; ``label`` is None for a masked image (its mask decides it)."""
     uri: str
-    label: int
+    label: int | None
+    mask: str | None = None
 
 
 def is_image_name(name: str) -> bool:
@@ -68,15 +79,21 @@ def label_of(root: str, uri: str) -> Optional[int]:
 
 
 def discover(root: str, require_both_classes: bool = True) -> list[LabelledImage]:
-    """Every image in a labelled tree, with its label; refuses trees it cannot train on."""
-    files = [uri for uri in storage.list_files(root) if is_image_name(uri)]
+    """Every image in a labelled, mask or mixed tree, with its label or mask; refuses trees it cannot train on."""
+    listed = storage.list_files(root)
+    files = [uri for uri in listed if is_image_name(uri)]
     if not files:
         raise CracknetError(
             f"No images (jpg, jpeg, png, tif) were found under {root}; "
-            f"expected {root}/crack/... and {root}/no_crack/...."
+            f"expected {root}/crack/... and {root}/no_crack/... (or {root}/images/... with {root}/masks/...)."
         )
-    images, unknown = [], Counter()
+    top = {uri: _relative_parts(root, uri)[0] for uri in listed}
+    masked = pair_masks(root, [uri for uri in files if top[uri] == IMAGES],
+                        [uri for uri in listed if top[uri] == MASKS]) if IMAGES in top.values() else []
+    images, unknown = list(masked), Counter()
     for uri in files:
+        if top[uri] in (IMAGES, MASKS) and masked:
+            continue
         label = label_of(root, uri)
         if label is None:
             parts = _relative_parts(root, uri)
@@ -90,11 +107,46 @@ def discover(root: str, require_both_classes: bool = True) -> list[LabelledImage
             "the label folders are crack and no_crack (or Positive and Negative)."
         )
     present = {image.label for image in images}
-    if require_both_classes and len(present) < 2:
+    if require_both_classes and len(present) < 2 and None not in present:
         raise CracknetError(
             f"{root} holds only {CLASS_NAMES[present.pop()]} images; training needs both crack and no_crack."
         )
     return images
+
+
+def _stem(rel: str) -> str:
+    return rel.rsplit(".", 1)[0]
+
+
+def pair_masks(root: str, image_uris: list[str], mask_uris: list[str]) -> list[LabelledImage]:
+    """The images under ``<root>/images`` with their masks under ``<root>/masks`` (same folders and stem)."""
+    base = root.rstrip("/")
+    masks: dict[str, str] = {}
+    for uri in mask_uris:
+        if uri.lower().endswith(MASK_EXTENSIONS):
+            stem = _stem(storage.relative(uri, storage.join(base, MASKS)))
+            if stem in masks:
+                raise CracknetError(f"{masks[stem]} and {uri} are two masks for one image; keep one.")
+            masks[stem] = uri
+    if not masks:
+        raise CracknetError(f"{root}/images holds images but {root}/masks holds no masks (png, bmp, jpg, tif); "
+                            "each image needs its mask, an all-black one where it shows no crack.")
+    found, missing = [], []
+    for uri in image_uris:
+        mask = masks.get(_stem(storage.relative(uri, storage.join(base, IMAGES))))
+        if mask is None:
+            missing.append(uri)
+        else:
+            found.append(LabelledImage(uri, None, mask))
+    if missing:
+        raise CracknetError(f"{len(missing)} of {len(image_uris)} images under {root}/images have no mask under "
+                            f"{root}/masks with the same folders and stem (e.g. {missing[0]}); give each its mask "
+                            "(all black where it shows no crack) or move it under crack/ or no_crack/.")
+    return found
+
+
+def has_masks(images: list[LabelledImage]) -> bool:
+    return any(image.mask for image in images)
 
 
 NO_GROUPS, FOLDER = "none", "folder"
@@ -208,6 +260,7 @@ class SplitPlan:
     typical_side: int = 0  # median longest side of the readable images, in source pixels
     grouping: str = NO_GROUPS
     groups: dict[str, str] = field(default_factory=dict)  # uri -> group, for the images kept (with a grouping)
+    labels: dict[str, int] = field(default_factory=dict)  # uri -> label, for the images kept
 
     def group_counts(self) -> dict[str, int]:
         return {split: len({self.groups[uri] for uri in members}) for split, members in self.members.items()}
@@ -298,4 +351,4 @@ def plan_splits(
             )
     typical_side = int(sorted(sides)[len(sides) // 2]) if sides else 0
     return SplitPlan(members, counts, duplicates, conflicts, unreadable, fingerprint.hexdigest(), typical_side,
-                     grouping if group_of else NO_GROUPS, groups)
+                     grouping if group_of else NO_GROUPS, groups, {uri: label for _, uri, label in kept})

@@ -3,7 +3,8 @@
     loss_sum, seen, right = train_one_epoch(model, batches, optimizer, spec, device, generator, lr_for_step)
 
 ``batches`` is any iterable of dicts with ``image`` (uint8 N x S x S x 3) and
-``label`` tensors, so the same code runs under Ray Train, in a plain loop, and
+``label`` tensors (and, for a model with a mask decoder, ``mask`` uint8 N x S x S
+and ``has_mask``), so the same code runs under Ray Train, in a plain loop, and
 in tests. On a GPU, ``Precision`` turns on bf16 autocast and channels_last.
 Prediction lives in ``cracknet.scorer``: validation scores exactly as the nightly job.
 """
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cracknet.transforms import Preprocessing, train_preset
+from cracknet.masks import CrackSegmenter, mask_loss
+from cracknet.transforms import Preprocessing, train_preset, train_preset_masked
 
 
 @dataclass(frozen=True)
@@ -77,20 +79,35 @@ def train_one_epoch(
     backbone_frozen: bool = False,
     strong_augmentation: bool = False,
 ) -> tuple[float, int, int]:
-    """Train over ``batches``; returns (summed loss, images seen, images right at 0.5) on the augmented inputs."""
+    """Train over ``batches``; returns (summed loss, images seen, images right at 0.5) on the augmented inputs.
+
+    A model with a mask decoder learns both at once: the crack head's cross entropy plus ``masks.mask_loss`` over
+    the images of the batch that have a mask."""
     model.train()
+    module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if backbone_frozen:
-        freeze_batchnorm(model)
+        freeze_batchnorm(module.classifier if isinstance(module, CrackSegmenter) else module)
     loss_sum, seen, right = 0.0, 0, 0
     for step, batch in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = lr_for_step(step)
-        x = precision.inputs(train_preset(batch["image"].to(device, non_blocking=True), spec, generator,
-                                          strong_augmentation))
+        images = batch["image"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True).float()
-        with precision.autocast(device):
-            logits = model(x).squeeze(1)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        if isinstance(module, CrackSegmenter):
+            x, masks = train_preset_masked(images, batch["mask"].to(device, non_blocking=True), spec, generator,
+                                           strong_augmentation)
+            with precision.autocast(device):
+                logits, mask_logits = model(precision.inputs(x))
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+            known = batch["has_mask"].to(device).bool()
+            # Every batch runs the decoder (DDP needs each parameter used); one without masks adds nothing.
+            loss = loss + (mask_loss(mask_logits[known].float(), masks[known]) if bool(known.any())
+                           else 0.0 * mask_logits.sum())
+        else:
+            x = precision.inputs(train_preset(images, spec, generator, strong_augmentation))
+            with precision.autocast(device):
+                logits = model(x).squeeze(1)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

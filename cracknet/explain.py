@@ -94,7 +94,7 @@ def explain(model_uri: str, image_uri: str, out: str, most_tiles: int = MOST_TIL
     shown.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.BILINEAR)
     fx, fy = shown.size[0] / found.width, shown.size[1] / found.height
     heat = np.zeros((shown.size[1], shown.size[0]), dtype=np.float32)
-    model = scorer.model.float()
+    model = scorer.classifier.float()
     # The tiles the model found most crack-like, each map weighted by its tile's probability.
     for i in np.argsort(-tile_probs, kind="stable")[:most_tiles]:
         x, y, w, h = found.boxes[i]

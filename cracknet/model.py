@@ -1,13 +1,14 @@
 """ResNet50 with a binary crack head, its starting weights, and the model artifact.
 
-    model = build_model()
+    model = build_model()                         # build_model(masks=True): with the crack-mask decoder
     load_starting_weights(model, "imagenet")      # or "none", a path, s3://...
     save_artifact("runs/demo/model", model.state_dict(), card)
     model, card = load_artifact("runs/demo")      # the model/ folder or the run above it
 
 The artifact is a folder holding ``weights.pt`` (a plain state dict of tensors,
 loaded back with ``torch.load(weights_only=True)`` so no arbitrary Python object
-is ever unpickled) and ``model.json`` (the model card: architecture,
+is ever unpickled) and ``model.json`` (the model card: architecture, its mask
+decoder if it has one,
 preprocessing, classes, threshold, metrics, data fingerprint, versions).
 ``model.json`` is written last and records the SHA-256 of the weights, so a run
 that died half-way never leaves something that looks like a finished model.
@@ -24,25 +25,40 @@ import torchvision
 from torch import nn
 
 from cracknet import storage
-from cracknet.card import (ARCHITECTURE, CARD_FILE, WEIGHTS_FILE, card_bytes, in_split, model_folder,  # noqa: F401
-                            model_identity, preprocessing_of, read_card)
+from cracknet.card import (ARCHITECTURE, CARD_FILE, WEIGHTS_FILE, card_bytes, has_decoder, in_split,  # noqa: F401
+                            model_folder, model_identity, preprocessing_of, read_card)
 from cracknet.data import content_hash
 from cracknet.errors import CracknetError
+from cracknet.masks import CrackSegmenter
 
 HEAD_PREFIX = "fc."
+SEGMENTER_PREFIX = "classifier."
+DECODER_PARTS = ("lateral", "smooth", "full", "head")  # CrackSegmenter's own modules
 
 
-def build_model() -> nn.Module:
-    """torchvision ResNet50 whose classifier is one crack logit."""
+def build_model(masks: bool = False) -> nn.Module:
+    """torchvision ResNet50 whose classifier is one crack logit; with ``masks``, inside a ``CrackSegmenter``."""
     model = torchvision.models.resnet50(weights=None, zero_init_residual=True)
     model.fc = nn.Linear(model.fc.in_features, 1)
-    return model
+    return CrackSegmenter(model) if masks else model
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    """The ResNet50 classifier itself, inside a segmenter or not: what computes ``is_crack``."""
+    return model.classifier if isinstance(model, CrackSegmenter) else model
+
+
+def in_backbone(name: str) -> bool:
+    """Whether a parameter belongs to the ResNet50 encoder (not to its crack head or a mask decoder)."""
+    if name.split(".")[0] in DECODER_PARTS:
+        return False
+    return not name.removeprefix(SEGMENTER_PREFIX).startswith(HEAD_PREFIX)
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
-    """Freeze or unfreeze everything but the head (stage one of two-stage fine-tuning)."""
+    """Freeze or unfreeze everything but the heads, crack and mask (stage one of two-stage fine-tuning)."""
     for name, param in model.named_parameters():
-        param.requires_grad = trainable or name.startswith(HEAD_PREFIX)
+        param.requires_grad = trainable or not in_backbone(name)
 
 
 def imagenet_state_dict() -> dict[str, torch.Tensor]:
@@ -102,7 +118,23 @@ def load_starting_weights(model: nn.Module, weights: str) -> None:
     if weights == "none":
         return
     state = imagenet_state_dict() if weights == "imagenet" else read_state_dict(weights)
-    load_backbone(model, state, "the ImageNet weights" if weights == "imagenet" else weights)
+    load_backbone(classifier_of(model), state, "the ImageNet weights" if weights == "imagenet" else weights)
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """A cracknet model's weights into ``model``, with or without a mask decoder on either side: a classifier's
+    weights start a segmenter's encoder and crack head (its decoder stays new), and a segmenter's classifier part
+    is a classifier."""
+    segmenter_state = any(k.startswith(SEGMENTER_PREFIX) for k in state)
+    if isinstance(model, CrackSegmenter) and segmenter_state:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CracknetError(f"{source} is not a cracknet crack-mask model ({str(exc).splitlines()[0]}).") from None
+        return
+    if segmenter_state:
+        state = {k.removeprefix(SEGMENTER_PREFIX): v for k, v in state.items() if k.startswith(SEGMENTER_PREFIX)}
+    load_backbone(classifier_of(model), state, source)
 
 
 def save_artifact(folder: str, state_dict: dict[str, torch.Tensor], card: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +164,6 @@ def load_artifact(uri: str, model_id: str | None = None) -> tuple[nn.Module, dic
     data = storage.read_bytes(weights_uri)
     if content_hash(data) != card["weights_sha256"]:
         raise CracknetError(f"{weights_uri} does not match the hash recorded in {CARD_FILE}; the artifact is damaged.")
-    model = build_model()
-    load_backbone(model, parse_state_dict(data, weights_uri), weights_uri)
+    model = build_model(masks=has_decoder(card))
+    load_model_state(model, parse_state_dict(data, weights_uri), weights_uri)
     return model.eval(), card

@@ -224,12 +224,15 @@ class Scorer:
 
     def __init__(self, model: "torch.nn.Module", spec: Preprocessing, *, device: "torch.device | None" = None,
                  precision: Any = None, tiling: Tiling = Tiling(), batch_tiles: int = 64, threshold: float = 0.5,
-                 card: dict | None = None):
+                 card: dict | None = None, classify: Callable | None = None):
         import torch
 
         from cracknet.engine import Precision
+        from cracknet.model import classifier_of
 
-        self.model = model
+        self.model = model  # a classifier, or a CrackSegmenter whose classifier decides is_crack
+        self.classifier = classifier_of(model)
+        self.classify = classify or self.classifier  # the crack head's forward (compiled, where asked)
         self.spec = spec
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = precision or Precision.for_inference(self.device)
@@ -251,7 +254,7 @@ class Scorer:
         import torch
 
         from cracknet.engine import Precision
-        from cracknet.model import load_artifact
+        from cracknet.model import classifier_of, load_artifact
         from cracknet.card import preprocessing_of
 
         if threads:
@@ -263,11 +266,10 @@ class Scorer:
         if precision.channels_last:
             model.to(memory_format=torch.channels_last)
         model = model.eval()
-        if compile:
-            model = torch.compile(model, options={"freezing": True})
+        classify = torch.compile(classifier_of(model), options={"freezing": True}) if compile else None
         return cls(model, preprocessing_of(card), device=device, precision=precision,
                    tiling=tiling_of(card, tile_size, overlap), batch_tiles=batch_tiles,
-                   threshold=float(card["threshold"]), card=card)
+                   threshold=float(card["threshold"]), card=card, classify=classify)
 
     @property
     def model_id(self) -> str:
@@ -378,7 +380,7 @@ class Scorer:
         with torch.no_grad():
             x = self.precision.inputs(eval_preset(x.to(self.device, non_blocking=True), self.spec))
             with self.precision.autocast(self.device):
-                logits = self.model(x).squeeze(1)
+                logits = self.classify(x).squeeze(1)
             return torch.sigmoid(logits[:n].float()).cpu().numpy()
 
 

@@ -31,18 +31,20 @@ import torch
 import cracknet
 from cracknet import checkpoint as ckpt, storage
 from cracknet.config import TrainConfig, batch_size_for
-from cracknet.data import NO_GROUPS, discover, resolve_grouping, ungrouped_tiles
+from cracknet.data import NO_GROUPS, discover, has_masks, resolve_grouping, ungrouped_tiles
 from cracknet.datasets import load_labelled, split_datasets
 from cracknet.engine import Precision, log_loss, lr_at, train_one_epoch
 from cracknet.errors import CracknetError, kind_of, root_cause
+from cracknet.masks import CrackSegmenter
 from cracknet.metrics import binary_metrics
 from cracknet.cluster import ensure_ray, train_log_level
-from cracknet.card import build_card, lineage, preprocessing_of, read_card
-from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_artifact, load_starting_weights,
-                            save_artifact, set_backbone_trainable)
+from cracknet.card import build_card, has_decoder, lineage, preprocessing_of, read_card
+from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_artifact, load_model_state,
+                            load_starting_weights, save_artifact, set_backbone_trainable)
 from cracknet.transforms import ImageError, Preprocessing, open_image
 
 RUN_NAME = "train"
+MASK_TRUTH_SHARE = 64  # of 255: a model pixel at least a quarter crack is crack in a mask resized to the model
 # Settings that must not change when an unfinished run is resumed.
 RESUME_KEYS = ("data", "image_size", "weights", "base_model", "seed", "val_fraction", "test_fraction",
                "head_epochs", "augmentation", "keep")
@@ -121,12 +123,13 @@ class Trainee:
     stage: str | None = None
 
 
-def resume(cfg: TrainConfig, base_model_id: str | None) -> Trainee:
-    """The model and where training stands: the run's last checkpoint, else the base model (the one the driver
-    read and the card names, not one put in its place since) or the starting weights."""
+def resume(cfg: TrainConfig, base_model_id: str | None, masks: bool = False) -> Trainee:
+    """The model (with a mask decoder when ``masks``) and where training stands: the run's last checkpoint, else
+    the base model (the one the driver read and the card names, not one put in its place since) or the starting
+    weights. A base classifier starts a segmenter's encoder and crack head."""
     import ray.train
 
-    module = build_model()
+    module = build_model(masks=masks)
     saved = ray.train.get_checkpoint()
     if saved is not None:
         state = ckpt.load(saved)
@@ -134,7 +137,8 @@ def resume(cfg: TrainConfig, base_model_id: str | None) -> Trainee:
         return Trainee(module, start_epoch=state["epoch"], history=state["history"], restarts=state["restarts"] + 1,
                        best=ckpt.kept_epoch(state), resumed=state)
     if cfg.base_model:
-        module.load_state_dict(load_artifact(cfg.base_model, model_id=base_model_id)[0].state_dict())
+        load_model_state(module, load_artifact(cfg.base_model, model_id=base_model_id)[0].state_dict(),
+                         cfg.base_model)
     else:
         load_starting_weights(module, cfg.weights)
     return Trainee(module)
@@ -240,7 +244,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
                Precision.for_training(device, allow_bf16=not cfg.fp32))
     torch.manual_seed(cfg.seed)
 
-    t = resume(cfg, config["base_model_id"])
+    t = resume(cfg, config["base_model_id"], config.get("masks", False))
     if w.precision.channels_last:
         t.module = t.module.to(memory_format=torch.channels_last)
     for epoch in range(t.start_epoch, cfg.epochs):
@@ -259,7 +263,32 @@ def train_loop_per_worker(config: dict) -> dict | None:
                                 w.world) for split in ("val", "test"))
     if w.rank != 0:
         return None
-    return {"val": val, "test": test, "history": t.history, "restarts": t.restarts}
+    out = {"val": val, "test": test, "history": t.history, "restarts": t.restarts}
+    if isinstance(t.module, CrackSegmenter):
+        out["masks"] = {split: predict_masks(t.module, _batches(ray.train.get_dataset_shard(split), cfg), w)
+                        for split in ("val", "test")}
+    return out
+
+
+def predict_masks(module: CrackSegmenter, batches, w: Worker) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(crack probability map as uint8 0-255, true mask) at the model's size for each image of a split that has a
+    mask; a model pixel is crack in the truth when at least a quarter of it is (``transforms.mask_at``)."""
+    from cracknet.transforms import eval_preset
+
+    precision = Precision.for_inference(w.device, allow_bf16=not w.cfg.fp32)
+    module.eval()
+    pairs = []
+    with torch.no_grad():
+        for batch in batches:
+            known = batch["has_mask"].bool()
+            if not bool(known.any()):
+                continue
+            x = precision.inputs(eval_preset(batch["image"][known].to(w.device), w.spec))
+            with precision.autocast(w.device):
+                _, logits = module(x)
+            probs = (torch.sigmoid(logits.float())[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
+            pairs += list(zip(probs, batch["mask"][known].numpy() >= MASK_TRUTH_SHARE))
+    return pairs
 
 
 def epoch_line(m: dict, epochs: int) -> str:
@@ -372,7 +401,7 @@ def _versions() -> dict[str, str]:
 
 def resolve_settings(cfg: TrainConfig) -> tuple[TrainConfig, Preprocessing, dict | None, list]:
     """The run's settings made concrete: absolute locations (Ray Train runs each worker in a folder of its own),
-    the base model's card, the labelled images, the image size and the grouping of the splits."""
+    the base model's card, the labelled (or masked) images, the image size and the grouping of the splits."""
     weights = cfg.weights if cfg.weights in ("imagenet", "none") else storage.absolute(cfg.weights)
     base = read_card(storage.absolute(cfg.base_model)) if cfg.base_model else None
     cfg = dataclasses.replace(cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output),
@@ -435,14 +464,18 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     if base is None:
         _check_weights(cfg.weights)
     model_dir, checkpoints = _check_output(cfg)
-    log(f"Found {len(images)} labelled images under {cfg.data}.")
+    masks = has_masks(images) or bool(base and has_decoder(base))
+    masked = sum(1 for image in images if image.mask)
+    log(f"Found {len(images)} labelled images under {cfg.data}" +
+        (f", {masked} of them with crack masks: training the crack-mask decoder too." if masked else
+         " (no crack masks: the decoder of the base model is kept as it is)." if masks else "."))
     warning = ungrouped_tiles(cfg.data, images) if cfg.group_by == NO_GROUPS else ""
     if warning:
         log(f"Warning: {warning}")
 
     ensure_ray(cfg.ray_address, min_cpus=cfg.num_workers * cfg.cpus_per_worker, verbose=cfg.verbose)
     decoded, plan = load_labelled(images, cfg.data, spec, cfg.val_fraction, cfg.test_fraction,
-                                  cfg.max_bad_fraction, cfg.seed, cfg.group_by)
+                                  cfg.max_bad_fraction, cfg.seed, cfg.group_by, segmenter=masks)
     log(split_line(cfg, plan))
     n_train = len(plan.members["train"])
     cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or batch_size_for(n_train, cfg.num_workers))
@@ -453,7 +486,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "spec": spec, "steps_per_epoch": steps_per_epoch, "progress": progress,
-                           "base_model_id": base["model_id"] if base else None},
+                           "base_model_id": base["model_id"] if base else None, "masks": masks},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name=RUN_NAME, storage_path=path, storage_filesystem=fs,
@@ -469,17 +502,17 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     card = build_card(cfg, spec, plan, result.return_value, epochs_completed=state["epoch"], kept_epoch=kept["epoch"],
                       seconds=time.monotonic() - started, checkpoints=checkpoints, versions=_versions())
     if base is not None:
-        card["lineage"] = lineage(base, _base_on_test(base, images, plan, cfg.data, cfg.batch_size))
+        card["lineage"] = lineage(base, _base_on_test(base, plan, cfg.data, cfg.batch_size))
     card = save_artifact(model_dir, kept["model"], card)
     return {**card, "folder": model_dir}
 
 
-def _base_on_test(base: dict, images: list, plan, data: str, batch_size: int) -> dict:
+def _base_on_test(base: dict, plan, data: str, batch_size: int) -> dict:
     """The base model's metrics on this run's test split, scored as the nightly job would score them."""
     from cracknet.scorer import Scorer
 
-    labels = {image.uri: image.label for image in images}
-    uris = sorted(storage.to_uri(path, data) for path in plan.members["test"])  # members: filesystem paths
+    labels = {storage.to_uri(path, data): label for path, label in plan.labels.items()}  # plan: filesystem paths
+    uris = sorted(storage.to_uri(path, data) for path in plan.members["test"])
     scorer = Scorer.load(base["folder"], batch_tiles=batch_size, model_id=base["model_id"])
     found = [p for start in range(0, len(uris), 256) for p in scorer.predict(uris[start:start + 256]) if not p.error]
     probs = np.array([p.crack_probability for p in found])

@@ -140,6 +140,28 @@ def decode(data: bytes, spec: Preprocessing) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+def read_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A crack mask file (PNG, BMP, JPEG, TIFF; any mode) -> bool (H, W), upright: True where it is crack, that is
+    wherever a channel is non-zero (above half-grey in a JPEG, whose compression smears black)."""
+    img = open_image(data, max_pixels)
+    try:
+        lossy = img.format == "JPEG"
+        img = ImageOps.exif_transpose(img)
+        pixels = np.asarray(img.convert("RGBA" if "A" in img.getbands() else "RGB"))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"the mask data is unreadable ({exc})") from None
+    if pixels.shape[-1] == 4:  # transparent pixels are background, whatever their colour
+        pixels = np.where(pixels[..., 3:] > 0, pixels[..., :3], 0)
+    return (pixels.max(axis=-1) > (127 if lossy else 0))
+
+
+def mask_at(mask: np.ndarray, size: int) -> np.ndarray:
+    """A photo's bool mask (H, W) -> the share of crack in each pixel of the model's (S, S) view, as uint8 0-255,
+    resized exactly as ``decode`` resizes the photo (so a crack thinner than a model pixel stays, fainter)."""
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
 def _normalise(x: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     import torch  # here, not at the top: reading a model card or planning a run needs no torch
 
@@ -159,8 +181,10 @@ def eval_preset(images: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     return _normalise(_to_float(images), spec)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, strong: bool = False) -> torch.Tensor:
-    """Random label-preserving changes for crack patches; x is float (N, 3, S, S) in [0, 1].
+def augment(x: torch.Tensor, generator: torch.Generator, strong: bool = False,
+            masks: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Random label-preserving changes for crack patches; x is float (N, 3, S, S) in [0, 1]. With ``masks``
+    (float (N, 1, S, S)), they take the same flips, turns and zoom, and (x, masks) is returned.
 
     Cracks have no preferred orientation, so flips and 90 degree turns are free
     data; brightness/contrast jitter covers lighting; a small zoom covers the
@@ -173,6 +197,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, strong: bool = False) -
     import torch.nn.functional as F
 
     n = x.shape[0]
+    if masks is not None:  # geometry moves the masks with the image; lighting and camera effects do not touch them
+        x = torch.cat([x, masks.to(x.dtype)], dim=1)
 
     def draw(*shape):
         return torch.rand(*shape, generator=generator, device="cpu").to(x.device)
@@ -195,6 +221,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, strong: bool = False) -
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if masks is not None:
+        x, masks = x[:, :3], x[:, 3:]
 
     spread = 0.5 if strong else 0.2
     brightness = 1.0 + spread * (draw(n, 1, 1, 1) - 0.5)
@@ -203,7 +231,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, strong: bool = False) -
     x = ((x - mean) * contrast + mean) * brightness
     if strong:
         x = _degrade(x.clamp(0.0, 1.0), draw, generator)
-    return x.clamp_(0.0, 1.0)
+    return x.clamp_(0.0, 1.0) if masks is None else (x.clamp_(0.0, 1.0), masks)
 
 
 def _degrade(x: torch.Tensor, draw, generator: torch.Generator) -> torch.Tensor:
@@ -265,6 +293,14 @@ def train_preset(images: torch.Tensor, spec: Preprocessing, generator: torch.Gen
                  strong: bool = False) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> augmented, normalised float (N, 3, H, W)."""
     return _normalise(augment(_to_float(images), generator, strong), spec)
+
+
+def train_preset_masked(images: torch.Tensor, masks: torch.Tensor, spec: Preprocessing,
+                        generator: torch.Generator, strong: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, H, W, 3) and masks (N, H, W, 0-255) -> the augmented, normalised images (N, 3, H, W) and
+    their masks moved alike, as crack shares in [0, 1] (N, 1, H, W)."""
+    x, m = augment(_to_float(images), generator, strong, masks=masks.unsqueeze(1).float().div_(255.0))
+    return _normalise(x, spec), m.clamp_(0.0, 1.0)
 
 
 def scored_whole(width: int, height: int, tile: int) -> bool:
