@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, get_args, get_type_hints
 
 from cracknet.data import check_grouping
+from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
 from cracknet.errors import CracknetError
 from cracknet.metrics import MAX_FALSE_ALARMS
 from cracknet.transforms import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
@@ -165,10 +166,24 @@ class ScoreConfig:
     rows_per_part: int = _opt(4096, "images per Parquet file of the results table")
     lease_seconds: float = _opt(300.0, "a run that stops renewing its lease on the output for this long is "
                                        "presumed dead, and the next run takes the output over")
+    mm_per_pixel: Optional[float] = _opt(None, "the photos' scale (ground sample distance) in millimetres per pixel: "
+                                               "crack lengths and widths in mm, and severity classes (default: "
+                                               "unknown, so those are null)")
+    width_classes: str = _opt(DEFAULT_WIDTH_CLASSES, "severity classes by crack width in mm, name:below_mm,...,name "
+                                                     "(default: AASHTO MBEI defect 1130, reinforced concrete)")
+    mask_gate: Optional[float] = _opt(None, "models with a mask decoder draw crack masks of the tiles at or above "
+                                            "this crack probability (default: the model's threshold)")
+    masks: Optional[str] = _opt(None, "also write each cracked image's crack mask there, an 8-bit PNG at the "
+                                      "photo's size (crack 255): a folder, s3:// prefix, or <output>/_masks")
     ray_address: Optional[str] = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
     verbose: bool = _opt(False, "also show Ray's INFO logs and Ray Data's progress bars")
 
     def __post_init__(self):
+        if self.mm_per_pixel is not None and not self.mm_per_pixel > 0:
+            raise CracknetError(f"--mm-per-pixel must be positive, got {self.mm_per_pixel}.")
+        if self.mask_gate is not None and not 0.0 <= self.mask_gate <= 1.0:
+            raise CracknetError(f"--mask-gate must be in [0, 1], got {self.mask_gate}.")
+        parse_width_classes(self.width_classes)
         if min(self.batch_size, self.read_batch_size, self.rows_per_part, self.max_pixels, self.max_bytes) < 1 \
                 or self.lease_seconds <= 0:
             raise CracknetError("--batch-size, --read-batch-size, --rows-per-part, --max-pixels, --max-bytes and "

@@ -4,6 +4,7 @@
     crack_logit, mask_logits = model(x)            # x: (B, 3, H, W) -> (B,), (B, 1, H, W)
     loss = mask_loss(mask_logits, masks)           # masks: (B, 1, H, W) in {0, 1}
     photo = stitch(tile_probs, boxes, width, height)  # overlapping tiles' maps -> one map of the photo
+    mask = photo_mask({i: map}, boxes, width, height, card["mask"]["threshold"])  # the decoded tiles -> bool
 
 One forward pass: the ResNet50 encoder feeds its crack / no-crack head (the
 same ``fc`` on the same pooled features, so the classifier's logit is exactly
@@ -100,6 +101,18 @@ def stitch(tile_probs: torch.Tensor, boxes, width: int, height: int) -> torch.Te
         total[y:y + h, x:x + w] += resized * ramp
         weight[y:y + h, x:x + w] += ramp
     return torch.where(weight > 0, total / weight.clamp_min(1e-12), torch.zeros_like(total))
+
+
+def photo_mask(tile_maps: dict, boxes, width: int, height: int, threshold: float):
+    """A photo's crack mask, bool (H, W), from the maps of its tiles that were decoded (``Scorer.score_masks``:
+    {tile index: (S, S) probabilities}) and all its tiles' boxes: stitched, then cut at the model's mask
+    threshold. Pixels only undecoded tiles cover are background (the classifier saw no crack there)."""
+    if not tile_maps:
+        return None
+    chosen = sorted(tile_maps)
+    probs = stitch(torch.stack([torch.as_tensor(tile_maps[i]) for i in chosen]), [boxes[i] for i in chosen],
+                   width, height)
+    return (probs >= threshold).numpy()
 
 
 def _ramp(n: int) -> torch.Tensor:

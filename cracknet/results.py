@@ -25,10 +25,12 @@ Views on a connection:
     runs                        one row per run: its model, weights, threshold, settings and counts (cracknet.runs)
     current                     one row per image, for counting: the row of the model in force (that of the newest
                                 run) if it has one, a verdict before a transient error, then the newest
-    structures                  per folder (structure) of current images: images, cracks, errors
+    structures                  per folder (structure) of current images: images, cracks, errors, crack length
+    cracks                      one row per crack of the current images (models with a mask decoder)
     failures                    current images that could not be scored, and why
     likely_cracks_since(day)    current cracked images scored on or after a day, most likely first
     tiles_above(uri, p)         the current tiles of one image at or above a probability
+    wider_than(mm)              current cracks whose 95th-percentile width (the one severity grades) exceeds mm
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from cracknet.errors import CracknetError, StorageUnavailable
 
 LOG = "_delta_log"
 STAGING = "_staging"
+MASKS = "_masks"  # where --masks may put crack masks inside an output
 OLD_MANIFESTS = "_manifests"
 PARTITION = "run_date"
 TABLE_NAME = "cracknet_results"
@@ -59,6 +62,19 @@ TABLE_CONFIGURATION = {"delta.checkpointInterval": "10"}
 
 TILE = pa.struct([("tile_x", pa.int32()), ("tile_y", pa.int32()), ("tile_w", pa.int32()), ("tile_h", pa.int32()),
                   ("crack_probability", pa.float32())])
+VERTEX = pa.struct([("x", pa.float32()), ("y", pa.float32()), ("width_px", pa.float32())])
+CRACK = pa.struct([  # one crack of an image's mask (cracknet.geometry.measure); *_mm null without a scale
+    ("crack", pa.int32()),  # its number in the image, longest first
+    ("length_px", pa.float32()), ("length_mm", pa.float32()),
+    ("width_mean_px", pa.float32()), ("width_mean_mm", pa.float32()),
+    ("width_max_px", pa.float32()), ("width_max_mm", pa.float32()),
+    ("width_p95_px", pa.float32()), ("width_p95_mm", pa.float32()),
+    ("severity", pa.string()),  # the width class of width_p95_mm; null without a scale
+    ("orientation", pa.string()),  # transverse, longitudinal, diagonal or map
+    ("junctions", pa.int32()), ("area_px", pa.int32()),
+    ("bbox_x", pa.int32()), ("bbox_y", pa.int32()), ("bbox_w", pa.int32()), ("bbox_h", pa.int32()),
+    ("paths", pa.list_(pa.list_(VERTEX))),  # simplified centre lines in photo pixels, a width at each vertex
+])
 FILE_SCHEMA = pa.schema([   # what each Parquet file holds; run_date lives in the path and the log (Delta's rule)
     ("image_uri", pa.string()),
     ("version", pa.string()),  # ETag on S3; size and mtime on local disk
@@ -73,15 +89,26 @@ FILE_SCHEMA = pa.schema([   # what each Parquet file holds; run_date lives in th
     ("scored_at", pa.timestamp("us", tz="UTC")),
     ("tiles", pa.list_(TILE)),  # the tiles of a tiled image; empty when it was scored whole, null on error
     ("error_kind", pa.string()),  # with error: permanent (about the file) or transient (tried again later)
+    # Crack geometry, from models with a mask decoder (null from others, and on error rows):
+    ("cracks", pa.list_(CRACK)),  # empty when no tile reached the mask gate
+    ("crack_count", pa.int32()),
+    ("crack_length_px", pa.float32()), ("crack_length_mm", pa.float32()),  # all its cracks together
+    ("crack_width_max_px", pa.float32()), ("crack_width_max_mm", pa.float32()),
+    ("severity", pa.string()),  # the worst of its cracks' classes
+    ("mm_per_pixel", pa.float32()),  # the scale its millimetres come from; null: unknown, so no millimetres
+    ("mask_uri", pa.string()),  # its 8-bit PNG crack mask (with --masks, where it has cracks)
 ])
 SCHEMA = FILE_SCHEMA.append(pa.field(PARTITION, pa.date32()))
-ADDED_COLUMNS = ("error_kind",)  # columns added since the first release: older tables get them on their next commit
+GEOMETRY_COLUMNS = ("cracks", "crack_count", "crack_length_px", "crack_length_mm", "crack_width_max_px",
+                    "crack_width_max_mm", "severity", "mm_per_pixel", "mask_uri")
+# Columns added since the first release: older tables get them on their next commit, readers see them as null.
+ADDED_COLUMNS = ("error_kind",) + GEOMETRY_COLUMNS
 KEYS = pa.schema([FILE_SCHEMA.field(name) for name in ("image_uri", "version", "model_id", "error", "error_kind")])
 STATS_COLUMNS = ("image_uri", "version", "model_id", "run_id", "crack_probability", "tiles_scored")
 # The files a scoring run writes into the table, and the only table files cracknet ever deletes.
 PART_FILE = re.compile(r"run_date=\d{4}-\d{2}-\d{2}/part-[A-Za-z0-9_.-]+\.parquet")
 # What else cracknet keeps under an output: the log, the lease, plans, the runs table.
-OWN_FOLDERS = (LOG, STAGING, "_runs", "_lease", "_lease.json")
+OWN_FOLDERS = (LOG, STAGING, MASKS, "_runs", "_lease", "_lease.json")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -149,7 +176,10 @@ def _table_uri(uri: str) -> str:
 def part_table(images: dict, tiles: list, threshold: float, model_id: str, run_id: str, scored_at: str,
                metadata: dict) -> pa.Table:
     """One file's rows. ``images`` holds per-image arrays (image_uri, version, width, height, error,
-    crack_probability, tiles_scored); ``tiles`` per image a list of (x, y, w, h, probability), or None."""
+    crack_probability, tiles_scored; from a model with a mask decoder also ``cracks``: JSON lists of
+    ``geometry.measure``'s cracks, ``severity`` (the worst), ``mm_per_pixel`` and ``mask_uri``); ``tiles`` per
+    image a list of
+    (x, y, w, h, probability), or None."""
     from datetime import datetime
 
     import numpy as np
@@ -176,8 +206,49 @@ def part_table(images: dict, tiles: list, threshold: float, model_id: str, run_i
         "scored_at": pa.array([datetime.fromisoformat(scored_at)] * n, pa.timestamp("us", tz="UTC")),
         "tiles": pa.array(tile_rows, pa.list_(TILE)),
         "error_kind": pa.array(kinds, pa.string()),
+        **geometry_columns(images, ok),
     }, schema=FILE_SCHEMA)
     return table.replace_schema_metadata({"cracknet": json.dumps(metadata)})
+
+
+def geometry_columns(images: dict, ok) -> dict[str, pa.Array]:
+    """The crack columns of one file's rows: nested cracks and their per-image summary (nulls where the model
+    draws no masks or the image could not be scored)."""
+    n = len(ok)
+    found = [json.loads(c) if good and isinstance(c, str) and c else None
+             for good, c in zip(ok, images.get("cracks", [None] * n))]
+    scale = [float(m) if f is not None and m == m and m > 0 else None
+             for f, m in zip(found, images.get("mm_per_pixel", [float("nan")] * n))]
+    masks = [u if f is not None and isinstance(u, str) and u else None
+             for f, u in zip(found, images.get("mask_uri", [None] * n))]
+    rows = [None if f is None else [_crack_row(i, c) for i, c in enumerate(f)] for f in found]
+
+    def total(key):
+        return [None if f is None else float(sum(c[key] for c in f)) if all(c[key] is not None for c in f) else None
+                for f in found]
+
+    def most(key):
+        return [None if f is None or not f or any(c[key] is None for c in f) else float(max(c[key] for c in f))
+                for f in found]
+
+    return {"cracks": pa.array(rows, pa.list_(CRACK)),
+            "crack_count": pa.array([None if f is None else len(f) for f in found], pa.int32()),
+            "crack_length_px": pa.array(total("length_px"), pa.float32()),
+            "crack_length_mm": pa.array([t if s is not None else None for t, s in zip(total("length_mm"), scale)],
+                                        pa.float32()),
+            "crack_width_max_px": pa.array(most("width_max_px"), pa.float32()),
+            "crack_width_max_mm": pa.array(most("width_max_mm"), pa.float32()),
+            "severity": pa.array([s if f is not None and isinstance(s, str) and s else None
+                                  for f, s in zip(found, images.get("severity", [None] * n))], pa.string()),
+            "mm_per_pixel": pa.array(scale, pa.float32()),
+            "mask_uri": pa.array(masks, pa.string())}
+
+
+def _crack_row(i: int, crack: dict) -> dict:
+    box = crack["bbox"]
+    return {"crack": i, **{k: crack[k] for k in CRACK.names if k in crack and k != "paths"},
+            "bbox_x": box["x"], "bbox_y": box["y"], "bbox_w": box["w"], "bbox_h": box["h"],
+            "paths": [[{k: v[k] for k in VERTEX.names} for v in line] for line in crack["paths"]]}
 
 
 def write_part(table: pa.Table, output: str, run_id: str, run_date: str) -> dict:
@@ -253,7 +324,7 @@ def commit(output: str, parts: list[dict], run_id: str, metadata: dict,
             table = open_table(output) or DeltaTable.create(
                 uri, kind.schema, mode="ignore", partition_by=list(kind.partition_by) or None, name=kind.name,
                 description=kind.description, configuration=TABLE_CONFIGURATION, storage_options=options)
-            table = _with_added_columns(table, kind.added_columns)
+            table = _with_added_columns(table, kind)
             table.create_write_transaction(actions, mode="append", schema=table.schema(),
                                            partition_by=list(kind.partition_by) or None, commit_properties=properties)
             table.update_incremental()
@@ -269,16 +340,16 @@ def commit(output: str, parts: list[dict], run_id: str, metadata: dict,
     raise StorageUnavailable(f"Cannot commit run {run_id} to {output}: {storage.reason(last)}")
 
 
-def _with_added_columns(table, added: tuple[str, ...]):
+def _with_added_columns(table, kind: TableKind):
     """The table with every column of today's schema (a table made by an older release gains the new ones,
     null in its older files)."""
     from deltalake.schema import Field
 
     have = {f.name for f in table.schema().fields}
-    missing = [name for name in added if name not in have]
+    missing = [name for name in kind.added_columns if name not in have]
     if not missing:
         return table
-    table.alter.add_columns([Field(name, "string", nullable=True) for name in missing])
+    table.alter.add_columns([Field.from_arrow(kind.schema.field(name)) for name in missing])
     table.update_incremental()
     return table
 
@@ -317,11 +388,14 @@ def dataset(uri: str):
     if table is None:
         return pa.table({f.name: pa.array([], f.type) for f in SCHEMA})
     fs, base = storage.resolve(uri)
-    return table.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(base, fs))
+    stored = table.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(base, fs))
+    missing = [SCHEMA.field(name) for name in ADDED_COLUMNS if name not in stored.schema.names]
+    # A table older than some columns reads them as nulls (its files lack them; Parquet fills them in).
+    return stored.replace_schema(pa.schema(list(stored.schema) + missing)) if missing else stored
 
 
 VIEWS = """
-CREATE VIEW images AS SELECT * EXCLUDE (tiles) FROM results;
+CREATE VIEW images AS SELECT * EXCLUDE (tiles, cracks) FROM results;
 CREATE VIEW tiles AS
     SELECT image_uri, t.tile_x, t.tile_y, t.tile_w, t.tile_h, t.crack_probability, model_id, run_id, run_date
     FROM (SELECT image_uri, model_id, run_id, run_date, unnest(tiles) AS t FROM results WHERE len(tiles) > 0);
@@ -338,14 +412,24 @@ CREATE VIEW structures AS
            count(*) FILTER (WHERE is_crack) AS cracks,
            count(*) FILTER (WHERE error IS NOT NULL) AS errors,
            max(crack_probability) AS max_crack_probability,
+           sum(crack_length_mm) AS crack_length_mm,
+           max(crack_width_max_mm) AS crack_width_max_mm,
            max(scored_at) AS last_scored_at
     FROM current GROUP BY 1 ORDER BY cracks DESC, max_crack_probability DESC NULLS LAST;
+CREATE VIEW cracks AS
+    SELECT r.image_uri, regexp_replace(r.image_uri, '/[^/]*$', '') AS structure, c.*, r.mm_per_pixel, r.mask_uri,
+           r.model_id, r.run_id, r.run_date, r.scored_at
+    FROM (SELECT image_uri, mm_per_pixel, mask_uri, model_id, run_id, run_date, scored_at, unnest(cracks) AS c
+          FROM results WHERE len(cracks) > 0) r
+    SEMI JOIN current k ON r.image_uri = k.image_uri AND r.run_id = k.run_id;
 CREATE VIEW failures AS
     SELECT image_uri, error, scored_at, run_id FROM current WHERE error IS NOT NULL ORDER BY scored_at DESC;
 CREATE MACRO likely_cracks_since(day) AS TABLE
     SELECT * FROM current
     WHERE is_crack AND scored_at >= CAST(day AS TIMESTAMPTZ)
     ORDER BY crack_probability DESC;
+CREATE MACRO wider_than(mm) AS TABLE
+    SELECT * FROM cracks WHERE width_p95_mm > mm ORDER BY width_p95_mm DESC;
 CREATE MACRO tiles_above(uri, p) AS TABLE
     SELECT t.* FROM tiles t JOIN current c USING (image_uri, run_id)
     WHERE t.image_uri = uri AND t.crack_probability >= p ORDER BY t.crack_probability DESC;
@@ -361,12 +445,7 @@ def connect(uri: str):
         raise CracknetError(f"{uri} does not exist.")
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute("SET TimeZone = 'UTC'").fetchall()
-    stored = dataset(uri)
-    missing = [name for name in ADDED_COLUMNS if name not in stored.schema.names]  # a table older than them
-    con.register("results_stored" if missing else "results", stored)
-    if missing:
-        nulls = ", ".join(f"CAST(NULL AS VARCHAR) AS {name}" for name in missing)
-        con.execute(f"CREATE VIEW results AS SELECT *, {nulls} FROM results_stored").fetchall()
+    con.register("results", dataset(uri))
     con.register("runs", runs.read(uri))
     con.execute(VIEWS).fetchall()
     # From here on SQL sees the table and nothing else: no files, no environment, no extensions, and no

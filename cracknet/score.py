@@ -124,15 +124,58 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
     return holder
 
 
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """How a run measures cracks, for models with a mask decoder: the tiles the decoder runs on (crack probability
+    at or above ``gate``), the mask threshold, the scale and width classes, and where masks are written."""
+    gate: float
+    threshold: float
+    mm_per_pixel: float | None
+    width_classes: str
+    masks: str | None  # a folder for one PNG per image with cracks, or None
+    root: str  # the input location, which mask names are relative to
+
+
+def image_geometry(tile_maps: dict, boxes: np.ndarray, width: int, height: int, uri: str, version: str,
+                   g: Geometry) -> tuple[str, str, str]:
+    """One scored image's cracks (a JSON list of ``geometry.measure``'s cracks), their worst severity and its
+    mask's URI ("" where none was written)."""
+    from cracknet.geometry import measure, parse_width_classes, worst
+    from cracknet.masks import photo_mask
+    from cracknet.transforms import mask_png
+
+    mask = photo_mask(tile_maps, boxes, width, height, g.threshold)
+    if mask is None or not mask.any():
+        return "[]", "", ""
+    classes = parse_width_classes(g.width_classes)
+    cracks = measure(mask, g.mm_per_pixel, classes)
+    mask_uri = ""
+    if g.masks and cracks:
+        mask_uri = storage.join(g.masks, mask_name(uri, version, g.root))
+        storage.write_bytes(mask_uri, mask_png(mask))
+    return json.dumps(cracks), worst([c["severity"] for c in cracks], classes) or "", mask_uri
+
+
+def mask_name(uri: str, version: str, root: str) -> str:
+    """A mask's name: the image's path below the input, then its version's hash (a new version of a photo gets a
+    mask of its own), as PNG."""
+    from cracknet.data import content_hash
+
+    below = storage.relative(uri, root) if storage.within(uri, root) else content_hash(uri.encode())[:16]
+    return f"{below.rsplit('.', 1)[0]}.{content_hash(version.encode())[:12]}.png"
+
+
 class CrackPredictor:
     """A Ray Data actor around the one scorer: loads the model once, and only the model the driver named.
 
     Takes packs (see ``read_and_tile``, or ``read_encoded`` with ``decode_on_device``: JPEGs are then decoded
     and tiled on the actor's GPU in batches, anything else on its CPU), returns one row per image: its
-    probability (the highest of its tiles), and each tile's box and probability."""
+    probability (the highest of its tiles), and each tile's box and probability; with ``geometry`` (a model
+    with a mask decoder) also its cracks (``image_geometry``)."""
 
     def __init__(self, model_uri: str, model_id: str, batch_tiles: int, tiling, threads: int = 0, fp32: bool = False,
-                 decode_on_device: bool = False, max_pixels: int = 0, max_bytes: int = 0, compile: bool = False):
+                 decode_on_device: bool = False, max_pixels: int = 0, max_bytes: int = 0, compile: bool = False,
+                 geometry: Geometry | None = None):
         from cracknet.scorer import Scorer
 
         self.scorer = Scorer.load(model_uri, batch_tiles=batch_tiles, tile_size=tiling.size, overlap=tiling.overlap,
@@ -141,13 +184,23 @@ class CrackPredictor:
             self.scorer.spec = dataclasses.replace(self.scorer.spec, max_pixels=max_pixels or self.scorer.spec.max_pixels,
                                                    max_bytes=max_bytes or self.scorer.spec.max_bytes)
         self.decode_on_device = decode_on_device
+        self.geometry = geometry if geometry is not None and self.scorer.draws_masks else None
 
     def __call__(self, batch: dict) -> dict:
         out = {k: [] for k in ("image_uri", "version", "error", "error_kind", "width", "height", "crack_probability",
-                               "tiles_scored", "tile_probabilities", "boxes")}
+                               "tiles_scored", "tile_probabilities", "boxes", "cracks", "severity", "mask_uri")}
         packs = self._decoded_packs(batch) if self.decode_on_device else self._tiled_packs(batch)
         for text, widths, heights, per_image, boxes in packs:
-            crack, tile_probs = self.scorer.score(per_image)
+            if self.geometry is None:
+                crack, tile_probs = self.scorer.score(per_image)
+            else:
+                crack, tile_probs, maps = self.scorer.score_masks(per_image, self.geometry.gate)
+                for i, uri in enumerate(text["image_uri"]):
+                    found = ("", "", "") if per_image[i] is None else \
+                        image_geometry(maps[i], boxes[i], int(widths[i]), int(heights[i]), uri, text["version"][i],
+                                       self.geometry)
+                    for key, value in zip(("cracks", "severity", "mask_uri"), found):
+                        out[key].append(value)
             for key in ("image_uri", "version", "error", "error_kind"):
                 out[key] += text[key]
             out["width"] += list(widths)
@@ -156,7 +209,11 @@ class CrackPredictor:
             out["tiles_scored"] += [len(p) for p in tile_probs]
             out["tile_probabilities"] += tile_probs
             out["boxes"] += boxes
+        geometry = {} if self.geometry is None else {
+            **{key: np.asarray(out[key], dtype=object) for key in ("cracks", "severity", "mask_uri")},
+            "mm_per_pixel": np.full(len(out["image_uri"]), self.geometry.mm_per_pixel or np.nan, dtype=np.float32)}
         return {
+            **geometry,
             "image_uri": np.asarray(out["image_uri"], dtype=object),
             "version": np.asarray(out["version"], dtype=object),
             "error": np.asarray(out["error"], dtype=object),  # "" keeps it a string column in every block
@@ -230,14 +287,16 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     cfg = dataclasses.replace(cfg, model=storage.absolute(cfg.model), input=storage.absolute(cfg.input),
                               output=storage.absolute(cfg.output),
                               input_prefix=storage.absolute(cfg.input_prefix) if cfg.input_prefix else None)
+    cfg = dataclasses.replace(cfg, masks=storage.absolute(cfg.masks) if cfg.masks else None)
     storage.require_bucket(cfg.output)
     results.refuse_old_layout(cfg.output)
     results.check_output(cfg.output, inputs=(cfg.input,))
+    check_masks_location(cfg)
     card = read_card(cfg.model)
     root = inputs.input_root(cfg.input, cfg.input_prefix)
     now = datetime.now(timezone.utc)
     run_id = now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-    provenance = provenance_of(cfg, card, now)
+    provenance = provenance_of(cfg, card, now, root)
     staging_root = storage.join(cfg.output, results.STAGING)
     staging = storage.join(staging_root, run_id)
     # One writer at a time: two runs must not both score (and commit) the same images.
@@ -270,15 +329,40 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     return summary
 
 
-def provenance_of(cfg: ScoreConfig, card: dict, now: datetime) -> dict:
+def check_masks_location(cfg: ScoreConfig) -> None:
+    """Masks go outside the images, and outside the table unless in its own ``_masks`` folder."""
+    if not cfg.masks:
+        return
+    if storage.overlap(cfg.masks, cfg.input):
+        raise CracknetError(f"--masks {cfg.masks} overlaps the input {cfg.input}: masks must lie outside the images.")
+    inside = storage.join(cfg.output, results.MASKS)
+    if storage.overlap(cfg.masks, cfg.output) and cfg.masks.rstrip("/") != inside:
+        raise CracknetError(f"--masks {cfg.masks} lies in the results table {cfg.output}; use {inside} or a "
+                            "location outside it.")
+    storage.require_bucket(cfg.masks)
+
+
+def geometry_of(cfg: ScoreConfig, card: dict, root: str) -> Geometry | None:
+    """How this run measures cracks; None for a model without a mask decoder."""
+    from cracknet.card import has_decoder
+
+    if not has_decoder(card):
+        return None
+    gate = float(card["threshold"]) if cfg.mask_gate is None else cfg.mask_gate
+    return Geometry(gate, float(card["mask"]["threshold"]), cfg.mm_per_pixel, cfg.width_classes, cfg.masks, root)
+
+
+def provenance_of(cfg: ScoreConfig, card: dict, now: datetime, root: str = "") -> dict:
     """What a run's results depend on: its commit metadata, its Parquet files' metadata and its runs row."""
     from cracknet import __version__
 
+    geometry = geometry_of(cfg, card, root)
     return {"model_id": card["model_id"], "model": card["folder"], "weights_sha256": card["weights_sha256"],
             "threshold": card["threshold"], "preprocessing": card["preprocessing"],
             "tile_size": tiling_of(card, cfg.tile_size, cfg.tile_overlap).size, "tile_overlap": cfg.tile_overlap,
             "settings": {"fp32": cfg.fp32, "compile": cfg.compile, "max_pixels": cfg.max_pixels,
                          "max_bytes": cfg.max_bytes, "retry_errors": cfg.retry_errors},
+            "geometry": None if geometry is None else dataclasses.asdict(geometry),
             "input": cfg.input, "started_at": now.isoformat(), "cracknet_version": __version__}
 
 
@@ -369,7 +453,8 @@ def _score_pipeline(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id:
                                                            "threads": threads, "fp32": cfg.fp32,
                                                            "decode_on_device": bool(gpus),
                                                            "max_pixels": cfg.max_pixels, "max_bytes": cfg.max_bytes,
-                                                           "compile": cfg.compile},
+                                                           "compile": cfg.compile,
+                                                           "geometry": geometry_of(cfg, card, root)},
                      compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
                      num_cpus=0 if gpus else 1, batch_size=1, batch_format="numpy")
         .map_batches(write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id, "run_date": now.date().isoformat(),

@@ -232,7 +232,8 @@ class Scorer:
 
         self.model = model  # a classifier, or a CrackSegmenter whose classifier decides is_crack
         self.classifier = classifier_of(model)
-        self.classify = classify or self.classifier  # the crack head's forward (compiled, where asked)
+        self.classify = self.classifier if classify is None else classify  # the crack head's forward (compiled, where asked)
+        self.draws_masks = self.classifier is not model
         self.spec = spec
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = precision or Precision.for_inference(self.device)
@@ -277,7 +278,7 @@ class Scorer:
 
     def tile_probabilities(self, tiles: "np.ndarray | torch.Tensor") -> np.ndarray:
         """uint8 tiles (T, S, S, 3) -> crack probabilities (T,), ``batch_tiles`` per model call."""
-        probs = [self._forward(tiles[start:start + self.batch_tiles])
+        probs = [self._forward(tiles[start:start + self.batch_tiles])[0]
                  for start in range(0, len(tiles), self.batch_tiles)]
         return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
 
@@ -285,17 +286,29 @@ class Scorer:
         """Tile stacks of several images (uint8 (T, S, S, 3) arrays, or tensors already on the device; None for an
         unreadable one) -> (the highest tile probability per image, NaN for None; each image's tile
         probabilities). Model calls are filled with ``batch_tiles`` tiles across image boundaries."""
+        best, per_tile, _ = self._score(images, None)
+        return best, per_tile
+
+    def score_masks(self, images: Sequence[Any], gate: float) -> tuple[np.ndarray, list[np.ndarray], list[dict]]:
+        """``score``, and for a model with a mask decoder each image's crack maps: {tile index: float32 (S, S)
+        crack probability per model pixel} for its tiles at or above ``gate``, decoded in the same forward pass
+        as the verdicts (the decoder runs on those tiles only, so clean photos cost what they cost without it)."""
+        return self._score(images, gate)
+
+    def _score(self, images: Sequence[Any], gate: float | None):
         per_tile = [np.zeros(0 if t is None else len(t), dtype=np.float32) for t in images]
+        per_map: list[dict] = [{} for _ in images]
         pending: list[tuple[int, int, int]] = []
         count = 0
 
         def flush():
             nonlocal pending, count
             if pending:
-                probs = self._forward(self._join([images[i][a:b] for i, a, b in pending]))
+                probs, maps = self._forward(self._join([images[i][a:b] for i, a, b in pending]), gate)
                 offset = 0
                 for i, a, b in pending:
                     per_tile[i][a:b] = probs[offset:offset + b - a]
+                    per_map[i].update({a + row - offset: m for row, m in maps.items() if offset <= row < offset + b - a})
                     offset += b - a
             pending, count = [], 0
 
@@ -310,7 +323,7 @@ class Scorer:
                     flush()
         flush()
         best = np.asarray([p.max() if len(p) else np.nan for p in per_tile], dtype=np.float32)
-        return best, per_tile
+        return best, per_tile, per_map
 
     def predict_batches(self, batches: Iterable[dict], keep: Callable | None = None):
         """Labelled batches (``image`` uint8 (N, S, S, 3), ``label``, ``idx``) -> (probabilities, labels, idx) of
@@ -365,7 +378,9 @@ class Scorer:
 
         return torch.cat([torch.as_tensor(p).to(self.device) for p in parts])
 
-    def _forward(self, tiles: "np.ndarray | torch.Tensor") -> np.ndarray:
+    def _forward(self, tiles: "np.ndarray | torch.Tensor", gate: float | None = None) -> tuple[np.ndarray, dict]:
+        """Crack probabilities of up to ``batch_tiles`` tiles, and with ``gate`` {row: crack map} of the rows at or
+        above it (``score_masks``)."""
         import torch
 
         from cracknet.transforms import eval_preset
@@ -380,8 +395,18 @@ class Scorer:
         with torch.no_grad():
             x = self.precision.inputs(eval_preset(x.to(self.device, non_blocking=True), self.spec))
             with self.precision.autocast(self.device):
-                logits = self.classify(x).squeeze(1)
-            return torch.sigmoid(logits[:n].float()).cpu().numpy()
+                if gate is None or not self.draws_masks:
+                    return torch.sigmoid(self.classify(x).squeeze(1)[:n].float()).cpu().numpy(), {}
+                # The encoder once: its pooled features give the verdicts (the classifier's own operations, so the
+                # same numbers), its stages feed the decoder for the tiles the gate lets through.
+                features = self.model.encode(x)
+                probs = torch.sigmoid(self.model.crack_logit(features)[:n].float())
+                rows = torch.nonzero(probs >= gate).flatten()
+                maps = {}
+                if len(rows):
+                    logits = self.model.decode(x[rows], {name: f[rows] for name, f in features.items()})
+                    maps = dict(zip(rows.tolist(), torch.sigmoid(logits.float())[:, 0].cpu().numpy()))
+            return probs.cpu().numpy(), maps
 
 
 def load_model(uri: str, **options) -> Scorer:

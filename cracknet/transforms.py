@@ -155,6 +155,13 @@ def read_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return (pixels.max(axis=-1) > (127 if lossy else 0))
 
 
+def mask_png(mask: np.ndarray) -> bytes:
+    """A bool crack mask (H, W) as the 8-bit PNG cracknet writes: crack 255, background 0."""
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
 def mask_at(mask: np.ndarray, size: int) -> np.ndarray:
     """A photo's bool mask (H, W) -> the share of crack in each pixel of the model's (S, S) view, as uint8 0-255,
     resized exactly as ``decode`` resizes the photo (so a crack thinner than a model pixel stays, fainter)."""

@@ -1,0 +1,200 @@
+"""Crack geometry in the nightly job: masks decoded where the gate lets them, measured, written into the results
+table (nested cracks and per-image summaries), read back by DuckDB and deltalake, masks written as PNGs.
+
+The model here is built by hand so that its mask is known: its decoder calls a pixel crack where the photo is
+dark, and the photos are light grey surfaces with dark cracks of known widths and centre lines drawn on them
+(lossless PNGs), so what the table says can be checked against exact truth."""
+
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cracknet import results, synthetic
+from cracknet.compact import compact
+from cracknet.config import ScoreConfig
+from cracknet.errors import CracknetError
+from cracknet.model import build_model, save_artifact
+from cracknet.query import run_query
+from cracknet.score import run_scoring
+from cracknet.scorer import Scorer
+from cracknet.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+SIZE = 96
+DARKER_THAN = 0.42  # the photos below: cracks at 0.2 in brightness, the surface at 0.55 to 0.75
+
+
+def dark_line_segmenter(crack_logit: float = 8.0) -> torch.nn.Module:
+    """A CrackSegmenter whose verdict is ``crack_logit`` for every tile and whose mask is "darker than
+    DARKER_THAN": its full-resolution branch passes 0.42 minus the mean brightness on, the rest of the decoder
+    is zero."""
+    model = build_model(masks=True).eval()
+    with torch.no_grad():
+        for p in list(model.lateral.parameters()) + list(model.smooth.parameters()) + list(model.full.parameters()) \
+                + list(model.head.parameters()):
+            p.zero_()
+        for bn in (model.smooth[1], model.full[1], model.full[4], model.head[1]):
+            bn.weight.fill_(1.0)
+        first, second = model.full[0], model.full[3]
+        for c in range(3):  # normalised input back to brightness: -(v - mean) = -std * x - ... summed over colours
+            first.weight[0, c, 1, 1] = -IMAGENET_STD[c] / 3
+        first.bias[0] = DARKER_THAN - sum(IMAGENET_MEAN) / 3
+        second.weight[0, 0, 1, 1] = 1.0
+        model.head[0].weight[0, 64, 1, 1] = 1.0  # the first full-resolution channel, after the 64 pyramid channels
+        model.head[3].weight[0, 0] = 200.0
+        model.head[3].bias[0] = -200.0 * 0.01  # crack where at least 0.01 darker than the cut
+        model.classifier.fc.weight.zero_()
+        model.classifier.fc.bias.fill_(crack_logit)
+    return model
+
+
+def mask_card(threshold: float = 0.5) -> dict:
+    return {"preprocessing": {"image_size": SIZE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                              "source_size": SIZE},
+            "threshold": threshold, "decoder": {"channels": 64}, "mask": {"threshold": 0.5}}
+
+
+def draw_survey(folder, photos: int, seed: int = 4) -> dict:
+    """Light grey PNG photos, every third without cracks, the others with one or two dark cracks 2-8 px wide;
+    their true masks beside them under masks/, and each photo's cracks (width, length tip to tip)."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for i in range(photos):
+        img = rng.uniform(0.55, 0.75, (SIZE, SIZE))
+        mask, cracks = np.zeros((SIZE, SIZE), bool), []
+        for _ in range(0 if i % 3 == 2 else 20):
+            width = float(rng.integers(2, 9))
+            points = synthetic.crack_path(rng, SIZE, margin=width + 2)
+            own = synthetic.polyline_mask(points, width, mask.shape)
+            if len(points) < 6 or (synthetic.polyline_mask(points, width + 8, mask.shape) & mask).any():
+                continue
+            mask |= own
+            cracks.append({"width_px": width, "length_px": float(np.hypot(*np.diff(points, axis=0).T).sum()) + width})
+            if len(cracks) == 1 + i % 2:
+                break
+        img[mask] = 0.2
+        name = f"photo-{i:02d}"
+        for sub, pixels in (("images", np.repeat(img[..., None] * 255, 3, -1)), ("masks", mask * 255.0)):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / sub / f"{name}.png")
+        truth[name] = cracks
+    return truth
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    root = tmp_path_factory.mktemp("geometry")
+    truth = draw_survey(root / "tree", photos=9)
+    model_dir = root / "model"
+    save_artifact(str(model_dir), dark_line_segmenter().state_dict(), mask_card())
+    return root, truth, model_dir
+
+
+def test_the_gate_decides_which_tiles_the_decoder_sees():
+    tiles = np.full((3, SIZE, SIZE, 3), 200, dtype=np.uint8)
+    tiles[:, 40:44] = 40  # a dark band across each tile
+    low = Scorer(dark_line_segmenter(crack_logit=-3.0), Preprocessing(SIZE), batch_tiles=4)
+    best, per_tile = low.score([tiles])
+    again, _, maps = low.score_masks([tiles], gate=0.5)
+    assert np.array_equal(best, again) and maps == [{}]  # below the gate: no decoding, the same verdicts
+    _, _, maps = low.score_masks([tiles], gate=0.0)
+    assert sorted(maps[0]) == [0, 1, 2]
+    drawn = maps[0][1] >= 0.5
+    assert drawn[40:44].all() and not drawn[:38].any() and not drawn[46:].any()
+
+
+def test_scoring_writes_crack_geometry_that_duckdb_and_deltalake_read(ray_cluster, survey, tmp_path):
+    from deltalake import DeltaTable
+
+    root, truth, model_dir = survey
+    output = tmp_path / "results"
+    summary = run_scoring(ScoreConfig(model=str(model_dir), input=str(root / "tree" / "images"), output=str(output),
+                                      batch_size=8, mm_per_pixel=0.2, masks=str(output / "_masks")),
+                          log=lambda _: None)
+    assert summary["scored"] == 9 and summary["errors"] == 0
+    rows = {r["image_uri"].rsplit("/", 1)[1][:-4]: r for r in run_query(
+        str(output), "SELECT * EXCLUDE (tiles) FROM results").to_pylist()}
+    measured = []
+    for name, cracks in truth.items():
+        row = rows[name]
+        assert row["crack_count"] == len(cracks) == len(row["cracks"]), name
+        assert row["mm_per_pixel"] == pytest.approx(0.2)
+        for found, true in zip(sorted(row["cracks"], key=lambda c: c["length_px"]),
+                               sorted(cracks, key=lambda c: c["length_px"])):
+            measured.append((found["width_mean_px"] - true["width_px"], found["length_px"] / true["length_px"] - 1))
+            assert found["length_mm"] == pytest.approx(found["length_px"] * 0.2, rel=1e-5)
+            assert found["severity"] == ("wide" if found["width_p95_mm"] >= 1.25 else "moderate"
+                                         if found["width_p95_mm"] >= 0.3 else "insignificant")
+            assert found["paths"] and all(0 <= v["x"] < SIZE and 0 <= v["y"] < SIZE for v in found["paths"][0])
+        if cracks:
+            assert row["crack_length_px"] == pytest.approx(sum(c["length_px"] for c in row["cracks"]), rel=1e-5)
+            assert row["severity"] in {c["severity"] for c in row["cracks"]}
+            mask = np.asarray(Image.open(row["mask_uri"]))
+            true_mask = np.asarray(Image.open(root / "tree" / "masks" / f"{name}.png")) > 0
+            assert mask.shape == (SIZE, SIZE) and set(np.unique(mask)) <= {0, 255}
+            assert ((mask > 0) & true_mask).sum() / ((mask > 0) | true_mask).sum() > 0.6
+        else:
+            assert row["cracks"] == [] and row["mask_uri"] is None and row["severity"] is None
+    widths, lengths = np.array(measured).T
+    assert len(measured) >= 6 and np.median(np.abs(widths)) <= 1.0 and np.median(np.abs(lengths)) <= 0.1
+
+    per_crack = run_query(str(output), "SELECT * FROM cracks").to_pylist()
+    assert len(per_crack) == sum(len(c) for c in truth.values())
+    assert {"structure", "width_p95_mm", "orientation", "bbox_w", "paths"} <= set(per_crack[0])
+    wide = run_query(str(output), "SELECT width_p95_mm FROM wider_than(1.25)").column(0).to_pylist()
+    assert wide == sorted((c["width_p95_mm"] for c in per_crack if c["width_p95_mm"] > 1.25), reverse=True)
+    structure = run_query(str(output), "SELECT crack_length_mm FROM structures").column(0).to_pylist()
+    assert structure[0] == pytest.approx(sum(c["length_mm"] for c in per_crack), rel=1e-4)
+
+    # Other engines read the same nested column as it is stored.
+    table = DeltaTable(str(output)).to_pyarrow_table(columns=["image_uri", "cracks", "severity"])
+    assert table.schema.field("cracks").type == results.FILE_SCHEMA.field("cracks").type
+    run = results.commit_metadata(str(output), summary["run_id"])
+    assert run["geometry"]["gate"] == 0.5 and run["geometry"]["mm_per_pixel"] == 0.2
+
+    # Compaction never deletes masks (the rows that name them stay).
+    compact(str(output), retention_hours=0)
+    assert all(Image.open(r["mask_uri"]).size == (SIZE, SIZE) for r in rows.values() if r["mask_uri"])
+
+
+def test_masks_must_not_go_among_the_images_or_into_the_table(survey, tmp_path):
+    root, _, model_dir = survey
+    for masks, said in ((root / "tree" / "images" / "m", "overlaps the input"),
+                        (tmp_path / "results" / "masks", "lies in the results table")):
+        with pytest.raises(CracknetError, match=said):
+            run_scoring(ScoreConfig(model=str(model_dir), input=str(root / "tree" / "images"),
+                                    output=str(tmp_path / "results"), masks=str(masks)), log=lambda _: None)
+    with pytest.raises(CracknetError, match="--mm-per-pixel must be positive"):
+        ScoreConfig(model="m", input="i", output="o", mm_per_pixel=0.0)
+
+
+def test_a_table_older_than_the_geometry_columns_reads_them_as_null_and_gains_them(tmp_path):
+    from deltalake import DeltaTable, write_deltalake
+
+    old = results.SCHEMA
+    for name in results.GEOMETRY_COLUMNS:
+        old = old.remove(old.get_field_index(name))
+    images = {"image_uri": ["/s/a.jpg"], "version": ["v"], "width": [4], "height": [4], "error": [""],
+              "error_kind": [""], "crack_probability": [0.9], "tiles_scored": [1]}
+    stored = results.part_table(images, [[]], 0.5, "m1", "r1", "2026-11-30T00:00:00+00:00", {})
+    stored = stored.select(old.names[:-1]).append_column("run_date", io_date(len(stored)))
+    write_deltalake(str(tmp_path / "t"), stored.cast(old), partition_by=["run_date"])
+    before = run_query(str(tmp_path / "t"), "SELECT crack_count, cracks, mask_uri FROM results").to_pylist()
+    assert before == [{"crack_count": None, "cracks": None, "mask_uri": None}]
+    part = results.write_part(results.part_table({**images, "image_uri": ["/s/b.jpg"]}, [[]], 0.5, "m1", "r2",
+                                                 "2026-12-01T00:00:00+00:00", {}), str(tmp_path / "t"), "r2",
+                              "2026-12-01")
+    results.commit(str(tmp_path / "t"), [part], "r2", {})
+    names = {f.name for f in DeltaTable(str(tmp_path / "t")).schema().fields}
+    assert set(results.GEOMETRY_COLUMNS) <= names
+    assert run_query(str(tmp_path / "t"), "SELECT count(*) FROM current WHERE crack_count IS NULL").column(0)[0] \
+        .as_py() == 2
+
+
+def io_date(n: int):
+    import datetime
+
+    import pyarrow as pa
+
+    return pa.array([datetime.date(2026, 11, 30)] * n, pa.date32())
