@@ -89,12 +89,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _surface_table(rows: dict[str, dict]) -> list[str]:
     width = max(8, *(len(name) for name in rows))
+    masks = any("masks" in r for r in rows.values())
     lines = [f"{'surface':<{width}} {'images':>7} {'cracks':>7} {'accuracy':>9} {'precision':>10} {'recall':>8} "
-             f"{'AUC':>7}"]
+             f"{'AUC':>7}" + (f" {'mask F1':>8} {'IoU':>6}" if masks else "")]
     for name, r in rows.items():
         auc = "n/a" if r["roc_auc"] is None or r["roc_auc"] != r["roc_auc"] else f"{r['roc_auc']:.4f}"
+        pixels = "" if not masks else f" {'n/a':>8} {'n/a':>6}" if "masks" not in r else \
+            f" {r['masks']['f1']:>8.4f} {r['masks']['iou']:>6.3f}"
         lines.append(f"{name:<{width}} {r['images']:>7} {r['cracks']:>7} {r['accuracy']:>9.4f} "
-                     f"{r['precision']:>10.4f} {r['recall']:>8.4f} {auc:>7}")
+                     f"{r['precision']:>10.4f} {r['recall']:>8.4f} {auc:>7}{pixels}")
     return lines
 
 
@@ -110,6 +113,13 @@ def _group_table(groups: list[dict], grouping: str) -> list[str]:
     lines += [f"{r['group']:<{width}} {r['images']:>7} {r['cracks']:>7} {r['missed']:>7} {r['false_alarms']:>13} "
               f"{r['accuracy']:>9.4f}" for r in groups[:GROUP_ROWS]]
     return lines
+
+
+def mask_line(m: dict) -> str:
+    """The console line of masks' pixel metrics."""
+    return (f"Crack masks ({m['images']} photos, pixels within {m['tolerance_px']:g} px): precision "
+            f"{m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f}, IoU {m['iou']:.3f} at the mask "
+            f"threshold {m['threshold']:.2f}; best fixed threshold (ODS) {m['ods_threshold']:.2f}, F1 {m['ods_f1']:.3f}.")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -132,6 +142,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             print(f"For recall >= {chosen['target_recall']} on this data: {_format_metrics(chosen['metrics'])}")
             if operating_point_caveat(chosen):
                 print(f"Warning: {operating_point_caveat(chosen, where='in this data')}")
+        if "masks" in report:
+            print(mask_line(report["masks"]))
         if report["groups"]:
             print("\n".join(_group_table(report["groups"], report["grouping"])))
     rows = {name: surface_row(report) for name, report in reports.items()}

@@ -46,7 +46,7 @@ def decode_batch(batch: dict, spec: Preprocessing, root: str, masks: dict[str, s
             sides[i] = max(shape)
             images[i] = decode(data, spec)
             if masks is not None and path in masks:
-                mask = _read_mask(masks[path], shape, spec)
+                mask = load_mask(masks[path], shape, spec.max_pixels)
                 labels[i], pixels[i], known[i] = int(mask.any()), mask_at(mask, size), True
             else:
                 labels[i] = label_of(root, path)
@@ -67,10 +67,11 @@ def decode_batch(batch: dict, spec: Preprocessing, root: str, masks: dict[str, s
     return decoded
 
 
-def _read_mask(uri: str, shape: tuple[int, int], spec: Preprocessing) -> np.ndarray:
-    """An image's mask, refused in a sentence where it cannot be read or is not the photo's size."""
+def load_mask(uri: str, shape: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """An image's mask (bool H x W), refused in a sentence (an ``ImageError``) where it cannot be read or is not
+    the photo's size (width, height)."""
     try:
-        mask = read_mask(storage.read_bytes(uri), spec.max_pixels)
+        mask = read_mask(storage.read_bytes(uri), max_pixels)
     except StorageUnavailable:
         raise  # the store, not the mask: the read task is retried
     except CracknetError as exc:  # ImageError included

@@ -8,6 +8,10 @@ job scores them (large photos tiled; an image's probability is its highest
 tile's), so these metrics describe what ``cracknet score`` will say.
 Unreadable images are skipped and listed, never fatal. Several labelled trees
 ("surfaces") give one row each, which the model card keeps under ``evaluations``.
+On a mask tree, a model that draws masks is also measured pixel by pixel at the
+photos' own size, with the masks drawn as the nightly job draws them (decoded on
+the tiles at or above its threshold): precision, recall and F1 within 2 px, IoU,
+and the best fixed threshold's F1 (ODS).
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from typing import Iterator
 import numpy as np
 
 from cracknet.card import in_split
-from cracknet.data import LabelledImage, discover, grouper, resolve_grouping
+from cracknet.data import LabelledImage, discover, grouper, has_masks, resolve_grouping
 from cracknet.errors import CracknetError
-from cracknet.metrics import MAX_FALSE_ALARMS, binary_metrics, evaluation, operating_point
+from cracknet.metrics import MAX_FALSE_ALARMS, MaskTally, binary_metrics, evaluation, operating_point
 from cracknet.scorer import Found, Scorer, read_image
 
 READ_THREADS = 8
@@ -56,20 +60,36 @@ class Predictions:
     unreadable: list[tuple[str, str]]
     source: str = ""
     root: str = ""  # the labelled tree
+    masks: dict | None = None  # pixel metrics of the masks drawn, on a mask tree with a model that draws them
 
 
 def predict_tree(scorer: Scorer, data_uri: str, split: str = "all") -> Predictions:
     """Score a labelled tree the way the nightly job scores (large photos tiled, image = highest tile);
     ``split`` keeps only the images the model's training run put in that split."""
+    from cracknet.masks import photo_probabilities
+
     images = discover(data_uri, require_both_classes=False)  # e.g. a folder of known cracks
     want = None if split == "all" else in_split(scorer.card, split, data_uri)
+    tally = MaskTally(scorer.card["mask"]["threshold"]) if scorer.draws_masks and has_masks(images) else None
     uris, probs, labels, unreadable = [], [], [], []
     for group in read_tree(images, scorer, want):
-        readable = [(i, found) for i, found in group if not found.error and not found.skipped]
-        unreadable += [(found.uri, found.error) for _, found in group if found.error]
-        best, _ = scorer.score([found.tiles for _, found in readable])
+        readable, truths = [], []
+        for i, found in group:
+            usable = not found.error and not found.skipped
+            truth = _true_mask(images[i], found, scorer.spec.max_pixels) if usable else None
+            if found.error:
+                unreadable.append((found.uri, found.error))
+            elif not found.skipped:
+                readable.append((i, found))
+                truths.append(truth)
+        tiles = [found.tiles for _, found in readable]
+        # Masks as the nightly job draws them: decoded on the tiles at or above the model's threshold.
+        best, _, maps = scorer.score_masks(tiles, scorer.threshold) if tally else (*scorer.score(tiles), None)
+        for n, ((i, found), truth) in enumerate(zip(readable, truths)):
+            if tally is not None and truth is not None:
+                tally.add(photo_probabilities(maps[n], found.boxes, found.width, found.height), truth)
         uris += [images[i].uri for i, _ in readable]
-        labels += [images[i].label for i, _ in readable]
+        labels += [images[i].label if truth is None else int(truth.any()) for (i, _), truth in zip(readable, truths)]
         probs.append(best)
     source = data_uri if split == "all" else f"{data_uri} ({split} split)"
     if not uris:
@@ -79,7 +99,23 @@ def predict_tree(scorer: Scorer, data_uri: str, split: str = "all") -> Predictio
                                 f"(the first: {uri}: {error}).")
         raise CracknetError(f"None of the {len(images)} images under {data_uri} is in the {split} split of the "
                             f"model's training run; use --split all for other data.")
-    return Predictions(uris, np.concatenate(probs), np.asarray(labels, dtype=np.int64), unreadable, source, data_uri)
+    return Predictions(uris, np.concatenate(probs), np.asarray(labels, dtype=np.int64), unreadable, source, data_uri,
+                       tally.result() if tally else None)
+
+
+def _true_mask(image: LabelledImage, found: Found, max_pixels: int) -> np.ndarray | None:
+    """The true mask of a masked image (None for a labelled one); a mask that cannot be used makes the image
+    unreadable, with the reason (``found.error``), as in training."""
+    if not image.mask:
+        return None
+    from cracknet.datasets import load_mask
+    from cracknet.transforms import ImageError
+
+    try:
+        return load_mask(image.mask, (found.width, found.height), max_pixels)
+    except ImageError as exc:
+        found.error = str(exc)
+        return None
 
 
 def group_results(found: Predictions, threshold: float, group_by: str = "auto") -> tuple[str, list[dict]]:
@@ -124,6 +160,7 @@ def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall:
         "metrics": evaluation(probs, labels, card["threshold"]),
         "metrics_at_0.5": binary_metrics(probs, labels, 0.5),
         "unreadable": [{"uri": uri, "error": err} for uri, err in unreadable],
+        **({"masks": found.masks} if found.masks else {}),
     }
     report["grouping"], report["groups"] = group_results(found, card["threshold"], group_by)
     if target_recall is not None:
@@ -164,4 +201,7 @@ def surface_row(report: dict) -> dict:
             "unreadable": len(report["unreadable"]), "threshold": report["threshold"],
             **{k: m[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
             "recall_interval_95": m["intervals_95"].get("recall"),
+            **({"masks": {k: report["masks"][k] for k in ("images", "precision", "recall", "f1", "iou", "ods_f1",
+                                                          "ods_threshold", "threshold", "tolerance_px")}}
+               if report.get("masks") else {}),
             "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -109,10 +109,18 @@ def photo_mask(tile_maps: dict, boxes, width: int, height: int, threshold: float
     threshold. Pixels only undecoded tiles cover are background (the classifier saw no crack there)."""
     if not tile_maps:
         return None
+    return photo_probabilities(tile_maps, boxes, width, height) >= threshold
+
+
+def photo_probabilities(tile_maps: dict, boxes, width: int, height: int):
+    """``photo_mask`` before the threshold: float32 (H, W) crack probabilities, 0 where no tile was decoded."""
+    import numpy as np
+
+    if not tile_maps:
+        return np.zeros((height, width), dtype=np.float32)
     chosen = sorted(tile_maps)
-    probs = stitch(torch.stack([torch.as_tensor(tile_maps[i]) for i in chosen]), [boxes[i] for i in chosen],
-                   width, height)
-    return (probs >= threshold).numpy()
+    return stitch(torch.stack([torch.as_tensor(tile_maps[i]) for i in chosen]), [boxes[i] for i in chosen],
+                  width, height).numpy()
 
 
 def _ramp(n: int) -> torch.Tensor:

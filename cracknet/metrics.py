@@ -327,19 +327,35 @@ def mask_metrics(pairs, threshold: float = 0.5, tolerance: float = MASK_TOLERANC
     (pairs of arrays of one photo's size), summed over the photos at ``threshold``; and the best fixed threshold
     over the set (ODS) with its F1. Precision: predicted crack pixels within ``tolerance`` px of a true one;
     recall: true crack pixels within ``tolerance`` px of a predicted one; IoU: exact pixels."""
-    grid = np.unique(np.append(thresholds, threshold))
-    total, images = np.zeros((len(grid), 6), dtype=np.int64), 0
+    tally = MaskTally(threshold, tolerance, thresholds)
     for probs, truth in pairs:
+        tally.add(probs, truth)
+    return tally.result()
+
+
+class MaskTally:
+    """``mask_metrics`` one photo at a time, holding only the counts (for photos too many to keep in memory)."""
+
+    def __init__(self, threshold: float = 0.5, tolerance: float = MASK_TOLERANCE,
+                 thresholds: np.ndarray = MASK_THRESHOLDS):
+        self.threshold, self.tolerance = float(threshold), float(tolerance)
+        self.grid = np.unique(np.append(thresholds, threshold))
+        self.total, self.images = np.zeros((len(self.grid), 6), dtype=np.int64), 0
+
+    def add(self, probs, truth) -> None:
         probs = np.asarray(probs, dtype=np.float32)
         if probs.shape != np.shape(truth):
             raise ValueError(f"A probability map of {probs.shape} cannot be scored against a mask of "
                              f"{np.shape(truth)}.")
-        total += _mask_counts(probs, truth, grid, tolerance)
-        images += 1
-    precision, recall, f1 = _f1(total)
-    at = int(np.flatnonzero(grid == threshold)[0])
-    best = int(np.argmax(f1))
-    return {"precision": float(precision[at]), "recall": float(recall[at]), "f1": float(f1[at]),
-            "iou": float(total[at, 4] / total[at, 5]) if total[at, 5] else 1.0, "threshold": float(threshold),
-            "ods_f1": float(f1[best]), "ods_threshold": float(grid[best]), "tolerance_px": float(tolerance),
-            "images": images, "crack_pixels": int(total[at, 3])}
+        self.total += _mask_counts(probs, truth, self.grid, self.tolerance)
+        self.images += 1
+
+    def result(self) -> dict:
+        total, grid, threshold = self.total, self.grid, self.threshold
+        precision, recall, f1 = _f1(total)
+        at = int(np.flatnonzero(grid == threshold)[0])
+        best = int(np.argmax(f1))
+        return {"precision": float(precision[at]), "recall": float(recall[at]), "f1": float(f1[at]),
+                "iou": float(total[at, 4] / total[at, 5]) if total[at, 5] else 1.0, "threshold": threshold,
+                "ods_f1": float(f1[best]), "ods_threshold": float(grid[best]), "tolerance_px": self.tolerance,
+                "images": self.images, "crack_pixels": int(total[at, 3])}

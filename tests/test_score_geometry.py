@@ -6,6 +6,8 @@ dark, and the photos are light grey surfaces with dark cracks of known widths an
 (lossless PNGs), so what the table says can be checked against exact truth."""
 
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -198,3 +200,30 @@ def io_date(n: int):
     import pyarrow as pa
 
     return pa.array([datetime.date(2026, 11, 30)] * n, pa.date32())
+
+
+def test_evaluate_measures_masks_pixel_by_pixel_as_the_nightly_job_draws_them(survey, tmp_path, capsys):
+    import shutil
+
+    from cracknet.cli import main as cli_main
+    from cracknet.evaluate import evaluate
+
+    root, truth, model_dir = survey
+    tree = tmp_path / "tree"
+    shutil.copytree(root / "tree", tree)
+    Image.fromarray(np.zeros((SIZE, SIZE + 4), np.uint8)).save(tree / "masks" / "photo-00.png")
+    report = evaluate(str(model_dir), str(tree))
+    assert report["unreadable"] == [{"uri": str(tree / "images" / "photo-00.png"),
+                                     "error": f"its mask {tree / 'masks' / 'photo-00.png'} is {SIZE + 4}x{SIZE} "
+                                              f"pixels and the image {SIZE}x{SIZE}; a mask must have the photo's size."}]
+    masks = report["masks"]
+    assert masks["images"] == 8 and masks["f1"] == pytest.approx(1.0) and masks["iou"] == pytest.approx(1.0)
+    assert report["metrics"]["tp"] + report["metrics"]["fn"] == sum(1 for n, c in truth.items() if c and n != "photo-00")
+    # A model whose crack head calls nothing draws nothing: its masks find none of the cracks.
+    quiet = tmp_path / "quiet"
+    save_artifact(str(quiet), dark_line_segmenter(crack_logit=-3.0).state_dict(), mask_card())
+    assert cli_main(["evaluate", "--model", str(quiet), "--data", str(tree), "--record"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "Crack masks (8 photos, pixels within 2 px): precision 0.000, recall 0.000, F1 0.000" in out
+    card = json.loads((quiet / "model.json").read_text())
+    assert card["evaluations"]["tree"]["masks"]["f1"] == 0.0
