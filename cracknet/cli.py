@@ -29,6 +29,7 @@ from cracknet.config import (ScoreConfig, TrainConfig, add_arguments, check_reca
                              from_arguments)
 from cracknet.data import check_grouping
 from cracknet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, CracknetError, Terminated, exit_status
+from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
 from cracknet.metrics import MAX_FALSE_ALARMS, json_safe, operating_point_caveat
 
 DEV_DATA = os.path.join("..", "shared", "data", "metu-dev")
@@ -163,10 +164,30 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_explain(args: argparse.Namespace) -> None:
     from cracknet.explain import explain
 
-    result = explain(args.model, args.image, args.output)
+    if args.mm_per_pixel is not None and not args.mm_per_pixel > 0:
+        raise CracknetError(f"--mm-per-pixel must be positive, got {args.mm_per_pixel}.")
+    parse_width_classes(args.width_classes)
+    result = explain(args.model, args.image, args.output, mm_per_pixel=args.mm_per_pixel,
+                     width_classes=args.width_classes)
     verdict = "crack" if result["is_crack"] else "no crack"
+    drawn = "" if result["cracks"] is None else " with crack lines"
     print(f"{args.image}: crack probability {result['crack_probability']:.3f} ({verdict} at threshold "
-          f"{result['threshold']:.3f}); Grad-CAM overlay written to {args.output}")
+          f"{result['threshold']:.3f}); Grad-CAM overlay{drawn} written to {args.output}")
+    for line in crack_lines(result["cracks"] or []):
+        print(line)
+
+
+def crack_lines(cracks: list[dict], most: int = 10) -> list[str]:
+    """One line per crack (the longest first), in millimetres where the scale is known."""
+    def size(c: dict, key: str) -> str:
+        return f"{c[key + '_mm']:.2f} mm" if c.get(key + "_mm") is not None else f"{c[key + '_px']:.1f} px"
+
+    lines = [f"  crack {i + 1}: {c['orientation']}, length {size(c, 'length')}, width {size(c, 'width_mean')} mean, "
+             f"{size(c, 'width_p95')} at the 95th percentile" + (f", {c['severity']}" if c.get("severity") else "")
+             for i, c in enumerate(cracks[:most])]
+    if len(cracks) > most:
+        lines.append(f"  ... and {len(cracks) - most} shorter cracks")
+    return lines
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -262,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("image", help="the image: a local path or s3:// URI")
     explain.add_argument("--output", "--out", dest="output", required=True,
                          help="where the PNG overlay goes (path or s3://)")
+    explain.add_argument("--mm-per-pixel", type=float, default=None,
+                         help="the photo's scale, for crack sizes in mm and severity (models that draw masks)")
+    explain.add_argument("--width-classes", default=DEFAULT_WIDTH_CLASSES,
+                         help="severity classes by crack width in mm, name:below_mm,...,name (default: AASHTO MBEI "
+                              "defect 1130)")
     explain.set_defaults(run=cmd_explain)
 
     report = sub.add_parser("report", help="HTML report (self-contained) and PNG figures of a model, "

@@ -9,7 +9,9 @@ The map is upsampled to the photo and drawn over it as a colour overlay. The
 image is read and scored exactly as the nightly job scores it
 (``cracknet.scorer``): whole, up to 1.5 tiles per side; a larger photo is tiled,
 its probability is its highest tile's, and the overlay combines the maps of its
-most crack-like tiles, each weighted by its tile's probability.
+most crack-like tiles, each weighted by its tile's probability. With a model that
+draws masks, each crack's centre line is drawn on top, as wide as the crack and
+coloured by its severity class.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch
 from PIL import Image
 
 from cracknet import storage
+from cracknet.drawing import draw_cracks
+from cracknet.geometry import DEFAULT_WIDTH_CLASSES
 from cracknet.transforms import ImageError, load_rgb
 
 DISPLAY_SIDE = 1024
@@ -74,19 +78,29 @@ def overlay(img: Image.Image, cam: np.ndarray, strength: float = 0.5) -> Image.I
     return Image.fromarray(blended.clip(0, 255).astype(np.uint8), mode="RGB")
 
 
-def explain(model_uri: str, image_uri: str, out: str, most_tiles: int = MOST_TILES) -> dict:
+def explain(model_uri: str, image_uri: str, out: str, most_tiles: int = MOST_TILES, mm_per_pixel: float | None = None,
+            width_classes: str = DEFAULT_WIDTH_CLASSES) -> dict:
     """Write the Grad-CAM overlay of one image to ``out`` (PNG); return probability, threshold and the heat map
-    (at the size of the overlay). The probability is the nightly job's (``cracknet.scorer``)."""
+    (at the size of the overlay). The probability is the nightly job's (``cracknet.scorer``). A model that draws
+    masks also measures the photo's cracks as the nightly job does and draws their centre lines, coloured by
+    severity (``cracknet.drawing``); they are returned as ``cracks``."""
     from cracknet.errors import CracknetError
+    from cracknet.geometry import measure, parse_width_classes
+    from cracknet.masks import photo_mask
     from cracknet.scorer import Scorer, read_image
     from cracknet.transforms import eval_preset
 
+    classes = parse_width_classes(width_classes)
     scorer = Scorer.load(model_uri)
     found = read_image(storage.absolute(image_uri), scorer.spec, scorer.tiling)
     if found.error:
         raise CracknetError(f"{image_uri}: {found.error}.")
-    best, per_tile = scorer.score([found.tiles])
+    best, per_tile, maps = scorer.score_masks([found.tiles], scorer.threshold)
     probability, tile_probs = float(best[0]), per_tile[0]
+    cracks = None
+    if scorer.draws_masks:
+        mask = photo_mask(maps[0], found.boxes, found.width, found.height, scorer.card["mask"]["threshold"])
+        cracks = [] if mask is None else measure(mask, mm_per_pixel, classes)
     try:
         shown = load_rgb(storage.read_bytes(found.uri), scorer.spec.max_pixels, draft_size=DISPLAY_SIDE)
     except ImageError as exc:
@@ -105,9 +119,12 @@ def explain(model_uri: str, image_uri: str, out: str, most_tiles: int = MOST_TIL
         weighted = tile_probs[i] * upsample(cam, (right - left, bottom - top))
         np.maximum(region, weighted[:region.shape[0], :region.shape[1]], out=region)
     heat = heat / heat.max() if heat.max() > 0 else heat
+    picture = overlay(shown, heat)
+    if cracks:
+        picture = draw_cracks(picture, cracks, fx, classes)
     buffer = io.BytesIO()
-    overlay(shown, heat).save(buffer, format="PNG")
+    picture.save(buffer, format="PNG")
     storage.write_bytes(out, buffer.getvalue())
     return {"image": image_uri, "out": out, "crack_probability": probability, "threshold": scorer.threshold,
             "is_crack": probability >= scorer.threshold, "cam": heat, "size": (found.width, found.height),
-            "tiles": len(tile_probs)}
+            "tiles": len(tile_probs), "cracks": cracks}

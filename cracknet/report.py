@@ -6,7 +6,9 @@
 - with ``--data`` (a labelled tree): confusion matrix, precision-recall and ROC curves with the chosen
   threshold marked, and a gallery of the most confident false positives and false negatives;
 - with ``--results`` (a scoring output): the probability distribution, images and cracks per day and
-  per structure, the most likely cracks, and tile crack maps drawn over large photos.
+  per structure, the most likely cracks, and tile crack maps drawn over large photos; where a model that
+  draws masks scored them, crack geometry: the photos with the most crack length with each crack's centre
+  line drawn by severity, the width distribution, and crack length per structure by severity.
 """
 
 from __future__ import annotations
@@ -429,6 +431,82 @@ def scoring_section(report: Report, results: str, top: int, maps: int, card: dic
     report.section("Scoring results", body)
 
 
+GEOMETRY_PHOTOS = 6
+
+
+def crack_photo(image_uri: str, cracks: list[dict], classes, side: int = 640) -> bytes:
+    """The photo, downscaled, with its cracks' centre lines drawn by severity (``drawing.draw_cracks``)."""
+    from cracknet.drawing import draw_cracks
+    from cracknet.transforms import load_rgb
+
+    img = load_rgb(storage.read_bytes(image_uri))
+    scale = min(1.0, side / max(img.size))
+    shown = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+    buffer = io.BytesIO()
+    draw_cracks(shown, cracks, scale, classes).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def geometry_section(report: Report, results: str, photos: int = GEOMETRY_PHOTOS) -> None:
+    """Crack geometry of the current images: top photos with crack lines, widths, lengths per structure."""
+    from cracknet.drawing import colour_of, legend
+    from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
+    from cracknet.query import run_query
+    from cracknet.results import connect
+
+    con = connect(results)
+    if not run_query(results, "SELECT count(*) FROM current WHERE crack_count IS NOT NULL", con=con)[0][0].as_py():
+        return  # scored by models that draw no masks: nothing to say here
+    cracks = run_query(results, "SELECT structure, width_p95_px, width_p95_mm, length_px, length_mm, severity "
+                                "FROM cracks", con=con).to_pylist()
+    if not cracks:
+        report.section("Crack geometry", _note("No crack was measured in these results: no tile reached the "
+                                               "mask gate."))
+        return
+    classes = parse_width_classes(DEFAULT_WIDTH_CLASSES)
+    mm = all(c["width_p95_mm"] is not None for c in cracks)
+    unit = "mm" if mm else "px"
+    plt = _pyplot()
+    fig, width_ax = plt.subplots(figsize=(7, 3.4))
+    width_ax.hist([c[f"width_p95_{unit}"] for c in cracks], bins=30, color="#c0392b")
+    for c in classes if mm else ():
+        if c.below_mm is not None:
+            width_ax.axvline(c.below_mm, color="black", linestyle=":")
+    width_ax.set(title=f"Crack width, 95th percentile ({len(cracks)} cracks; dotted: the class bounds)",
+                 xlabel=unit, ylabel="cracks")
+    body = report.figure("crack_widths", fig)
+    names = sorted({c["structure"] for c in cracks})[:25]
+    fig, length_ax = plt.subplots(figsize=(11, max(2.2, 0.35 * len(names) + 1.2)))
+    short = dict(zip(names, [_plain(n[-50:]) for n in _short_names(names)]))
+    severities = [c.name for c in classes] + [None]
+    left = np.zeros(len(names))
+    for severity in severities:
+        totals = np.array([sum(c[f"length_{unit}"] for c in cracks if c["structure"] == n and c["severity"] == severity)
+                           for n in names])
+        if totals.any():
+            length_ax.barh([short[n] for n in names], totals, left=left, color=colour_of(severity, classes),
+                           label=severity or "not graded")
+            left += totals
+    length_ax.set(title="Crack length per structure (folder), by severity", xlabel=unit)
+    length_ax.legend()
+    body += report.figure("crack_lengths", fig)
+    top = run_query(results, f"SELECT c.image_uri, c.crack_count, c.crack_length_{unit} AS length, c.severity, "
+                             f"r.cracks FROM current c JOIN results r USING (image_uri, run_id) "
+                             f"WHERE c.crack_count > 0 ORDER BY c.crack_length_px DESC LIMIT {int(photos)}",
+                    con=con).to_pylist()
+    key = "".join(f'<span style="color:{colour}">&#9632;</span> {html.escape(text)} &nbsp; '
+                  for colour, text in legend(classes))
+    body += f"<p>{key}</p>"
+    for i, r in enumerate(top):
+        try:
+            drawn = report.png(f"crack_lines_{i + 1}", crack_photo(r["image_uri"], r["cracks"], classes))
+        except Exception as exc:  # noqa: BLE001 - e.g. the photo was deleted since it was scored
+            drawn = _note(f"The photo could not be drawn: {_reason(exc)}")
+        body += (f"<h3>{html.escape(r['image_uri'])}: {r['crack_count']} cracks, {r['length']:.1f} {unit} in all"
+                 f"{', ' + html.escape(r['severity']) if r['severity'] else ''}</h3>" + drawn)
+    report.section("Crack geometry", body)
+
+
 def build_report(model_uri: str, out: str, data: str | None = None, split: str = "all",
                  results: str | None = None, gallery: int = 8, top: int = 20, maps: int = 3) -> dict:
     from cracknet.evaluate import predict_tree
@@ -447,4 +525,5 @@ def build_report(model_uri: str, out: str, data: str | None = None, split: str =
         report.attempt("Evaluation", evaluation_section, card, found, gallery)
     if results:
         report.attempt("Scoring results", scoring_section, results, top, maps, card)
+        report.attempt("Crack geometry", geometry_section, results)
     return {"report": report.write(), "figures": report.files}

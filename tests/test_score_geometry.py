@@ -155,6 +155,14 @@ def test_scoring_writes_crack_geometry_that_duckdb_and_deltalake_read(ray_cluste
     run = results.commit_metadata(str(output), summary["run_id"])
     assert run["geometry"]["gate"] == 0.5 and run["geometry"]["mm_per_pixel"] == 0.2
 
+    # The report draws the crack lines of the photos with the most crack length, and the width and length charts.
+    from cracknet.report import build_report
+
+    written = build_report(str(model_dir), str(tmp_path / "report"), results=str(output))
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Crack geometry" in page and "moderate: 0.3-1.25 mm" in page
+    assert {"crack_widths.png", "crack_lengths.png", "crack_lines_1.png"} <= {p.rsplit("/", 1)[-1] for p in written["figures"]}
+
     # Compaction never deletes masks (the rows that name them stay).
     compact(str(output), retention_hours=0)
     assert all(Image.open(r["mask_uri"]).size == (SIZE, SIZE) for r in rows.values() if r["mask_uri"])
