@@ -222,13 +222,21 @@ def cmd_compact(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from cracknet.demo import adapt_demo, run_demo, verdict
+    from cracknet.demo import adapt_demo, masks_demo, run_demo, verdict
 
     done = run_demo(args.data, args.output, args.epochs, args.image_size, verbose=args.verbose)
     _print_training(done["card"])
     s = done["scoring"]
     print(f"Scored a survey of {s['scored']} images ({s['errors']} errors) into {s['output']}.")
     print(f"Report: {done['report']} (open it in a browser; figures beside it)")
+    drawn = masks_demo(done["card"], args.output, verbose=args.verbose)
+    _print_training(drawn["card"])
+    s = drawn["scoring"]
+    measured = "; ".join(f"{r['cracks']} {r['severity'] or 'not graded'} ({r['length_mm']:g} mm, widest "
+                         f"{r['widest_mm']:g} mm)" for r in drawn["cracks"]) or "no cracks"
+    print(f"Scored {s['scored']} photos with crack geometry into {s['output']} (0.2 mm per pixel): {measured}. "
+          f"Query it: cracknet query --results {s['output']} \"SELECT * FROM wider_than(1.25)\"")
+    print(f"Crack geometry report: {drawn['report']}")
     if args.adapt:
         adapted = adapt_demo(done["card"], args.output, verbose=args.verbose)
         _print_training(adapted["card"])

@@ -1,0 +1,177 @@
+"""Crack masks learnt by ``cracknet train``: pixel F1, IoU, width and length errors on held-out photos, the
+image verdicts beside them, and what geometry costs a night of scoring.
+
+    .venv/bin/python bench/masks.py                                    # generated concrete photos with masks
+    .venv/bin/python bench/masks.py --data MASK_TREE --holdout OTHER_MASK_TREE [--base-model runs/base]
+
+Any mask tree (``<root>/images/…`` with ``<root>/masks/…``) works for both. The
+model trains on ``--data`` (adapting ``--base-model`` when given), and is judged
+on ``--holdout``, photos it never saw, as the nightly job draws its masks
+(decoded on the tiles its crack head calls crack, stitched, cut at the mask
+threshold chosen on validation):
+
+- pixels: precision, recall and F1 within 2 px, IoU, and the best fixed threshold's F1 (ODS);
+- geometry: each true crack (measured on the true mask with ``cracknet.geometry``) is matched to the drawn
+  crack nearest the middle of its centre line; width error (mean width, px) and length error (%) of the
+  matched ones, and the share found;
+- verdicts: accuracy and recall of the crack head at its threshold (and the base model's, when adapting);
+- cost: one model actor's work on a survey where 10% of the photos show a crack, scored with geometry
+  (decoder on gated tiles, stitching, measuring) and without it, in one run on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cracknet import storage  # noqa: E402
+from cracknet.config import TrainConfig  # noqa: E402
+from cracknet.data import discover  # noqa: E402
+from cracknet.datasets import load_mask  # noqa: E402
+from cracknet.evaluate import evaluate  # noqa: E402
+from cracknet.geometry import measure  # noqa: E402
+from cracknet.masks import photo_mask  # noqa: E402
+from cracknet.scorer import Scorer, read_image  # noqa: E402
+from cracknet.synthetic import generate_masked, image_bytes, masked_photo  # noqa: E402
+from cracknet.train import run_training  # noqa: E402
+
+MATCH_PX = 10.0  # a drawn crack further than this from a true crack's middle did not find it
+
+
+def drawn_masks(scorer: Scorer, root: str):
+    """(true mask, drawn mask) of every masked photo of a tree, drawn as the nightly job draws them."""
+    for image in discover(root, require_both_classes=False):
+        if not image.mask:
+            continue
+        found = read_image(image.uri, scorer.spec, scorer.tiling)
+        if found.error:
+            continue
+        truth = load_mask(image.mask, (found.width, found.height), scorer.spec.max_pixels)
+        _, _, maps = scorer.score_masks([found.tiles], scorer.threshold)
+        drawn = photo_mask(maps[0], found.boxes, found.width, found.height, scorer.card["mask"]["threshold"])
+        yield truth, np.zeros_like(truth) if drawn is None else drawn
+
+
+def geometry_errors(pairs) -> dict:
+    """True cracks matched to drawn ones (nearest to the middle of the true centre line): width and length
+    errors of the matched, and the share found."""
+    widths, lengths, found, total = [], [], 0, 0
+    for truth, drawn in pairs:
+        measured = measure(drawn)
+        for crack in measure(truth):
+            total += 1
+            path = max(crack["paths"], key=len)
+            middle = path[len(path) // 2]
+            near = [(min(np.hypot(v["x"] - middle["x"], v["y"] - middle["y"]) for p in c["paths"] for v in p), c)
+                    for c in measured]
+            distance, best = min(near, key=lambda d: d[0]) if near else (np.inf, None)
+            if distance > MATCH_PX:
+                continue
+            found += 1
+            widths.append(best["width_mean_px"] - crack["width_mean_px"])
+            lengths.append(100.0 * (best["length_px"] / crack["length_px"] - 1.0))
+    return {"cracks": total, "found": found,
+            "width_error_px": float(np.median(widths)) if widths else float("nan"),
+            "width_abs_error_px": float(np.median(np.abs(widths))) if widths else float("nan"),
+            "length_error_pct": float(np.median(lengths)) if lengths else float("nan"),
+            "length_abs_error_pct": float(np.median(np.abs(lengths))) if lengths else float("nan")}
+
+
+def survey(folder: str, photos: int, size: int, cracked_share: float = 0.1, seed: int = 7) -> list[str]:
+    """Photos of generated concrete, ``cracked_share`` of them with one crack."""
+    rng = np.random.default_rng(seed)
+    uris = []
+    for i in range(photos):
+        photo, _, _ = masked_photo(rng, size, "concrete", cracks=1 if i % round(1 / cracked_share) == 0 else 0)
+        uri = os.path.join(folder, f"survey-{i:04d}.jpg")
+        storage.write_bytes(uri, image_bytes(photo))
+        uris.append(uri)
+    return uris
+
+
+def night_cost(scorer: Scorer, uris: list[str]) -> tuple[float, float, int]:
+    """Seconds to read, tile and score the survey without geometry and with it, as a model actor does (calls of
+    ``batch_tiles`` tiles across photos); interleaved, best of two."""
+    from cracknet.score import Geometry, image_geometry
+
+    geometry = Geometry(scorer.threshold, scorer.card["mask"]["threshold"], 0.2, "insignificant:0.3,moderate:1.25,wide",
+                        None, "")
+    plain, measured, cracks = [], [], 0
+    for _ in range(2):
+        started = time.perf_counter()
+        found = [read_image(uri, scorer.spec, scorer.tiling) for uri in uris]
+        scorer.score([f.tiles for f in found])
+        plain.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        found = [read_image(uri, scorer.spec, scorer.tiling) for uri in uris]
+        _, _, maps = scorer.score_masks([f.tiles for f in found], geometry.gate)
+        cracks = sum(image_geometry(m, f.boxes, f.width, f.height, f.uri, f.version, geometry)[0] != "[]"
+                     for f, m in zip(found, maps))
+        measured.append(time.perf_counter() - started)
+    return min(plain), min(measured), cracks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="mask tree to train on (default: generated concrete photos)")
+    parser.add_argument("--holdout", help="mask tree of other photos to judge on (default: generated, other seed)")
+    parser.add_argument("--base-model", help="adapt this model instead of training from --weights")
+    parser.add_argument("--model", help="judge this mask model as it is (no training)")
+    parser.add_argument("--weights", default="none", help="starting weights without --base-model")
+    parser.add_argument("--photos", type=int, default=96, help="generated photos to train on")
+    parser.add_argument("--size", type=int, default=192, help="generated photo side")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--image-size", type=int, default=0, help="model input side (default: the photos' own)")
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--cpus-per-worker", type=float, default=float(os.cpu_count() or 1))
+    parser.add_argument("--survey", type=int, default=60, help="photos in the night-cost survey")
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="cracknet-masks-")
+    data, holdout = args.data, args.holdout
+    if data is None:
+        data = os.path.join(work, "train")
+        generate_masked(data, photos=args.photos, size=args.size, seed=1)
+    if holdout is None:
+        holdout = os.path.join(work, "holdout")
+        generate_masked(holdout, photos=max(24, args.photos // 3), size=args.size, seed=2)
+    output, started = args.model or os.path.join(work, "run"), time.monotonic()
+    if args.model is None:
+        image_size = args.image_size or (None if args.base_model else args.size)  # adapting: the base model's rule
+        run_training(TrainConfig(data=data, output=output, epochs=args.epochs, image_size=image_size,
+                                 num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker,
+                                 weights=args.weights, base_model=args.base_model), log=print)
+    trained = time.monotonic() - started
+    scorer = Scorer.load(output)
+    card = scorer.card
+    report = evaluate(output, holdout, scorer=scorer)
+    pixels, verdicts = report["masks"], report["metrics"]
+    errors = geometry_errors(drawn_masks(scorer, holdout))
+    print(f"\n{'Trained in %.0f s on %s' % (trained, data) if args.model is None else output}; mask threshold {card['mask']['threshold']:.2f} (validation).")
+    print(f"Held out ({holdout}, {pixels['images']} photos):")
+    print(f"  pixels within 2 px: precision {pixels['precision']:.3f}, recall {pixels['recall']:.3f}, "
+          f"F1 {pixels['f1']:.3f}, IoU {pixels['iou']:.3f}; ODS F1 {pixels['ods_f1']:.3f} at "
+          f"{pixels['ods_threshold']:.2f}")
+    print(f"  cracks found {errors['found']} of {errors['cracks']}; width error median {errors['width_error_px']:+.2f} "
+          f"px (absolute {errors['width_abs_error_px']:.2f} px); length error median "
+          f"{errors['length_error_pct']:+.1f}% (absolute {errors['length_abs_error_pct']:.1f}%)")
+    print(f"  verdicts at threshold {report['threshold']:.3f}: accuracy {verdicts['accuracy']:.4f}, recall "
+          f"{verdicts['recall']:.4f}, false alarms {verdicts['fp']} of {verdicts['fp'] + verdicts['tn']}")
+    if args.base_model:
+        base = evaluate(args.base_model, holdout)["metrics"]
+        print(f"  the base model's verdicts: accuracy {base['accuracy']:.4f}, recall {base['recall']:.4f}")
+    uris = survey(os.path.join(work, "survey"), args.survey, args.size)
+    plain, measured, cracked = night_cost(scorer, uris)
+    print(f"Night cost, {len(uris)} photos ({cracked} with cracks drawn), one actor: {plain:.1f} s without geometry, "
+          f"{measured:.1f} s with it: {measured / plain:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
