@@ -6,7 +6,7 @@
 2. Build a small "survey" under <output>/survey: labelled patches the run held out for its test,
    spread over two structures, and two large photos stitched from patches so scoring tiles them.
 3. Score the survey with `run_scoring` and write <output>/report/report.html with every section.
-4. Crack geometry: adapt the model into one that also draws crack masks, with 48 generated photos and
+4. Crack geometry: adapt the model into one that also draws crack masks, with 80 generated photos and
    their exact masks; score a survey of larger generated photos (tiled, 0.2 mm per pixel) into
    <output>/geometry-results with their masks, and write <output>/geometry-report/report.html.
 5. With --adapt: the model meets a surface it never saw (generated asphalt, 400 held-out tiles);
@@ -84,7 +84,7 @@ def run_demo(data: str, output: str, epochs: int, image_size: int, say: Callable
     return {"card": card, "scoring": scored, **written}
 
 
-def masks_demo(base: dict, output: str, epochs: int = 8, photos: int = 48, size: int = 128,
+def masks_demo(base: dict, output: str, epochs: int = 8, photos: int = 80, size: int = 128,
                say: Callable[[str], None] = print, verbose: bool = False) -> dict:
     """Step 4: a mask model adapted from ``base`` on generated photos with exact masks, a survey scored with crack
     geometry, and its report. Returns the mask model's card, the scoring summary, the report and the cracks."""
@@ -103,7 +103,7 @@ def masks_demo(base: dict, output: str, epochs: int = 8, photos: int = 48, size:
     say(f"Crack masks: adapting {base['folder']} with {photos} generated photos and their exact masks under {tree}.")
     card = run_training(TrainConfig(data=tree, output=storage.join(output, "masks-model"), base_model=base["folder"],
                                     epochs=epochs, image_size=size, batch_size=8, num_workers=2, overwrite=True,
-                                    verbose=verbose), log=say)
+                                    val_fraction=0.2, test_fraction=0.2, verbose=verbose), log=say)
     scored = run_scoring(ScoreConfig(model=card["folder"], input=storage.join(survey, "images"), output=results,
                                      mm_per_pixel=0.2, masks=storage.join(results, "_masks"), verbose=verbose),
                          log=say)

@@ -135,7 +135,7 @@ def test_train_adapts_a_classifier_into_a_mask_model_on_a_mixed_tree(ray_cluster
     tree = tmp_path / "tree"
     synthetic.generate_masked(str(tree), photos=24, size=96)
     synthetic.generate(str(tree), per_class=6, size=96, surface="asphalt")
-    cli_main(["train", "--data", str(tree), "--output", str(tmp_path / "run"), "--epochs", "2", "--image-size", "48",
+    cli_main(["train", "--data", str(tree), "--output", str(tmp_path / "run"), "--epochs", "2", "--image-size", "32",
               "--num-workers", "2", "--base-model", str(random_model)])
     out = capsys.readouterr().out
     assert "Found 36 labelled images" in out and "24 of them with crack masks" in out
