@@ -29,6 +29,8 @@ from cracknet.data import IMAGE_EXTENSIONS
 from cracknet.errors import CracknetError
 
 LISTING = pa.schema([("image_uri", pa.string()), ("version", pa.string())])
+SCALE = "mm_per_pixel"  # a manifest column: each photo's scale (ground sample distance), millimetres per pixel
+SCALED_LISTING = LISTING.append(pa.field(SCALE, pa.float32()))
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 INVENTORY_FILE = "manifest.json"
 URI_COLUMNS = ("image_uri", "uri", "path")
@@ -62,15 +64,18 @@ def input_root(input_uri: str, input_prefix: str | None) -> str:
 
 
 def listing(input_uri: str, root: str) -> pa.RecordBatchReader:
-    """The images of ``input_uri`` as a stream of (image_uri, version) batches."""
+    """The images of ``input_uri`` as a stream of (image_uri, version) batches; from a manifest with an
+    ``mm_per_pixel`` column, (image_uri, version, mm_per_pixel) batches."""
     kind = kind_of(input_uri)
+    schema = LISTING
     if kind == "inventory":
         batches = _inventory_batches(input_uri, *_inventory(input_uri), root)  # a bad manifest.json fails here
     elif kind == "manifest":
         batches = _manifest_batches(input_uri)
+        schema = SCALED_LISTING if next(batches) else LISTING
     else:
         batches = _folder_batches(input_uri)
-    return pa.RecordBatchReader.from_batches(LISTING, batches)
+    return pa.RecordBatchReader.from_batches(schema, batches)
 
 
 def _batch(uris, versions) -> pa.RecordBatch:
@@ -85,7 +90,8 @@ def _folder_batches(uri: str) -> Iterator[pa.RecordBatch]:
         yield _batch(uris, [v for _, v in page]).filter(keep)
 
 
-def _manifest_batches(uri: str) -> Iterator[pa.RecordBatch]:
+def _manifest_batches(uri: str) -> Iterator:
+    """Whether the manifest gives each photo's scale, then its rows."""
     fs, path = storage.resolve(uri)
     csv = not uri.lower().endswith(".parquet")
     try:
@@ -97,11 +103,16 @@ def _manifest_batches(uri: str) -> Iterator[pa.RecordBatch]:
     column = next((c for c in URI_COLUMNS if c in names), None)
     if column is None:
         raise CracknetError(f"The manifest {uri} has no image_uri column (columns: {', '.join(names)}).")
+    yield SCALE in names
     try:
         for batch in batches:
             versions = batch.column("version").cast(pa.string()) if "version" in names else \
                 pa.nulls(batch.num_rows, pa.string())
-            yield _named_rows(batch.column(column).cast(pa.string()), versions)
+            rows = _named_rows(batch.column(column).cast(pa.string()), versions,
+                               batch.column(SCALE) if SCALE in names else None)
+            if SCALE in names:
+                _check_scales(uri, rows.column(SCALE))
+            yield rows
     except (OSError, pa.ArrowInvalid) as exc:
         raise CracknetError(f"{uri} is not a readable manifest ({type(exc).__name__}: {storage.reason(exc)}).") \
             from None
@@ -127,11 +138,27 @@ def _file_batches(fs, path: str, csv: bool, text_columns=(), column_names=None) 
     yield from parquet.iter_batches(batch_size=BATCH_ROWS)
 
 
-def _named_rows(uris: pa.Array, versions: pa.Array) -> pa.RecordBatch:
-    """Rows that name an image, each keeping its own version (a missing version is "")."""
+def _named_rows(uris: pa.Array, versions: pa.Array, scales: pa.Array | None = None) -> pa.RecordBatch:
+    """Rows that name an image, each keeping its own version (a missing version is "") and scale (a missing one
+    is null: the run's --mm-per-pixel)."""
     keep = pc.and_(pc.is_valid(uris), pc.not_equal(uris, ""))
-    return pa.RecordBatch.from_arrays([uris, pc.fill_null(versions, "")], schema=LISTING) \
-        .filter(pc.fill_null(keep, False))
+    columns, schema = [uris, pc.fill_null(versions, "")], LISTING
+    if scales is not None:
+        try:
+            columns.append(pc.cast(scales, pa.float32()))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise CracknetError(f"The manifest's {SCALE} column holds values that are not numbers "
+                                f"({scales.type}).") from None
+        schema = SCALED_LISTING
+    return pa.RecordBatch.from_arrays(columns, schema=schema).filter(pc.fill_null(keep, False))
+
+
+def _check_scales(uri: str, scales: pa.Array) -> None:
+    bad = pc.fill_null(pc.invert(pc.greater(scales, 0.0)), False)
+    if pc.any(bad).as_py():
+        example = pc.filter(scales, bad)[0].as_py()
+        raise CracknetError(f"The manifest {uri} gives an {SCALE} of {example}; a scale must be a positive number "
+                            "of millimetres per pixel (or empty, for the run's --mm-per-pixel).")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -57,7 +57,11 @@ def plan(listed: pa.RecordBatchReader, output: str, model_id: str, staging: str,
         try:
             con.register("listing_stream", pa.RecordBatchReader.from_batches(listed.schema,
                                                                              _remembering(listed, failure)))
-            con.execute("CREATE TEMP TABLE listing AS SELECT DISTINCT image_uri, version FROM listing_stream").fetchall()
+            # A photo listed twice with two scales is one photo (its largest scale is kept).
+            scaled = "mm_per_pixel" in listed.schema.names
+            scale = "max(mm_per_pixel)" if scaled else "CAST(NULL AS FLOAT)"
+            con.execute(f"CREATE TEMP TABLE listing AS SELECT image_uri, version, {scale} AS mm_per_pixel "
+                        "FROM listing_stream GROUP BY image_uri, version").fetchall()
             listed_n, low, high = con.execute("SELECT count(*), min(image_uri), max(image_uri) FROM listing").fetchall()[0]
             scored, files_read, files_all = scored_keys(output, model_id, low, high)
             con.register("scored", scored)
@@ -66,7 +70,7 @@ def plan(listed: pa.RecordBatchReader, output: str, model_id: str, staging: str,
             con.execute(todo_sql, {"retry": retry_errors, "attempts": error_attempts}).fetchall()
             todo = con.execute("SELECT count(*) FROM todo").fetchall()[0][0]
             retried, given_up = con.execute(RETRY_SQL, {"attempts": error_attempts}).fetchall()[0]
-            written = _write_plan(con, todo, staging)
+            written = _write_plan(con, todo, staging, scaled)
         except duckdb.Error as exc:
             if failure:
                 raise failure[0] from None
@@ -87,9 +91,9 @@ CREATE TEMP TABLE attempts AS
 CREATE TEMP TABLE todo AS
     WITH done AS (SELECT image_uri, version FROM attempts
                   WHERE scored OR (NOT $retry AND (permanent OR transient >= $attempts)))
-    SELECT l.image_uri, l.version FROM listing l ANTI JOIN done d USING (image_uri, version) WHERE l.version <> ''
+    SELECT l.* FROM listing l ANTI JOIN done d USING (image_uri, version) WHERE l.version <> ''
     UNION ALL  -- a row without a version counts as scored once its URI was scored at any version
-    SELECT l.image_uri, l.version FROM listing l ANTI JOIN done d USING (image_uri) WHERE l.version = '';
+    SELECT l.* FROM listing l ANTI JOIN done d USING (image_uri) WHERE l.version = '';
 """
 
 RETRY_SQL = """
@@ -109,14 +113,16 @@ def _remembering(batches: Iterable[pa.RecordBatch], failure: list) -> Iterable[p
         raise
 
 
-def _write_plan(con, todo: int, staging: str) -> list[str]:
-    """The to-do rows, sorted by URI (so the files a run writes cover narrow URI ranges), as plan files."""
+def _write_plan(con, todo: int, staging: str, scaled: bool = False) -> list[str]:
+    """The to-do rows, sorted by URI (so the files a run writes cover narrow URI ranges), as plan files; with
+    each photo's scale where the listing gave scales (``scaled``)."""
     import pyarrow.parquet as pq
 
     if not todo:
         return []
     rows = min(PLAN_ROWS_PER_FILE, max(1, math.ceil(todo / PLAN_FILES)))
-    reader = con.sql("SELECT image_uri, version FROM todo ORDER BY image_uri").to_arrow_reader(rows)
+    columns = "image_uri, version, mm_per_pixel" if scaled else "image_uri, version"
+    reader = con.sql(f"SELECT {columns} FROM todo ORDER BY image_uri").to_arrow_reader(rows)
     written = []
     for batch in _rebatched(reader, rows):
         buffer = io.BytesIO()

@@ -52,8 +52,8 @@ def read_plan(batch):
 
 
 def read_and_tile(batch: dict, spec, tiling, root: str, tiles_per_pack: int):
-    """image_uri, version -> packs of images with their tiles; a bad image is an image with ``error`` set, never an
-    exception (see ``scorer.read_image``).
+    """image_uri, version (, mm_per_pixel) -> packs of images with their tiles; a bad image is an image with
+    ``error`` set, never an exception (see ``scorer.read_image``).
 
     A generator of one-row batches: each row is a *pack*, the images read since the last pack once they hold
     ``tiles_per_pack`` tiles (or the end of the batch). The model actors take one pack per call, so a model
@@ -62,15 +62,23 @@ def read_and_tile(batch: dict, spec, tiling, root: str, tiles_per_pack: int):
     from cracknet.scorer import read_image
 
     pending, tiles = [], 0
-    for uri, listed_version in zip(batch["image_uri"], batch["version"]):
+    for uri, listed_version, scale in zip(batch["image_uri"], batch["version"], _scales(batch)):
         found = read_image(uri, spec, tiling, root=root, version=listed_version or "")
-        pending.append(found)
+        pending.append((found, scale))
         tiles += 0 if found.tiles is None else len(found.tiles)
         if tiles >= tiles_per_pack:
-            yield pack(pending, spec.image_size)
+            yield pack(*zip(*pending), size=spec.image_size)
             pending, tiles = [], 0
     if pending:
-        yield pack(pending, spec.image_size)
+        yield pack(*zip(*pending), size=spec.image_size)
+
+
+def _scales(batch: dict) -> list:
+    """Each planned image's scale from the manifest (None: the run's --mm-per-pixel)."""
+    scales = batch.get("mm_per_pixel")
+    if scales is None:
+        return [None] * len(batch["image_uri"])
+    return [None if s is None or s != s else float(s) for s in scales]
 
 
 def read_encoded(batch: dict, root: str, images_per_pack: int, max_bytes: int, bytes_per_pack: int = 64 << 20):
@@ -79,9 +87,9 @@ def read_encoded(batch: dict, root: str, images_per_pack: int, max_bytes: int, b
     from cracknet.scorer import fetch
 
     pending, size = [], 0
-    for uri, listed_version in zip(batch["image_uri"], batch["version"]):
+    for uri, listed_version, scale in zip(batch["image_uri"], batch["version"], _scales(batch)):
         found, data = fetch(uri, root, listed_version or "", max_bytes)
-        pending.append((found, data or b""))
+        pending.append((found, data or b"", scale))
         size += len(data or b"")
         if len(pending) >= images_per_pack or size >= bytes_per_pack:
             yield encoded_pack(pending)
@@ -91,22 +99,25 @@ def read_encoded(batch: dict, root: str, images_per_pack: int, max_bytes: int, b
 
 
 def encoded_pack(pending: list) -> dict:
-    """(Found, bytes) pairs -> one row: the bytes end to end with their offsets, text as JSON."""
-    lengths = np.asarray([len(data) for _, data in pending], dtype=np.int64)
-    text = {"image_uri": [f.uri for f, _ in pending], "version": [f.version for f, _ in pending],
-            "error": [f.error for f, _ in pending], "error_kind": [f.error_kind for f, _ in pending]}
+    """(Found, bytes, scale) triples -> one row: the bytes end to end with their offsets, text as JSON."""
+    lengths = np.asarray([len(data) for _, data, _ in pending], dtype=np.int64)
+    text = {"image_uri": [f.uri for f, _, _ in pending], "version": [f.version for f, _, _ in pending],
+            "error": [f.error for f, _, _ in pending], "error_kind": [f.error_kind for f, _, _ in pending],
+            "mm_per_pixel": [scale for _, _, scale in pending]}
     return {
-        "data": _ragged([np.frombuffer(b"".join(data for _, data in pending) or b"", dtype=np.uint8)]),
+        "data": _ragged([np.frombuffer(b"".join(data for _, data, _ in pending) or b"", dtype=np.uint8)]),
         "lengths": _ragged([lengths]),
         "text": np.asarray([json.dumps(text)], dtype=object),
     }
 
 
-def pack(found: list, size: int) -> dict:
-    """Images read for scoring -> one row: every tile in one array, per-image numbers as arrays, text as JSON."""
+def pack(found: list, scales: list | None = None, size: int = 0) -> dict:
+    """Images read for scoring (and their scales from the manifest, None where it gives none) -> one row: every
+    tile in one array, per-image numbers as arrays, text as JSON."""
     empty_tiles, empty_boxes = np.zeros((0, size, size, 3), dtype=np.uint8), np.zeros((0, 4), dtype=np.int32)
     text = {"image_uri": [f.uri for f in found], "version": [f.version for f in found],
-            "error": [f.error for f in found], "error_kind": [f.error_kind for f in found]}
+            "error": [f.error for f in found], "error_kind": [f.error_kind for f in found],
+            "mm_per_pixel": list(scales) if scales is not None else [None] * len(found)}
     return {
         "tiles": _ragged([np.concatenate([empty_tiles] + [f.tiles for f in found if f.tiles is not None])]),
         "boxes": _ragged([np.concatenate([empty_boxes] + [f.boxes for f in found if f.boxes is not None])]),
@@ -188,7 +199,8 @@ class CrackPredictor:
 
     def __call__(self, batch: dict) -> dict:
         out = {k: [] for k in ("image_uri", "version", "error", "error_kind", "width", "height", "crack_probability",
-                               "tiles_scored", "tile_probabilities", "boxes", "cracks", "severity", "mask_uri")}
+                               "tiles_scored", "tile_probabilities", "boxes", "cracks", "severity", "mask_uri",
+                               "mm_per_pixel")}
         packs = self._decoded_packs(batch) if self.decode_on_device else self._tiled_packs(batch)
         for text, widths, heights, per_image, boxes in packs:
             if self.geometry is None:
@@ -196,11 +208,13 @@ class CrackPredictor:
             else:
                 crack, tile_probs, maps = self.scorer.score_masks(per_image, self.geometry.gate)
                 for i, uri in enumerate(text["image_uri"]):
+                    scale = text.get("mm_per_pixel", [None] * len(text["image_uri"]))[i] or self.geometry.mm_per_pixel
                     found = ("", "", "") if per_image[i] is None else \
                         image_geometry(maps[i], boxes[i], int(widths[i]), int(heights[i]), uri, text["version"][i],
-                                       self.geometry)
+                                       dataclasses.replace(self.geometry, mm_per_pixel=scale))
                     for key, value in zip(("cracks", "severity", "mask_uri"), found):
                         out[key].append(value)
+                    out["mm_per_pixel"].append(np.nan if scale is None else scale)
             for key in ("image_uri", "version", "error", "error_kind"):
                 out[key] += text[key]
             out["width"] += list(widths)
@@ -211,7 +225,7 @@ class CrackPredictor:
             out["boxes"] += boxes
         geometry = {} if self.geometry is None else {
             **{key: np.asarray(out[key], dtype=object) for key in ("cracks", "severity", "mask_uri")},
-            "mm_per_pixel": np.full(len(out["image_uri"]), self.geometry.mm_per_pixel or np.nan, dtype=np.float32)}
+            "mm_per_pixel": np.asarray(out["mm_per_pixel"], dtype=np.float32)}
         return {
             **geometry,
             "image_uri": np.asarray(out["image_uri"], dtype=object),

@@ -111,9 +111,13 @@ def test_scoring_writes_crack_geometry_that_duckdb_and_deltalake_read(ray_cluste
 
     root, truth, model_dir = survey
     output = tmp_path / "results"
-    summary = run_scoring(ScoreConfig(model=str(model_dir), input=str(root / "tree" / "images"), output=str(output),
-                                      batch_size=8, mm_per_pixel=0.2, masks=str(output / "_masks")),
-                          log=lambda _: None)
+    # A manifest that knows one photo's scale (a drone survey's ground sample distance); the others take the run's.
+    manifest = tmp_path / "tonight.csv"
+    manifest.write_text("image_uri,mm_per_pixel\n" + "".join(
+        f"{root / 'tree' / 'images' / name}.png,{'0.5' if name == 'photo-00' else ''}\n" for name in truth))
+    summary = run_scoring(ScoreConfig(model=str(model_dir), input=str(manifest), output=str(output),
+                                      input_prefix=str(root / "tree"), batch_size=8, mm_per_pixel=0.2,
+                                      masks=str(output / "_masks")), log=lambda _: None)
     assert summary["scored"] == 9 and summary["errors"] == 0
     rows = {r["image_uri"].rsplit("/", 1)[1][:-4]: r for r in run_query(
         str(output), "SELECT * EXCLUDE (tiles) FROM results").to_pylist()}
@@ -121,11 +125,12 @@ def test_scoring_writes_crack_geometry_that_duckdb_and_deltalake_read(ray_cluste
     for name, cracks in truth.items():
         row = rows[name]
         assert row["crack_count"] == len(cracks) == len(row["cracks"]), name
-        assert row["mm_per_pixel"] == pytest.approx(0.2)
+        scale = 0.5 if name == "photo-00" else 0.2
+        assert row["mm_per_pixel"] == pytest.approx(scale)
         for found, true in zip(sorted(row["cracks"], key=lambda c: c["length_px"]),
                                sorted(cracks, key=lambda c: c["length_px"])):
             measured.append((found["width_mean_px"] - true["width_px"], found["length_px"] / true["length_px"] - 1))
-            assert found["length_mm"] == pytest.approx(found["length_px"] * 0.2, rel=1e-5)
+            assert found["length_mm"] == pytest.approx(found["length_px"] * scale, rel=1e-5)
             assert found["severity"] == ("wide" if found["width_p95_mm"] >= 1.25 else "moderate"
                                          if found["width_p95_mm"] >= 0.3 else "insignificant")
             assert found["paths"] and all(0 <= v["x"] < SIZE and 0 <= v["y"] < SIZE for v in found["paths"][0])
@@ -146,6 +151,7 @@ def test_scoring_writes_crack_geometry_that_duckdb_and_deltalake_read(ray_cluste
     assert {"structure", "width_p95_mm", "orientation", "bbox_w", "paths"} <= set(per_crack[0])
     wide = run_query(str(output), "SELECT width_p95_mm FROM wider_than(1.25)").column(0).to_pylist()
     assert wide == sorted((c["width_p95_mm"] for c in per_crack if c["width_p95_mm"] > 1.25), reverse=True)
+    assert per_crack[0]["mask_uri"].startswith(str(output / "_masks" / "images" / "photo-"))
     structure = run_query(str(output), "SELECT crack_length_mm FROM structures").column(0).to_pylist()
     assert structure[0] == pytest.approx(sum(c["length_mm"] for c in per_crack), rel=1e-4)
 
@@ -177,6 +183,15 @@ def test_masks_must_not_go_among_the_images_or_into_the_table(survey, tmp_path):
                                     output=str(tmp_path / "results"), masks=str(masks)), log=lambda _: None)
     with pytest.raises(CracknetError, match="--mm-per-pixel must be positive"):
         ScoreConfig(model="m", input="i", output="o", mm_per_pixel=0.0)
+    from cracknet import inputs
+
+    manifest = tmp_path / "scales.csv"
+    manifest.write_text("image_uri,mm_per_pixel\na.jpg,0.3\nb.jpg,\n")
+    assert inputs.listing(str(manifest), str(tmp_path)).read_all().column("mm_per_pixel").to_pylist() == \
+        [pytest.approx(0.3), None]
+    manifest.write_text("image_uri,mm_per_pixel\na.jpg,0.3\nb.jpg,-1\n")
+    with pytest.raises(CracknetError, match="gives an mm_per_pixel of -1.0; a scale must be a positive number"):
+        inputs.listing(str(manifest), str(tmp_path)).read_all()
 
 
 def test_a_table_older_than_the_geometry_columns_reads_them_as_null_and_gains_them(tmp_path):
