@@ -502,7 +502,8 @@ def geometry_section(report: Report, results: str, photos: int = GEOMETRY_PHOTOS
             drawn = report.png(f"crack_lines_{i + 1}", crack_photo(r["image_uri"], r["cracks"], classes))
         except Exception as exc:  # noqa: BLE001 - e.g. the photo was deleted since it was scored
             drawn = _note(f"The photo could not be drawn: {_reason(exc)}")
-        body += (f"<h3>{html.escape(r['image_uri'])}: {r['crack_count']} cracks, {r['length']:.1f} {unit} in all"
+        count = f"{r['crack_count']} crack{'s' if r['crack_count'] != 1 else ''}"
+        body += (f"<h3>{html.escape(r['image_uri'])}: {count}, {r['length']:.1f} {unit} in all"
                  f"{', ' + html.escape(r['severity']) if r['severity'] else ''}</h3>" + drawn)
     report.section("Crack geometry", body)
 
