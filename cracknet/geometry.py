@@ -30,6 +30,7 @@ concrete (defect 1130): insignificant below 0.3 mm (0.012 in), moderate to 1.25 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ AASHTO_RC = (WidthClass("insignificant", 0.3), WidthClass("moderate", 1.25), Wid
 DEFAULT_WIDTH_CLASSES = "insignificant:0.3,moderate:1.25,wide"
 
 
+@functools.lru_cache(maxsize=16)  # the nightly job asks once per photo; the answer is immutable
 def parse_width_classes(text: str) -> tuple[WidthClass, ...]:
     """``name:below_mm,...,name`` (upper bounds increasing, the last class open) as width classes."""
     parts = [p.strip() for p in text.split(",") if p.strip()]

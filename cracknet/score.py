@@ -207,8 +207,9 @@ class CrackPredictor:
                 crack, tile_probs = self.scorer.score(per_image)
             else:
                 crack, tile_probs, maps = self.scorer.score_masks(per_image, self.geometry.gate)
+                scales = text.get("mm_per_pixel") or [None] * len(text["image_uri"])  # from the manifest, if any
                 for i, uri in enumerate(text["image_uri"]):
-                    scale = text.get("mm_per_pixel", [None] * len(text["image_uri"]))[i] or self.geometry.mm_per_pixel
+                    scale = scales[i] or self.geometry.mm_per_pixel
                     found = ("", "", "") if per_image[i] is None else \
                         image_geometry(maps[i], boxes[i], int(widths[i]), int(heights[i]), uri, text["version"][i],
                                        dataclasses.replace(self.geometry, mm_per_pixel=scale))
