@@ -29,7 +29,8 @@ REQUIRED_CARD_FIELDS = ("weights_file", "weights_sha256", "model_id", "threshold
 
 
 FORMAT_VERSION = 1
-NOT_RECORDED = ("overwrite", "ray_address", "verbose")  # settings of a run that say nothing about its model
+NOT_RECORDED = ("overwrite", "ray_address", "verbose", "mlflow")  # settings that say nothing about the model (the
+# tracking URI may also carry credentials)
 
 
 def build_card(cfg, spec: Preprocessing, plan, predictions: dict[str, Any], epochs_completed: int, kept_epoch: int,
@@ -42,6 +43,7 @@ def build_card(cfg, spec: Preprocessing, plan, predictions: dict[str, Any], epoc
     the model id are added when the artifact is saved (``model.save_artifact``).
     """
     from cracknet.metrics import binary_metrics, evaluation, operating_point, threshold_rule
+    from cracknet.monitor import probability_histogram
 
     (val_probs, val_labels), (test_probs, test_labels) = predictions["val"], predictions["test"]
     point = operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence, cfg.max_false_alarms)
@@ -71,6 +73,8 @@ def build_card(cfg, spec: Preprocessing, plan, predictions: dict[str, Any], epoc
                      "restarts": predictions["restarts"], "history": predictions["history"],
                      "seconds": round(seconds, 1), "checkpoints": checkpoints},
         "versions": versions,
+        # What monitoring compares a first night with (cracknet.monitor): the validation images' probabilities.
+        "monitoring": {"validation_probability_histogram": probability_histogram(val_probs)},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(mask_section(predictions["masks"]) if "masks" in predictions else {}),
     }
@@ -125,6 +129,14 @@ def model_folder(uri: str) -> str:
 
 
 def read_card(uri: str) -> dict[str, Any]:
+    """The card of the model at ``uri``: a model folder, the training output above it, or a registered version
+    (``models:/name/version``, ``models:/name@alias``; the card then also names the version, under ``registry``)."""
+    registered = None
+    if uri.startswith(storage.REGISTRY_PREFIX):
+        from cracknet import registry
+
+        registered = registry.resolve(uri)
+        uri = registered["artifact_uri"]
     folder = model_folder(uri)
     try:
         card = json.loads(storage.read_bytes(storage.join(folder, CARD_FILE)))
@@ -142,6 +154,11 @@ def read_card(uri: str) -> dict[str, Any]:
         raise CracknetError(f"{storage.join(folder, CARD_FILE)} names model {card['model_id']}, but its weights, "
                             "threshold and preprocessing make another model: the card was edited after the model was "
                             "saved. Save it as a new model (a new id) rather than change what an id means.")
+    if registered is not None:
+        from cracknet import registry
+
+        registry.check_version(card, registered)
+        return {**card, "folder": folder, "registry": registered}
     return {**card, "folder": folder}
 
 
@@ -158,7 +175,7 @@ def model_identity(card: dict[str, Any]) -> str:
 def record_evaluations(uri: str, rows: dict[str, dict[str, Any]]) -> str:
     """Add per-surface evaluation rows to a model's card (``evaluations``, by surface name; a surface
     evaluated again replaces its row). The weights and the model id do not change. Returns the card's URI."""
-    card_uri = storage.join(model_folder(uri), CARD_FILE)
+    card_uri = storage.join(read_card(uri)["folder"], CARD_FILE)
     card = json.loads(storage.read_bytes(card_uri))
     card["evaluations"] = {**card.get("evaluations", {}), **rows}
     storage.write_bytes(card_uri, card_bytes(card))

@@ -8,8 +8,10 @@
     cracknet score --model URI --input URI --output URI     # Ray Data bulk scoring into a Delta table
     cracknet query --results URI "SQL"                      # DuckDB over the committed results
     cracknet compact --results URI                          # merge small files, vacuum unreferenced ones
+    cracknet promote --model models:/cracknet/8 --alias champion --data NAME=URI   # the promotion gate
 
-Every user-facing failure ends in one line on stderr and a documented exit status: 2 for bad usage or
+Every user-facing failure ends in one line on stderr and a documented exit status: 1 when the promotion gate
+refused a candidate, 2 for bad usage or
 input (retrying will not help), 73 when another run holds the output, 75 when the object store kept
 failing (both worth retrying later; see errors.EXIT_*), 130 when interrupted, 143 when stopped by SIGTERM.
 """
@@ -28,7 +30,7 @@ from cracknet import storage
 from cracknet.config import (ScoreConfig, TrainConfig, add_arguments, check_recall_settings, check_tile_size,
                              from_arguments)
 from cracknet.data import check_grouping
-from cracknet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, CracknetError, Terminated, exit_status
+from cracknet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, CracknetError, GateRefused, Terminated, exit_status
 from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
 from cracknet.metrics import MAX_FALSE_ALARMS, json_safe, operating_point_caveat
 
@@ -201,9 +203,43 @@ def cmd_score(args: argparse.Namespace) -> None:
     from cracknet.score import run_scoring
 
     s = run_scoring(from_arguments(ScoreConfig, args))
+    version = f" (version {s['model_version']})" if s.get("model_version") else ""
     print(f"Scored {s['scored']} images ({s['errors']} errors), skipped {s['skipped']} already scored by model "
-          f"{s['model_id']}, {s['images_per_second']:.1f} images/s in {s['seconds']:.1f} s "
+          f"{s['model_id']}{version}, {s['images_per_second']:.1f} images/s in {s['seconds']:.1f} s "
           f"({s.get('pipeline_seconds', 0.0):.1f} s in the pipeline); results in {s['output']} (run {s['run_id']}).")
+    for line in alert_lines(s):
+        print(line)
+
+
+def alert_lines(s: dict) -> list[str]:
+    """The summary's monitoring lines: none on a quiet night, else one per fired rule and how they were sent."""
+    alerts = s.get("alerts") or []
+    if not alerts:
+        return []
+    sent = f"; {s['alert_delivery']}" if s.get("alert_delivery") else ""
+    return [f"Alerts: {len(alerts)}{sent}."] + [f"  {a['rule']}: {a['message']}" for a in alerts]
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from cracknet.evaluate import parse_surface
+    from cracknet.promote import promote
+
+    surfaces = [parse_surface(text) for text in args.data or []]
+    try:
+        verdict = promote(args.model, args.alias, surfaces, name=args.registered_model, force=args.force,
+                          mlflow_uri=args.mlflow, batch_size=args.batch_size)
+    except CracknetError:
+        raise
+    except Exception as exc:  # the registry's own failures (a server that went away, refused credentials)
+        if not type(exc).__module__.startswith("mlflow"):
+            raise
+        from cracknet.tracking import reason
+
+        raise CracknetError(f"The model registry failed: {reason(exc)}") from None
+    if not verdict["promoted"] and not verdict.get("unchanged"):
+        raise GateRefused(verdict["line"])
+    if not verdict.get("unchanged"):
+        print(verdict["line"])
 
 
 def cmd_query(args: argparse.Namespace) -> None:
@@ -249,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="cracknet", description="Find cracks in photos of concrete.",
                                      allow_abbrev=False,
-                                     epilog="Exit status: 0 done; 2 bad usage or input; 73 another run holds the "
+                                     epilog="Exit status: 0 done; 1 the promotion gate refused; 2 bad usage or input; 73 another run holds the "
                                             "output; 75 the object store is unavailable (retry later); "
                                             "130 interrupted; 143 stopped by SIGTERM.")
     parser.add_argument("--version", action="version", version=f"cracknet {cracknet.__version__}")
@@ -300,14 +336,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="HTML report (self-contained) and PNG figures of a model, "
                                            "an evaluation set and scoring results")
-    report.add_argument("--model", required=True, help="the model/ folder, or the training output above it")
+    report.add_argument("--model", help="the model/ folder, the training output above it, or models:/...; may be "
+                                        "left out with --results (a report of the nights alone)")
     report.add_argument("--output", "--out", dest="output", required=True,
                         help="folder for report.html and the PNGs (path or s3://)")
     report.add_argument("--data", help="a labelled tree to evaluate on: confusion matrix, curves, error gallery")
     report.add_argument("--split", choices=("all", "val", "test"), default="all",
                         help="evaluate only this split of the model's own training run (by content hash)")
-    report.add_argument("--results", help="a scoring output: distribution, per day and structure, top cracks")
+    report.add_argument("--results", help="a scoring output: distribution, per day and structure, top cracks, the "
+                                          "nights over time with drift and alerts, structures that changed")
     report.set_defaults(run=cmd_report)
+
+    promote = sub.add_parser("promote", help="move a registry alias (the model in service) to a model, only when it "
+                                             "is no worse on the named labelled surfaces")
+    promote.add_argument("--model", required=True,
+                         help="the candidate: models:/NAME/VERSION, or a model folder (registered if it is not yet)")
+    promote.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
+    promote.add_argument("--data", action="append", metavar="[NAME=]URI",
+                         help="a labelled surface to compare the candidate and the alias holder on; repeatable")
+    promote.add_argument("--registered-model", default=None,
+                         help="the registered model (default: the one --model names, else cracknet)")
+    promote.add_argument("--force", metavar="REASON", default=None,
+                         help="move the alias even where the gate refuses or no surface is named; the reason is "
+                              "recorded with the version")
+    promote.add_argument("--mlflow", default=None, help="the MLflow registry (default: MLFLOW_TRACKING_URI)")
+    promote.add_argument("--batch-size", type=int, default=64, help="tiles per model call (default: 64)")
+    promote.set_defaults(run=cmd_promote)
 
     score = sub.add_parser("score", help="score images from storage with Ray Data and commit them to the results table (Delta Lake)")
     add_arguments(score, ScoreConfig)

@@ -98,6 +98,12 @@ class TrainConfig:
     max_failures: int = _opt(3, "worker failures to recover from (resuming from the last checkpoint)")
     seed: int = _opt(0, "random seed for initialisation, shuffling and augmentation")
     overwrite: bool = _opt(False, "replace a finished model and start training afresh")
+    mlflow: Optional[str] = _opt(None, "MLflow tracking URI: log the run there and register the model (default: "
+                                       "MLFLOW_TRACKING_URI; neither: no tracking); sqlite:///runs/mlflow.db is a "
+                                       "local store to try it")
+    experiment: str = _opt("cracknet", "the MLflow experiment of the run")
+    registered_model: str = _opt("cracknet", "with tracking, register the model as a version of this registered "
+                                             "model ('' for none)")
     ray_address: Optional[str] = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
     verbose: bool = _opt(False, "also show Ray's INFO logs and Ray Data's progress bars")
 
@@ -143,7 +149,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    model: str = field(metadata={"help": "the model/ folder, or the training output above it"})
+    model: str = field(metadata={"help": "the model/ folder, the training output above it, or a registered "
+                                         "version: models:/NAME@ALIAS, models:/NAME/VERSION"})
     input: str = field(metadata={"help": "images: a folder, s3://bucket/prefix, or a Parquet/CSV manifest of URIs"})
     output: str = field(metadata={"help": "the results table (Delta Lake): a folder or s3:// prefix"})
     input_prefix: Optional[str] = _opt(None, "images must lie under this location (default: the input folder, or "
@@ -175,6 +182,21 @@ class ScoreConfig:
                                             "this crack probability (default: the model's threshold)")
     masks: Optional[str] = _opt(None, "also write each cracked image's crack mask there, an 8-bit PNG at the "
                                       "photo's size (crack 255): a folder, s3:// prefix, or <output>/_masks")
+    mlflow: Optional[str] = _opt(None, "the MLflow registry for a models:/NAME@ALIAS or models:/NAME/VERSION "
+                                       "--model (default: MLFLOW_TRACKING_URI)")
+    alert_webhook: Optional[str] = _opt(None, "POST the night's alerts here as one JSON message (Slack and Teams "
+                                              "incoming webhooks take it); never fails the run (default: "
+                                              "CRACKNET_ALERT_WEBHOOK)")
+    drift_window: int = _opt(7, "monitoring compares a night with this many recent scoring runs")
+    drift_psi: float = _opt(0.25, "alert when the population-stability index of the crack probabilities, the "
+                                  "brightness or the sharpness against recent nights exceeds this")
+    crack_rate_margin: float = _opt(0.05, "alert when the crack rate lies this far outside recent nights' range "
+                                          "(beyond its own 99%% binomial interval)")
+    max_error_rate: float = _opt(0.05, "alert when more than this share of the night's images are error rows")
+    structure_growth: int = _opt(2, "alert when a structure has this many more cracked images than at its "
+                                    "previous survey")
+    length_growth: float = _opt(0.5, "alert when a structure's total crack length grew by more than this share "
+                                     "since its previous survey (models that draw masks)")
     ray_address: Optional[str] = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
     verbose: bool = _opt(False, "also show Ray's INFO logs and Ray Data's progress bars")
 
@@ -188,6 +210,12 @@ class ScoreConfig:
                 or self.lease_seconds <= 0:
             raise CracknetError("--batch-size, --read-batch-size, --rows-per-part, --max-pixels, --max-bytes and "
                                 "--lease-seconds must be positive.")
+        if self.drift_window < 1 or self.drift_psi <= 0 or self.structure_growth < 1 or self.length_growth <= 0 \
+                or not 0 <= self.crack_rate_margin < 1 or not 0 <= self.max_error_rate < 1:
+            raise CracknetError("--drift-window, --drift-psi, --structure-growth and --length-growth must be "
+                                "positive; --crack-rate-margin and --max-error-rate in [0, 1).")
+        if self.alert_webhook is not None and not self.alert_webhook.startswith(("http://", "https://")):
+            raise CracknetError(f"--alert-webhook must be an http:// or https:// URL, got {self.alert_webhook!r}.")
         if self.num_actors < 0:
             raise CracknetError(f"--num-actors must not be negative, got {self.num_actors}.")
         check_tile_size(self.tile_size)

@@ -25,7 +25,12 @@ class OutputBusy(CracknetError):
     """Another run holds the output (its lease), or took it over while this run wrote: retry later."""
 
 
+class GateRefused(CracknetError):
+    """The promotion gate found the candidate worse than the model in service; nothing changed."""
+
+
 # Exit statuses of the command line (sysexits.h where one fits), documented in the README.
+EXIT_REFUSED = 1      # the promotion gate refused the candidate
 EXIT_USAGE = 2        # bad usage or bad input: retrying will not help
 EXIT_BUSY = 73        # another run holds the output (EX_CANTCREAT): retry after it ends
 EXIT_UNAVAILABLE = 75  # the object store kept failing (EX_TEMPFAIL): retry later
@@ -44,6 +49,8 @@ def exit_status(exc: CracknetError) -> int:
         return EXIT_UNAVAILABLE
     if isinstance(exc, OutputBusy):
         return EXIT_BUSY
+    if isinstance(exc, GateRefused):
+        return EXIT_REFUSED
     return EXIT_USAGE
 
 

@@ -359,3 +359,29 @@ class MaskTally:
                 "iou": float(total[at, 4] / total[at, 5]) if total[at, 5] else 1.0, "threshold": threshold,
                 "ods_f1": float(f1[best]), "ods_threshold": float(grid[best]), "tolerance_px": self.tolerance,
                 "images": self.images, "crack_pixels": int(total[at, 3])}
+
+
+GATE_METRICS = ("recall", "precision", "f1")
+
+
+def paired_difference(candidate: np.ndarray, champion: np.ndarray, labels: np.ndarray, candidate_threshold: float,
+                      champion_threshold: float, n: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> dict[str, dict[str, float]]:
+    """Candidate minus champion on the same images, each at its own threshold: the difference of each gate metric
+    and its percentile bootstrap interval (the same resample of images for both models, so that what the two
+    models share cancels out)."""
+    candidate, champion = np.asarray(candidate, np.float64), np.asarray(champion, np.float64)
+    labels = np.asarray(labels).astype(bool)
+    rng = np.random.default_rng(seed)
+    samples = {k: [] for k in GATE_METRICS}
+    for _ in range(n):
+        pick = rng.integers(0, len(labels), len(labels))
+        a = binary_metrics(candidate[pick], labels[pick], candidate_threshold)
+        b = binary_metrics(champion[pick], labels[pick], champion_threshold)
+        for k in GATE_METRICS:
+            samples[k].append(a[k] - b[k])
+    a, b = binary_metrics(candidate, labels, candidate_threshold), binary_metrics(champion, labels, champion_threshold)
+    tail = (1.0 - level) / 2.0 * 100.0
+    return {k: {"candidate": a[k], "champion": b[k], "difference": a[k] - b[k],
+                "interval": [float(np.percentile(samples[k], tail)), float(np.percentile(samples[k], 100 - tail))]}
+            for k in GATE_METRICS}

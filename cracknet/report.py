@@ -5,8 +5,10 @@
 - always: the model card and the training curves (loss and accuracy, train vs validation, per epoch);
 - with ``--data`` (a labelled tree): confusion matrix, precision-recall and ROC curves with the chosen
   threshold marked, and a gallery of the most confident false positives and false negatives;
-- with ``--results`` (a scoring output): the probability distribution, images and cracks per day and
-  per structure, the most likely cracks, and tile crack maps drawn over large photos; where a model that
+- with ``--results`` (a scoring output; ``--model`` may then be left out): the probability distribution,
+  images and cracks per day and per structure, the most likely cracks, and tile crack maps drawn over large
+  photos; the nights over time (images, crack rate, errors, alerts) with their drift figures, and the
+  structures whose cracks grew since their previous survey, a photo of each survey side by side; where a model that
   draws masks scored them, crack geometry: the photos with the most crack length with each crack's centre
   line drawn by severity, the width distribution, and crack length per structure by severity.
 """
@@ -508,23 +510,143 @@ def geometry_section(report: Report, results: str, photos: int = GEOMETRY_PHOTOS
     report.section("Crack geometry", body)
 
 
-def build_report(model_uri: str, out: str, data: str | None = None, split: str = "all",
+NIGHTS_SHOWN, CHANGES_SHOWN = 30, 8
+
+
+def _nights(results: str) -> list[dict]:
+    """The scoring runs of ``results``, oldest first, each with its monitoring record (None before monitoring)."""
+    import json
+
+    from cracknet import runs
+
+    rows = [r for r in runs.read(results).to_pylist() if r["job"] == "scoring"]
+    rows.sort(key=lambda r: (r["started_at"], r["run_id"]))
+    for r in rows:
+        r["record"] = json.loads(r["monitoring"]) if r.get("monitoring") else None
+        r["fired"] = json.loads(r["alerts"]) if r.get("alerts") else []
+    return rows
+
+
+def nights_section(report: Report, results: str) -> None:
+    """Nights over time (images, crack rate, errors, alerts), the drift figures, and the latest nights' alerts."""
+    from cracknet.monitor import Rules
+
+    nights = [n for n in _nights(results) if n["scored"]][-NIGHTS_SHOWN:]
+    if not nights:
+        return
+    plt = _pyplot()
+    labels = [n["started_at"].strftime("%m-%d %H:%M") for n in nights]
+    x = np.arange(len(nights))
+    fig, (count_ax, rate_ax, drift_ax) = plt.subplots(3, 1, figsize=(11, 8.4), sharex=True)
+    count_ax.bar(x, [n["scored"] for n in nights], color="#95a5a6", label="images")
+    count_ax.bar(x, [n["errors"] for n in nights], color="#8e44ad", label="error rows")
+    count_ax.set(title="Nights: images scored and error rows", ylabel="images")
+    count_ax.legend()
+    rates = [n["record"]["crack_rate"] if n["record"] else np.nan for n in nights]
+    rate_ax.plot(x, rates, "o-", color="#c0392b", label="crack rate")
+    alerted = [i for i, n in enumerate(nights) if n["fired"]]
+    rate_ax.plot(alerted, [np.nan_to_num(rates[i]) for i in alerted], "v", color="black", markersize=11,
+                 label="a night with alerts")
+    rate_ax.set(title="Crack rate (share of scored images called crack)", ylabel="share", ylim=(0, 1.05))
+    rate_ax.legend()
+    limit = ((nights[-1]["record"] or {}).get("rules") or {}).get("psi", Rules().psi)  # the latest night's rule
+    for key, label, style in (("probability_psi", "probabilities vs recent nights", "o-"),
+                              ("brightness_psi", "brightness vs recent nights", "s-"),
+                              ("sharpness_psi", "sharpness vs recent nights", "^-"),
+                              ("probability_psi_validation", "probabilities vs validation (shown only)", "x:")):
+        values = [(n["record"] or {}).get("drift", {}).get(key, np.nan) for n in nights]
+        if not all(np.isnan(values)):
+            drift_ax.plot(x, values, style, label=label)
+    drift_ax.axhline(limit, color="black", linestyle="--", label=f"alert above {limit:.2f}")
+    drift_ax.set(title="Drift: population-stability index", ylabel="PSI")
+    drift_ax.set_yscale("symlog", linthresh=0.1)
+    drift_ax.legend(fontsize=8)
+    drift_ax.set_xticks(x, labels, rotation=45, ha="right")
+    body = report.figure("nights", fig)
+    rows = [(n["run_id"], n["started_at"].strftime("%Y-%m-%d %H:%M"), n.get("model_version") or n["model_id"],
+             n["scored"], n["errors"], "" if not n["record"] else f"{n['record']['crack_rate']:.1%}",
+             Html("<br>".join(html.escape(f"{a['rule']}: {a['message']}") for a in n["fired"])) if n["fired"]
+             else "none") for n in reversed(nights)]
+    body += _table(rows[:14], ("run", "started (UTC)", "model", "images", "errors", "crack rate", "alerts"))
+    report.section("Nights", body)
+
+
+def _survey_photo(con, results: str, structure: str, run_id: str) -> Html:
+    """The photo that best shows a structure's cracks in one survey: most crack length, else most likely crack."""
+    from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
+    from cracknet.query import run_query
+
+    found = run_query(results, "SELECT image_uri, cracks, crack_probability FROM results WHERE run_id = '{}' AND "
+                               "error IS NULL AND regexp_replace(image_uri, '/[^/]*$', '') = '{}' ORDER BY "
+                               "coalesce(crack_length_px, 0) DESC, crack_probability DESC LIMIT 1".format(
+                                   run_id.replace("'", "''"), structure.replace("'", "''")), con=con).to_pylist()
+    if not found:
+        return Html("<div>(none)</div>")
+    uri, cracks = found[0]["image_uri"], found[0]["cracks"] or []
+    try:
+        data = crack_photo(uri, cracks, parse_width_classes(DEFAULT_WIDTH_CLASSES), side=320)
+    except Exception:  # noqa: BLE001 - the photo was moved or deleted since
+        return Html("<div>(unreadable)</div>")
+    caption = html.escape(uri.rsplit("/", 1)[-1])
+    return Html(f'<figure style="margin:0"><img alt="" src="data:image/png;base64,'
+                f'{base64.b64encode(data).decode()}"><figcaption class="note">{caption}</figcaption></figure>')
+
+
+def changes_section(report: Report, results: str) -> None:
+    """The structures whose cracks grew since their previous survey, with a photo of each survey."""
+    from cracknet.query import run_query
+    from cracknet.results import connect
+
+    con = connect(results)
+    changes = run_query(results, "SELECT * FROM structure_changes WHERE cracks_change > 0 OR "
+                                 "crack_length_mm_change > 0", con=con).to_pylist()
+    if not changes:
+        surveyed = run_query(results, "SELECT count(*) FROM structure_changes", con=con)[0][0].as_py()
+        report.section("Structure changes", _note(
+            f"{surveyed} structures were surveyed more than once; none has more cracks than at its previous survey."
+            if surveyed else "No structure has been surveyed twice yet."))
+        return
+    rows = []
+    for c in changes[:CHANGES_SHOWN]:
+        length = (f"{c['previous_crack_length_mm']:.0f} -> {c['crack_length_mm']:.0f} mm"
+                  if c["crack_length_mm"] or c["previous_crack_length_mm"] else "")
+        rows.append((c["structure"], f"{c['previous_cracks']} -> {c['cracks']} of {c['images']} images", length,
+                     _survey_photo(con, results, c["structure"], c["previous_run_id"]),
+                     _survey_photo(con, results, c["structure"], c["run_id"])))
+    more = f" The {CHANGES_SHOWN} with the most growth are shown." if len(changes) > CHANGES_SHOWN else ""
+    grew = f"{len(changes)} structure shows" if len(changes) == 1 else f"{len(changes)} structures show"
+    report.section("Structure changes", f"<p>{grew} more cracks than at the previous survey.{more}</p>" + _table(rows, ("structure", "cracked images",
+                                                                             "crack length", "before", "after")))
+
+
+def build_report(model_uri: str | None, out: str, data: str | None = None, split: str = "all",
                  results: str | None = None, gallery: int = 8, top: int = 20, maps: int = 3) -> dict:
+    """The report of a model (``model_uri``), of an evaluation set (``data``) and of scoring results
+    (``results``: its nights, structure changes and crack geometry too); without a model, of the results alone."""
     from cracknet.evaluate import predict_tree
     from cracknet.scorer import Scorer
 
-    scorer = Scorer.load(model_uri)
-    card = scorer.card
+    if model_uri is None and not results:
+        raise CracknetError("Name a model (--model), scoring results (--results), or both.")
+    scorer = Scorer.load(model_uri) if model_uri else None
+    card = scorer.card if scorer else None
     # Everything that can refuse the inputs runs before the first file is written.
-    found = predict_tree(scorer, data, split=split) if data else None
+    found = predict_tree(scorer, data, split=split) if data and scorer else None
+    if data and not scorer:
+        raise CracknetError("--data needs the --model to evaluate on it.")
     if results:
         require_results(results)
-    report = Report(out, f"cracknet report: model {card['model_id']}")
-    report.attempt("Model card", model_card_section, card)
-    report.attempt("Training curves", training_section, card)
+    report = Report(out, f"cracknet report: model {card['model_id']}" if card else
+                    f"cracknet report: nights of {results}")
+    if card:
+        report.attempt("Model card", model_card_section, card)
+        report.attempt("Training curves", training_section, card)
     if found is not None:
         report.attempt("Evaluation", evaluation_section, card, found, gallery)
     if results:
-        report.attempt("Scoring results", scoring_section, results, top, maps, card)
+        if card:
+            report.attempt("Scoring results", scoring_section, results, top, maps, card)
+        report.attempt("Nights", nights_section, results)
+        report.attempt("Structure changes", changes_section, results)
         report.attempt("Crack geometry", geometry_section, results)
     return {"report": report.write(), "figures": report.files}

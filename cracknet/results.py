@@ -31,6 +31,9 @@ Views on a connection:
     likely_cracks_since(day)    current cracked images scored on or after a day, most likely first
     tiles_above(uri, p)         the current tiles of one image at or above a probability
     wider_than(mm)              current cracks whose 95th-percentile width (the one severity grades) exceeds mm
+    surveys                     per structure and run: the images that run scored there, cracks, crack length
+    structure_changes           per structure, its latest survey against the one before: the change in cracked
+                                images and crack length (largest growth first)
 """
 
 from __future__ import annotations
@@ -97,12 +100,15 @@ FILE_SCHEMA = pa.schema([   # what each Parquet file holds; run_date lives in th
     ("severity", pa.string()),  # the worst of its cracks' classes
     ("mm_per_pixel", pa.float32()),  # the scale its millimetres come from; null: unknown, so no millimetres
     ("mask_uri", pa.string()),  # its 8-bit PNG crack mask (with --masks, where it has cracks)
+    # Image statistics, for monitoring (cracknet.monitor): mean luma 0-255, variance of the grey Laplacian
+    ("brightness", pa.float32()), ("sharpness", pa.float32()),
 ])
 SCHEMA = FILE_SCHEMA.append(pa.field(PARTITION, pa.date32()))
 GEOMETRY_COLUMNS = ("cracks", "crack_count", "crack_length_px", "crack_length_mm", "crack_width_max_px",
                     "crack_width_max_mm", "severity", "mm_per_pixel", "mask_uri")
 # Columns added since the first release: older tables get them on their next commit, readers see them as null.
-ADDED_COLUMNS = ("error_kind",) + GEOMETRY_COLUMNS
+IMAGE_STATISTICS = ("brightness", "sharpness")
+ADDED_COLUMNS = ("error_kind",) + GEOMETRY_COLUMNS + IMAGE_STATISTICS
 KEYS = pa.schema([FILE_SCHEMA.field(name) for name in ("image_uri", "version", "model_id", "error", "error_kind")])
 STATS_COLUMNS = ("image_uri", "version", "model_id", "run_id", "crack_probability", "tiles_scored")
 # The files a scoring run writes into the table, and the only table files cracknet ever deletes.
@@ -207,6 +213,9 @@ def part_table(images: dict, tiles: list, threshold: float, model_id: str, run_i
         "tiles": pa.array(tile_rows, pa.list_(TILE)),
         "error_kind": pa.array(kinds, pa.string()),
         **geometry_columns(images, ok),
+        **{name: pa.array(np.asarray(images.get(name, np.full(n, np.nan)), dtype=np.float32), pa.float32(),
+                          mask=~ok | np.isnan(np.asarray(images.get(name, np.full(n, np.nan)), dtype=np.float32)))
+           for name in IMAGE_STATISTICS},
     }, schema=FILE_SCHEMA)
     return table.replace_schema_metadata({"cracknet": json.dumps(metadata)})
 
@@ -422,6 +431,23 @@ CREATE VIEW cracks AS
     FROM (SELECT image_uri, mm_per_pixel, mask_uri, model_id, run_id, run_date, scored_at, unnest(cracks) AS c
           FROM results WHERE len(cracks) > 0) r
     SEMI JOIN current k ON r.image_uri = k.image_uri AND r.run_id = k.run_id;
+CREATE VIEW surveys AS
+    SELECT regexp_replace(image_uri, '/[^/]*$', '') AS structure, run_id, min(scored_at) AS scored_at,
+           count(*) AS images, count(*) FILTER (WHERE is_crack) AS cracks,
+           coalesce(sum(crack_count), 0) AS crack_count, coalesce(sum(crack_length_mm), 0) AS crack_length_mm,
+           max(crack_width_max_mm) AS crack_width_max_mm
+    FROM results WHERE error IS NULL GROUP BY 1, 2;
+CREATE VIEW structure_changes AS
+    SELECT structure, previous_run_id, run_id, previous_scored_at, scored_at, previous_images, images,
+           previous_cracks, cracks, cracks - previous_cracks AS cracks_change,
+           previous_crack_length_mm, crack_length_mm, crack_length_mm - previous_crack_length_mm AS crack_length_mm_change
+    FROM (SELECT *, lag(run_id) OVER w AS previous_run_id, lag(scored_at) OVER w AS previous_scored_at,
+                 lag(images) OVER w AS previous_images, lag(cracks) OVER w AS previous_cracks,
+                 lag(crack_length_mm) OVER w AS previous_crack_length_mm,
+                 row_number() OVER (PARTITION BY structure ORDER BY run_id DESC) AS newest
+          FROM surveys WINDOW w AS (PARTITION BY structure ORDER BY run_id))
+    WHERE previous_run_id IS NOT NULL AND newest = 1
+    ORDER BY cracks_change DESC, crack_length_mm_change DESC, structure;
 CREATE VIEW failures AS
     SELECT image_uri, error, scored_at, run_id FROM current WHERE error IS NOT NULL ORDER BY scored_at DESC;
 CREATE MACRO likely_cracks_since(day) AS TABLE

@@ -47,14 +47,20 @@ SCHEMA = pa.schema([
     ("errors", pa.int64()),
     ("results_version", pa.int64()),       # the results table's version of the run's commit; null: none
     ("cracknet_version", pa.string()),
+    # Added since: null in older rows.
+    ("model_version", pa.string()),        # the registered version the run resolved, "name/version" (models:/)
+    ("monitoring", pa.string()),           # JSON: what monitoring judges a night by (cracknet.monitor.run_record)
+    ("alerts", pa.string()),               # JSON: the monitoring rules that fired, [] when none did
 ])
+ADDED_COLUMNS = ("model_version", "monitoring", "alerts")
 
 
 def _kind():
     """The runs table as a kind of cracknet table (committed by ``results.commit``, as the results are)."""
     from cracknet.results import TableKind
 
-    return TableKind(SCHEMA, (), "cracknet_runs", "cracknet runs: one row per scoring or compaction run")
+    return TableKind(SCHEMA, (), "cracknet_runs", "cracknet runs: one row per scoring or compaction run",
+                     ADDED_COLUMNS)
 
 
 def uri_of(output: str) -> str:
@@ -69,10 +75,13 @@ def open_runs(output: str):
 
 
 def row(run_id: str, job: str, provenance: dict, counts: dict, ended_at: datetime,
-        results_version: int | None) -> dict:
-    """One run's row, from what the run carried (``provenance``, as in its commit metadata) and what it did."""
+        results_version: int | None, monitoring: dict | None = None, alerts: list | None = None) -> dict:
+    """One run's row, from what the run carried (``provenance``, as in its commit metadata), what it did and, for
+    a scoring run, what monitoring found (``cracknet.monitor``)."""
     def stamp(value):
         return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+    registered = provenance.get("registry") or {}
 
     return {
         "run_id": run_id, "job": job,
@@ -85,6 +94,9 @@ def row(run_id: str, job: str, provenance: dict, counts: dict, ended_at: datetim
         "started_at": stamp(provenance.get("started_at")) or ended_at, "ended_at": ended_at,
         **{k: int(counts.get(k, 0)) for k in ("listed", "scored", "errors")},
         "results_version": results_version,
+        "model_version": f"{registered['name']}/{registered['version']}" if registered else None,
+        "monitoring": None if monitoring is None else json.dumps(monitoring, sort_keys=True),
+        "alerts": None if alerts is None else json.dumps(alerts, sort_keys=True),
     }
 
 
@@ -105,7 +117,11 @@ def read(output: str) -> pa.Table:
     table = open_runs(output)
     if table is None:
         return SCHEMA.empty_table()
-    return table.to_pyarrow_table().select(SCHEMA.names)
+    stored = table.to_pyarrow_table()
+    for name in SCHEMA.names:  # a table older than some columns reads them as nulls
+        if name not in stored.column_names:
+            stored = stored.append_column(SCHEMA.field(name), pa.nulls(stored.num_rows, SCHEMA.field(name).type))
+    return stored.select(SCHEMA.names)
 
 
 def restore_missing(output: str, history: list[dict]) -> int:

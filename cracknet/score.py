@@ -23,18 +23,21 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import time
 import uuid
 from datetime import datetime, timezone
 
 import numpy as np
 
-from cracknet import inputs, planning, results, runs, storage
+from cracknet import inputs, monitor, planning, results, runs, storage
 from cracknet.config import ScoreConfig
 from cracknet.errors import CracknetError, kind_of, root_cause
 from cracknet.lease import Lease
 from cracknet.progress import Progress
 from cracknet.scorer import tiling_of
+
+ALERT_WEBHOOK_ENV = "CRACKNET_ALERT_WEBHOOK"  # the webhook when --alert-webhook is not given (from a Secret)
 
 
 # ---------------------------------------------------------------------------
@@ -198,9 +201,11 @@ class CrackPredictor:
         self.geometry = geometry if geometry is not None and self.scorer.draws_masks else None
 
     def __call__(self, batch: dict) -> dict:
+        from cracknet.monitor import image_statistics
+
         out = {k: [] for k in ("image_uri", "version", "error", "error_kind", "width", "height", "crack_probability",
                                "tiles_scored", "tile_probabilities", "boxes", "cracks", "severity", "mask_uri",
-                               "mm_per_pixel")}
+                               "mm_per_pixel", "brightness", "sharpness")}
         packs = self._decoded_packs(batch) if self.decode_on_device else self._tiled_packs(batch)
         for text, widths, heights, per_image, boxes in packs:
             if self.geometry is None:
@@ -224,6 +229,10 @@ class CrackPredictor:
             out["tiles_scored"] += [len(p) for p in tile_probs]
             out["tile_probabilities"] += tile_probs
             out["boxes"] += boxes
+            for tiles in per_image:
+                stats = (np.nan, np.nan) if tiles is None else image_statistics(tiles)
+                out["brightness"].append(stats[0])
+                out["sharpness"].append(stats[1])
         geometry = {} if self.geometry is None else {
             **{key: np.asarray(out[key], dtype=object) for key in ("cracks", "severity", "mask_uri")},
             "mm_per_pixel": np.asarray(out["mm_per_pixel"], dtype=np.float32)}
@@ -239,6 +248,8 @@ class CrackPredictor:
             "tiles_scored": np.asarray(out["tiles_scored"], dtype=np.int32),
             "tile_probabilities": _ragged(out["tile_probabilities"]),
             "boxes": _ragged(out["boxes"]),
+            "brightness": np.asarray(out["brightness"], dtype=np.float32),
+            "sharpness": np.asarray(out["sharpness"], dtype=np.float32),
         }
 
     @staticmethod
@@ -294,10 +305,10 @@ def write_parts(batch: dict, output: str, run_id: str, run_date: str, model_id: 
 
 
 def run_scoring(cfg: ScoreConfig, log=print) -> dict:
-    """Score every new image of ``cfg.input``; commit the results in one Delta commit; return the run summary."""
-    from cracknet.card import read_card
-
+    """Score every new image of ``cfg.input``; commit the results in one Delta commit; judge the night (see
+    ``cracknet.monitor``); return the run summary."""
     started = time.monotonic()
+    cfg = dataclasses.replace(cfg, alert_webhook=cfg.alert_webhook or os.environ.get(ALERT_WEBHOOK_ENV) or None)
     # Ray's workers do not share the driver's working directory: local paths become absolute.
     cfg = dataclasses.replace(cfg, model=storage.absolute(cfg.model), input=storage.absolute(cfg.input),
                               output=storage.absolute(cfg.output),
@@ -307,7 +318,7 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     results.refuse_old_layout(cfg.output)
     results.check_output(cfg.output, inputs=(cfg.input,))
     check_masks_location(cfg)
-    card = read_card(cfg.model)
+    card = resolve_model(cfg)
     root = inputs.input_root(cfg.input, cfg.input_prefix)
     now = datetime.now(timezone.utc)
     run_id = now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
@@ -324,7 +335,9 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
             planned = _plan(cfg, card, root, staging)
             if not planned["listed"]:
                 raise CracknetError(f"No images (jpg, jpeg, png, tif) were found under {cfg.input}.")
+            registered = card.get("registry")
             summary = {"run_id": run_id, "model_id": card["model_id"], "listed": planned["listed"],
+                       "model_version": f"{registered['name']}/{registered['version']}" if registered else None,
                        "skipped": planned["listed"] - planned["todo"], "scored": 0, "errors": 0,
                        "errors_retried": planned["errors_retried"], "errors_given_up": planned["errors_given_up"],
                        "output": cfg.output, "history_files_read": planned["history_files_read"],
@@ -335,13 +348,50 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
                                                  planned["todo"], log))
             else:  # nothing new: the run still records itself, so the model it names is the one in force
                 lease.check()
+            record, summary["alerts"], summary["drift"] = watch(cfg, card, run_id, scored=bool(planned["files"]))
             runs.record(cfg.output, [runs.row(run_id, "scoring", provenance, summary, datetime.now(timezone.utc),
-                                              summary.get("version"))])
+                                              summary.get("version"), record, summary["alerts"])])
         finally:
             _discard(staging)
+    if summary["alerts"] and cfg.alert_webhook:
+        summary["alert_delivery"] = monitor.post_alerts(cfg.alert_webhook, summary["alerts"], run_id, cfg.output)
     summary["seconds"] = round(time.monotonic() - started, 2)
     summary["images_per_second"] = round(summary["scored"] / summary["seconds"], 2) if summary["seconds"] else 0.0
     return summary
+
+
+def resolve_model(cfg: ScoreConfig) -> dict:
+    """The model's card, a registered version (models:/...) resolved once, here: the workers load the folder it
+    named at planning, by its id, so a promotion during the run never mixes two models in one run."""
+    from cracknet import registry
+    from cracknet.card import read_card
+
+    if not registry.is_registry_uri(cfg.model):
+        return read_card(cfg.model)
+    registered = registry.resolve(cfg.model, cfg.mlflow)
+    card = read_card(registered["artifact_uri"])
+    registry.check_version(card, registered)
+    return {**card, "registry": registered}
+
+
+def watch(cfg: ScoreConfig, card: dict, run_id: str, scored: bool) -> tuple[dict | None, list[dict], dict]:
+    """Tonight's monitoring record, the rules that fired and the drift figures (see ``cracknet.monitor``).
+    Monitoring never fails a run whose results are committed: a failure of its own is an alert."""
+    rules = monitor.Rules(window=cfg.drift_window, psi=cfg.drift_psi, rate_margin=cfg.crack_rate_margin,
+                          max_error_rate=cfg.max_error_rate, min_growth=cfg.structure_growth,
+                          length_growth=cfg.length_growth)
+    if not scored:
+        return None, [], {}
+    try:
+        record = monitor.run_record(cfg.output, run_id)
+        recent = monitor.recent_records(runs.read(cfg.output), run_id, rules.window)
+        before = monitor.previous_surveys(cfg.output, run_id, [s["structure"] for s in record["structures"]])
+        validation = card.get("monitoring", {}).get("validation_probability_histogram")
+        alerts, drift = monitor.judge(record, recent, before, rules, validation)
+        return {**record, "drift": drift, "rules": dataclasses.asdict(rules)}, alerts, drift
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        return None, [{"rule": "monitoring", "message": f"Monitoring could not judge this night: "
+                                                        f"{root_cause(exc)}", "value": 0.0}], {}
 
 
 def check_masks_location(cfg: ScoreConfig) -> None:
@@ -373,6 +423,7 @@ def provenance_of(cfg: ScoreConfig, card: dict, now: datetime, root: str = "") -
 
     geometry = geometry_of(cfg, card, root)
     return {"model_id": card["model_id"], "model": card["folder"], "weights_sha256": card["weights_sha256"],
+            "registry": card.get("registry"),
             "threshold": card["threshold"], "preprocessing": card["preprocessing"],
             "tile_size": tiling_of(card, cfg.tile_size, cfg.tile_overlap).size, "tile_overlap": cfg.tile_overlap,
             "settings": {"fp32": cfg.fp32, "compile": cfg.compile, "max_pixels": cfg.max_pixels,

@@ -104,9 +104,24 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+REGISTRY_PREFIX = "models:/"
+
+
 def absolute(uri: str) -> str:
-    """A local path made absolute (Ray workers do not share the driver's working directory); s3:// as is."""
-    return uri if is_s3(uri) else os.path.abspath(os.path.expanduser(uri))
+    """A local path made absolute (Ray workers do not share the driver's working directory); s3:// and
+    registry URIs (models:/name@alias) as they are."""
+    return uri if is_s3(uri) or uri.startswith(REGISTRY_PREFIX) else os.path.abspath(os.path.expanduser(uri))
+
+
+def redact(url: str) -> str:
+    """A URL as it may be printed or recorded: its scheme, host and port only (webhook URLs carry their secret in
+    the path, tracking URIs credentials before the host or in the query). A path without a host stays."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return url
+    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
 
 
 def to_uri(path: str, like: str) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import cracknet
-from cracknet import checkpoint as ckpt, storage
+from cracknet import checkpoint as ckpt, storage, tracking
 from cracknet.config import TrainConfig, batch_size_for
 from cracknet.data import NO_GROUPS, discover, has_masks, resolve_grouping, ungrouped_tiles
 from cracknet.datasets import load_labelled, split_datasets
@@ -38,7 +38,7 @@ from cracknet.errors import CracknetError, kind_of, root_cause
 from cracknet.masks import CrackSegmenter
 from cracknet.metrics import binary_metrics
 from cracknet.cluster import ensure_ray, train_log_level
-from cracknet.card import build_card, has_decoder, lineage, preprocessing_of, read_card
+from cracknet.card import NOT_RECORDED, build_card, has_decoder, lineage, preprocessing_of, read_card
 from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_artifact, load_model_state,
                             load_starting_weights, save_artifact, set_backbone_trainable)
 from cracknet.transforms import ImageError, Preprocessing, open_image
@@ -252,7 +252,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
             enter_stage(t, cfg, stage_of(cfg, epoch))
         metrics = run_epoch(t, w, epoch)
         if w.rank == 0 and config.get("progress") is not None:
-            _tell(config["progress"], epoch_line(metrics, cfg.epochs))
+            _tell(config["progress"], metrics)
         save_checkpoint(t, w, metrics)
 
     if t.model is None:  # resumed after the last epoch: only the final predictions are left to do
@@ -302,11 +302,11 @@ def epoch_line(m: dict, epochs: int) -> str:
 # On the driver
 
 
-def _tell(queue, line: str) -> None:
-    """Hand an epoch line to the driver. The line is only for the console: a queue that is gone (its node was
-    lost) must not fail the training run, or every restart would fail again on it."""
+def _tell(queue, metrics: dict) -> None:
+    """Hand an epoch's figures to the driver (its console line, its tracking). They are only for those: a queue
+    that is gone (its node was lost) must not fail the training run, or every restart would fail again on it."""
     try:
-        queue.put(line, timeout=10)
+        queue.put(metrics, timeout=10)
     except Exception:  # noqa: BLE001 - ActorDiedError, a full queue, a lost connection
         pass
 
@@ -323,13 +323,13 @@ def _beside_the_driver() -> dict:
             "max_restarts": -1, "max_task_retries": -1}
 
 
-def _relay(queue, log: Callable[[str], None], done: threading.Event) -> None:
-    """Print the workers' epoch lines on the driver as they come (clean lines, no Ray prefixes)."""
+def _relay(queue, on_epoch: Callable[[dict], None], done: threading.Event) -> None:
+    """Hand the workers' epoch figures to ``on_epoch`` on the driver as they come (clean lines, no Ray prefixes)."""
     from ray.util.queue import Empty
 
     while True:
         try:
-            log(queue.get(timeout=0.5))
+            on_epoch(queue.get(timeout=0.5))
         except Empty:
             if done.is_set():
                 return
@@ -433,12 +433,12 @@ def _steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
     return steps
 
 
-def _fit(trainer, progress, log: Callable[[str], None]):
-    """Run the trainer while the workers' epoch lines are printed; the result, or a one-sentence failure."""
+def _fit(trainer, progress, on_epoch: Callable[[dict], None]):
+    """Run the trainer while the workers' epoch figures reach ``on_epoch``; the result, or a one-sentence failure."""
     import ray
 
     done = threading.Event()
-    relay = threading.Thread(target=_relay, args=(progress, log, done), daemon=True)
+    relay = threading.Thread(target=_relay, args=(progress, on_epoch, done), daemon=True)
     relay.start()
     try:
         result = trainer.fit()
@@ -454,16 +454,38 @@ def _fit(trainer, progress, log: Callable[[str], None]):
 
 
 def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
-    """Train, test and write ``<output>/model/``; returns the model card."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.util.queue import Queue
-
+    """Train, test and write ``<output>/model/``; returns the model card (with ``registered``: the registered
+    version, when tracking registered one)."""
     started = time.monotonic()
     cfg, spec, base, images = resolve_settings(cfg)
     if base is None:
         _check_weights(cfg.weights)
     model_dir, checkpoints = _check_output(cfg)
+    tracker = tracking.start(cfg.mlflow, cfg.experiment, cfg.registered_model, checkpoints, log)
+    try:
+        card = _train(cfg, spec, base, images, model_dir, checkpoints, tracker, log, started)
+    except BaseException:
+        tracker.fail()
+        raise
+    registered = tracker.finish(card, artifacts=lambda folder: _draw_report(card["folder"], folder))
+    if registered:
+        log(f"Registered as version {registered['version']} of {registered['name']} in MLflow.")
+    return {**card, **({"registered": registered} if registered else {})}
+
+
+def _draw_report(model_uri: str, folder: str) -> None:
+    from cracknet.report import build_report
+
+    build_report(model_uri, folder)
+
+
+def _train(cfg: TrainConfig, spec: Preprocessing, base: dict | None, images: list, model_dir: str, checkpoints: str,
+           tracker, log: Callable[[str], None], started: float) -> dict:
+    """Decode and split the images, train on Ray Train, test, and save the artifact; returns the card."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
     masks = has_masks(images) or bool(base and has_decoder(base))
     masked = sum(1 for image in images if image.mask)
     log(f"Found {len(images)} labelled images under {cfg.data}" +
@@ -477,6 +499,10 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     decoded, plan = load_labelled(images, cfg.data, spec, cfg.val_fraction, cfg.test_fraction,
                                   cfg.max_bad_fraction, cfg.seed, cfg.group_by, segmenter=masks)
     log(split_line(cfg, plan))
+    tracker.log_setup({k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RECORDED},
+                      {"uri": cfg.data, "fingerprint": plan.fingerprint,
+                       **{f"{split}_images": sum(counts.values()) for split, counts in plan.counts.items()},
+                       **{f"{split}_cracks": counts.get("crack", 0) for split, counts in plan.counts.items()}})
     n_train = len(plan.members["train"])
     cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or batch_size_for(n_train, cfg.num_workers))
     steps_per_epoch = _steps_per_epoch(cfg, n_train)
@@ -496,7 +522,11 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         datasets=split_datasets(decoded, plan),
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
-    result = _fit(trainer, progress, log)
+    def on_epoch(metrics: dict) -> None:
+        log(epoch_line(metrics, cfg.epochs))
+        tracker.log_epoch(metrics)
+
+    result = _fit(trainer, progress, on_epoch)
     state = ckpt.load(result.checkpoint)
     kept = ckpt.kept_epoch(state) or {"epoch": state["epoch"], "model": state["model"]}
     card = build_card(cfg, spec, plan, result.return_value, epochs_completed=state["epoch"], kept_epoch=kept["epoch"],

@@ -185,6 +185,42 @@ def test_nightly_scoring_as_raycronjob_and_as_cronjob_for_older_kuberay():
     assert any("ray.io" in r["apiGroups"] and "rayjobs" in r["resources"] and "create" in r["verbs"] for r in rules)
 
 
+def _secret_env(container: dict) -> dict[str, dict]:
+    """The container's variables that come from a Secret: name -> secretKeyRef."""
+    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def test_the_nightly_job_scores_the_champion_and_gets_the_registry_and_webhook_from_a_secret():
+    (_, cron), = manifests("RayCronJob")
+    job = cron["spec"]["jobTemplate"]
+    (score, scored), _ = check_rayjob_spec(job)
+    assert scored.model == "models:/cracknet@champion"
+    from cracknet.registry import parse
+
+    assert parse(scored.model) == ("cracknet", None, "champion")
+    cluster = job["rayClusterSpec"]
+    (head,) = containers(cluster["headGroupSpec"]["template"])
+    refs = _secret_env(head)
+    assert set(refs) == {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "CRACKNET_ALERT_WEBHOOK"}
+    assert {r["name"] for r in refs.values()} == {"cracknet-operations"}
+    assert not refs["MLFLOW_TRACKING_URI"].get("optional"), "a models:/ URI cannot resolve without the registry"
+    assert refs["CRACKNET_ALERT_WEBHOOK"]["optional"] is True, "alerts are optional"
+    for group in cluster["workerGroupSpecs"]:  # the workers load the folder the driver resolved: no registry
+        assert not any(_secret_env(c) for c in containers(group["template"]))
+    from cracknet.score import ALERT_WEBHOOK_ENV
+
+    assert ALERT_WEBHOOK_ENV == "CRACKNET_ALERT_WEBHOOK"
+
+
+def test_training_is_tracked_when_the_secret_names_a_tracking_server():
+    (_, job), = manifests("RayJob")
+    (head,) = containers(job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"])
+    refs = _secret_env(head)
+    assert refs["MLFLOW_TRACKING_URI"] == {"name": "cracknet-operations", "key": "mlflow-tracking-uri",
+                                           "optional": True}
+
+
 def test_storage_access_comes_from_the_platform_or_a_secret_reference():
     docs = {d["kind"]: d for d in documents("kuberay/storage.yaml")}
     assert "eks.amazonaws.com/role-arn" in docs["ServiceAccount"]["metadata"]["annotations"]

@@ -1,0 +1,171 @@
+"""Nightly runs that watch themselves: each run's record, the drift and structure rules, alerts posted to a
+local webhook, the runs and structure_changes views, and the report's nights page.
+
+The nights are lossless photos of a light grey surface with dark cracks of known length, scored by a hand-built
+model whose mask is "dark pixels" (see test_score_geometry), so a structure whose cracks grew is known to have
+grown, and a darkened night is known to be darker."""
+
+import http.server
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cracknet import monitor
+from cracknet.config import ScoreConfig
+from cracknet.model import save_artifact
+from cracknet.query import run_query
+from cracknet.score import run_scoring
+from test_score_geometry import SIZE, dark_line_segmenter, mask_card
+
+
+def draw_night(folder, prefix: str, photos: int, cracks: int, seed: int, light: tuple = (0.55, 0.75),
+               length: int = SIZE - 20) -> None:
+    """``photos`` PNGs of a surface of brightness ``light``, each with ``cracks`` straight dark cracks 3 px wide
+    and ``length`` px long."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(photos):
+        img = rng.uniform(*light, (SIZE, SIZE))
+        for c in range(cracks):
+            row = 12 + c * 24
+            img[row:row + 3, 10:10 + length] = 0.15
+        Image.fromarray((np.repeat(img[..., None], 3, -1) * 255).astype(np.uint8)).save(folder / f"{prefix}-{i:02d}.png")
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    """A local incoming webhook: records each JSON body; answers 500 to the first ``fail_first`` posts."""
+    received: list = []
+    fail_first = 0
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Hook.received.append(body)
+        failing = len(Hook.received) <= Hook.fail_first
+        self.send_response(500 if failing else 200)
+        self.end_headers()
+        self.wfile.write(b"no" if failing else b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook():
+    Hook.received, Hook.fail_first = [], 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/cracknet-secret-token", Hook
+    server.shutdown()
+
+
+def test_a_shifted_night_and_a_grown_structure_alert_the_webhook_and_a_normal_night_does_not(
+        ray_cluster, tmp_path, webhook):
+    url, hook = webhook
+    model = tmp_path / "model"
+    save_artifact(str(model), dark_line_segmenter().state_dict(), mask_card())
+    survey, output = tmp_path / "survey", tmp_path / "results"
+
+    def night(number: int):
+        lines = []
+        summary = run_scoring(ScoreConfig(model=str(model), input=str(survey), output=str(output), batch_size=16,
+                                          mm_per_pixel=1.0, alert_webhook=url), log=lines.append)
+        return summary
+
+    draw_night(survey / "bridge-17", "n1", photos=4, cracks=3, seed=1, length=20)
+    draw_night(survey / "deck-a", "n1", photos=20, cracks=0, seed=2)
+    first = night(1)
+    assert first["scored"] == 24 and first["alerts"] == [] and hook.received == []
+
+    draw_night(survey / "deck-b", "n2", photos=24, cracks=0, seed=3)  # a normal night: the same surface
+    second = night(2)
+    assert second["alerts"] == [], second["alerts"]
+    assert second["drift"]["brightness_psi"] < 0.25 and hook.received == []
+
+    hook.fail_first = 1  # the hook fails once: the alert still arrives, on the retry
+    draw_night(survey / "bridge-17", "n3", photos=4, cracks=3, seed=4)  # the same structure: longer cracks
+    draw_night(survey / "deck-c", "n3", photos=20, cracks=0, seed=5, light=(0.3, 0.5))  # a darker camera
+    third = night(3)
+    rules = sorted(a["rule"] for a in third["alerts"])
+    assert rules == ["brightness_drift", "structure_change"], third["alerts"]
+    change = next(a for a in third["alerts"] if a["rule"] == "structure_change")
+    assert change["structure"].endswith("bridge-17") and change["previous_run_id"] == first["run_id"]
+    assert third["drift"]["brightness_psi"] > 1.0
+    assert len(hook.received) == 2 and hook.received[0] == hook.received[1]  # one message, sent again after a 500
+    message = hook.received[-1]
+    assert message["text"].startswith(f"cracknet: 2 alerts in scoring run {third['run_id']}")
+    assert "bridge-17" in message["text"] and {a["rule"] for a in message["cracknet"]["alerts"]} == set(rules)
+    assert third["alert_delivery"].startswith("sent to http://127.0.0.1:")
+    assert "secret-token" not in third["alert_delivery"]  # the hook's secret is never printed or recorded
+
+    # The record of each night, in the runs table, as monitoring and people read it.
+    runs = run_query(str(output), "SELECT run_id, monitoring, alerts FROM runs WHERE job = 'scoring' "
+                                  "ORDER BY run_id").to_pylist()
+    assert [r["run_id"] for r in runs] == [first["run_id"], second["run_id"], third["run_id"]]
+    record = json.loads(runs[2]["monitoring"])
+    assert record["images"] == 24 and record["errors"] == 0 and record["crack_rate"] == 1.0
+    assert sum(record["probability_histogram"]) == 24 and sum(record["brightness_histogram"]) == 24
+    bridge = next(s for s in record["structures"] if s["structure"].endswith("bridge-17"))
+    assert bridge["images"] == 4 and bridge["crack_length_mm"] > 4 * 3 * 70  # three cracks of ~76 px per photo
+    assert [json.loads(r["alerts"]) for r in runs[:2]] == [[], []]
+    assert "secret-token" not in json.dumps(runs)
+
+    changes = run_query(str(output), "SELECT * FROM structure_changes").to_pylist()
+    assert [c["structure"].rsplit("/", 1)[-1] for c in changes] == ["bridge-17"]
+    assert changes[0]["previous_run_id"] == first["run_id"] and changes[0]["run_id"] == third["run_id"]
+    assert changes[0]["crack_length_mm_change"] > 2 * changes[0]["previous_crack_length_mm"]
+
+    # The nights page of the report: the nights, their alerts, the changed structure before and after.
+    from cracknet.report import build_report
+
+    written = build_report(None, str(tmp_path / "report"), results=str(output))
+    page = open(written["report"]).read()
+    assert "<h2>Nights</h2>" in page and "<h2>Structure changes</h2>" in page and "could not be drawn" not in page
+    assert "brightness_drift: The images&#x27; brightness moved" in page and page.count("bridge-17") >= 1
+    changed = page[page.index("<h2>Structure changes</h2>"):]
+    assert "1 structure shows more cracks" in changed and changed.count("data:image/png;base64") == 2
+    assert str(tmp_path / "report" / "nights.png") in written["figures"]
+
+
+def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift():
+    rng = np.random.default_rng(0)
+    edges = monitor.BRIGHTNESS_EDGES
+    base = monitor.histogram(rng.normal(160, 12, 5000), edges)
+    same = monitor.histogram(rng.normal(160, 12, 300), edges)
+    dark = monitor.histogram(rng.normal(100, 12, 300), edges)
+    assert monitor.psi(base, same) < 0.1 < 0.25 < monitor.psi(base, dark)
+
+
+def test_the_crack_rate_and_error_rules_judge_against_recent_nights():
+    quiet = {"images": 1000, "errors": 5, "errors_by_kind": {"permanent": 5, "transient": 0}, "error_rate": 0.005,
+             "cracks": 40, "crack_rate": 40 / 995, "probability_histogram": [900, 95] + [0] * 18,
+             "brightness_histogram": [0] * 10 + [995] + [0] * 5, "sharpness_histogram": [0] * 8 + [995] + [0],
+             "structures": []}
+    recent = [quiet, {**quiet, "cracks": 50, "crack_rate": 50 / 995}]
+    alerts, drift = monitor.judge(quiet, recent, {}, monitor.Rules())
+    assert alerts == [] and sorted(drift) == ["brightness_psi", "probability_psi", "sharpness_psi"]
+    assert max(drift.values()) < 0.01
+    storm = {**quiet, "errors": 120, "error_rate": 0.12, "errors_by_kind": {"permanent": 20, "transient": 100},
+             "cracks": 300, "crack_rate": 300 / 880}
+    alerts, _ = monitor.judge(storm, recent, {}, monitor.Rules())
+    assert [a["rule"] for a in alerts] == ["error_rate", "crack_rate"]
+    assert "transient 100" in alerts[0]["message"] and "outside recent nights' 4.0%-5.0%" in alerts[1]["message"]
+    small = {**storm, "images": 10, "errors": 0, "error_rate": 0.0, "cracks": 9, "crack_rate": 0.9}
+    assert monitor.judge(small, recent, {}, monitor.Rules())[0] == []  # too few images to judge a distribution
+
+
+def test_an_undeliverable_alert_is_reported_never_raised(webhook):
+    from conftest import free_port
+
+    waits = []
+    alerts = [{"rule": "error_rate", "message": "many errors", "value": 0.5}]
+    told = monitor.post_alerts(f"http://127.0.0.1:{free_port()}/hook?token=abc", alerts, "r1", "s3://b/results",
+                               timeout=1.0, sleep=waits.append)
+    assert told.startswith("not delivered to http://127.0.0.1:") and "token" not in told and waits == [1.0, 2.0]
+    url, hook = webhook
+    hook.fail_first = 5  # a hook that keeps failing: three attempts, then the run goes on
+    told = monitor.post_alerts(url, alerts, "r1", "s3://b/results", sleep=waits.append)
+    assert len(hook.received) == 3 and told.endswith("(HTTP 500); they are in the run's row")
