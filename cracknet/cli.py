@@ -81,6 +81,10 @@ def _print_training(card: dict) -> None:
               f"accuracy {before['accuracy']:.4f}, recall {before['recall']:.4f} (its threshold "
               f"{base['threshold']:.3f}); adapted: accuracy {after['accuracy']:.4f}, recall {after['recall']:.4f}.")
     print(f"Model artifact: {card['folder']} (model_id {card['model_id']})")
+    if card.get("registered"):
+        version = card["registered"]
+        print(f"Registered as version {version['version']} of {version['name']} in MLflow "
+              f"(models:/{version['name']}/{version['version']}).")
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -83,7 +83,7 @@ def promote(model: str, alias: str, surfaces: list[tuple[str, str]], name: str |
     if registry.is_registry_uri(model):
         name = name or registry.parse(model)[0]
     name = name or DEFAULT_NAME
-    card = read_card(model)
+    card = registry.read_model(model, mlflow_uri)
     candidate = candidate_version(mlflow, model, name, card)
     holder = alias_holder(mlflow, name, alias)
     if holder is not None and holder["version"] == candidate["version"]:

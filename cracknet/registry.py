@@ -105,3 +105,16 @@ def register(mlflow, name: str, card: dict, run_id: str | None = None) -> dict[s
         mv = mlflow.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id, tags=tags,
                                          await_creation_for=0)
     return version_info(mv)
+
+
+def read_model(uri: str, flag: str | None = None) -> dict:
+    """The card of the model at ``uri``; a registered version (models:/...) resolved once, against ``flag`` or
+    MLFLOW_TRACKING_URI, its card then naming the version under ``registry``."""
+    from cracknet.card import read_card
+
+    if not is_registry_uri(uri):
+        return read_card(uri)
+    registered = resolve(uri, flag)
+    card = read_card(registered["artifact_uri"])
+    check_version(card, registered)
+    return {**card, "registry": registered}

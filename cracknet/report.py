@@ -560,6 +560,8 @@ def nights_section(report: Report, results: str) -> None:
     drift_ax.axhline(limit, color="black", linestyle="--", label=f"alert above {limit:.2f}")
     drift_ax.set(title="Drift: population-stability index", ylabel="PSI")
     drift_ax.set_yscale("symlog", linthresh=0.1)
+    drift_ax.set_ylim(0, max([limit, *[v for line in drift_ax.get_lines() for v in line.get_ydata()
+                                      if np.isfinite(v)]]) * 1.6)
     drift_ax.legend(fontsize=8)
     drift_ax.set_xticks(x, labels, rotation=45, ha="right")
     body = report.figure("nights", fig)

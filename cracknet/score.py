@@ -364,14 +364,8 @@ def resolve_model(cfg: ScoreConfig) -> dict:
     """The model's card, a registered version (models:/...) resolved once, here: the workers load the folder it
     named at planning, by its id, so a promotion during the run never mixes two models in one run."""
     from cracknet import registry
-    from cracknet.card import read_card
 
-    if not registry.is_registry_uri(cfg.model):
-        return read_card(cfg.model)
-    registered = registry.resolve(cfg.model, cfg.mlflow)
-    card = read_card(registered["artifact_uri"])
-    registry.check_version(card, registered)
-    return {**card, "registry": registered}
+    return registry.read_model(cfg.model, cfg.mlflow)
 
 
 def watch(cfg: ScoreConfig, card: dict, run_id: str, scored: bool) -> tuple[dict | None, list[dict], dict]:

@@ -38,10 +38,13 @@ def tracking_uri(flag: str | None) -> str | None:
 
 def client(uri: str):
     """An MLflow client of ``uri`` (tracking and registry alike), refused in a sentence when MLflow is missing."""
+    import logging
+
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise CracknetError("Tracking needs MLflow: pip install 'cracknet[mlflow]'.") from None
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (creating tables, waiting) are not ours
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -468,8 +468,6 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         tracker.fail()
         raise
     registered = tracker.finish(card, artifacts=lambda folder: _draw_report(card["folder"], folder))
-    if registered:
-        log(f"Registered as version {registered['version']} of {registered['name']} in MLflow.")
     return {**card, **({"registered": registered} if registered else {})}
 
 

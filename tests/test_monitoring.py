@@ -125,7 +125,8 @@ def test_a_shifted_night_and_a_grown_structure_alert_the_webhook_and_a_normal_ni
     page = open(written["report"]).read()
     assert "<h2>Nights</h2>" in page and "<h2>Structure changes</h2>" in page and "could not be drawn" not in page
     assert "brightness_drift: The images&#x27; brightness moved" in page and page.count("bridge-17") >= 1
-    changed = page[page.index("<h2>Structure changes</h2>"):]
+    start = page.index("<h2>Structure changes</h2>")
+    changed = page[start:page.index("</section>", start)]
     assert "1 structure shows more cracks" in changed and changed.count("data:image/png;base64") == 2
     assert str(tmp_path / "report" / "nights.png") in written["figures"]
 
