@@ -273,11 +273,12 @@ def post_alerts(url: str, alerts: list[dict], run_id: str, output: str, timeout:
     body = json.dumps({"text": alert_text(alerts, run_id, output),
                        "cracknet": {"run_id": run_id, "output": output, "alerts": alerts}}).encode()
     where = storage.redact(url)
+    opener = urllib.request.build_opener()  # the proxy settings of now, not those urlopen cached process-wide
     last = ""
     for attempt in range(attempts):
         request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as answer:
+            with opener.open(request, timeout=timeout) as answer:
                 if 200 <= answer.status < 300:
                     return f"sent to {where}"
                 last = f"HTTP {answer.status}"

@@ -8,6 +8,7 @@ grown, and a darkened night is known to be darker."""
 import http.server
 import json
 import threading
+import urllib.request
 
 import numpy as np
 import pytest
@@ -170,3 +171,21 @@ def test_an_undeliverable_alert_is_reported_never_raised(webhook):
     hook.fail_first = 5  # a hook that keeps failing: three attempts, then the run goes on
     told = monitor.post_alerts(url, alerts, "r1", "s3://b/results", sleep=waits.append)
     assert len(hook.received) == 3 and told.endswith("(HTTP 500); they are in the run's row")
+
+
+def test_an_alert_follows_the_proxy_settings_of_now_not_those_of_an_earlier_download(webhook, monkeypatch):
+    # urlopen keeps the proxies it first saw for the whole process (torch's weight download, say): the alert must not.
+    url, hook = webhook
+    for var in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    urllib.request.install_opener(None)
+    try:
+        with pytest.raises(OSError):
+            urllib.request.urlopen("http://127.0.0.1:9/", timeout=1.0)  # the process-wide opener keeps that proxy
+        for var in ("http_proxy", "HTTP_PROXY"):
+            monkeypatch.delenv(var)
+        told = monitor.post_alerts(url, [{"rule": "error_rate", "message": "many errors", "value": 0.5}], "r1",
+                                   "s3://b/results", sleep=lambda s: None)
+    finally:
+        urllib.request.install_opener(None)
+    assert told.startswith("sent to http://127.0.0.1:") and len(hook.received) == 1
