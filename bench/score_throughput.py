@@ -1,15 +1,18 @@
 """Scoring speed and memory: the model alone, a plain PyTorch loop, and `cracknet score`, in one run.
 
-    .venv/bin/python bench/score_throughput.py                 # 3,000 dev-set JPEGs at 224 px
-    .venv/bin/python bench/score_throughput.py --images 2000 --memory-images 500
+    .venv/bin/python bench/score_throughput.py                 # 1,000 dev-set JPEGs at 224 px
+    .venv/bin/python bench/score_throughput.py --images 3000 --memory-images 500
+    .venv/bin/python bench/score_throughput.py -- --compile   # arguments after -- go to cracknet score
 
-Prints images/s for (a) the model alone on pre-decoded tensors (the ceiling),
-(b) a plain single-process loop with PIL decoding and the same preprocessing
-(what a user would write instead), (c) `cracknet score` end to end on a local
-Ray, with the ratios c/b and c/a; then the peak memory (summed PSS of the
-scoring process and every process it started, Ray's included) for N and 10 x N
-images at a small image size. The images are the dev set's JPEGs, repeated
-under new names when more are asked for; without the dev set, generated ones.
+Prints images/s for (a) the model alone on pre-decoded tensors, run the way cracknet runs it (the
+ceiling), (b) a plain single-process loop: PIL decode, the same preprocessing, the model in
+channels_last, batches of 32, timed over the loop alone (what a user would write instead), (c)
+`cracknet score` end to end on a local Ray: the whole command (Python and Ray start-up, planning,
+commit), and its steady state, from two runs on N/2 and N images (the difference between them is N/2
+images' worth of scoring, with every fixed cost cancelled), with the ratios to (a) and (b); then the
+peak memory (summed PSS of the scoring process and every process it started, Ray's included) for N
+and 10 x N images at a small image size. The images are the dev set's JPEGs, repeated under new
+names when more are asked for; without the dev set, generated ones.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cracknet.engine import Precision  # noqa: E402
 from cracknet.model import build_model, load_artifact, preprocessing_of, save_artifact  # noqa: E402
+from cracknet.scorer import call_tiles  # noqa: E402
 from cracknet.synthetic import concrete, image_bytes  # noqa: E402
 from cracknet.transforms import IMAGENET_MEAN, IMAGENET_STD, decode, eval_preset  # noqa: E402
 
 DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "metu-dev"
-BATCH = 64
+PLAIN_BATCH = 32
 
 
 def make_images(folder: Path, count: int) -> list[Path]:
@@ -61,31 +65,40 @@ def make_model(folder: Path, image_size: int) -> str:
     return str(folder)
 
 
-def model_alone(model_dir: str, paths: list[Path], precision: Precision) -> float:
-    """The model on pre-decoded tensors, run the way cracknet runs it (after one warm-up batch)."""
+def model_alone(model_dir: str, paths: list[Path], precision: Precision) -> tuple[float, int]:
+    """The model on pre-decoded tensors, run the way cracknet runs it (its call size, after one warm-up call).
+    Returns images/s and the call size."""
     model, card = load_artifact(model_dir)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     spec = preprocessing_of(card)
+    call = call_tiles(torch.device("cpu"), precision)
     images = torch.from_numpy(np.stack([decode(p.read_bytes(), spec) for p in paths]))
     device = torch.device("cpu")
     with torch.no_grad(), precision.autocast(device):
-        model(precision.inputs(eval_preset(images[:BATCH], spec)))
+        model(precision.inputs(eval_preset(images[:call], spec)))
         started = time.perf_counter()
-        for start in range(0, len(images), BATCH):
-            model(precision.inputs(eval_preset(images[start:start + BATCH], spec)))
-    return len(images) / (time.perf_counter() - started)
+        for start in range(0, len(images), call):
+            model(precision.inputs(eval_preset(images[start:start + call], spec)))
+    return len(images) / (time.perf_counter() - started), call
 
 
 def plain_loop(model_dir: str, paths: list[Path]) -> float:
-    """What a user would write: float32, default memory format, decode then predict, one process."""
-    started = time.perf_counter()
+    """What a user would write: decode then predict, one process, float32, channels_last, batches of 32; timed
+    over the loop alone (the model loaded and one batch run first)."""
     model, card = load_artifact(model_dir)
+    model = model.to(memory_format=torch.channels_last)
     spec = preprocessing_of(card)
+
+    def batch_of(chunk):
+        x = eval_preset(torch.from_numpy(np.stack([decode(p.read_bytes(), spec) for p in chunk])), spec)
+        return x.contiguous(memory_format=torch.channels_last)
+
     with torch.no_grad():
-        for start in range(0, len(paths), BATCH):
-            batch = np.stack([decode(p.read_bytes(), spec) for p in paths[start:start + BATCH]])
-            torch.sigmoid(model(eval_preset(torch.from_numpy(batch), spec)))
+        model(batch_of(paths[:PLAIN_BATCH]))
+        started = time.perf_counter()
+        for start in range(0, len(paths), PLAIN_BATCH):
+            torch.sigmoid(model(batch_of(paths[start:start + PLAIN_BATCH])))
     return len(paths) / (time.perf_counter() - started)
 
 
@@ -112,11 +125,12 @@ def tree_pss_kib(root: int) -> int:
     return total
 
 
-def score_process(model_dir: str, inputs, output, *extra: str) -> tuple[float, float, int]:
+def score_process(model_dir: str, inputs, output, *extra: str, seconds: bool = False) -> tuple:
     """Run `cracknet score` in its own process (with its own local Ray).
 
     Returns images/s over the whole command (Python and Ray start-up included),
-    images/s over the streaming pipeline alone, and the peak PSS in KiB.
+    images/s over the streaming pipeline alone, the peak PSS in KiB, and with
+    ``seconds`` the whole command's seconds.
     """
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "cracknet.cli", "score", "--model", model_dir,
@@ -143,15 +157,27 @@ def score_process(model_dir: str, inputs, output, *extra: str) -> tuple[float, f
     print("   ", summary, flush=True)
     scored = int(re.search(r"Scored (\d+) images", summary).group(1))
     pipeline = float(re.search(r"\(([\d.]+) s in the pipeline\)", summary).group(1))
-    return scored / (time.perf_counter() - started), scored / pipeline, peak
+    took = time.perf_counter() - started
+    return (scored / took, scored / pipeline, peak) + ((took,) if seconds else ())
+
+
+def subset(source: Path, target: Path, count: int) -> Path:
+    """The first ``count`` images of ``source`` (made by ``make_images``), linked under ``target``."""
+    for path in sorted(source.rglob("*.jpg"))[:count]:
+        link = target / path.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, link)
+    return target
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--memory-images", type=int, default=500, help="N for the memory check (also 10 x N)")
     parser.add_argument("--memory-image-size", type=int, default=32)
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory check")
+    parser.add_argument("extra", nargs="*", help="arguments for cracknet score, after --")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
@@ -159,31 +185,44 @@ def main() -> None:
         tmp = Path(tmp)
         paths = make_images(tmp / "speed", args.images)
         model_dir = make_model(tmp / "model", args.image_size)
-        print(f"{args.images} JPEGs at {args.image_size} px on {os.cpu_count()} CPUs, "
+        print(f"{args.images} JPEGs at {args.image_size} px on {os.cpu_count()} CPUs ({cpu_name()}), "
               f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}:", flush=True)
         precision = Precision.for_inference(torch.device("cpu"))
-        a = model_alone(model_dir, paths, precision)
+        a, call = model_alone(model_dir, paths, precision)
         print(f"(a) model alone on decoded tensors: {a:7.1f} images/s   (channels_last, "
-              f"{'bf16' if precision.autocast_dtype else 'float32'}: cracknet's inference settings here)", flush=True)
+              f"{'bf16' if precision.autocast_dtype else 'float32'}, calls of {call}: cracknet's inference settings "
+              "here)", flush=True)
         b = plain_loop(model_dir, paths)
-        print(f"(b) plain loop, PIL decode + model: {b:7.1f} images/s", flush=True)
-        whole, c, _ = score_process(model_dir, tmp / "speed", tmp / "results-speed")
-        print(f"(c) cracknet score, pipeline:       {c:7.1f} images/s   c/b = {c / b:.2f}   c/a = {c / a:.2f}\n"
-              f"    (whole command, Ray start-up included: {whole:.1f} images/s)", flush=True)
+        print(f"(b) plain loop, PIL decode + model: {b:7.1f} images/s   (float32, channels_last, batches of "
+              f"{PLAIN_BATCH}, the loop alone)", flush=True)
+        half = args.images // 2
+        *_, half_seconds = score_process(model_dir, subset(tmp / "speed", tmp / "half", half), tmp / "results-half",
+                                         *args.extra, seconds=True)
+        whole, _, _, seconds = score_process(model_dir, tmp / "speed", tmp / "results-speed", *args.extra,
+                                             seconds=True)
+        steady = (args.images - half) / (seconds - half_seconds)
+        fixed = seconds - args.images / steady
+        print(f"(c) cracknet score {' '.join(args.extra)}\n"
+              f"    whole command:  {whole:7.1f} images/s   c/b = {whole / b:.2f}   c/a = {whole / a:.2f}\n"
+              f"    steady state:   {steady:7.1f} images/s   c/b = {steady / b:.2f}   c/a = {steady / a:.2f}"
+              f"   (fixed cost {fixed:.1f} s of {seconds:.1f} s)", flush=True)
+        if args.no_memory:
+            return
 
         small_model = make_model(tmp / "small-model", args.memory_image_size)
         n = args.memory_images
         make_images(tmp / "memory-10n", 10 * n)
-        small = tmp / "memory-n"
-        small.mkdir()
-        for i in range(10):  # the first N of the 10 x N images
-            if i * (n // 10) < n:
-                shutil.copytree(tmp / "memory-10n" / f"structure-{i}", small / f"structure-{i}",
-                                ignore=lambda d, names, lim=n // 10: sorted(names)[lim:])
+        small = subset(tmp / "memory-10n", tmp / "memory-n", n)
         *_, peak_n = score_process(small_model, small, tmp / "results-n")
         *_, peak_10n = score_process(small_model, tmp / "memory-10n", tmp / "results-10n")
         print(f"peak memory at {args.memory_image_size} px: {n} images {peak_n / 1024:.0f} MiB, "
               f"{10 * n} images {peak_10n / 1024:.0f} MiB, ratio {peak_10n / peak_n:.2f}")
+
+
+def cpu_name() -> str:
+    names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+    bf16 = "avx512_bf16" in open("/proc/cpuinfo").read()
+    return f"{names[0] if names else 'unknown CPU'}, {'with' if bf16 else 'without'} AVX512-BF16"
 
 
 if __name__ == "__main__":

@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--record", action="store_true",
                           help="keep each surface's row in the model card (evaluations), shown by cracknet report")
     evaluate.add_argument("--json", help="also write the metrics as JSON here (path or s3://)")
-    evaluate.add_argument("--batch-size", type=int, default=64, help="tiles per model call (default: 64)")
+    evaluate.add_argument("--batch-size", type=int, default=0,
+                          help="tiles per model call (default: 64, or 8 in float32 on a CPU)")
     evaluate.add_argument("--tile-size", type=int, default=0,
                           help="tile side in source pixels for large images, as for score (default: the model's "
                                "training images)")
@@ -364,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="move the alias even where the gate refuses or no surface is named; the reason is "
                               "recorded with the version")
     promote.add_argument("--mlflow", default=None, help="the MLflow registry (default: MLFLOW_TRACKING_URI)")
-    promote.add_argument("--batch-size", type=int, default=64, help="tiles per model call (default: 64)")
+    promote.add_argument("--batch-size", type=int, default=0,
+                         help="tiles per model call (default: 64, or 8 in float32 on a CPU)")
     promote.set_defaults(run=cmd_promote)
 
     score = sub.add_parser("score", help="score images from storage with Ray Data and commit them to the results table (Delta Lake)")

@@ -155,7 +155,8 @@ class ScoreConfig:
     output: str = field(metadata={"help": "the results table (Delta Lake): a folder or s3:// prefix"})
     input_prefix: Optional[str] = _opt(None, "images must lie under this location (default: the input folder, or "
                                              "a manifest's bucket on S3 / its folder on local disk)")
-    batch_size: int = _opt(64, "tiles per model call (an image up to 1.5 tiles per side is one tile)")
+    batch_size: int = _opt(0, "tiles per model call (an image up to 1.5 tiles per side is one tile; default: 64, "
+                              "or 8 in float32 on a CPU, where smaller calls are faster)")
     num_actors: int = _opt(0, "model actors (default: one per GPU, or one on a CPU-only cluster)")
     use_gpu: bool = _opt(False, "one GPU per model actor even before GPU workers are up (autoscaling clusters); "
                                 "by default GPUs are used when the cluster has them")
@@ -168,8 +169,8 @@ class ScoreConfig:
     fp32: bool = _opt(False, "score in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
     compile: bool = _opt(False, "run the model under torch.compile: about a minute of compiling per actor, then "
                                 "about 1.5x faster on CPUs; pays from a few thousand images per actor")
-    read_batch_size: int = _opt(64, "images per read-and-decode task (their tiles reach the model in blocks of "
-                                    "--batch-size tiles)")
+    read_batch_size: int = _opt(64, "images per read-and-decode task (their tiles reach the model in packs of "
+                                    "about 64 tiles, or --batch-size where larger)")
     rows_per_part: int = _opt(4096, "images per Parquet file of the results table")
     lease_seconds: float = _opt(300.0, "a run that stops renewing its lease on the output for this long is "
                                        "presumed dead, and the next run takes the output over")
@@ -206,7 +207,7 @@ class ScoreConfig:
         if self.mask_gate is not None and not 0.0 <= self.mask_gate <= 1.0:
             raise CracknetError(f"--mask-gate must be in [0, 1], got {self.mask_gate}.")
         parse_width_classes(self.width_classes)
-        if min(self.batch_size, self.read_batch_size, self.rows_per_part, self.max_pixels, self.max_bytes) < 1 \
+        if self.batch_size < 0 or min(self.read_batch_size, self.rows_per_part, self.max_pixels, self.max_bytes) < 1 \
                 or self.lease_seconds <= 0:
             raise CracknetError("--batch-size, --read-batch-size, --rows-per-part, --max-pixels, --max-bytes and "
                                 "--lease-seconds must be positive.")

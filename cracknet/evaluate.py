@@ -139,7 +139,7 @@ def group_results(found: Predictions, threshold: float, group_by: str = "auto") 
     return by, sorted(table, key=lambda r: (r["accuracy"], r["group"]))
 
 
-def evaluate(model_uri: str, data_uri: str, batch_size: int = 64, target_recall: float | None = None,
+def evaluate(model_uri: str, data_uri: str, batch_size: int = 0, target_recall: float | None = None,
              recall_confidence: float = 0.95, tile_size: int = 0, scorer: Scorer | None = None,
              max_false_alarms: float = MAX_FALSE_ALARMS, group_by: str = "auto") -> dict:
     """Metrics of a model on a labelled tree at its own threshold and at 0.5, with bootstrap intervals.
@@ -179,7 +179,7 @@ def parse_surface(text: str) -> tuple[str, str]:
     return name, uri
 
 
-def evaluate_surfaces(model_uri: str, surfaces: list[tuple[str, str]], batch_size: int = 64,
+def evaluate_surfaces(model_uri: str, surfaces: list[tuple[str, str]], batch_size: int = 0,
                       target_recall: float | None = None, recall_confidence: float = 0.95,
                       tile_size: int = 0, max_false_alarms: float = MAX_FALSE_ALARMS,
                       group_by: str = "auto") -> dict[str, dict]:

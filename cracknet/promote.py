@@ -72,7 +72,7 @@ def alias_holder(mlflow, name: str, alias: str) -> dict | None:
 
 
 def promote(model: str, alias: str, surfaces: list[tuple[str, str]], name: str | None = None,
-            force: str | None = None, mlflow_uri: str | None = None, batch_size: int = 64,
+            force: str | None = None, mlflow_uri: str | None = None, batch_size: int = 0,
             log: Callable[[str], None] = print) -> dict:
     """Judge ``model`` against the holder of ``alias`` on ``surfaces`` ((name, URI) pairs) and move the alias if
     the gate passes (or ``force`` gives a reason). Returns the verdict: promoted, the versions, the surface rows."""

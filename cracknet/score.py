@@ -35,7 +35,7 @@ from cracknet.config import ScoreConfig
 from cracknet.errors import CracknetError, kind_of, root_cause
 from cracknet.lease import Lease
 from cracknet.progress import Progress
-from cracknet.scorer import tiling_of
+from cracknet.scorer import CALL_TILES, tiling_of
 
 ALERT_WEBHOOK_ENV = "CRACKNET_ALERT_WEBHOOK"  # the webhook when --alert-webhook is not given (from a Secret)
 
@@ -496,13 +496,15 @@ def _score_pipeline(cfg: ScoreConfig, card: dict, plan_files: list[str], run_id:
     # An autoscaling cluster may have no GPU worker up yet: --use-gpu asks for them anyway.
     gpus = max(gpus, 1 if cfg.use_gpu else 0)
     threads = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
+    # Packs carry tiles to the actors; each actor cuts them into model calls of its own size (see call_tiles).
+    pack_tiles = max(cfg.batch_size, CALL_TILES)
     # GPU actors decode JPEGs themselves, in batches on the GPU; otherwise CPU tasks decode and tile.
     if gpus:
-        read = dict(fn=read_encoded, fn_kwargs={"root": root, "images_per_pack": cfg.batch_size,
+        read = dict(fn=read_encoded, fn_kwargs={"root": root, "images_per_pack": pack_tiles,
                                                 "max_bytes": cfg.max_bytes})
     else:
         read = dict(fn=read_and_tile, fn_kwargs={"spec": spec, "tiling": tiling, "root": root,
-                                                 "tiles_per_pack": cfg.batch_size})
+                                                 "tiles_per_pack": pack_tiles})
     return (
         ray.data.from_items([{"plan": uri} for uri in plan_files])  # one item per plan file, not per image
         .map_batches(read_plan, batch_size=1, batch_format="pyarrow")

@@ -20,7 +20,8 @@ Training validation (so the threshold is chosen on these numbers), ``evaluate``,
 - **batching**: model calls take ``batch_tiles`` tiles, however they are spread
   over images (a short last call is padded), and the tiles of a batch are never
   copied whole. One call shape means one set of kernels, so a tile's probability
-  does not depend on the path or on the tiles beside it.
+  does not depend on the path or on the tiles beside it. Where none is asked for,
+  a call takes 64 tiles, or 8 in float32 on a CPU (``call_tiles``).
 
 Importing this module needs no torch (the scoring driver and the read tasks use
 ``read_image`` and ``tiling_of``); a ``Scorer`` imports it when made.
@@ -42,6 +43,7 @@ from cracknet.transforms import ImageError, Preprocessing, decode_tiles, scored_
 if TYPE_CHECKING:
     import torch
 
+CALL_TILES, FLOAT32_CPU_CALL_TILES = 64, 8
 DEFAULT_TILE = 227  # the METU patches' side, for cards that do not record their training images' size
 DEFAULT_OVERLAP = 0.25
 
@@ -219,11 +221,18 @@ class Prediction:
     error: str = ""
 
 
+def call_tiles(device: "torch.device", precision: Any) -> int:
+    """Tiles per model call where none are asked for: 64, but 8 in float32 on a CPU, where more of ResNet50's
+    activations stay in the CPU's caches (1.4x faster than calls of 64 on a 2-core EPYC without bf16; 16 gave
+    1.2x). bf16 CPUs and GPUs keep 64."""
+    return FLOAT32_CPU_CALL_TILES if device.type == "cpu" and precision.autocast_dtype is None else CALL_TILES
+
+
 class Scorer:
     """A model with everything needed to score like the nightly job: preprocessing, precision, tiling, batching."""
 
     def __init__(self, model: "torch.nn.Module", spec: Preprocessing, *, device: "torch.device | None" = None,
-                 precision: Any = None, tiling: Tiling = Tiling(), batch_tiles: int = 64, threshold: float = 0.5,
+                 precision: Any = None, tiling: Tiling = Tiling(), batch_tiles: int = 0, threshold: float = 0.5,
                  card: dict | None = None, classify: Callable | None = None):
         import torch
 
@@ -238,12 +247,12 @@ class Scorer:
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = precision or Precision.for_inference(self.device)
         self.tiling = tiling
-        self.batch_tiles = max(1, int(batch_tiles))
+        self.batch_tiles = max(1, int(batch_tiles)) if batch_tiles else call_tiles(self.device, self.precision)
         self.threshold = float(threshold)
         self.card = card or {}
 
     @classmethod
-    def load(cls, uri: str, *, batch_tiles: int = 64, tile_size: int = 0, overlap: float = DEFAULT_OVERLAP,
+    def load(cls, uri: str, *, batch_tiles: int = 0, tile_size: int = 0, overlap: float = DEFAULT_OVERLAP,
              fp32: bool = False, model_id: str | None = None, threads: int = 0, compile: bool = False) -> "Scorer":
         """The model at ``uri`` (its weights checked against its card) ready to score on this machine's best device.
 

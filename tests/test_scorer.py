@@ -43,6 +43,23 @@ def test_load_model_predicts_paths_pictures_and_arrays_alike(random_model, tmp_p
     assert model.score([found.tiles])[0][0] == pytest.approx(by_path.crack_probability, abs=1e-6)
 
 
+def test_a_model_call_takes_8_tiles_in_float32_on_a_cpu_and_64_in_bf16_unless_asked(random_model):
+    from cracknet.engine import Precision
+    from cracknet.scorer import call_tiles
+
+    cpu = torch.device("cpu")
+    assert call_tiles(cpu, Precision(None, channels_last=True)) == 8
+    assert call_tiles(cpu, Precision(torch.bfloat16, channels_last=True)) == 64
+    assert call_tiles(torch.device("cuda"), Precision(torch.bfloat16, channels_last=True)) == 64
+    fp32 = Scorer.load(str(random_model), fp32=True)
+    assert fp32.precision.autocast_dtype is None and fp32.batch_tiles == 8
+    assert Scorer.load(str(random_model), batch_tiles=20).batch_tiles == 20  # asked for: kept
+    calls = []
+    fp32.model.register_forward_pre_hook(lambda _module, args: calls.append(len(args[0])))
+    fp32.score([np.zeros((19, 32, 32, 3), dtype=np.uint8)])
+    assert calls == [8, 8, 8]
+
+
 def test_model_calls_count_tiles_not_images(random_model):
     scorer = Scorer.load(str(random_model), batch_tiles=5)
     calls = []
