@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from score_throughput import make_images, make_model  # noqa: E402
+from score_throughput import cpu_name, make_images, make_model  # noqa: E402
 
 from cracknet.card import preprocessing_of, read_card  # noqa: E402
 from cracknet.score import CrackPredictor, read_and_tile, write_parts  # noqa: E402
@@ -173,8 +173,7 @@ def main() -> None:
         tmp = Path(tmp)
         paths = make_images(tmp / "images", args.images)
         model_dir = make_model(tmp / "model", args.image_size)
-        print(f"{args.images} JPEGs at {args.image_size} px, {os.cpu_count()} CPUs "
-              f"({'bf16' if _has_bf16() else 'float32'}):", flush=True)
+        print(f"{args.images} JPEGs at {args.image_size} px on {os.cpu_count()} CPUs ({cpu_name()}):", flush=True)
         costs = stage_costs(model_dir, paths, tmp / "stage-results", args.batch_size)
         total = sum(v for k, v in costs.items() if not k.startswith(" ") and "once" not in k)
         print("1. each stage in one process, one after the other:")
@@ -193,12 +192,6 @@ def main() -> None:
         used = sum(per_kind.values())
         print(f"   {'all processes':64s} {used:7.1f} CPU s  {100 * used / budget:5.1f}% of {budget:.0f} CPU s")
         print(json.dumps({"stages": costs, "command_seconds": wall, "cpu_seconds": per_kind}))
-
-
-def _has_bf16() -> bool:
-    from cracknet.engine import Precision
-
-    return Precision.for_inference(torch.device("cpu")).autocast_dtype is not None
 
 
 if __name__ == "__main__":
