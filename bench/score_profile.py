@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from score_throughput import cpu_name, make_images, make_model  # noqa: E402
+from score_throughput import cpu_name, make_images, make_model, process_tree  # noqa: E402
 
 from cracknet.card import preprocessing_of, read_card  # noqa: E402
 from cracknet.score import CrackPredictor, read_and_tile, write_parts  # noqa: E402
@@ -102,23 +102,6 @@ def process_kind(pid: int, root: int) -> str:
     return "other Ray processes (log monitor, agents)"
 
 
-def tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    found, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack.extend(children.get(pid, []))
-    return found
-
-
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
@@ -136,7 +119,7 @@ def profile_command(model_dir: str, inputs: Path, output: Path, extra: list[str]
 
     def sample():
         while not done.is_set():
-            for pid in tree(proc.pid):
+            for pid in process_tree(proc.pid):
                 try:
                     used = cpu_seconds(pid)
                 except OSError:

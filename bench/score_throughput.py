@@ -102,8 +102,8 @@ def plain_loop(model_dir: str, paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def tree_pss_kib(root: int) -> int:
-    """Summed proportional set size of a process and all its descendants."""
+def process_tree(root: int) -> list[int]:
+    """A process and all its descendants, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -112,10 +112,17 @@ def tree_pss_kib(root: int) -> int:
                 children.setdefault(ppid, []).append(int(entry))
             except (OSError, IndexError, ValueError):
                 pass
-    total, stack = 0, [root]
+    found, stack = [], [root]
     while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
+        found.append(stack.pop())
+        stack.extend(children.get(found[-1], []))
+    return found
+
+
+def tree_pss_kib(root: int) -> int:
+    """Summed proportional set size of a process and all its descendants."""
+    total = 0
+    for pid in process_tree(root):
         try:
             for line in open(f"/proc/{pid}/smaps_rollup"):
                 if line.startswith("Pss:"):

@@ -168,7 +168,8 @@ class ScoreConfig:
     retry_errors: bool = _opt(False, "score again every image whose last attempt was an error row, permanent or not")
     fp32: bool = _opt(False, "score in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
     compile: bool = _opt(False, "run the model under torch.compile: about a minute of compiling per actor, then "
-                                "about 1.5x faster on CPUs; pays from a few thousand images per actor")
+                                "about 1.5x faster on CPUs with bf16 (pays from a few thousand images per actor); "
+                                "little faster in float32")
     read_batch_size: int = _opt(64, "images per read-and-decode task (their tiles reach the model in packs of "
                                     "about 64 tiles, or --batch-size where larger)")
     rows_per_part: int = _opt(4096, "images per Parquet file of the results table")
@@ -207,10 +208,11 @@ class ScoreConfig:
         if self.mask_gate is not None and not 0.0 <= self.mask_gate <= 1.0:
             raise CracknetError(f"--mask-gate must be in [0, 1], got {self.mask_gate}.")
         parse_width_classes(self.width_classes)
-        if self.batch_size < 0 or min(self.read_batch_size, self.rows_per_part, self.max_pixels, self.max_bytes) < 1 \
-                or self.lease_seconds <= 0:
-            raise CracknetError("--batch-size, --read-batch-size, --rows-per-part, --max-pixels, --max-bytes and "
-                                "--lease-seconds must be positive.")
+        if self.batch_size < 0:
+            raise CracknetError(f"--batch-size must be positive (or 0 for the default), got {self.batch_size}.")
+        if min(self.read_batch_size, self.rows_per_part, self.max_pixels, self.max_bytes) < 1 or self.lease_seconds <= 0:
+            raise CracknetError("--read-batch-size, --rows-per-part, --max-pixels, --max-bytes and --lease-seconds "
+                                "must be positive.")
         if self.drift_window < 1 or self.drift_psi <= 0 or self.structure_growth < 1 or self.length_growth <= 0 \
                 or not 0 <= self.crack_rate_margin < 1 or not 0 <= self.max_error_rate < 1:
             raise CracknetError("--drift-window, --drift-psi, --structure-growth and --length-growth must be "
