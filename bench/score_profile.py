@@ -18,10 +18,8 @@ import argparse
 import collections
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from score_throughput import cpu_name, make_images, make_model, process_tree  # noqa: E402
+from score_throughput import cpu_name, make_images, make_model, process_tree, run_score  # noqa: E402
 
 from cracknet.card import preprocessing_of, read_card  # noqa: E402
 from cracknet.score import CrackPredictor, read_and_tile, write_parts  # noqa: E402
@@ -109,39 +107,24 @@ def cpu_seconds(pid: int) -> float:
 
 def profile_command(model_dir: str, inputs: Path, output: Path, extra: list[str]) -> tuple[float, str, dict]:
     """Run `cracknet score`; its wall seconds, its summary line and CPU seconds per kind of process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cracknet.cli", "score", "--model", model_dir,
-                             "--input", str(inputs), "--output", str(output), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "RAY_ADDRESS": ""})
     last: dict[int, tuple[str, float]] = {}
-    done = threading.Event()
 
-    def sample():
-        while not done.is_set():
-            for pid in process_tree(proc.pid):
-                try:
-                    used = cpu_seconds(pid)
-                except OSError:
-                    continue
-                kind = last.get(pid, ("", 0.0))[0]
-                if not kind or kind.startswith(("idle", "other")):  # a worker's title changes with its task
-                    kind = process_kind(pid, proc.pid)
-                last[pid] = (kind, used)
-            time.sleep(0.2)
+    def sample(root: int):
+        for pid in process_tree(root):
+            try:
+                used = cpu_seconds(pid)
+            except OSError:
+                continue
+            kind = last.get(pid, ("", 0.0))[0]
+            if not kind or kind.startswith(("idle", "other")):  # a worker's title changes with its task
+                kind = process_kind(pid, root)
+            last[pid] = (kind, used)
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    out, _ = proc.communicate()
-    done.set()
-    sampler.join()
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"cracknet score failed:\n{out[-3000:]}")
+    wall, summary = run_score(model_dir, inputs, output, extra, sample)
     per_kind = collections.Counter()
     for kind, used in last.values():
         per_kind[kind] += used
-    return wall, next(line for line in out.splitlines() if line.startswith("Scored")), dict(per_kind)
+    return wall, summary, dict(per_kind)
 
 
 def main() -> None:

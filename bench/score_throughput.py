@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -132,39 +133,45 @@ def tree_pss_kib(root: int) -> int:
     return total
 
 
-def score_process(model_dir: str, inputs, output, *extra: str, seconds: bool = False) -> tuple:
-    """Run `cracknet score` in its own process (with its own local Ray).
-
-    Returns images/s over the whole command (Python and Ray start-up included),
-    images/s over the streaming pipeline alone, the peak PSS in KiB, and with
-    ``seconds`` the whole command's seconds.
-    """
+def run_score(model_dir: str, inputs, output, extra, sample: Callable[[int], None]) -> tuple[float, str]:
+    """Run `cracknet score` in its own process (with its own local Ray), calling ``sample(pid)`` about four
+    times a second while it runs. Returns the whole command's seconds and its summary line."""
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "cracknet.cli", "score", "--model", model_dir,
                              "--input", str(inputs), "--output", str(output), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "RAY_ADDRESS": ""})
-    peak = 0
     done = threading.Event()
 
-    def sample():
-        nonlocal peak
+    def sampling():
         while not done.is_set():
-            peak = max(peak, tree_pss_kib(proc.pid))
+            sample(proc.pid)
             time.sleep(0.25)
 
-    sampler = threading.Thread(target=sample)
+    sampler = threading.Thread(target=sampling)
     sampler.start()
     out, _ = proc.communicate()
     done.set()
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"cracknet score failed:\n{out[-3000:]}")
-    summary = next(line for line in out.splitlines() if line.startswith("Scored"))
+    return time.perf_counter() - started, next(line for line in out.splitlines() if line.startswith("Scored"))
+
+
+def score_process(model_dir: str, inputs, output, *extra: str, seconds: bool = False) -> tuple:
+    """`cracknet score` with its memory sampled: images/s over the whole command (Python and Ray start-up
+    included), images/s over the streaming pipeline alone, the peak PSS in KiB, and with ``seconds`` the whole
+    command's seconds."""
+    peak = 0
+
+    def sample(pid: int):
+        nonlocal peak
+        peak = max(peak, tree_pss_kib(pid))
+
+    took, summary = run_score(model_dir, inputs, output, extra, sample)
     print("   ", summary, flush=True)
     scored = int(re.search(r"Scored (\d+) images", summary).group(1))
     pipeline = float(re.search(r"\(([\d.]+) s in the pipeline\)", summary).group(1))
-    took = time.perf_counter() - started
     return (scored / took, scored / pipeline, peak) + ((took,) if seconds else ())
 
 
