@@ -64,7 +64,7 @@ def build_card(cfg, spec: Preprocessing, plan, predictions: dict[str, Any], epoc
         "operating_point": {**point, "val_recall": at_threshold["recall"], "val_precision": at_threshold["precision"],
                             "val_recall_at_0.5": at_half["recall"], "val_precision_at_0.5": at_half["precision"]},
         "metrics": {
-            "test": evaluation(test_probs, test_labels, threshold, seed=cfg.seed),
+            "test": evaluation(test_probs, test_labels, threshold, seed=cfg.seed, groups=split_groups(plan, "test")),
             "test_at_0.5": binary_metrics(test_probs, test_labels, 0.5),
             "val": at_threshold,
         },
@@ -78,6 +78,14 @@ def build_card(cfg, spec: Preprocessing, plan, predictions: dict[str, Any], epoc
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(mask_section(predictions["masks"]) if "masks" in predictions else {}),
     }
+
+
+def split_groups(plan, split: str) -> list[str] | None:
+    """The group (photo, structure) of each image of a split, in the order its predictions come (the split's row
+    index); None where the run did not group its images."""
+    if plan.grouping == NO_GROUPS:
+        return None
+    return [plan.groups[uri] for uri, _ in sorted(plan.members[split].items(), key=lambda item: item[1])]
 
 
 def mask_section(pairs: dict[str, list]) -> dict[str, Any]:

@@ -45,7 +45,9 @@ def _format_metrics(metrics: dict) -> str:
         if name in metrics and metrics[name] is not None:
             low, high = intervals.get(name, (None, None))
             parts.append(f"{name} {metrics[name]:.4f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else ""))
-    return ", ".join(parts) + f" (threshold {metrics['threshold']:.3f}, n={metrics['n']})"
+    count = metrics.get("groups")
+    groups = f", {count} group{'s' if count != 1 else ''} resampled whole" if count else ""
+    return ", ".join(parts) + f" (threshold {metrics['threshold']:.3f}, n={metrics['n']}{groups})"
 
 
 def _false_alarms(point: dict) -> str:
@@ -68,6 +70,8 @@ def _print_training(card: dict) -> None:
         advice = " Hold out more images (--val-fraction) or lower --recall-confidence." if not point["backed"] else ""
         print(f"Warning: {operating_point_caveat(point)}{advice}")
     print(f"Test metrics: {_format_metrics(card['metrics']['test'])}")
+    if card["metrics"]["test"].get("interval_caveat"):
+        print(f"Note: {card['metrics']['test']['interval_caveat']}")
     print(f"Test at 0.5:  {_format_metrics(card['metrics']['test_at_0.5'])}")
     if "mask" in card:
         mask = card["mask"]
@@ -143,6 +147,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         title = f"{name}: " if len(reports) > 1 else ""
         print(f"{title}{report['images']} images under {report['data']}, {len(report['unreadable'])} unreadable.")
         print(f"Metrics: {_format_metrics(report['metrics'])}")
+        if report["metrics"].get("interval_caveat"):
+            print(f"Note: {report['metrics']['interval_caveat']}")
         print(f"At 0.5:  {_format_metrics(report['metrics_at_0.5'])}")
         if "for_target_recall" in report:
             chosen = report["for_target_recall"]

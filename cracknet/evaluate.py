@@ -118,16 +118,22 @@ def _true_mask(image: LabelledImage, found: Found, max_pixels: int) -> np.ndarra
         return None
 
 
-def group_results(found: Predictions, threshold: float, group_by: str = "auto") -> tuple[str, list[dict]]:
-    """(the grouping, one row per group: images, cracks, found, missed, false alarms, accuracy at ``threshold``),
-    the groups with the most errors first; no rows where the tree has no groups (``data.resolve_grouping``)."""
+def groups_of(found: Predictions, group_by: str = "auto") -> tuple[str, list[str] | None]:
+    """(the grouping, each scored image's group in ``found.uris`` order); None where the tree has no groups
+    (``data.resolve_grouping``)."""
     by = resolve_grouping(group_by, found.root, [LabelledImage(uri, 0) for uri in found.uris])
     group_of = grouper(by, found.root)
-    if group_of is None:
-        return by, []
+    return by, None if group_of is None else [group_of(uri) for uri in found.uris]
+
+
+def group_rows(found: Predictions, groups: list[str] | None, threshold: float) -> list[dict]:
+    """One row per group: images, cracks, found, missed, false alarms, accuracy at ``threshold``, the groups with
+    the most errors first; none without groups."""
+    if groups is None:
+        return []
     rows: dict[str, dict] = {}
-    for uri, prob, label in zip(found.uris, found.probs, found.labels):
-        row = rows.setdefault(group_of(uri), {"images": 0, "cracks": 0, "found": 0, "false_alarms": 0})
+    for group, prob, label in zip(groups, found.probs, found.labels):
+        row = rows.setdefault(group, {"images": 0, "cracks": 0, "found": 0, "false_alarms": 0})
         flagged = bool(prob >= threshold)
         row["images"] += 1
         row["cracks"] += int(label)
@@ -136,13 +142,14 @@ def group_results(found: Predictions, threshold: float, group_by: str = "auto") 
     table = [{"group": name, **r, "missed": r["cracks"] - r["found"],
               "accuracy": 1.0 - (r["cracks"] - r["found"] + r["false_alarms"]) / r["images"]}
              for name, r in rows.items()]
-    return by, sorted(table, key=lambda r: (r["accuracy"], r["group"]))
+    return sorted(table, key=lambda r: (r["accuracy"], r["group"]))
 
 
 def evaluate(model_uri: str, data_uri: str, batch_size: int = 0, target_recall: float | None = None,
              recall_confidence: float = 0.95, tile_size: int = 0, scorer: Scorer | None = None,
              max_false_alarms: float = MAX_FALSE_ALARMS, group_by: str = "auto") -> dict:
-    """Metrics of a model on a labelled tree at its own threshold and at 0.5, with bootstrap intervals.
+    """Metrics of a model on a labelled tree at its own threshold and at 0.5, with bootstrap intervals (over whole
+    groups, photos or structures, where the tree has them: ``group_by``).
 
     With ``target_recall``, also the threshold this data would choose for that recall (by the same rule
     as training, see ``metrics.operating_point``), and its precision.
@@ -151,18 +158,19 @@ def evaluate(model_uri: str, data_uri: str, batch_size: int = 0, target_recall: 
     card = scorer.card
     found = predict_tree(scorer, data_uri)
     probs, labels, unreadable = found.probs, found.labels, found.unreadable
+    grouping, groups = groups_of(found, group_by)
     report = {
         "model": card["folder"],
         "model_id": card["model_id"],
         "data": data_uri,
         "images": len(found.uris) + len(unreadable),
         "threshold": card["threshold"],
-        "metrics": evaluation(probs, labels, card["threshold"]),
+        "metrics": evaluation(probs, labels, card["threshold"], groups=groups),
         "metrics_at_0.5": binary_metrics(probs, labels, 0.5),
         "unreadable": [{"uri": uri, "error": err} for uri, err in unreadable],
         **({"masks": found.masks} if found.masks else {}),
     }
-    report["grouping"], report["groups"] = group_results(found, card["threshold"], group_by)
+    report["grouping"], report["groups"] = grouping, group_rows(found, groups, card["threshold"])
     if target_recall is not None:
         point = operating_point(probs, labels, target_recall, recall_confidence, max_false_alarms)
         report["for_target_recall"] = {**point, "metrics": binary_metrics(probs, labels, point["threshold"])}
@@ -200,7 +208,7 @@ def surface_row(report: dict) -> dict:
             **({"groups": len(report["groups"]), "grouping": report["grouping"]} if report.get("groups") else {}),
             "unreadable": len(report["unreadable"]), "threshold": report["threshold"],
             **{k: m[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
-            "recall_interval_95": m["intervals_95"].get("recall"),
+            "recall_interval_95": m["intervals_95"].get("recall"), "interval_unit": m.get("interval_unit", "image"),
             **({"masks": {k: report["masks"][k] for k in ("images", "precision", "recall", "f1", "iou", "ods_f1",
                                                           "ods_threshold", "threshold", "tolerance_px")}}
                if report.get("masks") else {}),

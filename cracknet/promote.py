@@ -8,7 +8,8 @@ when the candidate is no worse on the team's own labelled surfaces.
 Both models score every surface the way the nightly job scores. For each surface
 and each gate metric (recall, precision and F1, each model at its own threshold)
 the candidate's difference from the alias holder gets a paired bootstrap 95%
-interval over the surface's images; the candidate is *worse* on a surface when
+interval over the surface's images (over whole photos or structures where the
+tree groups them: tiles of one photo are not independent evidence); the candidate is *worse* on a surface when
 an interval lies wholly below zero. The alias moves only when no surface is
 worse; ``--force REASON`` moves it anyway and records why. Either way the
 verdict is one line, and the candidate's version keeps it as a tag
@@ -34,7 +35,7 @@ MAX_TAG = 4900  # characters of a version tag's value MLflow keeps
 
 def compare(candidate, champion, uri: str) -> dict:
     """Candidate against champion (two ``Scorer``s) on the labelled tree at ``uri``, on the images both read."""
-    from cracknet.evaluate import predict_tree
+    from cracknet.evaluate import groups_of, predict_tree
 
     a, b = predict_tree(candidate, uri), predict_tree(champion, uri)
     shared = sorted(set(a.uris) & set(b.uris))
@@ -43,16 +44,21 @@ def compare(candidate, champion, uri: str) -> dict:
     index_a, index_b = {u: i for i, u in enumerate(a.uris)}, {u: i for i, u in enumerate(b.uris)}
     pa, pb = a.probs[[index_a[u] for u in shared]], b.probs[[index_b[u] for u in shared]]
     labels = a.labels[[index_a[u] for u in shared]]
-    diff = paired_difference(pa, pb, labels, candidate.threshold, champion.threshold)
+    grouping, groups = groups_of(a)
+    groups = None if groups is None else [groups[index_a[u]] for u in shared]
+    diff = paired_difference(pa, pb, labels, candidate.threshold, champion.threshold, groups=groups)
     worse = [k for k in GATE_METRICS if diff[k]["interval"][1] < 0]
-    return {"data": uri, "images": len(shared), "cracks": int(np.sum(labels)), "metrics": diff, "worse": worse}
+    return {"data": uri, "images": len(shared), "cracks": int(np.sum(labels)), "metrics": diff, "worse": worse,
+            "groups": None if groups is None else len(set(groups)), "grouping": grouping}
 
 
 def surface_line(name: str, row: dict) -> str:
     parts = [f"{k} {m['champion']:.3f} -> {m['candidate']:.3f} [{m['interval'][0]:+.3f}, {m['interval'][1]:+.3f}]"
              for k, m in row["metrics"].items()]
     verdict = f"worse ({', '.join(row['worse'])})" if row["worse"] else "no worse"
-    return f"{name} ({row['images']} images, {row['cracks']} cracks): {'; '.join(parts)}: {verdict}."
+    count = row.get("groups")
+    groups = f", {count} group{'s' if count != 1 else ''} resampled whole" if count else ""
+    return f"{name} ({row['images']} images, {row['cracks']} cracks{groups}): {'; '.join(parts)}: {verdict}."
 
 
 def candidate_version(mlflow, model: str, name: str, card: dict) -> dict:

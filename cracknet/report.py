@@ -26,7 +26,7 @@ from PIL import Image
 
 from cracknet import storage
 from cracknet.errors import CracknetError
-from cracknet.metrics import average_precision, binary_metrics, curve_points, operating_point_caveat
+from cracknet.metrics import average_precision, binary_metrics, curve_points, evaluation, operating_point_caveat
 
 THUMB = 160
 LIMITS = ("Trained and tested on the labelled images named in the card (concrete surface patches for the "
@@ -182,12 +182,30 @@ def model_card_section(report: Report, card: dict) -> None:
     ]
     body = (_table(facts)
             + "<h3>Images per split and class</h3>" + _table(split_rows, ("split", *classes))
-            + "<h3>Test metrics at the threshold (95% bootstrap intervals)</h3>"
+            + f"<h3>Test metrics at the threshold (95% bootstrap intervals {interval_unit(test)})</h3>"
             + _table(metric_rows, ("metric", "value", "interval"))
+            + (f'<p class="note">{html.escape(test["interval_caveat"])}</p>' if test.get("interval_caveat") else "")
             + evaluations_table(card)
             + f'<p class="note"><b>Known limits.</b> {html.escape(LIMITS)}'
             + (f" {html.escape(operating_point_caveat(point))}" if operating_point_caveat(point) else "") + "</p>")
     report.section("Model card", body)
+
+
+def interval_unit(metrics: dict) -> str:
+    """What an interval resampled, in words: "over 6 groups of 82 images" or "over 773 images"."""
+    if metrics.get("interval_unit") == "group":
+        count = metrics["groups"]
+        return f"over {count} group{'s' if count != 1 else ''} of {metrics.get('n', '?')} images, resampled whole"
+    return f"over {metrics.get('n', '?')} images"
+
+
+def interval_sentence(m: dict) -> str:
+    """At the threshold: each headline metric with its interval and what the interval resampled."""
+    intervals = m["intervals_95"]
+    parts = ", ".join(f"{name} {m[name]:.4f} [{intervals[name][0]:.3f}, {intervals[name][1]:.3f}]"
+                      for name in ("accuracy", "precision", "recall"))
+    caveat = f" {m['interval_caveat']}" if m.get("interval_caveat") else ""
+    return html.escape(f"At the threshold: {parts} (95% bootstrap intervals {interval_unit(m)}).{caveat}")
 
 
 def lineage_facts(card: dict) -> list[tuple[str, str]]:
@@ -255,9 +273,10 @@ GROUP_ROWS = 20
 
 def groups_table(found, threshold: float) -> str:
     """Per photo or structure, where the tree groups its images (``<label>/<photo>/<tile>``): the worst first."""
-    from cracknet.evaluate import group_results
+    from cracknet.evaluate import group_rows, groups_of
 
-    grouping, rows = group_results(found, threshold)
+    grouping, groups = groups_of(found)
+    rows = group_rows(found, groups, threshold)
     if not rows:
         return ""
     body = [(r["group"], r["images"], r["cracks"], r["missed"], r["false_alarms"], _fmt(r["accuracy"]))
@@ -268,6 +287,8 @@ def groups_table(found, threshold: float) -> str:
 
 
 def evaluation_section(report: Report, card: dict, found, gallery: int) -> None:
+    from cracknet.evaluate import groups_of
+
     plt = _pyplot()
     probs, labels, threshold = found.probs, found.labels.astype(bool), card["threshold"]
     m = binary_metrics(probs, labels, threshold)
@@ -309,9 +330,8 @@ def evaluation_section(report: Report, card: dict, found, gallery: int) -> None:
             f"<figure>{_thumbnail(uris[i])}<figcaption>p={probs[i]:.3f}<br>{html.escape(uris[i])}</figcaption>"
             "</figure>" for i in indices) + "</div>"
 
-    summary = (f"<p>{len(probs)} images of {html.escape(found.source)}; {len(found.unreadable)} unreadable. "
-               f"At the threshold: accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f}, "
-               f"recall {m['recall']:.4f}.</p>")
+    summary = f"<p>{len(probs)} images of {html.escape(found.source)}; {len(found.unreadable)} unreadable. " + \
+        interval_sentence(evaluation(probs, labels, threshold, groups=groups_of(found)[1])) + "</p>"
     report.section("Evaluation", summary + confusion + curves + groups_table(found, threshold)
                    + f"<h3>Most confident false positives ({len(false_pos)} in all)</h3>" + cards(worst_fp)
                    + f"<h3>Most confident false negatives: missed cracks ({len(false_neg)} in all)</h3>"

@@ -5,8 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
-from cracknet.metrics import (average_precision, binary_metrics, bootstrap_intervals, curve_points,
-                              operating_point, operating_point_caveat, recall_lower_bound, roc_auc)
+from cracknet.metrics import (average_precision, binary_metrics, bootstrap_intervals, curve_points, evaluation,
+                              operating_point, operating_point_caveat, paired_difference, recall_lower_bound,
+                              resamples, roc_auc)
 
 
 def brute_auc(probs, labels):
@@ -241,6 +242,62 @@ def test_bootstrap_intervals_contain_the_point_estimate_and_narrow_with_more_dat
         return ci["accuracy"][1] - ci["accuracy"][0]
 
     assert width(2000) < width(100)
+
+
+def tiles_of_photos(rng, photos: int, tiles: int, mean: float = 0.8):
+    """Crack tiles of ``photos`` photos whose tiles are found together: each photo has its own chance of its tiles
+    being found (a Beta around ``mean``), as a model meeting photos of new light and texture does."""
+    chance = rng.beta(5 * mean, 5 * (1 - mean), photos)
+    found = np.concatenate([rng.random(tiles) < p for p in chance])
+    groups = np.repeat([f"photo{i}" for i in range(photos)], tiles)
+    return np.where(found, 0.9, 0.1), np.ones(photos * tiles, bool), groups
+
+
+def test_photo_intervals_cover_what_other_photos_show_where_tile_intervals_do_not():
+    """Known truth: recall 0.8 over photos. Tiles of one photo rise and fall together, so resampling tiles gives
+    intervals that miss the truth about half the time; resampling whole photos covers it."""
+    rng = np.random.default_rng(7)
+    trials, covered_tiles, covered_photos = 100, 0, 0
+    for trial in range(trials):
+        probs, labels, groups = tiles_of_photos(rng, photos=12, tiles=30)
+        by_tile = bootstrap_intervals(probs, labels, 0.5, n=300, seed=trial)["recall"]
+        by_photo = bootstrap_intervals(probs, labels, 0.5, n=300, seed=trial, groups=groups)["recall"]
+        covered_tiles += by_tile[0] <= 0.8 <= by_tile[1]
+        covered_photos += by_photo[0] <= 0.8 <= by_photo[1]
+    assert covered_photos >= 0.85 * trials
+    assert covered_tiles <= covered_photos - 0.25 * trials
+
+
+def test_group_resamples_take_whole_groups_and_evaluation_says_how_many():
+    groups = ["a"] * 3 + ["b"] * 5 + ["c"] * 2
+    for pick in resamples(10, groups, 50, seed=1):
+        drawn = [groups[i] for i in pick]
+        assert all(drawn.count(g) % {"a": 3, "b": 5, "c": 2}[g] == 0 for g in set(drawn))
+    assert len(list(resamples(10, None, 3, seed=1))) == 3
+    with pytest.raises(ValueError, match="names 9 items for 10"):
+        next(resamples(10, groups[:9], 1, seed=0))
+
+    probs, labels, names = tiles_of_photos(np.random.default_rng(0), photos=6, tiles=14)
+    few = evaluation(probs, labels, 0.5, groups=names)
+    assert few["interval_unit"] == "group" and few["groups"] == 6 and "only 6 groups" in few["interval_caveat"]
+    plain = evaluation(probs, labels, 0.5)
+    assert plain["interval_unit"] == "image" and plain["groups"] is None and "interval_caveat" not in plain
+    wide, narrow = few["intervals_95"]["recall"], plain["intervals_95"]["recall"]
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]
+    many = evaluation(*tiles_of_photos(np.random.default_rng(0), photos=12, tiles=3)[:2], 0.5,
+                      groups=np.repeat([f"p{i}" for i in range(12)], 3))
+    assert many["groups"] == 12 and "interval_caveat" not in many
+
+
+def test_paired_difference_by_group_is_wider_where_photos_vary():
+    rng = np.random.default_rng(3)
+    probs, labels, groups = tiles_of_photos(rng, photos=8, tiles=20)
+    # The champion differs on half the tiles of a few photos: where two models differ is a matter of photos too.
+    differs = np.isin(groups, ["photo1", "photo4", "photo6"]) & (rng.random(len(probs)) < 0.5)
+    other = np.where(differs, 1 - probs, probs)
+    by_tile = paired_difference(probs, other, labels, 0.5, 0.5, n=300)["recall"]["interval"]
+    by_photo = paired_difference(probs, other, labels, 0.5, 0.5, n=300, groups=groups)["recall"]["interval"]
+    assert by_photo[1] - by_photo[0] > by_tile[1] - by_tile[0]
 
 
 def test_mask_metrics_count_a_prediction_within_the_tolerance_and_find_the_best_threshold():

@@ -163,6 +163,9 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
     test = [i for i in discover(data) if i.uri.split("/")[-2] in grouping["test_groups"]]
     in_test = in_split(card, "test", data)
     assert [i for i in discover(data) if in_test(i.uri, "")] == test and len(test) == 10
+    # The test interval resamples that one photo's tiles together, and says so.
+    assert card["metrics"]["test"]["interval_unit"] == "group" and card["metrics"]["test"]["groups"] == 1
+    assert "n=10, 1 group resampled whole)" in printed and "Note: The 10 images come from only 1 group " in printed
 
     # The base model's normalisation, at the new tiles' own side (64 px) rather than the base's 32 px; strong
     # augmentation and the best epoch by default.
@@ -196,9 +199,12 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
     assert cli_main(["evaluate", "--model", output, "--data", data]) == 0
     printed = capsys.readouterr().out
     assert "Per group (folder), 6 groups:" in printed and printed.count("\nphoto") == 6
+    assert "n=60, 6 groups resampled whole)" in printed and "come from only 6 groups" in printed
     build_report(output, str(tmp_path / "report"), data=data)
     page = (tmp_path / "report" / "report.html").read_text()
     assert "adapted from" in page and "Per group (folder): 6 groups" in page
+    assert "95% bootstrap intervals over 1 group of 10 images, resampled whole" in page
+    assert "95% bootstrap intervals over 6 groups of 60 images, resampled whole" in page
 
     # A base model that is not there fails before any cluster work, in one sentence.
     assert cli_main(["train", "--data", data, "--output", f"{output}-2", "--base-model",
