@@ -46,6 +46,11 @@ def build_card(cfg, spec: Preprocessing, plan, predictions: dict[str, Any], epoc
     from cracknet.monitor import probability_histogram
 
     (val_probs, val_labels), (test_probs, test_labels) = predictions["val"], predictions["test"]
+    test_groups = split_groups(plan, "test")
+    if test_groups is not None:
+        test_groups = [g for g, label in zip(test_groups, test_labels) if label >= 0]
+    (val_probs, val_labels), (test_probs, test_labels) = (  # crops the head is not taught are not judged either
+        (probs[labels >= 0], labels[labels >= 0]) for probs, labels in (predictions["val"], predictions["test"]))
     point = operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence, cfg.max_false_alarms)
     threshold = point.pop("threshold")
     point.pop("recall")  # the same as val_recall below
@@ -57,14 +62,16 @@ def build_card(cfg, spec: Preprocessing, plan, predictions: dict[str, Any], epoc
         "class_names": list(CLASS_NAMES),
         "positive_class": CLASS_NAMES[1],
         "preprocessing": {**dataclasses.asdict(spec), "source_size": cfg.source_size or plan.typical_side,
-                          "resize": "bilinear, whole image to a square",
+                          "resize": "bilinear, whole image to a square" if "masks_at" not in predictions else
+                          "bilinear; photos with masks in crops of source_size px (the tiles scoring cuts), other "
+                          "images whole to a square",
                           "colour": "RGB, EXIF orientation applied"},
         "threshold": threshold,
         "threshold_rule": threshold_rule(cfg.target_recall, cfg.recall_confidence, cfg.max_false_alarms),
         "operating_point": {**point, "val_recall": at_threshold["recall"], "val_precision": at_threshold["precision"],
                             "val_recall_at_0.5": at_half["recall"], "val_precision_at_0.5": at_half["precision"]},
         "metrics": {
-            "test": evaluation(test_probs, test_labels, threshold, seed=cfg.seed, groups=split_groups(plan, "test")),
+            "test": evaluation(test_probs, test_labels, threshold, seed=cfg.seed, groups=test_groups),
             "test_at_0.5": binary_metrics(test_probs, test_labels, 0.5),
             "val": at_threshold,
         },
@@ -76,8 +83,17 @@ def build_card(cfg, spec: Preprocessing, plan, predictions: dict[str, Any], epoc
         # What monitoring compares a first night with (cracknet.monitor): the validation images' probabilities.
         "monitoring": {"validation_probability_histogram": probability_histogram(val_probs)},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **(mask_section(predictions["masks"]) if "masks" in predictions else {}),
+        **(mask_section(predictions["masks"], predictions.get("masks_at", MODEL_SIZE)) if "masks" in predictions
+           else {}),
     }
+
+
+def threshold_of(cfg, val_probs, val_labels) -> float:
+    """The crack threshold ``build_card`` chooses on these validation predictions."""
+    from cracknet.metrics import operating_point
+
+    return operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence,
+                           cfg.max_false_alarms)["threshold"]
 
 
 def split_groups(plan, split: str) -> list[str] | None:
@@ -88,25 +104,28 @@ def split_groups(plan, split: str) -> list[str] | None:
     return [plan.groups[uri] for uri, _ in sorted(plan.members[split].items(), key=lambda item: item[1])]
 
 
-def mask_section(pairs: dict[str, list]) -> dict[str, Any]:
+MODEL_SIZE = "the model's input size"
+PHOTO_SIZE = "each photo's own size, drawn as scoring draws it (its crops' maps stitched, gated by the threshold)"
+
+
+def mask_section(pairs: dict[str, list], at: str = MODEL_SIZE) -> dict[str, Any]:
     """What the card says about the crack-mask decoder: its shape, and the mask threshold chosen on validation
-    (the best fixed one, ODS) with the pixel metrics at it on validation and test, at the model's input size."""
+    (the best fixed one, ODS) with the pixel metrics at it on validation and test; ``pairs`` are (probability map
+    in [0, 1], true mask) per split, measured ``at`` the size they say."""
     from cracknet.masks import DECODER_CHANNELS, FULL_RESOLUTION_CHANNELS
     from cracknet.metrics import mask_metrics
 
-    def scaled(split):
-        return [(probs.astype("float32") / 255.0, truth) for probs, truth in pairs[split]]
-
-    val = mask_metrics(scaled("val"))
+    val = mask_metrics(pairs["val"])
     threshold = val["ods_threshold"] if val["crack_pixels"] else 0.5
     return {
         "decoder": {"kind": "feature pyramid over the stem and layers 1-4, plus a full-resolution branch",
                     "channels": DECODER_CHANNELS, "full_resolution_channels": FULL_RESOLUTION_CHANNELS,
                     "output": "crack probability per input pixel"},
         "mask": {"threshold": threshold,
-                 "threshold_rule": "the best fixed threshold on the validation masks (ODS), at the model's input size"
+                 "threshold_rule": f"the best fixed threshold on the validation masks (ODS), at {at}"
                  if val["crack_pixels"] else "0.5: the validation split holds no crack pixels",
-                 "val": mask_metrics(scaled("val"), threshold), "test": mask_metrics(scaled("test"), threshold)},
+                 "measured_at": at,
+                 "val": mask_metrics(pairs["val"], threshold), "test": mask_metrics(pairs["test"], threshold)},
     }
 
 

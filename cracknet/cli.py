@@ -27,6 +27,7 @@ import sys
 import threading
 
 from cracknet import storage
+from cracknet.card import MODEL_SIZE
 from cracknet.config import (ScoreConfig, TrainConfig, add_arguments, check_recall_settings, check_tile_size,
                              from_arguments)
 from cracknet.data import check_grouping
@@ -78,7 +79,7 @@ def _print_training(card: dict) -> None:
         print(f"Crack masks: threshold {mask['threshold']:.2f} (best on validation); pixel F1 within "
               f"{mask['val']['tolerance_px']:g} px {mask['val']['f1']:.3f} (IoU {mask['val']['iou']:.3f}) on "
               f"{mask['val']['images']} validation masks, {mask['test']['f1']:.3f} (IoU {mask['test']['iou']:.3f}) "
-              f"on {mask['test']['images']} test masks, at the model's input size.")
+              f"on {mask['test']['images']} test masks, at {mask.get('measured_at', MODEL_SIZE)}.")
     if "lineage" in card:
         base, before, after = card["lineage"]["base_model"], card["lineage"]["base_model_on_test"], card["metrics"]["test"]
         print(f"Adapted from {base['uri']} (model_id {base['model_id']}): on this test split the base model had "

@@ -61,8 +61,10 @@ class TrainConfig:
     epochs: int = _opt(10, "total epochs, including the head-only epochs of two-stage fine-tuning")
     image_size: Optional[int] = _opt(None, "side in pixels the images are resized to (default: 224, or the "
                                            "--base-model's)")
-    source_size: int = _opt(0, "side in source pixels of what one model input shows, for tiling large photos when "
-                               "scoring (default: the training images' typical side)")
+    source_size: int = _opt(0, "side in source pixels of what one model input shows: the crops photos with masks "
+                               "are cut into for training, and the tiles of large photos when scoring (default: "
+                               "--image-size for photos with masks, their own scale; else the training images' "
+                               "typical side)")
     batch_size: Optional[int] = _opt(None, "images per worker per step (default: 64, fewer for small sets so that "
                                            "an epoch still makes 8 steps, down to 8)")
     num_workers: int = _opt(2, "Ray Train data-parallel workers")
@@ -82,8 +84,9 @@ class TrainConfig:
     weight_decay: float = _opt(0.05, "AdamW weight decay")
     warmup_epochs: float = _opt(0.5, "linear warm-up length at the start of each stage, in epochs")
     group_by: str = _opt("auto", "keep these together in one split: auto (the photo folder when the tree is "
-                                 "<label>/<photo>/<tile>, else none), none (each image by its content hash), "
-                                 "folder, folder:N (the first N folders below the label), or a regular expression "
+                                 "<label>/<photo>/<tile>, else each photo of a mask tree, else none), none (each "
+                                 "image by its content hash), photo (each image), folder, folder:N (the first N "
+                                 "folders below the label), or a regular expression "
                                  "matched at the start of the file name, e.g. '(.*)_x\\d+_y\\d+' (its first group)")
     val_fraction: float = _opt(0.15, "share of images (whole groups where there are groups) held out for validation")
     test_fraction: float = _opt(0.15, "share of images (whole groups where there are groups) held out for the final "

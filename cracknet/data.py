@@ -149,19 +149,19 @@ def has_masks(images: list[LabelledImage]) -> bool:
     return any(image.mask for image in images)
 
 
-NO_GROUPS, FOLDER = "none", "folder"
+NO_GROUPS, FOLDER, PHOTO = "none", "folder", "photo"
 # Names such as photo12_x3_y1, DSC0042_r2_c5, img-004-017: the tiles of a few photos.
 TILE_NAME = re.compile(r"(.+?)[_\-. ](?:x|y|c|r|col|row|tile|t|i|j)?\d+[_\-. ](?:x|y|c|r|col|row|j)?\d+$", re.I)
 
 
 def check_grouping(by: str) -> None:
     """Refuse a --group-by that is neither a keyword nor a regular expression, in one sentence."""
-    if by in ("auto", NO_GROUPS, FOLDER) or re.fullmatch(r"folder:[1-9]\d*", by):
+    if by in ("auto", NO_GROUPS, FOLDER, PHOTO) or re.fullmatch(r"folder:[1-9]\d*", by):
         return
     try:
         re.compile(by)
     except re.error as exc:
-        raise CracknetError(f"--group-by {by!r} is not auto, none, folder, folder:N or a regular expression "
+        raise CracknetError(f"--group-by {by!r} is not auto, none, photo, folder, folder:N or a regular expression "
                             f"({exc}).") from None
 
 
@@ -172,16 +172,21 @@ def _name_and_folders(root: str, uri: str) -> tuple[str, list[str]]:
 
 def resolve_grouping(by: str, root: str, images: list[LabelledImage]) -> str:
     """``auto`` becomes ``folder`` where images sit in folders below their label (``<label>/<photo>/<tile>``),
-    else ``none``; other values are returned as they are."""
+    else ``photo`` for a tree with masks (whose photos are cut into crops for training), else ``none``; other
+    values are returned as they are."""
     if by != "auto":
         return by
-    return FOLDER if any(_name_and_folders(root, image.uri)[1] for image in images) else NO_GROUPS
+    if any(_name_and_folders(root, image.uri)[1] for image in images):
+        return FOLDER
+    return PHOTO if has_masks(images) else NO_GROUPS
 
 
 def grouper(by: str, root: str) -> Callable[[str], str] | None:
     """The group of an image's path under ``root``, for a resolved grouping (None: no groups)."""
     if by == NO_GROUPS:
         return None
+    if by == PHOTO:  # each image (photo) its own group: the crops cut from it stay together
+        return lambda uri: "/".join(_relative_parts(root, uri))
     levels = int(by.split(":")[1]) if by.startswith("folder:") else None
     pattern = None if by == FOLDER or levels else re.compile(by)
 
@@ -336,7 +341,8 @@ def plan_splits(
     for sha, uri, label in kept:
         split = group_split[groups[uri]] if group_of else split_of(sha, val_fraction, test_fraction)
         members[split][uri] = len(members[split])
-        counts[split][CLASS_NAMES[label]] += 1
+        if label >= 0:  # a crop the head is not taught (datasets.UNLABELLED) counts as neither class
+            counts[split][CLASS_NAMES[label]] += 1
         fingerprint.update(f"{sha} {label} {split}\n".encode())
 
     for split in SPLITS:

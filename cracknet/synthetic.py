@@ -5,6 +5,7 @@
 
     python -m cracknet.synthetic runs/pavement --surface pavement --photos 60
     python -m cracknet.synthetic runs/masks --masks --surface concrete --photos 24 --size 256
+    python -m cracknet.synthetic runs/road --masks --road --photos 40 --size 480
 
 Two tile surfaces. ``concrete``: grey, noisy, with blotches and pores; a crack is a
 dark, jagged random walk of varying width across the patch. ``asphalt``, a
@@ -26,7 +27,10 @@ And mask trees (``--masks``): concrete or asphalt photos with ``images/`` and
 ``masks/`` side by side and the truth of every crack in ``cracks.json``: each
 crack is drawn at one known width (2-10 px) along a known centre line, its mask
 exactly the pixels within half that width of the line (so its length, tip to
-tip, is the line's plus one width), and cracks never touch.
+tip, is the line's plus one width), and cracks never touch. ``--road`` makes
+the kind of mask tree users bring: every photo cracked, cracks 1-5 px wide on
+480 x 320 asphalt photos, masks drawn up to 2 px off and a pixel too wide or
+narrow (``cracks.json`` keeps the exact truth).
 
 Generation is deterministic for a given seed; the JPEGs are real files, decoded
 like any other.
@@ -304,6 +308,59 @@ def generate_masked(root: str, photos: int = 24, size: int = 256, surface: str =
     return written
 
 
+ROAD_WIDTHS = (1, 5)  # pixels: hairline to wide, as on 0.3-0.5 MP photos of roads and bridge decks
+LABEL_OFFSET = 2      # pixels: how far a hand-drawn mask strays from the crack
+
+
+def road_photo(rng: np.random.Generator, width: int, height: int) -> tuple[Image.Image, np.ndarray, np.ndarray,
+                                                                          list[dict]]:
+    """An asphalt photo of ``width`` x ``height`` with 1-3 thin cracks (1-5 px): the photo, its exact mask, the
+    mask as a person would draw it (shifted by up to ``LABEL_OFFSET`` px, a pixel wider or narrower), and each
+    crack's truth."""
+    side = min(width, height)
+    img = np.asarray(asphalt(rng, max(width, height)), dtype=np.float32)[:height, :width]
+    exact, drawn, truth = np.zeros((height, width), bool), np.zeros((height, width), bool), []
+    for _ in range(40):
+        if len(truth) == 1 + int(rng.integers(0, 3)) or len(truth) == 3:
+            break
+        crack_width = float(rng.integers(ROAD_WIDTHS[0], ROAD_WIDTHS[1] + 1))
+        points = crack_path(rng, side, margin=crack_width + 2) + [rng.uniform(0, width - side), 0]
+        if len(points) < 6 or (polyline_mask(points, crack_width + 8, exact.shape) & exact).any():
+            continue
+        own = polyline_mask(points, crack_width, exact.shape)
+        exact |= own
+        shift = rng.integers(-LABEL_OFFSET, LABEL_OFFSET + 1, size=2)
+        drawn |= polyline_mask(points + shift, max(1.0, crack_width + rng.integers(-1, 2)), exact.shape)
+        length = float(np.hypot(*np.diff(points, axis=0).T).sum()) + crack_width
+        truth.append({"width_px": crack_width, "length_px": length, "points": points.round(2).tolist()})
+        img[own] *= rng.uniform(0.25, 0.5)
+    photo = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.5))
+    return photo, exact, drawn, truth
+
+
+def generate_road_masks(root: str, photos: int = 40, width: int = 480, seed: int = 0) -> list[str]:
+    """A mask tree like the public road-crack sets (CrackForest, CRACK500): every photo cracked, cracks 1-5 px
+    wide, photos ``width`` x 2/3 of it (480 x 320 by default), and masks drawn a few pixels off, as people draw
+    them. ``cracks.json`` holds the exact truth (widths, lengths, centre lines). Returns the image URIs."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    height = width * 2 // 3
+    written, truths = [], {}
+    for i in range(photos):
+        name = f"road-{i:04d}"
+        photo, _, drawn, truth = road_photo(rng, width, height)
+        uri = storage.join(root, "images", f"{name}.jpg")
+        storage.write_bytes(uri, image_bytes(photo, quality=int(rng.integers(85, 96))))
+        buffer = io.BytesIO()
+        Image.fromarray(drawn.astype(np.uint8) * 255).save(buffer, format="PNG")
+        storage.write_bytes(storage.join(root, "masks", f"{name}.png"), buffer.getvalue())
+        truths[name] = truth
+        written.append(uri)
+    storage.write_bytes(storage.join(root, "cracks.json"), json.dumps(truths).encode())
+    return written
+
+
 def image_bytes(img: Image.Image, quality: int = 92) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", quality=quality)
@@ -344,16 +401,21 @@ def main(argv: list[str] | None = None) -> None:
                                                                    "--masks: photos")
     parser.add_argument("--masks", action="store_true", help="a mask tree: images/, masks/ and cracks.json "
                                                              "(concrete or asphalt photos of --size px)")
+    parser.add_argument("--road", action="store_true", help="with --masks: like the public road-crack sets, every "
+                                                            "photo cracked, cracks 1-5 px, photos --size x 2/3 "
+                                                            "of it, masks drawn a few px off")
     args = parser.parse_args(argv)
     if args.masks and args.surface not in SURFACES:
         parser.error(f"--masks draws on {' or '.join(SURFACES)}, not {args.surface}.")
-    if args.masks:
+    if args.masks and args.road:
+        written = generate_road_masks(args.root, args.photos, args.size, args.seed)
+    elif args.masks:
         written = generate_masked(args.root, args.photos, args.size, args.surface, args.seed)
     elif args.surface == "pavement":
         written = generate_photos(args.root, args.photos, args.size, seed=args.seed)
     else:
         written = generate(args.root, args.per_class, args.size, args.seed, args.surface)
-    print(f"Wrote {len(written)} {args.surface} images under {args.root}.")
+    print(f"Wrote {len(written)} {'road' if args.masks and args.road else args.surface} images under {args.root}.")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from cracknet.errors import CracknetError, kind_of, root_cause
 from cracknet.masks import CrackSegmenter
 from cracknet.metrics import binary_metrics
 from cracknet.cluster import ensure_ray, train_log_level
-from cracknet.card import NOT_RECORDED, build_card, has_decoder, lineage, preprocessing_of, read_card
+from cracknet.card import NOT_RECORDED, PHOTO_SIZE, build_card, has_decoder, lineage, preprocessing_of, read_card
 from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_artifact, load_model_state,
                             load_starting_weights, save_artifact, set_backbone_trainable)
 from cracknet.transforms import ImageError, Preprocessing, open_image
@@ -86,6 +86,12 @@ def predict_shared(model: torch.nn.Module, batches, spec: Preprocessing, device:
     probs, labels, idx = (np.concatenate([p[i] for p in parts]) for i in range(3))
     order = np.argsort(idx)
     return probs[order], labels[order]
+
+
+def labelled(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The predictions of the rows with a label (not the crops the head is not taught: ``datasets.UNLABELLED``)."""
+    keep = labels >= 0
+    return probs[keep], labels[keep]
 
 
 def _batches(shard, cfg: TrainConfig):
@@ -198,6 +204,7 @@ def run_epoch(t: Trainee, w: Worker, epoch: int) -> dict:
     totals = _gather((loss_sum, seen, right))
     val_probs, val_labels = predict_shared(t.module, _batches(ray.train.get_dataset_shard("val"), cfg), w.spec,
                                            w.device, w.rank, w.world)
+    val_probs, val_labels = labelled(val_probs, val_labels)
     val = binary_metrics(val_probs, val_labels)
     images = sum(n for _, n, _ in totals)
     metrics = {
@@ -270,9 +277,10 @@ def train_loop_per_worker(config: dict) -> dict | None:
     return out
 
 
-def predict_masks(module: CrackSegmenter, batches, w: Worker) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(crack probability map as uint8 0-255, true mask) at the model's size for each image of a split that has a
-    mask; a model pixel is crack in the truth when at least a quarter of it is (``transforms.mask_at``)."""
+def predict_masks(module: CrackSegmenter, batches, w: Worker) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """(crack probability map as uint8 0-255, true mask, row index) at the model's size for each image or crop of a
+    split that has a mask; a model pixel is crack in the truth when at least a quarter of it is
+    (``transforms.mask_at``)."""
     from cracknet.transforms import eval_preset
 
     precision = Precision.for_inference(w.device, allow_bf16=not w.cfg.fp32)
@@ -287,7 +295,7 @@ def predict_masks(module: CrackSegmenter, batches, w: Worker) -> list[tuple[np.n
             with precision.autocast(w.device):
                 _, logits = module(x)
             probs = (torch.sigmoid(logits.float())[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
-            pairs += list(zip(probs, batch["mask"][known].numpy() >= MASK_TRUTH_SHARE))
+            pairs += list(zip(probs, batch["mask"][known].numpy() >= MASK_TRUTH_SHARE, batch["idx"][known].tolist()))
     return pairs
 
 
@@ -412,13 +420,15 @@ def resolve_settings(cfg: TrainConfig) -> tuple[TrainConfig, Preprocessing, dict
     spec = dataclasses.replace(preprocessing_of(base), image_size=cfg.image_size) if base else \
         Preprocessing(cfg.image_size)
     cfg = dataclasses.replace(cfg, group_by=resolve_grouping(cfg.group_by, cfg.data, images))
+    if has_masks(images):  # photos with masks train on crops of this side, the tiles scoring will cut
+        cfg = dataclasses.replace(cfg, source_size=cfg.source_size or cfg.image_size)
     return cfg, spec, base, images
 
 
 def split_line(cfg: TrainConfig, plan) -> str:
     """The console line that says how the images were split."""
-    by = "by content hash" if cfg.group_by == NO_GROUPS else \
-        f"by group ({cfg.group_by}; groups {json.dumps(plan.group_counts())})"
+    by = "by content hash" if plan.grouping == NO_GROUPS else \
+        f"by group ({plan.grouping}; groups {json.dumps(plan.group_counts())})"
     return (f"Split {by}: {json.dumps(plan.counts)}; {plan.duplicates} duplicate copies and "
             f"{plan.conflicts} images with conflicting labels dropped, {len(plan.unreadable)} unreadable skipped.")
 
@@ -486,8 +496,11 @@ def _train(cfg: TrainConfig, spec: Preprocessing, base: dict | None, images: lis
 
     masks = has_masks(images) or bool(base and has_decoder(base))
     masked = sum(1 for image in images if image.mask)
+    crop = cfg.source_size if masked else 0
     log(f"Found {len(images)} labelled images under {cfg.data}" +
-        (f", {masked} of them with crack masks: training the crack-mask decoder too." if masked else
+        (f", {masked} of them with crack masks: training the crack-mask decoder too, on crops of {crop} px of "
+         f"each photo{' at its own scale' if crop == cfg.image_size else f' seen at {cfg.image_size} px'} (the "
+         "tiles scoring cuts)." if masked else
          " (no crack masks: the decoder of the base model is kept as it is)." if masks else "."))
     warning = ungrouped_tiles(cfg.data, images) if cfg.group_by == NO_GROUPS else ""
     if warning:
@@ -495,13 +508,13 @@ def _train(cfg: TrainConfig, spec: Preprocessing, base: dict | None, images: lis
 
     ensure_ray(cfg.ray_address, min_cpus=cfg.num_workers * cfg.cpus_per_worker, verbose=cfg.verbose)
     decoded, plan = load_labelled(images, cfg.data, spec, cfg.val_fraction, cfg.test_fraction,
-                                  cfg.max_bad_fraction, cfg.seed, cfg.group_by, segmenter=masks)
+                                  cfg.max_bad_fraction, cfg.seed, cfg.group_by, segmenter=masks, crop=crop)
     log(split_line(cfg, plan))
     tracker.log_setup({k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RECORDED},
                       {"uri": cfg.data, "fingerprint": plan.fingerprint,
                        **{f"{split}_images": sum(counts.values()) for split, counts in plan.counts.items()},
                        **{f"{split}_cracks": counts.get("crack", 0) for split, counts in plan.counts.items()}})
-    n_train = len(plan.members["train"])
+    n_train = sum(plan.counts["train"].values())  # crops the head is not taught do not train
     cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or batch_size_for(n_train, cfg.num_workers))
     steps_per_epoch = _steps_per_epoch(cfg, n_train)
 
@@ -527,23 +540,89 @@ def _train(cfg: TrainConfig, spec: Preprocessing, base: dict | None, images: lis
     result = _fit(trainer, progress, on_epoch)
     state = ckpt.load(result.checkpoint)
     kept = ckpt.kept_epoch(state) or {"epoch": state["epoch"], "model": state["model"]}
-    card = build_card(cfg, spec, plan, result.return_value, epochs_completed=state["epoch"], kept_epoch=kept["epoch"],
+    predictions = result.return_value
+    if crop:
+        predictions = {**predictions, "masks": photo_masks(predictions, plan, images, cfg, crop),
+                       "masks_at": PHOTO_SIZE}
+    elif "masks" in predictions:
+        predictions = {**predictions, "masks": {split: [(probs.astype(np.float32) / 255.0, truth)
+                                                        for probs, truth, _ in pairs]
+                                                for split, pairs in predictions["masks"].items()}}
+    card = build_card(cfg, spec, plan, predictions, epochs_completed=state["epoch"], kept_epoch=kept["epoch"],
                       seconds=time.monotonic() - started, checkpoints=checkpoints, versions=_versions())
     if base is not None:
-        card["lineage"] = lineage(base, _base_on_test(base, plan, cfg.data, cfg.batch_size))
+        card["lineage"] = lineage(base, _base_on_test(base, plan, cfg.data, cfg.batch_size, crop))
     card = save_artifact(model_dir, kept["model"], card)
     return {**card, "folder": model_dir}
 
 
-def _base_on_test(base: dict, plan, data: str, batch_size: int) -> dict:
-    """The base model's metrics on this run's test split, scored as the nightly job would score them."""
+def photo_masks(predictions: dict, plan, images: list, cfg: TrainConfig, crop: int) -> dict[str, list]:
+    """The validation and test photos' masks as the nightly job draws them, at each photo's own size: the maps of
+    its crops at or above the crack threshold (the gate) stitched into one map of the photo, each paired with the
+    photo's true mask. The threshold is the one the card will hold (``card.build_card``)."""
+    from cracknet.card import threshold_of
+    from cracknet.datasets import crop_of, load_mask
+    from cracknet.masks import photo_probabilities
+    from cracknet.transforms import DEFAULT_MAX_PIXELS
+
+    threshold = threshold_of(cfg, *labelled(*predictions["val"]))
+    mask_of = {storage.resolve(image.uri)[1]: image.mask for image in images if image.mask}
+    out = {}
+    for split in ("val", "test"):
+        paths = {idx: path for path, idx in plan.members[split].items()}
+        probs = predictions[split][0]
+        photos: dict[str, tuple[list, dict]] = {}
+        for path in plan.members[split]:
+            photo, box = crop_of(path)
+            if box is not None:
+                photos.setdefault(photo, ([], {}))[0].append(box)
+        maps = {}
+        for probs_u8, _, idx in predictions["masks"][split]:
+            photo, box = crop_of(paths[idx])
+            if box is not None and probs[idx] >= threshold:  # the decoder runs on the gated tiles only
+                maps.setdefault(photo, {})[box] = probs_u8.astype(np.float32) / 255.0
+        pairs = []
+        for photo, (boxes, _) in sorted(photos.items()):
+            truth = load_mask(mask_of[photo], _photo_size(boxes), DEFAULT_MAX_PIXELS)
+            decoded = {i: maps[photo][box] for i, box in enumerate(boxes) if box in maps.get(photo, {})}
+            pairs.append((photo_probabilities(decoded, boxes, truth.shape[1], truth.shape[0]), truth))
+        out[split] = pairs
+    return out
+
+
+def _photo_size(boxes: list) -> tuple[int, int]:
+    """A photo's (width, height) from the boxes of the crops that cover it."""
+    return max(x + w for x, _, w, _ in boxes), max(y + h for _, y, _, h in boxes)
+
+
+def _base_on_test(base: dict, plan, data: str, batch_size: int, crop: int = 0) -> dict:
+    """The base model's metrics on this run's test split, scored as the nightly job would score them: whole
+    images, or, for photos trained on in crops, the same crops read at the base model's input size."""
+    from cracknet.datasets import CROP_OVERLAP, crop_of
     from cracknet.scorer import Scorer
+    from cracknet.transforms import decode_tiles
 
-    labels = {storage.to_uri(path, data): label for path, label in plan.labels.items()}  # plan: filesystem paths
-    uris = sorted(storage.to_uri(path, data) for path in plan.members["test"])
     scorer = Scorer.load(base["folder"], batch_tiles=batch_size, model_id=base["model_id"])
-    found = [p for start in range(0, len(uris), 256) for p in scorer.predict(uris[start:start + 256]) if not p.error]
-    probs = np.array([p.crack_probability for p in found])
-    truth = np.array([labels[p.source] for p in found])
-    return binary_metrics(probs, truth, base["threshold"])
-
+    probs, truth, whole = [], [], []
+    crops: dict[str, dict] = {}
+    for path in plan.members["test"]:
+        label = plan.labels[path]
+        photo, box = crop_of(path)
+        if box is None:
+            whole.append(path)
+        elif label >= 0:
+            crops.setdefault(photo, {})[box] = label
+    labels = {storage.to_uri(path, data): plan.labels[path] for path in whole}  # plan: filesystem paths
+    uris = sorted(labels)
+    for p in (p for start in range(0, len(uris), 256) for p in scorer.predict(uris[start:start + 256])):
+        if not p.error:
+            probs.append(p.crack_probability)
+            truth.append(labels[p.source])
+    for photo, wanted in sorted(crops.items()):
+        _, _, tiles, boxes = decode_tiles(storage.read_bytes(storage.to_uri(photo, data)), scorer.spec, crop,
+                                          CROP_OVERLAP)
+        for p, box in zip(scorer.tile_probabilities(tiles), boxes):
+            if tuple(int(v) for v in box) in wanted:
+                probs.append(float(p))
+                truth.append(wanted[tuple(int(v) for v in box)])
+    return binary_metrics(np.array(probs), np.array(truth), base["threshold"])

@@ -169,6 +169,16 @@ def mask_at(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
+def mask_tiles(mask: np.ndarray, boxes, size: int) -> np.ndarray:
+    """A photo's bool mask (H, W) -> the crack share of each pixel of each tile's (S, S) view, uint8 0-255, for the
+    boxes ``decode_tiles`` cut (a whole-photo box is resized as ``mask_at`` resizes it)."""
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    out = np.empty((len(boxes), size, size), dtype=np.uint8)
+    for i, (x, y, w, h) in enumerate(boxes):
+        out[i] = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=(x, y, x + w, y + h)))
+    return out
+
+
 def _normalise(x: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     import torch  # here, not at the top: reading a model card or planning a run needs no torch
 

@@ -186,7 +186,7 @@ def test_auto_grouping_follows_the_tree_and_tiled_names_are_noticed(tmp_path):
 
 
 def test_a_grouping_that_does_not_fit_is_refused_in_one_sentence():
-    with pytest.raises(CracknetError, match="is not auto, none, folder, folder:N or a regular expression"):
+    with pytest.raises(CracknetError, match="is not auto, none, photo, folder, folder:N or a regular expression"):
         check_grouping("(unclosed")
     group_of = grouper(r"(.*)_x\d+", "/d")
     assert group_of("/d/crack/a/b_x1.jpg") == "a/b"

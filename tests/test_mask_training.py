@@ -16,7 +16,7 @@ from cracknet.errors import CracknetError
 from cracknet.masks import CrackSegmenter
 from cracknet.model import build_model, classifier_of, in_backbone, load_artifact, load_model_state
 from cracknet.train import MASK_TRUTH_SHARE
-from cracknet.transforms import Preprocessing, augment, mask_at, read_mask
+from cracknet.transforms import Preprocessing, augment, mask_at, read_mask, tile_boxes
 
 
 def _png(array: np.ndarray, mode: str = "L") -> bytes:
@@ -150,3 +150,67 @@ def test_train_adapts_a_classifier_into_a_mask_model_on_a_mixed_tree(ray_cluster
     found = scorer.predict([str(tree / "images" / "concrete-0000.jpg")])
     assert not found[0].error and 0.0 <= found[0].crack_probability <= 1.0
     assert classifier_of(scorer.model) is scorer.classifier
+
+
+def test_crops_of_a_photo_are_the_tiles_scoring_cuts_labelled_by_their_own_pixels(tmp_path):
+    from cracknet.datasets import UNLABELLED, crop_of
+    from cracknet.transforms import decode_tiles
+
+    synthetic.generate_road_masks(str(tmp_path), photos=2, width=150)
+    images = discover(str(tmp_path))
+    whole = _decode(tmp_path, images, size=32)  # without crops: one squashed row per photo
+    assert len(whole["path"]) == 2
+    decoded = decode_batch({"path": [i.uri for i in images], "bytes": [open(i.uri, "rb").read() for i in images]},
+                           Preprocessing(32), str(tmp_path), {i.uri: i.mask for i in images}, crop=32)
+    first = images[0].uri
+    rows = [n for n, p in enumerate(decoded["path"]) if crop_of(p)[0] == first]
+    _, _, tiles, boxes = decode_tiles(open(first, "rb").read(), Preprocessing(32), 32, 0.25)
+    assert [crop_of(decoded["path"][n])[1] for n in rows] == [tuple(b) for b in boxes.tolist()]
+    assert np.array_equal(decoded["image"][rows], tiles)  # the same pixels the nightly job scores
+    mask = read_mask(open(images[0].mask, "rb").read())
+    for n, (x, y, w, h) in zip(rows, boxes.tolist()):
+        crack = int(mask[y:y + h, x:x + w].sum())
+        assert decoded["label"][n] == (1 if crack >= 4 else 0 if crack == 0 else UNLABELLED)
+        assert (decoded["mask"][n] > 0).sum() == crack  # at the photo's own scale a crack pixel is a mask pixel
+    assert set(decoded["label"]) >= {0, 1} and decoded["has_mask"].all()
+    assert len(set(decoded["sha256"])) == len(decoded["sha256"])  # each crop its own row in the split
+    train = select_split(decoded, {p: n for n, p in enumerate(decoded["path"])}, labelled_only=True)
+    assert UNLABELLED not in train["label"] and len(train["label"]) == (decoded["label"] != UNLABELLED).sum()
+
+
+def test_a_mask_tree_where_every_photo_is_cracked_trains_in_crops_and_scores_at_that_scale(
+        ray_cluster, random_model, tmp_path, capsys):
+    """The public road-crack sets' case: every photo cracked, 1-5 px cracks, labels a few px off. The photos are
+    cut into crops (the tiles scoring cuts) at their own scale, whose clean crops teach the head no_crack; the
+    split keeps each photo whole, the masks are measured at the photos' own size, and the card's intervals
+    resample photos."""
+    from cracknet.card import PHOTO_SIZE
+    from cracknet.cli import main as cli_main
+    from cracknet.scorer import Scorer
+
+    tree = tmp_path / "road"
+    synthetic.generate_road_masks(str(tree), photos=14, width=144)
+    assert all(json.loads((tree / "cracks.json").read_text()).values())  # every photo has a crack
+    assert cli_main(["train", "--data", str(tree), "--output", str(tmp_path / "run"), "--epochs", "2",
+                     "--image-size", "32", "--num-workers", "2", "--base-model", str(random_model)]) == 0
+    out = capsys.readouterr().out
+    assert "14 of them with crack masks" in out and "on crops of 32 px of each photo at its own scale" in out
+    assert "Split by group (photo; groups " in out
+    model, card = load_artifact(str(tmp_path / "run"))
+    assert card["preprocessing"]["source_size"] == 32 and card["preprocessing"]["image_size"] == 32
+    grouping = card["data"]["grouping"]
+    assert grouping["by"] == "photo" and sum(grouping["groups"].values()) == 14
+    assert not set(grouping["test_groups"]) & set(grouping["val_groups"])
+    counts = card["data"]["counts"]
+    assert all(counts[split]["no_crack"] > 0 and counts[split]["crack"] > 0 for split in counts)
+    test = card["metrics"]["test"]
+    assert test["interval_unit"] == "group" and test["groups"] == grouping["groups"]["test"]
+    assert test["n"] == counts["test"]["crack"] + counts["test"]["no_crack"]
+    mask = card["mask"]
+    assert mask["measured_at"] == PHOTO_SIZE and mask["test"]["images"] == grouping["groups"]["test"]
+    assert f"at {PHOTO_SIZE}" in out
+    assert card["lineage"]["base_model_on_test"]["n"] == test["n"]  # the base model on the same crops
+    scorer = Scorer.load(str(tmp_path / "run"))
+    assert scorer.tiling.size == 32  # scoring cuts the photos as training did
+    found = scorer.predict([str(next((tree / "images").iterdir()))])
+    assert not found[0].error and len(found[0].tile_probabilities) == len(tile_boxes(144, 96, 32, 0.25)) == 24
