@@ -2,6 +2,7 @@
 image verdicts beside them, and what geometry costs a night of scoring.
 
     .venv/bin/python bench/masks.py                                    # generated concrete photos with masks
+    .venv/bin/python bench/masks.py --road --image-size 96             # generated road photos: all cracked, 1-5 px
     .venv/bin/python bench/masks.py --data MASK_TREE --holdout OTHER_MASK_TREE [--base-model runs/base]
 
 Any mask tree (``<root>/images/…`` with ``<root>/masks/…``) works for both. The
@@ -10,7 +11,8 @@ on ``--holdout``, photos it never saw, as the nightly job draws its masks
 (decoded on the tiles its crack head calls crack, stitched, cut at the mask
 threshold chosen on validation):
 
-- pixels: precision, recall and F1 within 2 px, IoU, and the best fixed threshold's F1 (ODS);
+- pixels: precision, recall and F1 within 2 px (with a 95% interval that resamples whole photos), IoU, and the
+  best fixed threshold's F1 (ODS); the photos with the lowest F1, one row each;
 - geometry: each true crack (measured on the true mask with ``cracknet.geometry``) is matched to the drawn
   crack nearest the middle of its centre line; width error (mean width, px) and length error (%) of the
   matched ones, and the share found;
@@ -38,15 +40,17 @@ from cracknet.datasets import load_mask  # noqa: E402
 from cracknet.evaluate import evaluate  # noqa: E402
 from cracknet.geometry import measure  # noqa: E402
 from cracknet.masks import photo_mask  # noqa: E402
+from cracknet.metrics import mask_metrics  # noqa: E402
 from cracknet.scorer import Scorer, read_image  # noqa: E402
-from cracknet.synthetic import generate_masked, image_bytes, masked_photo  # noqa: E402
+from cracknet.synthetic import generate_masked, generate_road_masks, image_bytes, masked_photo  # noqa: E402
 from cracknet.train import run_training  # noqa: E402
 
 MATCH_PX = 10.0  # a drawn crack further than this from a true crack's middle did not find it
 
 
-def drawn_masks(scorer: Scorer, root: str):
-    """(true mask, drawn mask) of every masked photo of a tree, drawn as the nightly job draws them."""
+def drawn_masks(scorer: Scorer, root: str, uris: list | None = None):
+    """(true mask, drawn mask) of every masked photo of a tree, drawn as the nightly job draws them; each photo's
+    URI is appended to ``uris`` when given."""
     for image in discover(root, require_both_classes=False):
         if not image.mask:
             continue
@@ -56,7 +60,16 @@ def drawn_masks(scorer: Scorer, root: str):
         truth = load_mask(image.mask, (found.width, found.height), scorer.spec.max_pixels)
         _, _, maps = scorer.score_masks([found.tiles], scorer.threshold)
         drawn = photo_mask(maps[0], found.boxes, found.width, found.height, scorer.card["mask"]["threshold"])
+        if uris is not None:
+            uris.append(image.uri)
         yield truth, np.zeros_like(truth) if drawn is None else drawn
+
+
+def photo_rows(pairs, uris: list[str]) -> list[tuple[str, float, int]]:
+    """(photo, F1 within 2 px of its drawn mask, its true crack pixels), the lowest F1 first."""
+    rows = [(uri, mask_metrics([(drawn.astype(np.float32), truth)])["f1"], int(truth.sum()))
+            for uri, (truth, drawn) in zip(uris, pairs)]
+    return sorted(rows, key=lambda r: r[1])
 
 
 def geometry_errors(pairs) -> dict:
@@ -125,8 +138,12 @@ def main() -> None:
     parser.add_argument("--base-model", help="adapt this model instead of training from --weights")
     parser.add_argument("--model", help="judge this mask model as it is (no training)")
     parser.add_argument("--weights", default="none", help="starting weights without --base-model")
-    parser.add_argument("--photos", type=int, default=96, help="generated photos to train on")
-    parser.add_argument("--size", type=int, default=192, help="generated photo side")
+    parser.add_argument("--road", action="store_true", help="generated road photos like the public sets (every "
+                                                            "photo cracked, 1-5 px, labels a few px off; "
+                                                            "synthetic --road) instead of concrete")
+    parser.add_argument("--photos", type=int, default=96, help="generated photos to train on (--road: 40, and 78 "
+                                                               "held out)")
+    parser.add_argument("--size", type=int, default=192, help="generated photo side (--road: width, default 480)")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--image-size", type=int, default=0, help="model input side (default: the photos' own)")
     parser.add_argument("--num-workers", type=int, default=1)
@@ -136,6 +153,11 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="cracknet-masks-")
     data, holdout = args.data, args.holdout
+    if args.road and data is None:
+        data, holdout = os.path.join(work, "train"), holdout or os.path.join(work, "holdout")
+        generate_road_masks(data, photos=40 if args.photos == 96 else args.photos,
+                            width=480 if args.size == 192 else args.size, seed=1)
+        generate_road_masks(holdout, photos=78, width=480 if args.size == 192 else args.size, seed=2)
     if data is None:
         data = os.path.join(work, "train")
         generate_masked(data, photos=args.photos, size=args.size, seed=1)
@@ -144,7 +166,8 @@ def main() -> None:
         generate_masked(holdout, photos=max(24, args.photos // 3), size=args.size, seed=2)
     output, started = args.model or os.path.join(work, "run"), time.monotonic()
     if args.model is None:
-        image_size = args.image_size or (None if args.base_model else args.size)  # adapting: the base model's rule
+        # adapting: the base model's rule; a photo larger than that trains and scores in crops of it
+        image_size = args.image_size or (None if args.base_model else min(args.size, 224))
         run_training(TrainConfig(data=data, output=output, epochs=args.epochs, image_size=image_size,
                                  num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker,
                                  weights=args.weights, base_model=args.base_model), log=print)
@@ -153,12 +176,20 @@ def main() -> None:
     card = scorer.card
     report = evaluate(output, holdout, scorer=scorer)
     pixels, verdicts = report["masks"], report["metrics"]
-    errors = geometry_errors(drawn_masks(scorer, holdout))
+    uris: list[str] = []
+    pairs = list(drawn_masks(scorer, holdout, uris))
+    errors, rows = geometry_errors(pairs), photo_rows(pairs, uris)
     print(f"\n{'Trained in %.0f s on %s' % (trained, data) if args.model is None else output}; mask threshold {card['mask']['threshold']:.2f} (validation).")
     print(f"Held out ({holdout}, {pixels['images']} photos):")
     print(f"  pixels within 2 px: precision {pixels['precision']:.3f}, recall {pixels['recall']:.3f}, "
-          f"F1 {pixels['f1']:.3f}, IoU {pixels['iou']:.3f}; ODS F1 {pixels['ods_f1']:.3f} at "
+          f"F1 {pixels['f1']:.3f} [{pixels['f1_interval_95'][0]:.3f}, {pixels['f1_interval_95'][1]:.3f}] (95%, "
+          f"photos resampled), IoU {pixels['iou']:.3f}; ODS F1 {pixels['ods_f1']:.3f} at "
           f"{pixels['ods_threshold']:.2f}")
+    f1s = [f1 for _, f1, _ in rows]
+    print(f"  per photo: F1 median {np.median(f1s):.3f}, {sum(f1 == 0 for f1 in f1s)} of {len(f1s)} photos with "
+          f"nothing right; the lowest:")
+    for uri, f1, pixels_true in rows[:5]:
+        print(f"    {uri}: F1 {f1:.3f} ({pixels_true} crack pixels)")
     print(f"  cracks found {errors['found']} of {errors['cracks']}; width error median {errors['width_error_px']:+.2f} "
           f"px (absolute {errors['width_abs_error_px']:.2f} px); length error median "
           f"{errors['length_error_pct']:+.1f}% (absolute {errors['length_abs_error_pct']:.1f}%)")

@@ -384,24 +384,44 @@ class MaskTally:
         self.threshold, self.tolerance = float(threshold), float(tolerance)
         self.grid = np.unique(np.append(thresholds, threshold))
         self.total, self.images = np.zeros((len(self.grid), 6), dtype=np.int64), 0
+        self.at = int(np.flatnonzero(self.grid == self.threshold)[0])
+        self.per_image: list[np.ndarray] = []  # each photo's counts at ``threshold``: per-photo F1 and intervals
 
     def add(self, probs, truth) -> None:
         probs = np.asarray(probs, dtype=np.float32)
         if probs.shape != np.shape(truth):
             raise ValueError(f"A probability map of {probs.shape} cannot be scored against a mask of "
                              f"{np.shape(truth)}.")
-        self.total += _mask_counts(probs, truth, self.grid, self.tolerance)
+        counts = _mask_counts(probs, truth, self.grid, self.tolerance)
+        self.total += counts
+        self.per_image.append(counts[self.at])
         self.images += 1
 
     def result(self) -> dict:
-        total, grid, threshold = self.total, self.grid, self.threshold
+        total, grid, threshold, at = self.total, self.grid, self.threshold, self.at
         precision, recall, f1 = _f1(total)
-        at = int(np.flatnonzero(grid == threshold)[0])
         best = int(np.argmax(f1))
         return {"precision": float(precision[at]), "recall": float(recall[at]), "f1": float(f1[at]),
                 "iou": float(total[at, 4] / total[at, 5]) if total[at, 5] else 1.0, "threshold": threshold,
                 "ods_f1": float(f1[best]), "ods_threshold": float(grid[best]), "tolerance_px": self.tolerance,
-                "images": self.images, "crack_pixels": int(total[at, 3])}
+                "images": self.images, "crack_pixels": int(total[at, 3]),
+                "f1_interval_95": self.f1_interval(), "interval_unit": "photo"}
+
+    def photo_f1(self) -> list[float]:
+        """Each photo's own F1 at the threshold, in the order they were added."""
+        return [float(_f1(counts)[2]) for counts in self.per_image]
+
+    def f1_interval(self, n: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
+        """A percentile bootstrap interval of the pooled F1 at the threshold, resampling whole photos (pixels of one
+        photo are not independent evidence)."""
+        if not self.per_image:
+            return [float("nan"), float("nan")]
+        counts = np.stack(self.per_image)
+        rng = np.random.default_rng(seed)
+        draws = counts[rng.integers(0, len(counts), (n, len(counts)))].sum(axis=1)  # (n, 6)
+        f1 = _f1(draws)[2]
+        tail = (1.0 - level) / 2.0 * 100.0
+        return [float(np.percentile(f1, tail)), float(np.percentile(f1, 100.0 - tail))]
 
 
 GATE_METRICS = ("recall", "precision", "f1")
