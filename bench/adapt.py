@@ -4,14 +4,16 @@
     .venv/bin/python bench/adapt.py --base-model runs/base --data NEW --holdout NEW_TEST --group-by '(.*)_x\\d+_y\\d+'
 
 Three rows on held-out *photos* of the new surface, each at its model's own
-threshold and at 0.5: (1) the base model as it is; (2) the base model adapted
+threshold (with 95% intervals that resample photos) and at 0.5: (1) the base model as it is; (2) the base model adapted
 with ``cracknet train --base-model`` on the small labelled set; (3) a model
 trained from random init on the same set with the same epochs, image size,
 augmentation and best-epoch rule — the value of the first step. Training splits
 keep each photo's tiles together (``--group-by``, default: photo folders where
 the tree has them), so validation, and the threshold chosen on it, see photos
 the model did not train on; the held-out set holds other photos again. The base
-model is judged at its own image size; the other two at --image-size.
+model is judged at its own image size; the other two at --image-size. Then, per
+trained model, whether its card's test interval covers the accuracy on the
+held-out photos, and the held-out photos it does worst on.
 
 Without --data/--holdout it generates the hard pavement surface
 (``cracknet.synthetic``): 40 photos to adapt on, 40 others held out, each cut
@@ -41,11 +43,29 @@ BASES = (os.path.join(ROOT, "base", "model"), os.path.join(ROOT, "demo", "model"
 
 
 def row(name: str, report: dict, seconds: float | None = None) -> str:
+    """One model on the held-out photos, at its own threshold (with 95% intervals resampling photos) and at 0.5."""
     m, half = report["metrics"], report["metrics_at_0.5"]
     took = f"{seconds:>7.0f} s" if seconds is not None else ""
     false_alarms = m["fp"] / max(1, m["fp"] + m["tn"])
-    return (f"{name:<28}{m['accuracy']:>9.4f}{m['recall']:>8.4f}{false_alarms:>8.3f}{m['roc_auc']:>8.4f}"
-            f"{report['threshold']:>11.4f}{half['accuracy']:>11.4f}{half['recall']:>9.4f}{took}")
+    ci = {k: "[{:.2f}, {:.2f}]".format(*m["intervals_95"][k]) for k in ("accuracy", "recall")}
+    return (f"{name:<28}{m['accuracy']:>9.4f} {ci['accuracy']:<13}{m['recall']:>7.4f} {ci['recall']:<13}"
+            f"{false_alarms:>7.3f}{m['roc_auc']:>8.4f}{report['threshold']:>11.4f}{half['accuracy']:>11.4f}"
+            f"{half['recall']:>9.4f}{took}")
+
+
+def card_check(name: str, card: dict, held_out: dict) -> str:
+    """Whether the card's own test interval covers the accuracy measured on other photos of the surface."""
+    test, other = card["metrics"]["test"], held_out["metrics"]["accuracy"]
+    low, high = test["intervals_95"]["accuracy"]
+    unit = f"{test['groups']} photos" if test.get("interval_unit") == "group" else "tiles resampled one by one"
+    covered = "covers" if low <= other <= high else "misses"
+    return (f"{name}: its card says test accuracy {test['accuracy']:.3f} [{low:.3f}, {high:.3f}] on {test['n']} tiles "
+            f"({unit}); on the held-out photos {other:.3f}: the interval {covered} it.")
+
+
+def worst_photos(report: dict, count: int = 5) -> str:
+    return "; ".join(f"{r['group']} {r['accuracy']:.2f} ({r['missed']} missed, {r['false_alarms']} false alarms)"
+                     for r in report["groups"][:count])
 
 
 def with_turns(model: str, holdout: str) -> str:
@@ -104,7 +124,8 @@ def main() -> None:
             generate_photos(data, photos=40, seed=20)
             generate_photos(holdout, photos=40, seed=21, first=1000)
         before = evaluate(base["folder"], holdout)
-        rows = [row("before (base model)", before)]
+        rows, checks = [row("before (base model)", before)], [f"before, the worst held-out photos: "
+                                                                f"{worst_photos(before)}"]
         common = dict(data=data, epochs=args.epochs, image_size=args.image_size or None, num_workers=args.num_workers,
                       group_by=args.group_by, batch_size=args.batch_size, overwrite=True)
         recipe = dict(finetune_lr=args.finetune_lr, head_epochs=args.head_epochs)
@@ -125,7 +146,10 @@ def main() -> None:
             print(f"{name}: split {groups.get('by')}, groups {groups.get('groups')}, threshold {card['threshold']:.4f} "
                   f"({card['operating_point'].get('limited_by')}), {card['preprocessing']['image_size']} px",
                   flush=True)
-            rows.append(row(name, evaluate(card["folder"], holdout), time.monotonic() - started))
+            held_out = evaluate(card["folder"], holdout)
+            rows.append(row(name, held_out, time.monotonic() - started))
+            checks.append(card_check(name, card, held_out))
+            checks.append(f"{name}, the worst held-out photos: {worst_photos(held_out)}")
             if args.turns and name.startswith("adapted"):
                 print(f"{name}, held out: {with_turns(card['folder'], holdout)}", flush=True)
         n = before["metrics"]
@@ -134,9 +158,10 @@ def main() -> None:
           f"({n['n']} tiles of {photos} photos, {n['tp'] + n['fn']} cracks); base model {base['model_id']} "
           f"trained on {base.get('data', {}).get('uri')} at {base['preprocessing']['image_size']} px; "
           f"{args.epochs} epochs at {sizes}, {os.cpu_count()} CPUs.")
-    print(f"{'':<28}{'accuracy':>9}{'recall':>8}{'f.alarm':>8}{'AUC':>8}{'threshold':>11}{'acc @0.5':>11}"
-          f"{'rec @0.5':>9}{'train':>9}")
+    print(f"{'':<28}{'accuracy':>9} {'(photos)':<13}{'recall':>7} {'(photos)':<13}{'f.alarm':>7}{'AUC':>8}"
+          f"{'threshold':>11}{'acc @0.5':>11}{'rec @0.5':>9}{'train':>9}")
     print("\n".join(rows))
+    print("\n".join(checks))
 
 
 if __name__ == "__main__":

@@ -39,18 +39,19 @@ from cracknet.data import discover  # noqa: E402
 from cracknet.datasets import load_mask  # noqa: E402
 from cracknet.evaluate import evaluate  # noqa: E402
 from cracknet.geometry import measure  # noqa: E402
-from cracknet.masks import photo_mask  # noqa: E402
+from cracknet.masks import photo_probabilities  # noqa: E402
 from cracknet.metrics import mask_metrics  # noqa: E402
 from cracknet.scorer import Scorer, read_image  # noqa: E402
 from cracknet.synthetic import generate_masked, generate_road_masks, image_bytes, masked_photo  # noqa: E402
 from cracknet.train import run_training  # noqa: E402
 
 MATCH_PX = 10.0  # a drawn crack further than this from a true crack's middle did not find it
+WIDTH_BANDS = (0.0, 2.5, 4.5, 7.5)  # px: true mean widths grouped for the width errors
 
 
 def drawn_masks(scorer: Scorer, root: str, uris: list | None = None):
-    """(true mask, drawn mask) of every masked photo of a tree, drawn as the nightly job draws them; each photo's
-    URI is appended to ``uris`` when given."""
+    """(true mask, drawn mask, probability map) of every masked photo of a tree, drawn as the nightly job draws
+    them; each photo's URI is appended to ``uris`` when given."""
     for image in discover(root, require_both_classes=False):
         if not image.mask:
             continue
@@ -59,25 +60,27 @@ def drawn_masks(scorer: Scorer, root: str, uris: list | None = None):
             continue
         truth = load_mask(image.mask, (found.width, found.height), scorer.spec.max_pixels)
         _, _, maps = scorer.score_masks([found.tiles], scorer.threshold)
-        drawn = photo_mask(maps[0], found.boxes, found.width, found.height, scorer.card["mask"]["threshold"])
+        probs = photo_probabilities(maps[0], found.boxes, found.width, found.height)
         if uris is not None:
             uris.append(image.uri)
-        yield truth, np.zeros_like(truth) if drawn is None else drawn
+        yield truth, probs >= scorer.card["mask"]["threshold"], probs
 
 
 def photo_rows(pairs, uris: list[str]) -> list[tuple[str, float, int]]:
     """(photo, F1 within 2 px of its drawn mask, its true crack pixels), the lowest F1 first."""
     rows = [(uri, mask_metrics([(drawn.astype(np.float32), truth)])["f1"], int(truth.sum()))
-            for uri, (truth, drawn) in zip(uris, pairs)]
+            for uri, (truth, drawn, _) in zip(uris, pairs)]
     return sorted(rows, key=lambda r: r[1])
 
 
-def geometry_errors(pairs) -> dict:
+def geometry_errors(pairs, soft: bool = False) -> dict:
     """True cracks matched to drawn ones (nearest to the middle of the true centre line): width and length
-    errors of the matched, and the share found."""
+    errors of the matched, and the share found. ``soft``: widths from the probabilities around each drawn crack
+    (``geometry.measure(probabilities=...)``, as scoring measures) rather than from the drawn mask alone."""
     widths, lengths, found, total = [], [], 0, 0
-    for truth, drawn in pairs:
-        measured = measure(drawn)
+    bands = [[] for _ in WIDTH_BANDS]
+    for truth, drawn, probs in pairs:
+        measured = measure(drawn, probabilities=probs if soft else None)
         for crack in measure(truth):
             total += 1
             path = max(crack["paths"], key=len)
@@ -89,12 +92,16 @@ def geometry_errors(pairs) -> dict:
                 continue
             found += 1
             widths.append(best["width_mean_px"] - crack["width_mean_px"])
+            bands[min(len(WIDTH_BANDS) - 1, sum(crack["width_mean_px"] >= b for b in WIDTH_BANDS[1:]))].append(
+                widths[-1])
             lengths.append(100.0 * (best["length_px"] / crack["length_px"] - 1.0))
     return {"cracks": total, "found": found,
             "width_error_px": float(np.median(widths)) if widths else float("nan"),
             "width_abs_error_px": float(np.median(np.abs(widths))) if widths else float("nan"),
             "length_error_pct": float(np.median(lengths)) if lengths else float("nan"),
-            "length_abs_error_pct": float(np.median(np.abs(lengths))) if lengths else float("nan")}
+            "length_abs_error_pct": float(np.median(np.abs(lengths))) if lengths else float("nan"),
+            "by_width": {f"{low:g}+ px": (len(band), float(np.median(band)) if band else float("nan"))
+                         for low, band in zip(WIDTH_BANDS, bands)}}
 
 
 def survey(folder: str, photos: int, size: int, cracked_share: float = 0.1, seed: int = 7) -> list[str]:
@@ -178,7 +185,7 @@ def main() -> None:
     pixels, verdicts = report["masks"], report["metrics"]
     uris: list[str] = []
     pairs = list(drawn_masks(scorer, holdout, uris))
-    errors, rows = geometry_errors(pairs), photo_rows(pairs, uris)
+    errors, soft, rows = geometry_errors(pairs), geometry_errors(pairs, soft=True), photo_rows(pairs, uris)
     print(f"\n{'Trained in %.0f s on %s' % (trained, data) if args.model is None else output}; mask threshold {card['mask']['threshold']:.2f} (validation).")
     print(f"Held out ({holdout}, {pixels['images']} photos):")
     print(f"  pixels within 2 px: precision {pixels['precision']:.3f}, recall {pixels['recall']:.3f}, "
@@ -193,6 +200,11 @@ def main() -> None:
     print(f"  cracks found {errors['found']} of {errors['cracks']}; width error median {errors['width_error_px']:+.2f} "
           f"px (absolute {errors['width_abs_error_px']:.2f} px); length error median "
           f"{errors['length_error_pct']:+.1f}% (absolute {errors['length_abs_error_pct']:.1f}%)")
+    print(f"  widths from the probabilities around each drawn crack: width error median "
+          f"{soft['width_error_px']:+.2f} px (absolute {soft['width_abs_error_px']:.2f} px)")
+    for name, figures in (("the drawn mask", errors), ("the probabilities", soft)):
+        print(f"  width error by true width, from {name}: " + ", ".join(
+            f"{band}: {n} cracks, {median:+.2f} px" for band, (n, median) in figures["by_width"].items() if n))
     print(f"  verdicts at threshold {report['threshold']:.3f}: accuracy {verdicts['accuracy']:.4f}, recall "
           f"{verdicts['recall']:.4f}, false alarms {verdicts['fp']} of {verdicts['fp'] + verdicts['tn']}")
     if args.base_model:

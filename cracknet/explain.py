@@ -85,8 +85,8 @@ def explain(model_uri: str, image_uri: str, out: str, most_tiles: int = MOST_TIL
     masks also measures the photo's cracks as the nightly job does and draws their centre lines, coloured by
     severity (``cracknet.drawing``); they are returned as ``cracks``."""
     from cracknet.errors import CracknetError
-    from cracknet.geometry import measure, parse_width_classes
-    from cracknet.masks import photo_mask
+    from cracknet.geometry import parse_width_classes
+    from cracknet.masks import photo_cracks
     from cracknet.scorer import Scorer, read_image
     from cracknet.transforms import eval_preset
 
@@ -99,8 +99,8 @@ def explain(model_uri: str, image_uri: str, out: str, most_tiles: int = MOST_TIL
     probability, tile_probs = float(best[0]), per_tile[0]
     cracks = None
     if scorer.draws_masks:
-        mask = photo_mask(maps[0], found.boxes, found.width, found.height, scorer.card["mask"]["threshold"])
-        cracks = [] if mask is None else measure(mask, mm_per_pixel, classes)
+        _, cracks = photo_cracks(maps[0], found.boxes, found.width, found.height, scorer.card["mask"]["threshold"],
+                                 mm_per_pixel, classes)
     try:
         shown = load_rgb(storage.read_bytes(found.uri), scorer.spec.max_pixels, draft_size=DISPLAY_SIDE)
     except ImageError as exc:

@@ -43,6 +43,7 @@ SIMPLIFY = 1.0         # pixels: how far a simplified path may stray from the ce
 MAP_JUNCTIONS = 4      # junctions from which a crack with no dominant direction is pattern (map) cracking
 DIAGONAL_FROM, DIAGONAL_TO = 30.0, 60.0  # degrees from the horizontal axis
 CALIBRATION = (0.75, 1.33)  # how far the area may rescale the distance-transform widths
+SOFT_CALIBRATION = (0.25, 1.33)  # with probabilities: a soft edge cut wide may shrink a thin crack further
 ORIENTATIONS = ("transverse", "longitudinal", "diagonal", "map")
 
 
@@ -103,8 +104,12 @@ def worst(severities: list[str | None], classes: tuple[WidthClass, ...]) -> str 
 
 
 def measure(mask: np.ndarray, mm_per_pixel: float | None = None, classes: tuple[WidthClass, ...] = AASHTO_RC,
-            min_length: float = MIN_LENGTH) -> list[dict]:
-    """The cracks of a photo's mask, longest first (see the module docstring for each figure)."""
+            min_length: float = MIN_LENGTH, probabilities: np.ndarray | None = None) -> list[dict]:
+    """The cracks of a photo's mask, longest first (see the module docstring for each figure).
+
+    With ``probabilities`` (the model's crack probability per pixel, the map the mask was cut from), a crack's
+    area is the sum of the probabilities within ``SOFT_REACH`` px of its mask instead of its mask's pixel count:
+    the width then no longer depends on where the threshold cuts the soft edge of a thin crack (sub-pixel)."""
     from scipy import ndimage
     from skimage.measure import label
     from skimage.morphology import skeletonize
@@ -126,7 +131,9 @@ def measure(mask: np.ndarray, mm_per_pixel: float | None = None, classes: tuple[
         if box is None:
             continue
         own = labels[box] == index
-        crack = _one_crack(own, skeleton[box] & own, edt[box] * own, (box[1].start, box[0].start), min_length)
+        area = None if probabilities is None else soft_area(labels, index, box, probabilities)
+        crack = _one_crack(own, skeleton[box] & own, edt[box] * own, (box[1].start, box[0].start), min_length,
+                           area)
         if crack is not None:
             cracks.append(_in_units(crack, mm_per_pixel, classes))
     cracks.sort(key=lambda c: -c["length_px"])
@@ -138,8 +145,23 @@ def _width(edt: np.ndarray) -> np.ndarray:
     return 2.0 * edt
 
 
+SOFT_REACH = 2  # pixels around a crack's mask whose probabilities count towards its area
+
+
+def soft_area(labels: np.ndarray, index: int, box: tuple, probabilities: np.ndarray) -> float:
+    """The sum of the crack probabilities within ``SOFT_REACH`` px of crack ``index`` of ``labels``, and not
+    nearer another crack."""
+    from scipy import ndimage
+
+    h, w = labels.shape
+    grown = tuple(slice(max(0, b.start - SOFT_REACH), min(n, b.stop + SOFT_REACH)) for b, n in zip(box, (h, w)))
+    near = ndimage.binary_dilation(labels[grown] == index, iterations=SOFT_REACH)
+    near &= (labels[grown] == 0) | (labels[grown] == index)
+    return float(np.asarray(probabilities, dtype=np.float64)[grown][near].sum())
+
+
 def _one_crack(own: np.ndarray, skeleton: np.ndarray, edt: np.ndarray, origin: tuple[int, int],
-               min_length: float) -> dict | None:
+               min_length: float, soft: float | None = None) -> dict | None:
     paths, junctions = trace(skeleton)
     paths, junctions = _pruned(paths, junctions, edt, skeleton)
     if not paths:
@@ -160,14 +182,15 @@ def _one_crack(own: np.ndarray, skeleton: np.ndarray, edt: np.ndarray, origin: t
     area = int(own.sum())
     # The distance transform is quantised to the grid at most angles; the area is not: scale the profile so
     # that its median is the crack's area over its length (bounded, for short or blotchy cracks).
-    factor = float(np.clip(area / max(length, 1.0) / max(np.median(widths), 1e-9), *CALIBRATION))
+    wide = (area if soft is None else soft) / max(length, 1.0)
+    factor = float(np.clip(wide / max(np.median(widths), 1e-9), *(CALIBRATION if soft is None else SOFT_CALIBRATION)))
     widths = widths * factor
     for line in lines:
         for vertex in line:
             vertex["width_px"] *= factor
     return {
         "length_px": float(length),
-        "width_mean_px": float(area / max(length, 1.0)),
+        "width_mean_px": float(wide),
         "width_max_px": float(widths.max()),
         "width_p95_px": float(np.percentile(widths, 95)),
         "orientation": orientation(centre, len(junctions)),

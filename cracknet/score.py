@@ -154,15 +154,14 @@ def image_geometry(tile_maps: dict, boxes: np.ndarray, width: int, height: int, 
                    g: Geometry) -> tuple[str, str, str]:
     """One scored image's cracks (a JSON list of ``geometry.measure``'s cracks), their worst severity and its
     mask's URI ("" where none was written)."""
-    from cracknet.geometry import measure, parse_width_classes, worst
-    from cracknet.masks import photo_mask
+    from cracknet.geometry import parse_width_classes, worst
+    from cracknet.masks import photo_cracks
     from cracknet.transforms import mask_png
 
-    mask = photo_mask(tile_maps, boxes, width, height, g.threshold)
+    classes = parse_width_classes(g.width_classes)
+    mask, cracks = photo_cracks(tile_maps, boxes, width, height, g.threshold, g.mm_per_pixel, classes)
     if mask is None or not mask.any():
         return "[]", "", ""
-    classes = parse_width_classes(g.width_classes)
-    cracks = measure(mask, g.mm_per_pixel, classes)
     mask_uri = ""
     if g.masks and cracks:
         mask_uri = storage.join(g.masks, mask_name(uri, version, g.root))

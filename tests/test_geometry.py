@@ -144,3 +144,31 @@ def test_generated_mask_trees_hold_exact_masks_whose_geometry_matches_their_trut
             errors.append((abs(found["width_mean_px"] - true["width_px"]), found["length_px"] / true["length_px"] - 1))
     assert sum(not c for c in truth.values()) == 2 and errors
     assert np.median([w for w, _ in errors]) <= 1.0 and max(abs(length) for _, length in errors) <= 0.05
+
+
+def soft_bar(width: float, angle: float, blur: float = 1.2) -> np.ndarray:
+    """A model's probability map of a crack ``width`` px wide: the exact bar blurred (the soft edge a decoder
+    draws), so that its probabilities across the crack still add up to the width."""
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(bar(width, angle).astype(np.float64), blur)
+
+
+@pytest.mark.parametrize("angle", [0, 30, 45, 80])
+@pytest.mark.parametrize("width", [1, 2, 3, 5])
+def test_widths_from_the_probabilities_do_not_depend_on_where_the_threshold_cuts(angle, width):
+    probs = soft_bar(width, angle)
+    (exact,) = measure(bar(width, angle))  # the drawn bar's own width (at 45 degrees the grid makes it wider)
+    truth = exact["width_mean_px"]
+    for threshold in (0.12, 0.2):
+        mask = probs >= threshold
+        (hard,) = measure(mask)
+        (soft,) = measure(mask, probabilities=probs)
+        assert abs(soft["width_mean_px"] - truth) <= 0.1
+        assert abs(soft["width_p95_px"] - truth) <= 1.0
+        if threshold == 0.12:  # a low cut of a soft edge draws thin cracks wide; the probabilities do not
+            assert hard["width_mean_px"] - truth >= 1.0
+    # Two cracks side by side: each counts only the probabilities nearest it.
+    pair = np.maximum(soft_bar(3, 0), np.roll(soft_bar(2, 0), 12, axis=0))
+    a, b = measure(pair >= 0.3, probabilities=pair)
+    assert sorted([round(a["width_mean_px"]), round(b["width_mean_px"])]) == [2, 3]
