@@ -290,13 +290,19 @@ def generate_masked(root: str, photos: int = 24, size: int = 256, surface: str =
     """A mask tree: ``<root>/images/<surface>-NNNN.jpg`` and ``<root>/masks/<surface>-NNNN.png`` (crack 255,
     background 0), a quarter of the photos without cracks, the rest with one or two; ``<root>/cracks.json``
     holds each photo's truth (crack widths, lengths, centre lines). Returns the image URIs."""
+    rng = np.random.default_rng(seed)
+    return write_mask_tree(root, rng, (masked_photo(rng, size, surface, cracks=0 if i % 4 == 3 else 1 + i % 2)
+                                       for i in range(photos)), surface)
+
+
+def write_mask_tree(root: str, rng: np.random.Generator, photos, prefix: str) -> list[str]:
+    """Each (photo, mask, truth) as ``images/<prefix>-NNNN.jpg`` and ``masks/<prefix>-NNNN.png`` (crack 255),
+    the truths in ``cracks.json``; returns the image URIs."""
     import json
 
-    rng = np.random.default_rng(seed)
     written, truths = [], {}
-    for i in range(photos):
-        name = f"{surface}-{i:04d}"
-        photo, mask, truth = masked_photo(rng, size, surface, cracks=0 if i % 4 == 3 else 1 + i % 2)
+    for i, (photo, mask, truth) in enumerate(photos):
+        name = f"{prefix}-{i:04d}"
         uri = storage.join(root, "images", f"{name}.jpg")
         storage.write_bytes(uri, image_bytes(photo, quality=int(rng.integers(85, 96))))
         buffer = io.BytesIO()
@@ -342,23 +348,9 @@ def generate_road_masks(root: str, photos: int = 40, width: int = 480, seed: int
     """A mask tree like the public road-crack sets (CrackForest, CRACK500): every photo cracked, cracks 1-5 px
     wide, photos ``width`` x 2/3 of it (480 x 320 by default), and masks drawn a few pixels off, as people draw
     them. ``cracks.json`` holds the exact truth (widths, lengths, centre lines). Returns the image URIs."""
-    import json
-
     rng = np.random.default_rng(seed)
-    height = width * 2 // 3
-    written, truths = [], {}
-    for i in range(photos):
-        name = f"road-{i:04d}"
-        photo, _, drawn, truth = road_photo(rng, width, height)
-        uri = storage.join(root, "images", f"{name}.jpg")
-        storage.write_bytes(uri, image_bytes(photo, quality=int(rng.integers(85, 96))))
-        buffer = io.BytesIO()
-        Image.fromarray(drawn.astype(np.uint8) * 255).save(buffer, format="PNG")
-        storage.write_bytes(storage.join(root, "masks", f"{name}.png"), buffer.getvalue())
-        truths[name] = truth
-        written.append(uri)
-    storage.write_bytes(storage.join(root, "cracks.json"), json.dumps(truths).encode())
-    return written
+    drawn = (road_photo(rng, width, width * 2 // 3) for _ in range(photos))
+    return write_mask_tree(root, rng, ((photo, mask, truth) for photo, _, mask, truth in drawn), "road")
 
 
 def image_bytes(img: Image.Image, quality: int = 92) -> bytes:
