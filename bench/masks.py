@@ -38,14 +38,13 @@ from cracknet.config import TrainConfig  # noqa: E402
 from cracknet.data import discover  # noqa: E402
 from cracknet.datasets import load_mask  # noqa: E402
 from cracknet.evaluate import evaluate  # noqa: E402
-from cracknet.geometry import measure  # noqa: E402
+from cracknet.geometry import match_cracks, measure  # noqa: E402
 from cracknet.masks import photo_probabilities  # noqa: E402
 from cracknet.metrics import mask_metrics  # noqa: E402
 from cracknet.scorer import Scorer, read_image  # noqa: E402
 from cracknet.synthetic import generate_masked, generate_road_masks, image_bytes, masked_photo  # noqa: E402
 from cracknet.train import run_training  # noqa: E402
 
-MATCH_PX = 10.0  # a drawn crack further than this from a true crack's middle did not find it
 WIDTH_BANDS = (0.0, 2.5, 4.5, 7.5)  # px: true mean widths grouped for the width errors
 
 
@@ -73,23 +72,17 @@ def photo_rows(pairs, uris: list[str]) -> list[tuple[str, float, int]]:
     return sorted(rows, key=lambda r: r[1])
 
 
-def geometry_errors(pairs, soft: bool = False) -> dict:
-    """True cracks matched to drawn ones (nearest to the middle of the true centre line): width and length
-    errors of the matched, and the share found. ``soft``: widths from the probabilities around each drawn crack
-    (``geometry.measure(probabilities=...)``, as scoring measures) rather than from the drawn mask alone."""
+def geometry_errors(pairs, width_threshold: float | None = None) -> dict:
+    """True cracks matched to drawn ones (``geometry.match_cracks``): width and length errors of the matched, by
+    true width too, and the share found. Widths are read from the stricter ``width_threshold`` cut of the maps
+    where one is given (as scoring reads them with the model's own), else from the drawn masks."""
     widths, lengths, found, total = [], [], 0, 0
     bands = [[] for _ in WIDTH_BANDS]
     for truth, drawn, probs in pairs:
-        measured = measure(drawn, probabilities=probs if soft else None)
-        for crack in measure(truth):
-            total += 1
-            path = max(crack["paths"], key=len)
-            middle = path[len(path) // 2]
-            near = [(min(np.hypot(v["x"] - middle["x"], v["y"] - middle["y"]) for p in c["paths"] for v in p), c)
-                    for c in measured]
-            distance, best = min(near, key=lambda d: d[0]) if near else (np.inf, None)
-            if distance > MATCH_PX:
-                continue
+        strict = probs >= width_threshold if width_threshold is not None else None
+        true_cracks = measure(truth)
+        total += len(true_cracks)
+        for crack, best in match_cracks(true_cracks, measure(drawn, width_mask=strict)):
             found += 1
             widths.append(best["width_mean_px"] - crack["width_mean_px"])
             bands[min(len(WIDTH_BANDS) - 1, sum(crack["width_mean_px"] >= b for b in WIDTH_BANDS[1:]))].append(
@@ -121,7 +114,8 @@ def night_cost(scorer: Scorer, uris: list[str]) -> tuple[float, float, int]:
     ``batch_tiles`` tiles across photos); interleaved, best of two."""
     from cracknet.score import Geometry, image_geometry
 
-    geometry = Geometry(scorer.threshold, scorer.card["mask"]["threshold"], 0.2, "insignificant:0.3,moderate:1.25,wide",
+    geometry = Geometry(scorer.threshold, scorer.card["mask"]["threshold"], scorer.card["mask"].get("width_threshold"),
+                        0.2, "insignificant:0.3,moderate:1.25,wide",
                         None, "")
     plain, measured, cracks = [], [], 0
     for _ in range(2):
@@ -185,8 +179,10 @@ def main() -> None:
     pixels, verdicts = report["masks"], report["metrics"]
     uris: list[str] = []
     pairs = list(drawn_masks(scorer, holdout, uris))
-    errors, soft, rows = geometry_errors(pairs), geometry_errors(pairs, soft=True), photo_rows(pairs, uris)
-    print(f"\n{'Trained in %.0f s on %s' % (trained, data) if args.model is None else output}; mask threshold {card['mask']['threshold']:.2f} (validation).")
+    cut = card["mask"].get("width_threshold")
+    errors, plain, rows = geometry_errors(pairs, cut), geometry_errors(pairs), photo_rows(pairs, uris)
+    print(f"\n{'Trained in %.0f s on %s' % (trained, data) if args.model is None else output}; mask threshold "
+          f"{card['mask']['threshold']:.2f}, widths read at {card['mask'].get('width_threshold')} (validation).")
     print(f"Held out ({holdout}, {pixels['images']} photos):")
     print(f"  pixels within 2 px: precision {pixels['precision']:.3f}, recall {pixels['recall']:.3f}, "
           f"F1 {pixels['f1']:.3f} [{pixels['f1_interval_95'][0]:.3f}, {pixels['f1_interval_95'][1]:.3f}] (95%, "
@@ -200,9 +196,9 @@ def main() -> None:
     print(f"  cracks found {errors['found']} of {errors['cracks']}; width error median {errors['width_error_px']:+.2f} "
           f"px (absolute {errors['width_abs_error_px']:.2f} px); length error median "
           f"{errors['length_error_pct']:+.1f}% (absolute {errors['length_abs_error_pct']:.1f}%)")
-    print(f"  widths from the probabilities around each drawn crack: width error median "
-          f"{soft['width_error_px']:+.2f} px (absolute {soft['width_abs_error_px']:.2f} px)")
-    for name, figures in (("the drawn mask", errors), ("the probabilities", soft)):
+    print(f"  widths read from the mask cut itself instead of the width cut ({cut}): width error median "
+          f"{plain['width_error_px']:+.2f} px (absolute {plain['width_abs_error_px']:.2f} px)")
+    for name, figures in ((f"the width cut {cut}", errors), ("the mask cut", plain)):
         print(f"  width error by true width, from {name}: " + ", ".join(
             f"{band}: {n} cracks, {median:+.2f} px" for band, (n, median) in figures["by_width"].items() if n))
     print(f"  verdicts at threshold {report['threshold']:.3f}: accuracy {verdicts['accuracy']:.4f}, recall "

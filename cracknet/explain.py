@@ -99,8 +99,9 @@ def explain(model_uri: str, image_uri: str, out: str, most_tiles: int = MOST_TIL
     probability, tile_probs = float(best[0]), per_tile[0]
     cracks = None
     if scorer.draws_masks:
-        _, cracks = photo_cracks(maps[0], found.boxes, found.width, found.height, scorer.card["mask"]["threshold"],
-                                 mm_per_pixel, classes)
+        mask = scorer.card["mask"]
+        _, cracks = photo_cracks(maps[0], found.boxes, found.width, found.height, mask["threshold"],
+                                 mask.get("width_threshold"), mm_per_pixel, classes)
     try:
         shown = load_rgb(storage.read_bytes(found.uri), scorer.spec.max_pixels, draft_size=DISPLAY_SIDE)
     except ImageError as exc:

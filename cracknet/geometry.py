@@ -43,7 +43,8 @@ SIMPLIFY = 1.0         # pixels: how far a simplified path may stray from the ce
 MAP_JUNCTIONS = 4      # junctions from which a crack with no dominant direction is pattern (map) cracking
 DIAGONAL_FROM, DIAGONAL_TO = 30.0, 60.0  # degrees from the horizontal axis
 CALIBRATION = (0.75, 1.33)  # how far the area may rescale the distance-transform widths
-SOFT_CALIBRATION = (0.25, 1.33)  # with probabilities: a soft edge cut wide may shrink a thin crack further
+WIDTH_CUT_CALIBRATION = (0.2, 1.33)  # with a stricter cut for widths: a soft edge cut wide may shrink further
+MATCH_PX = 10.0  # a drawn crack further than this from a true crack's middle did not find it
 ORIENTATIONS = ("transverse", "longitudinal", "diagonal", "map")
 
 
@@ -104,12 +105,12 @@ def worst(severities: list[str | None], classes: tuple[WidthClass, ...]) -> str 
 
 
 def measure(mask: np.ndarray, mm_per_pixel: float | None = None, classes: tuple[WidthClass, ...] = AASHTO_RC,
-            min_length: float = MIN_LENGTH, probabilities: np.ndarray | None = None) -> list[dict]:
+            min_length: float = MIN_LENGTH, width_mask: np.ndarray | None = None) -> list[dict]:
     """The cracks of a photo's mask, longest first (see the module docstring for each figure).
 
-    With ``probabilities`` (the model's crack probability per pixel, the map the mask was cut from), a crack's
-    area is the sum of the probabilities within ``SOFT_REACH`` px of its mask instead of its mask's pixel count:
-    the width then no longer depends on where the threshold cuts the soft edge of a thin crack (sub-pixel)."""
+    With ``width_mask`` (a stricter cut of the probability map the mask was cut from), a crack's widths come from
+    that cut's pixels within it: the cut that finds a crack whole (its length, its course) draws a thin crack's
+    soft edge wide, and a stricter one draws it at its width (``choose_width_threshold``)."""
     from scipy import ndimage
     from skimage.measure import label
     from skimage.morphology import skeletonize
@@ -131,7 +132,7 @@ def measure(mask: np.ndarray, mm_per_pixel: float | None = None, classes: tuple[
         if box is None:
             continue
         own = labels[box] == index
-        area = None if probabilities is None else soft_area(labels, index, box, probabilities)
+        area = None if width_mask is None else int((np.asarray(width_mask, dtype=bool)[box] & own).sum())
         crack = _one_crack(own, skeleton[box] & own, edt[box] * own, (box[1].start, box[0].start), min_length,
                            area)
         if crack is not None:
@@ -145,23 +146,8 @@ def _width(edt: np.ndarray) -> np.ndarray:
     return 2.0 * edt
 
 
-SOFT_REACH = 2  # pixels around a crack's mask whose probabilities count towards its area
-
-
-def soft_area(labels: np.ndarray, index: int, box: tuple, probabilities: np.ndarray) -> float:
-    """The sum of the crack probabilities within ``SOFT_REACH`` px of crack ``index`` of ``labels``, and not
-    nearer another crack."""
-    from scipy import ndimage
-
-    h, w = labels.shape
-    grown = tuple(slice(max(0, b.start - SOFT_REACH), min(n, b.stop + SOFT_REACH)) for b, n in zip(box, (h, w)))
-    near = ndimage.binary_dilation(labels[grown] == index, iterations=SOFT_REACH)
-    near &= (labels[grown] == 0) | (labels[grown] == index)
-    return float(np.asarray(probabilities, dtype=np.float64)[grown][near].sum())
-
-
 def _one_crack(own: np.ndarray, skeleton: np.ndarray, edt: np.ndarray, origin: tuple[int, int],
-               min_length: float, soft: float | None = None) -> dict | None:
+               min_length: float, width_area: int | None = None) -> dict | None:
     paths, junctions = trace(skeleton)
     paths, junctions = _pruned(paths, junctions, edt, skeleton)
     if not paths:
@@ -182,8 +168,9 @@ def _one_crack(own: np.ndarray, skeleton: np.ndarray, edt: np.ndarray, origin: t
     area = int(own.sum())
     # The distance transform is quantised to the grid at most angles; the area is not: scale the profile so
     # that its median is the crack's area over its length (bounded, for short or blotchy cracks).
-    wide = (area if soft is None else soft) / max(length, 1.0)
-    factor = float(np.clip(wide / max(np.median(widths), 1e-9), *(CALIBRATION if soft is None else SOFT_CALIBRATION)))
+    wide = (area if width_area is None else width_area) / max(length, 1.0)
+    bounds = CALIBRATION if width_area is None else WIDTH_CUT_CALIBRATION
+    factor = float(np.clip(wide / max(np.median(widths), 1e-9), *bounds))
     widths = widths * factor
     for line in lines:
         for vertex in line:
@@ -199,6 +186,47 @@ def _one_crack(own: np.ndarray, skeleton: np.ndarray, edt: np.ndarray, origin: t
         "bbox": {"x": int(x0), "y": int(y0), "w": int(own.shape[1]), "h": int(own.shape[0])},
         "paths": lines,
     }
+
+
+def match_cracks(true_cracks: list[dict], drawn_cracks: list[dict], within: float = MATCH_PX) -> list[tuple]:
+    """(true crack, drawn crack) for each true crack with a drawn one within ``within`` px of the middle of its
+    longest centre-line path (the nearest such)."""
+    pairs = []
+    for crack in true_cracks:
+        path = max(crack["paths"], key=len)
+        middle = path[len(path) // 2]
+        near = [(min(math.hypot(v["x"] - middle["x"], v["y"] - middle["y"]) for p in c["paths"] for v in p), n)
+                for n, c in enumerate(drawn_cracks)]
+        if near:
+            distance, best = min(near)
+            if distance <= within:
+                pairs.append((crack, drawn_cracks[best]))
+    return pairs
+
+
+WIDTH_CUTS = tuple(np.round(np.arange(0.5, 0.99, 0.025), 3))  # candidate stricter cuts for widths
+
+
+def choose_width_threshold(pairs, threshold: float) -> dict:
+    """The cut of the probability maps whose crack widths best match the true masks' (median error nearest 0),
+    among ``threshold`` itself and the stricter ``WIDTH_CUTS``; ``pairs`` are (probability map, true mask) of
+    validation photos. Returns the cut, the matched cracks and the median width error (px) at it and at
+    ``threshold``."""
+    truths = [measure(truth) for _, truth in pairs]
+    errors = {}
+    for cut in [threshold, *(c for c in WIDTH_CUTS if c > threshold)]:
+        found = []
+        for (probs, _), true_cracks in zip(pairs, truths):
+            drawn = measure(probs >= threshold, width_mask=probs >= cut) if true_cracks else []
+            found += [d["width_mean_px"] - t["width_mean_px"] for t, d in match_cracks(true_cracks, drawn)]
+        if not found:
+            break
+        errors[cut] = float(np.median(found)), len(found)
+    if not errors:
+        return {"width_threshold": threshold, "cracks": 0}
+    cut = min(errors, key=lambda c: (abs(errors[c][0]), c))
+    return {"width_threshold": float(cut), "cracks": errors[cut][1], "width_error_px": errors[cut][0],
+            "width_error_px_at_mask_threshold": errors[threshold][0]}
 
 
 def _in_units(crack: dict, mm_per_pixel: float | None, classes: tuple[WidthClass, ...]) -> dict:

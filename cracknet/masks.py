@@ -4,7 +4,7 @@
     crack_logit, mask_logits = model(x)            # x: (B, 3, H, W) -> (B,), (B, 1, H, W)
     loss = mask_loss(mask_logits, masks)           # masks: (B, 1, H, W) in {0, 1}
     photo = stitch(tile_probs, boxes, width, height)  # overlapping tiles' maps -> one map of the photo
-    mask, cracks = photo_cracks({i: map}, boxes, width, height, card["mask"]["threshold"])  # decoded tiles -> bool
+    mask, cracks = photo_cracks({i: map}, boxes, width, height, card["mask"]["threshold"])  # the photo's cracks
 
 One forward pass: the ResNet50 encoder feeds its crack / no-crack head (the
 same ``fc`` on the same pooled features, so the classifier's logit is exactly
@@ -103,20 +103,21 @@ def stitch(tile_probs: torch.Tensor, boxes, width: int, height: int) -> torch.Te
     return torch.where(weight > 0, total / weight.clamp_min(1e-12), torch.zeros_like(total))
 
 
-def photo_cracks(tile_maps: dict, boxes, width: int, height: int, threshold: float, mm_per_pixel=None,
-                 classes=None) -> tuple:
+def photo_cracks(tile_maps: dict, boxes, width: int, height: int, threshold: float, width_threshold=None,
+                 mm_per_pixel=None, classes=None) -> tuple:
     """A photo's crack mask, bool (H, W), from the maps of its tiles that were decoded (``Scorer.score_masks``:
     {tile index: (S, S) probabilities}) and all its tiles' boxes: stitched, then cut at the model's mask
     threshold (pixels only undecoded tiles cover are background: the classifier saw no crack there); and its
-    cracks by ``geometry.measure``, with widths from the probabilities around each drawn crack, so that they do
-    not depend on where the threshold cuts a thin crack's soft edge. (None, []) where no tile was decoded."""
+    cracks by ``geometry.measure``, their widths read from the stricter ``width_threshold`` cut where the model's
+    card names one (``geometry.choose_width_threshold``). (None, []) where no tile was decoded."""
     from cracknet.geometry import AASHTO_RC, measure
 
     if not tile_maps:
         return None, []
     probs = photo_probabilities(tile_maps, boxes, width, height)
     mask = probs >= threshold
-    return mask, measure(mask, mm_per_pixel, classes or AASHTO_RC, probabilities=probs)
+    strict = probs >= width_threshold if width_threshold is not None and width_threshold > threshold else None
+    return mask, measure(mask, mm_per_pixel, classes or AASHTO_RC, width_mask=strict)
 
 
 def photo_probabilities(tile_maps: dict, boxes, width: int, height: int):

@@ -141,9 +141,11 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Geometry:
     """How a run measures cracks, for models with a mask decoder: the tiles the decoder runs on (crack probability
-    at or above ``gate``), the mask threshold, the scale and width classes, and where masks are written."""
+    at or above ``gate``), the mask threshold and the cut widths are read from, the scale and width classes, and
+    where masks are written."""
     gate: float
     threshold: float
+    width_threshold: float | None  # the cut widths are read from (the model card's), or None: the mask's
     mm_per_pixel: float | None
     width_classes: str
     masks: str | None  # a folder for one PNG per image with cracks, or None
@@ -159,7 +161,8 @@ def image_geometry(tile_maps: dict, boxes: np.ndarray, width: int, height: int, 
     from cracknet.transforms import mask_png
 
     classes = parse_width_classes(g.width_classes)
-    mask, cracks = photo_cracks(tile_maps, boxes, width, height, g.threshold, g.mm_per_pixel, classes)
+    mask, cracks = photo_cracks(tile_maps, boxes, width, height, g.threshold, g.width_threshold, g.mm_per_pixel,
+                                classes)
     if mask is None or not mask.any():
         return "[]", "", ""
     mask_uri = ""
@@ -407,7 +410,8 @@ def geometry_of(cfg: ScoreConfig, card: dict, root: str) -> Geometry | None:
     if not has_decoder(card):
         return None
     gate = float(card["threshold"]) if cfg.mask_gate is None else cfg.mask_gate
-    return Geometry(gate, float(card["mask"]["threshold"]), cfg.mm_per_pixel, cfg.width_classes, cfg.masks, root)
+    return Geometry(gate, float(card["mask"]["threshold"]), card["mask"].get("width_threshold"), cfg.mm_per_pixel,
+                    cfg.width_classes, cfg.masks, root)
 
 
 def provenance_of(cfg: ScoreConfig, card: dict, now: datetime, root: str = "") -> dict:

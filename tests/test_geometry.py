@@ -148,27 +148,38 @@ def test_generated_mask_trees_hold_exact_masks_whose_geometry_matches_their_trut
 
 def soft_bar(width: float, angle: float, blur: float = 1.2) -> np.ndarray:
     """A model's probability map of a crack ``width`` px wide: the exact bar blurred (the soft edge a decoder
-    draws), so that its probabilities across the crack still add up to the width."""
+    draws)."""
     from scipy import ndimage
 
     return ndimage.gaussian_filter(bar(width, angle).astype(np.float64), blur)
 
 
 @pytest.mark.parametrize("angle", [0, 30, 45, 80])
-@pytest.mark.parametrize("width", [1, 2, 3, 5])
-def test_widths_from_the_probabilities_do_not_depend_on_where_the_threshold_cuts(angle, width):
+@pytest.mark.parametrize("width", [2, 3, 5])
+def test_widths_read_from_a_stricter_cut_do_not_grow_with_a_low_mask_threshold(angle, width):
     probs = soft_bar(width, angle)
     (exact,) = measure(bar(width, angle))  # the drawn bar's own width (at 45 degrees the grid makes it wider)
     truth = exact["width_mean_px"]
-    for threshold in (0.12, 0.2):
-        mask = probs >= threshold
-        (hard,) = measure(mask)
-        (soft,) = measure(mask, probabilities=probs)
-        assert abs(soft["width_mean_px"] - truth) <= 0.1
-        assert abs(soft["width_p95_px"] - truth) <= 1.0
-        if threshold == 0.12:  # a low cut of a soft edge draws thin cracks wide; the probabilities do not
-            assert hard["width_mean_px"] - truth >= 1.0
-    # Two cracks side by side: each counts only the probabilities nearest it.
-    pair = np.maximum(soft_bar(3, 0), np.roll(soft_bar(2, 0), 12, axis=0))
-    a, b = measure(pair >= 0.3, probabilities=pair)
-    assert sorted([round(a["width_mean_px"]), round(b["width_mean_px"])]) == [2, 3]
+    mask = probs >= 0.12  # a low cut finds the crack whole, and draws it wide
+    (wide,) = measure(mask)
+    (cut,) = measure(mask, width_mask=probs >= 0.5)
+    assert wide["width_mean_px"] - truth >= 1.0
+    assert abs(cut["width_mean_px"] - truth) <= 0.3 and abs(cut["width_p95_px"] - truth) <= 1.0
+    assert cut["length_px"] == wide["length_px"]  # the course and length are the mask's
+
+
+def test_the_width_cut_is_chosen_where_validation_widths_read_true():
+    from cracknet.geometry import choose_width_threshold, match_cracks
+
+    pairs = [(soft_bar(w, a), bar(w, a)) for w, a in ((2, 10), (3, 50), (5, 80), (4, 120))]
+    chosen = choose_width_threshold(pairs, threshold=0.15)
+    assert chosen["cracks"] == 4 and chosen["width_error_px_at_mask_threshold"] >= 1.0
+    assert 0.4 <= chosen["width_threshold"] <= 0.6 and abs(chosen["width_error_px"]) <= 0.3
+    exact = choose_width_threshold([(b.astype(float), b) for _, b in pairs], threshold=0.5)
+    assert exact["width_threshold"] == 0.5 and exact["width_error_px"] == pytest.approx(0, abs=0.05)
+    assert choose_width_threshold([(np.zeros((50, 50)), np.zeros((50, 50), bool))], 0.5) == \
+        {"width_threshold": 0.5, "cracks": 0}
+    # A drawn crack far from the true one does not match it.
+    (true,) = measure(bar(3, 0))
+    (moved,) = measure(np.roll(bar(3, 0), 40, axis=0))
+    assert match_cracks([true], [moved]) == [] and len(match_cracks([true], [true])) == 1
