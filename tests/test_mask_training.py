@@ -186,6 +186,7 @@ def test_a_mask_tree_where_every_photo_is_cracked_trains_in_crops_and_scores_at_
     resample photos."""
     from cracknet.card import PHOTO_SIZE
     from cracknet.cli import main as cli_main
+    from cracknet.evaluate import predict_tree
     from cracknet.scorer import Scorer
 
     tree = tmp_path / "road"
@@ -210,7 +211,11 @@ def test_a_mask_tree_where_every_photo_is_cracked_trains_in_crops_and_scores_at_
     assert mask["measured_at"] == PHOTO_SIZE and mask["test"]["images"] == grouping["groups"]["test"]
     assert f"at {PHOTO_SIZE}" in out
     assert card["lineage"]["base_model_on_test"]["n"] == test["n"]  # the base model on the same crops
+    assert mask["width_threshold"] >= mask["threshold"] and "cracks" in mask["width_validation"]
     scorer = Scorer.load(str(tmp_path / "run"))
     assert scorer.tiling.size == 32  # scoring cuts the photos as training did
+    held = predict_tree(scorer, str(tree), split="test")  # the photos the run held out, whole
+    assert sorted(uri.split("/images/")[1] for uri in held.uris) == sorted(
+        group.split("images/")[1] for group in grouping["test_groups"])
     found = scorer.predict([str(next((tree / "images").iterdir()))])
     assert not found[0].error and len(found[0].tile_probabilities) == len(tile_boxes(144, 96, 32, 0.25)) == 24
