@@ -135,10 +135,12 @@ def test_train_adapts_a_classifier_into_a_mask_model_on_a_mixed_tree(ray_cluster
     tree = tmp_path / "tree"
     synthetic.generate_masked(str(tree), photos=24, size=96)
     synthetic.generate(str(tree), per_class=6, size=96, surface="asphalt")
+    # Crops of 96 photo pixels seen at 32 px: a stated scale other than the photos' own (here one crop a photo).
     cli_main(["train", "--data", str(tree), "--output", str(tmp_path / "run"), "--epochs", "2", "--image-size", "32",
-              "--num-workers", "2", "--base-model", str(random_model)])
+              "--source-size", "96", "--num-workers", "2", "--base-model", str(random_model)])
     out = capsys.readouterr().out
     assert "Found 36 labelled images" in out and "24 of them with crack masks" in out
+    assert "on crops of 96 px of each photo seen at 32 px" in out
     assert "Crack masks: threshold " in out and " validation masks" in out
     model, card = load_artifact(str(tmp_path / "run"))
     assert isinstance(model, CrackSegmenter) and card["lineage"]["base_model"]["model_id"]
@@ -190,17 +192,17 @@ def test_a_mask_tree_where_every_photo_is_cracked_trains_in_crops_and_scores_at_
     from cracknet.scorer import Scorer
 
     tree = tmp_path / "road"
-    synthetic.generate_road_masks(str(tree), photos=14, width=144)
+    synthetic.generate_road_masks(str(tree), photos=12, width=128)
     assert all(json.loads((tree / "cracks.json").read_text()).values())  # every photo has a crack
     assert cli_main(["train", "--data", str(tree), "--output", str(tmp_path / "run"), "--epochs", "2",
                      "--image-size", "32", "--num-workers", "2", "--base-model", str(random_model)]) == 0
     out = capsys.readouterr().out
-    assert "14 of them with crack masks" in out and "on crops of 32 px of each photo at its own scale" in out
+    assert "12 of them with crack masks" in out and "on crops of 32 px of each photo at its own scale" in out
     assert "Split by group (photo; groups " in out
     model, card = load_artifact(str(tmp_path / "run"))
     assert card["preprocessing"]["source_size"] == 32 and card["preprocessing"]["image_size"] == 32
     grouping = card["data"]["grouping"]
-    assert grouping["by"] == "photo" and sum(grouping["groups"].values()) == 14
+    assert grouping["by"] == "photo" and sum(grouping["groups"].values()) == 12
     assert not set(grouping["test_groups"]) & set(grouping["val_groups"])
     counts = card["data"]["counts"]
     assert all(counts[split]["no_crack"] > 0 and counts[split]["crack"] > 0 for split in counts)
@@ -218,4 +220,4 @@ def test_a_mask_tree_where_every_photo_is_cracked_trains_in_crops_and_scores_at_
     assert sorted(uri.split("/images/")[1] for uri in held.uris) == sorted(
         group.split("images/")[1] for group in grouping["test_groups"])
     found = scorer.predict([str(next((tree / "images").iterdir()))])
-    assert not found[0].error and len(found[0].tile_probabilities) == len(tile_boxes(144, 96, 32, 0.25)) == 24
+    assert not found[0].error and len(found[0].tile_probabilities) == len(tile_boxes(128, 85, 32, 0.25)) == 20
