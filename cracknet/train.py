@@ -621,7 +621,7 @@ def _base_on_test(base: dict, plan, data: str, batch_size: int, crop: int = 0) -
     for photo, wanted in sorted(crops.items()):
         _, _, tiles, boxes = decode_tiles(storage.read_bytes(storage.to_uri(photo, data)), scorer.spec, crop,
                                           CROP_OVERLAP)
-        for p, box in zip(scorer.tile_probabilities(tiles), boxes):
+        for p, box in zip(scorer.tile_probabilities(np.array(tiles)), boxes):  # a writable copy for torch
             if tuple(int(v) for v in box) in wanted:
                 probs.append(float(p))
                 truth.append(wanted[tuple(int(v) for v in box)])
