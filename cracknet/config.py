@@ -69,6 +69,9 @@ RECIPES = {
     "none": Recipe(head_epochs=0, finetune_lr=1e-3),        # random init: one stage at --lr
     "pretrained": Recipe(head_epochs=1, finetune_lr=3e-4),  # --weights imagenet or a weights file
     "base_model": Recipe(head_epochs=1, finetune_lr=3e-4),  # --base-model: a cracknet model
+    # --base-model that was itself trained from random init (as on CPU-only machines): 3e-4 unsettled its weights
+    # on held-out photos where 1e-4 adapted them (bench/adapt.py)
+    "random_init_base_model": Recipe(head_epochs=1, finetune_lr=1e-4),
 }
 
 
@@ -162,9 +165,10 @@ class TrainConfig:
         """The kind of start, which names its recipe: base_model, pretrained (ImageNet or a weights file), none."""
         return "base_model" if self.base_model is not None else "pretrained" if self.weights != "none" else "none"
 
-    def with_recipe(self) -> "TrainConfig":
-        """The settings with the start's recipe filled in where none was given (``RECIPES``)."""
-        recipe = RECIPES[self.start]
+    def with_recipe(self, start: str | None = None) -> "TrainConfig":
+        """The settings with the recipe of ``start`` (default: ``self.start``) filled in where none was given
+        (``RECIPES``)."""
+        recipe = RECIPES[start or self.start]
         return dataclasses.replace(
             self, head_epochs=recipe.head_epochs if self.head_epochs is None else self.head_epochs,
             finetune_lr=recipe.finetune_lr if self.finetune_lr is None else self.finetune_lr)

@@ -413,7 +413,8 @@ def resolve_settings(cfg: TrainConfig) -> tuple[TrainConfig, Preprocessing, dict
     weights = cfg.weights if cfg.weights in ("imagenet", "none") else storage.absolute(cfg.weights)
     base = read_card(storage.absolute(cfg.base_model)) if cfg.base_model else None
     cfg = dataclasses.replace(cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output),
-                              weights=weights, base_model=base["folder"] if base else None).with_recipe()
+                              weights=weights, base_model=base["folder"] if base else None)
+    cfg = cfg.with_recipe("random_init_base_model" if base and started_from_random_init(base) else None)
     images = discover(cfg.data)
     cfg = dataclasses.replace(cfg, image_size=cfg.image_size or default_image_size(base, images))
     # Adapting keeps the base model's normalisation; the network is size-agnostic, so the size may change.
@@ -423,6 +424,12 @@ def resolve_settings(cfg: TrainConfig) -> tuple[TrainConfig, Preprocessing, dict
     if has_masks(images):  # photos with masks train on crops of this side, the tiles scoring will cut
         cfg = dataclasses.replace(cfg, source_size=cfg.source_size or cfg.image_size)
     return cfg, spec, base, images
+
+
+def started_from_random_init(card: dict) -> bool:
+    """Whether a model was trained from random init rather than from pretrained weights or another model."""
+    training = card.get("training", {})
+    return training.get("weights") == "none" and not training.get("base_model")
 
 
 def split_line(cfg: TrainConfig, plan) -> str:

@@ -278,3 +278,29 @@ def test_adapting_trains_at_the_new_tiles_own_side_up_to_128_px(tmp_path):
     assert default_image_size(base, tiles) == 96  # not shrunk to the base's 64
     assert default_image_size(base, tree(227)) == 128  # at most 128
     assert default_image_size(base, tree(40)) == 64  # never below the base's
+
+
+def test_each_start_gets_its_recipe_unless_the_flags_say_otherwise(tmp_path):
+    """Random init: one stage at --lr; a pretrained start and a crack model made from one: a head epoch, then all
+    at 3e-4; a crack model trained from random init: all at 1e-4 (bench/pretrained_start.py, bench/adapt.py)."""
+    from conftest import model_card
+    from cracknet.model import build_model, save_artifact
+    from cracknet.synthetic import generate
+    from cracknet.train import resolve_settings
+
+    generate(str(tmp_path / "data"), per_class=2, size=32)
+    bases = {}
+    for name, training in (("scratch", {"weights": "none"}), ("imagenet", {"weights": "imagenet"}),
+                           ("adapted", {"weights": "none", "base_model": "elsewhere"})):
+        bases[name] = str(tmp_path / name)
+        save_artifact(bases[name], build_model().state_dict(), {**model_card(), "training": training})
+
+    def recipe(**settings):
+        cfg = resolve_settings(TrainConfig(data=str(tmp_path / "data"), output=str(tmp_path / "out"), **settings))[0]
+        return cfg.stage_epochs[0], cfg.finetune_lr
+
+    assert recipe(weights="none")[0] == 0
+    assert recipe(weights=str(tmp_path / "start.pth")) == (1, 3e-4)
+    assert recipe(base_model=bases["imagenet"]) == recipe(base_model=bases["adapted"]) == (1, 3e-4)
+    assert recipe(base_model=bases["scratch"]) == (1, 1e-4)
+    assert recipe(base_model=bases["scratch"], finetune_lr=5e-4, head_epochs=0) == (0, 5e-4)
