@@ -42,16 +42,15 @@ def build_card(cfg, spec: Preprocessing, plan, predictions: dict[str, Any], epoc
     validation and test (probabilities, labels), the epoch history and the restart count. The weights' hash and
     the model id are added when the artifact is saved (``model.save_artifact``).
     """
-    from cracknet.metrics import binary_metrics, evaluation, operating_point, threshold_rule
+    from cracknet.metrics import binary_metrics, evaluation, threshold_rule
     from cracknet.monitor import probability_histogram
 
-    (val_probs, val_labels), (test_probs, test_labels) = predictions["val"], predictions["test"]
     test_groups = split_groups(plan, "test")
     if test_groups is not None:
-        test_groups = [g for g, label in zip(test_groups, test_labels) if label >= 0]
+        test_groups = [g for g, label in zip(test_groups, predictions["test"][1]) if label >= 0]
     (val_probs, val_labels), (test_probs, test_labels) = (  # crops the head is not taught are not judged either
         (probs[labels >= 0], labels[labels >= 0]) for probs, labels in (predictions["val"], predictions["test"]))
-    point = operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence, cfg.max_false_alarms)
+    point = operating_point_of(cfg, val_probs, val_labels)
     threshold = point.pop("threshold")
     point.pop("recall")  # the same as val_recall below
     at_threshold = binary_metrics(val_probs, val_labels, threshold)
@@ -88,12 +87,11 @@ def build_card(cfg, spec: Preprocessing, plan, predictions: dict[str, Any], epoc
     }
 
 
-def threshold_of(cfg, val_probs, val_labels) -> float:
-    """The crack threshold ``build_card`` chooses on these validation predictions."""
+def operating_point_of(cfg, val_probs, val_labels) -> dict:
+    """The operating point (threshold and what backs it) a run's settings choose on its validation predictions."""
     from cracknet.metrics import operating_point
 
-    return operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence,
-                           cfg.max_false_alarms)["threshold"]
+    return operating_point(val_probs, val_labels, cfg.target_recall, cfg.recall_confidence, cfg.max_false_alarms)
 
 
 def split_groups(plan, split: str) -> list[str] | None:
@@ -112,10 +110,9 @@ def mask_section(pairs: dict[str, list], at: str = MODEL_SIZE) -> dict[str, Any]
     """What the card says about the crack-mask decoder: its shape, and the mask threshold chosen on validation
     (the best fixed one, ODS) with the pixel metrics at it on validation and test; ``pairs`` are (probability map
     in [0, 1], true mask) per split, measured ``at`` the size they say."""
+    from cracknet.geometry import choose_width_threshold
     from cracknet.masks import DECODER_CHANNELS, FULL_RESOLUTION_CHANNELS
     from cracknet.metrics import mask_metrics
-
-    from cracknet.geometry import choose_width_threshold
 
     val = mask_metrics(pairs["val"])
     threshold = val["ods_threshold"] if val["crack_pixels"] else 0.5

@@ -549,7 +549,7 @@ def _train(cfg: TrainConfig, spec: Preprocessing, base: dict | None, images: lis
     kept = ckpt.kept_epoch(state) or {"epoch": state["epoch"], "model": state["model"]}
     predictions = result.return_value
     if crop:
-        predictions = {**predictions, "masks": photo_masks(predictions, plan, images, cfg, crop),
+        predictions = {**predictions, "masks": photo_masks(predictions, plan, images, cfg),
                        "masks_at": PHOTO_SIZE}
     elif "masks" in predictions:
         predictions = {**predictions, "masks": {split: [(probs.astype(np.float32) / 255.0, truth)
@@ -563,33 +563,33 @@ def _train(cfg: TrainConfig, spec: Preprocessing, base: dict | None, images: lis
     return {**card, "folder": model_dir}
 
 
-def photo_masks(predictions: dict, plan, images: list, cfg: TrainConfig, crop: int) -> dict[str, list]:
+def photo_masks(predictions: dict, plan, images: list, cfg: TrainConfig) -> dict[str, list]:
     """The validation and test photos' masks as the nightly job draws them, at each photo's own size: the maps of
     its crops at or above the crack threshold (the gate) stitched into one map of the photo, each paired with the
     photo's true mask. The threshold is the one the card will hold (``card.build_card``)."""
-    from cracknet.card import threshold_of
+    from cracknet.card import operating_point_of
     from cracknet.datasets import crop_of, load_mask
     from cracknet.masks import photo_probabilities
     from cracknet.transforms import DEFAULT_MAX_PIXELS
 
-    threshold = threshold_of(cfg, *labelled(*predictions["val"]))
+    threshold = operating_point_of(cfg, *labelled(*predictions["val"]))["threshold"]
     mask_of = {storage.resolve(image.uri)[1]: image.mask for image in images if image.mask}
     out = {}
     for split in ("val", "test"):
         paths = {idx: path for path, idx in plan.members[split].items()}
         probs = predictions[split][0]
-        photos: dict[str, tuple[list, dict]] = {}
+        photos: dict[str, list] = {}  # photo -> the boxes of its crops
         for path in plan.members[split]:
             photo, box = crop_of(path)
             if box is not None:
-                photos.setdefault(photo, ([], {}))[0].append(box)
+                photos.setdefault(photo, []).append(box)
         maps = {}
         for probs_u8, _, idx in predictions["masks"][split]:
             photo, box = crop_of(paths[idx])
             if box is not None and probs[idx] >= threshold:  # the decoder runs on the gated tiles only
                 maps.setdefault(photo, {})[box] = probs_u8.astype(np.float32) / 255.0
         pairs = []
-        for photo, (boxes, _) in sorted(photos.items()):
+        for photo, boxes in sorted(photos.items()):
             truth = load_mask(mask_of[photo], _photo_size(boxes), DEFAULT_MAX_PIXELS)
             decoded = {i: maps[photo][box] for i, box in enumerate(boxes) if box in maps.get(photo, {})}
             pairs.append((photo_probabilities(decoded, boxes, truth.shape[1], truth.shape[0]), truth))
