@@ -182,6 +182,9 @@ def read_card(uri: str) -> dict[str, Any]:
     if missing:
         raise CracknetError(
             f"{storage.join(folder, CARD_FILE)} lacks {', '.join(missing)}; it is not a cracknet model card.")
+    problem = deciding_numbers(card)
+    if problem:
+        raise CracknetError(f"{storage.join(folder, CARD_FILE)} is not a usable model card: its {problem}.")
     if card["model_id"] not in (model_identity(card), card["weights_sha256"][:16]):  # the second: cards before 0.3
         raise CracknetError(f"{storage.join(folder, CARD_FILE)} names model {card['model_id']}, but its weights, "
                             "threshold and preprocessing make another model: the card was edited after the model was "
@@ -217,10 +220,36 @@ def record_evaluations(uri: str, rows: dict[str, dict[str, Any]]) -> str:
 
 
 def card_bytes(card: dict[str, Any]) -> bytes:
-    """A card as written to ``model.json``: strict JSON (NaN as null), indented."""
+    """A card as written to ``model.json``: strict JSON (an undefined metric as null), indented; refused when a
+    number that decides the model's verdicts is not a finite number in its range (``deciding_numbers``)."""
     from cracknet.metrics import json_safe
 
+    problem = deciding_numbers(card)
+    if problem:
+        raise CracknetError(f"The model's {problem}, so it was not saved: training did not converge (lower --lr or "
+                            "--finetune-lr, or check the data).")
     return json.dumps(json_safe(card), indent=2, allow_nan=False).encode()
+
+
+def deciding_numbers(card: dict[str, Any]) -> str:
+    """What is wrong with the numbers that decide a model's verdicts (its ``model_identity``), as a phrase; "" when
+    each is a finite number in its range."""
+    from cracknet.numbers import POSITIVE, SHARE, Range, checked
+
+    preprocessing = card.get("preprocessing") or {}
+    numbers = [("threshold", card["threshold"], SHARE)] if "threshold" in card else []
+    numbers += [("normalisation mean", v, SHARE) for v in preprocessing.get("mean", [])]
+    numbers += [("normalisation std", v, Range(0, 10, low_open=True)) for v in preprocessing.get("std", [])]
+    if "mask" in card:
+        numbers += [("mask threshold", card["mask"]["threshold"], SHARE)] if "threshold" in card["mask"] else []
+        if card["mask"].get("width_threshold") is not None:
+            numbers.append(("width threshold", card["mask"]["width_threshold"], POSITIVE))
+    for name, value, allowed in numbers:
+        try:
+            checked(name, value, allowed)
+        except CracknetError:
+            return f"{name} is {value!r}, not a number {allowed.describe()}"
+    return ""
 
 
 def in_split(card: dict[str, Any], split: str, root: str) -> Callable[[str, str], bool]:

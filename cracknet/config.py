@@ -16,6 +16,7 @@ from typing import Any, Optional, get_args, get_type_hints
 from cracknet.data import check_grouping
 from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
 from cracknet.errors import CracknetError
+from cracknet.numbers import LEASE_SECONDS, MM_PER_PIXEL, SHARE, Range, check_fields, checked
 from cracknet.metrics import MAX_FALSE_ALARMS
 from cracknet.transforms import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
@@ -24,15 +25,18 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+RECALL = Range(0, 1, low_open=True)                # a recall target, or a share of false alarms allowed
+CONFIDENCE = Range(0, 1, high_open=True)
+
+
 def check_recall_settings(target_recall: Optional[float], recall_confidence: float,
                           max_false_alarms: float = MAX_FALSE_ALARMS) -> None:
-    """The operating-point settings of `train` and `evaluate` (``target_recall`` None: not asked for)."""
-    if target_recall is not None and not 0.0 < target_recall <= 1.0:
-        raise CracknetError(f"--target-recall must be in (0, 1], got {target_recall}.")
-    if not 0.0 <= recall_confidence < 1.0:
-        raise CracknetError(f"--recall-confidence must be in [0, 1), got {recall_confidence}.")
-    if not 0.0 < max_false_alarms <= 1.0:
-        raise CracknetError(f"--max-false-alarms must be in (0, 1], got {max_false_alarms}.")
+    """The operating-point settings of `evaluate` (``target_recall`` None: not asked for); `train` declares the same
+    ranges on its fields."""
+    if target_recall is not None:
+        checked("--target-recall", target_recall, RECALL)
+    checked("--recall-confidence", recall_confidence, CONFIDENCE)
+    checked("--max-false-alarms", max_false_alarms, RECALL)
 
 
 MIN_TILE = 16
@@ -79,19 +83,20 @@ RECIPES = {
 class TrainConfig:
     data: str = field(metadata={"help": "labelled image tree <root>/<label>/...: a local path or s3://bucket/prefix"})
     output: str = field(metadata={"help": "where the model artifact (<output>/model/) and checkpoints go"})
-    epochs: int = _opt(10, "total epochs, including the head-only epochs of two-stage fine-tuning")
+    epochs: int = _opt(10, "total epochs, including the head-only epochs of two-stage fine-tuning",
+                       range=Range(1, 10_000))
     image_size: Optional[int] = _opt(None, "side in pixels the images are resized to (default: 224, or the "
-                                           "--base-model's)")
+                                           "--base-model's)", range=Range(16, 4096))
     source_size: int = _opt(0, "side in source pixels of what one model input shows: the crops photos with masks "
                                "are cut into for training, and the tiles of large photos when scoring (default: "
                                "--image-size for photos with masks, their own scale; else the training images' "
-                               "typical side)")
+                               "typical side)", range=Range(0, 16_384))
     batch_size: Optional[int] = _opt(None, "images per worker per step (default: 64, fewer for small sets so that "
-                                           "an epoch still makes 8 steps, down to 8)")
-    num_workers: int = _opt(2, "Ray Train data-parallel workers")
+                                           "an epoch still makes 8 steps, down to 8)", range=Range(2, 65_536))
+    num_workers: int = _opt(2, "Ray Train data-parallel workers", range=Range(1, 4096))
     use_gpu: bool = _opt(False, "one GPU per worker, bf16 autocast and channels_last")
     fp32: bool = _opt(False, "train in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
-    cpus_per_worker: float = _opt(1.0, "CPUs reserved for each training worker")
+    cpus_per_worker: float = _opt(1.0, "CPUs reserved for each training worker", range=Range(0, 1024, low_open=True))
     weights: str = _opt("imagenet", "starting weights: imagenet, none, or a state-dict file (path or s3://)")
     base_model: Optional[str] = _opt(None, "adapt this cracknet model (a model folder, path or s3://): start from its "
                                            "weights and normalisation instead of --weights")
@@ -100,29 +105,37 @@ class TrainConfig:
     keep: str = _opt("auto", "the epoch whose weights the model holds: last, best (lowest validation loss), "
                              "or auto: best with --base-model")
     head_epochs: Optional[int] = _opt(None, "epochs training only the new head before unfreezing, pretrained starts "
-                                            "only (default: the start's recipe, RECIPES)")
-    lr: float = _opt(1e-3, "peak learning rate (training from scratch, and the head-only stage)")
+                                            "only (default: the start's recipe, RECIPES)", range=Range(0, 10_000))
+    lr: float = _opt(1e-3, "peak learning rate (training from scratch, and the head-only stage)",
+                     range=Range(0, 10, low_open=True))
     finetune_lr: Optional[float] = _opt(None, "peak learning rate once the whole pretrained network trains "
-                                              "(default: the start's recipe, RECIPES)")
-    weight_decay: float = _opt(0.05, "AdamW weight decay")
-    warmup_epochs: float = _opt(0.5, "linear warm-up length at the start of each stage, in epochs")
+                                              "(default: the start's recipe, RECIPES)",
+                                        range=Range(0, 10, low_open=True))
+    weight_decay: float = _opt(0.05, "AdamW weight decay", range=Range(0, 10))
+    warmup_epochs: float = _opt(0.5, "linear warm-up length at the start of each stage, in epochs",
+                                range=Range(0, 10_000))
     group_by: str = _opt("auto", "keep these together in one split: auto (the photo folder when the tree is "
                                  "<label>/<photo>/<tile>, else each photo of a mask tree, else none), none (each "
                                  "image by its content hash), photo (each image), folder, folder:N (the first N "
                                  "folders below the label), or a regular expression "
                                  "matched at the start of the file name, e.g. '(.*)_x\\d+_y\\d+' (its first group)")
-    val_fraction: float = _opt(0.15, "share of images (whole groups where there are groups) held out for validation")
+    val_fraction: float = _opt(0.15, "share of images (whole groups where there are groups) held out for validation",
+                               range=Range(0, 0.9, low_open=True, high_open=True))
     test_fraction: float = _opt(0.15, "share of images (whole groups where there are groups) held out for the final "
-                                      "test")
+                                      "test", range=Range(0, 0.9, low_open=True, high_open=True))
     target_recall: float = _opt(0.98, "the decision threshold is the highest one that keeps at least this recall "
-                                      "on the validation split (a missed crack costs more than a false alarm)")
+                                      "on the validation split (a missed crack costs more than a false alarm)",
+                                range=RECALL)
     recall_confidence: float = _opt(0.95, "confidence that the threshold keeps --target-recall on new images "
-                                          "(a Clopper-Pearson bound on validation recall; 0: the plain estimate)")
+                                          "(a Clopper-Pearson bound on validation recall; 0: the plain estimate)",
+                                    range=CONFIDENCE)
     max_false_alarms: float = _opt(MAX_FALSE_ALARMS, "whatever the recall target asks, the threshold flags at most "
-                                                     "this share of the validation no-crack images")
-    max_bad_fraction: float = _opt(0.01, "fail when more than this share of the images cannot be decoded")
-    max_failures: int = _opt(3, "worker failures to recover from (resuming from the last checkpoint)")
-    seed: int = _opt(0, "random seed for initialisation, shuffling and augmentation")
+                                                     "this share of the validation no-crack images", range=RECALL)
+    max_bad_fraction: float = _opt(0.01, "fail when more than this share of the images cannot be decoded",
+                                   range=Range(0, 1, high_open=True))
+    max_failures: int = _opt(3, "worker failures to recover from (resuming from the last checkpoint)",
+                             range=Range(0, 1000))
+    seed: int = _opt(0, "random seed for initialisation, shuffling and augmentation", range=Range(0, 2**32 - 1))
     overwrite: bool = _opt(False, "replace a finished model and start training afresh")
     mlflow: Optional[str] = _opt(None, "MLflow tracking URI: log the run there and register the model (default: "
                                        "MLFLOW_TRACKING_URI; neither: no tracking); sqlite:///runs/mlflow.db is a "
@@ -134,18 +147,10 @@ class TrainConfig:
     verbose: bool = _opt(False, "also show Ray's INFO logs and Ray Data's progress bars")
 
     def __post_init__(self):
+        check_fields(self)  # every number finite and in its field's range
         checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
-            (self.batch_size is None or self.batch_size >= 2, f"--batch-size must be at least 2, got {self.batch_size}."),
-            (self.num_workers >= 1, f"--num-workers must be at least 1, got {self.num_workers}."),
-            (self.head_epochs is None or self.head_epochs >= 0,
-             f"--head-epochs must not be negative, got {self.head_epochs}."),
-            (self.finetune_lr is None or self.finetune_lr > 0, f"--finetune-lr must be positive, got {self.finetune_lr}."),
-            (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 0.9,
+            (self.val_fraction + self.test_fraction < 0.9,
              "--val-fraction and --test-fraction must be positive and leave at least 10% for training."),
-            (0.0 <= self.max_bad_fraction < 1.0, f"--max-bad-fraction must be in [0, 1), got {self.max_bad_fraction}."),
-            (self.max_failures >= 0, f"--max-failures must not be negative, got {self.max_failures}."),
-            (self.source_size >= 0, f"--source-size must not be negative, got {self.source_size}."),
             (self.augmentation in ("auto", "standard", "strong"),
              f"--augmentation must be standard, strong or auto, got {self.augmentation!r}."),
             (self.keep in ("auto", "last", "best"), f"--keep must be last, best or auto, got {self.keep!r}."),
@@ -153,7 +158,6 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise CracknetError(message)
-        check_recall_settings(self.target_recall, self.recall_confidence, self.max_false_alarms)
         check_grouping(self.group_by)
 
     @property
@@ -198,32 +202,36 @@ class ScoreConfig:
     input_prefix: Optional[str] = _opt(None, "images must lie under this location (default: the input folder, or "
                                              "a manifest's bucket on S3 / its folder on local disk)")
     batch_size: int = _opt(0, "tiles per model call (an image up to 1.5 tiles per side is one tile; default: 64, "
-                              "or 8 in float32 on a CPU, where smaller calls are faster)")
-    num_actors: int = _opt(0, "model actors (default: one per GPU, or one on a CPU-only cluster)")
+                              "or 8 in float32 on a CPU, where smaller calls are faster)", range=Range(0, 65_536))
+    num_actors: int = _opt(0, "model actors (default: one per GPU, or one on a CPU-only cluster)", range=Range(0, 4096))
     use_gpu: bool = _opt(False, "one GPU per model actor even before GPU workers are up (autoscaling clusters); "
                                 "by default GPUs are used when the cluster has them")
-    tile_size: int = _opt(0, "tile side in source pixels for large images (default: the model's training images)")
-    tile_overlap: float = _opt(0.25, "overlap of neighbouring tiles, as a share of the tile side")
+    tile_size: int = _opt(0, "tile side in source pixels for large images (default: the model's training images)",
+                          range=Range(0, 16_384))
+    tile_overlap: float = _opt(0.25, "overlap of neighbouring tiles, as a share of the tile side",
+                               range=Range(0, 1, high_open=True))
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are refused (decompression bombs); 16- and "
-                                               "32-bit images count by the memory they need, as 8-bit RGB would")
-    max_bytes: int = _opt(DEFAULT_MAX_BYTES, "files larger than this many bytes are refused by their size, unread")
+                                               "32-bit images count by the memory they need, as 8-bit RGB would",
+                           range=Range(1, None))
+    max_bytes: int = _opt(DEFAULT_MAX_BYTES, "files larger than this many bytes are refused by their size, unread",
+                          range=Range(1, None))
     retry_errors: bool = _opt(False, "score again every image whose last attempt was an error row, permanent or not")
     fp32: bool = _opt(False, "score in float32 even where bf16 is fast (GPUs, CPUs with bf16 instructions)")
     compile: bool = _opt(False, "run the model under torch.compile: about a minute of compiling per actor, then "
                                 "about 1.5x faster on CPUs with bf16 (pays from a few thousand images per actor); "
                                 "little faster in float32")
     read_batch_size: int = _opt(64, "images per read-and-decode task (their tiles reach the model in packs of "
-                                    "about 64 tiles, or --batch-size where larger)")
-    rows_per_part: int = _opt(4096, "images per Parquet file of the results table")
+                                    "about 64 tiles, or --batch-size where larger)", range=Range(1, 65_536))
+    rows_per_part: int = _opt(4096, "images per Parquet file of the results table", range=Range(1, 10_000_000))
     lease_seconds: float = _opt(300.0, "a run that stops renewing its lease on the output for this long is "
-                                       "presumed dead, and the next run takes the output over")
+                                       "presumed dead, and the next run takes the output over", range=LEASE_SECONDS)
     mm_per_pixel: Optional[float] = _opt(None, "the photos' scale (ground sample distance) in millimetres per pixel: "
                                                "crack lengths and widths in mm, and severity classes (default: "
-                                               "unknown, so those are null)")
+                                               "unknown, so those are null)", range=MM_PER_PIXEL)
     width_classes: str = _opt(DEFAULT_WIDTH_CLASSES, "severity classes by crack width in mm, name:below_mm,...,name "
                                                      "(default: AASHTO MBEI defect 1130, reinforced concrete)")
     mask_gate: Optional[float] = _opt(None, "models with a mask decoder draw crack masks of the tiles at or above "
-                                            "this crack probability (default: the model's threshold)")
+                                            "this crack probability (default: the model's threshold)", range=SHARE)
     masks: Optional[str] = _opt(None, "also write each cracked image's crack mask there, an 8-bit PNG at the "
                                       "photo's size (crack 255): a folder, s3:// prefix, or <output>/_masks")
     mlflow: Optional[str] = _opt(None, "the MLflow registry for a models:/NAME@ALIAS or models:/NAME/VERSION "
@@ -231,41 +239,28 @@ class ScoreConfig:
     alert_webhook: Optional[str] = _opt(None, "POST the night's alerts here as one JSON message (Slack and Teams "
                                               "incoming webhooks take it); never fails the run (default: "
                                               "CRACKNET_ALERT_WEBHOOK)")
-    drift_window: int = _opt(7, "monitoring compares a night with this many recent scoring runs")
+    drift_window: int = _opt(7, "monitoring compares a night with this many recent scoring runs", range=Range(1, 1000))
     drift_psi: float = _opt(0.25, "alert when the population-stability index of the crack probabilities, the "
-                                  "brightness or the sharpness against recent nights exceeds this")
+                                  "brightness or the sharpness against recent nights exceeds this",
+                            range=Range(0, 100, low_open=True))
     crack_rate_margin: float = _opt(0.05, "alert when the crack rate lies this far outside recent nights' range "
-                                          "(beyond its own 99%% binomial interval)")
-    max_error_rate: float = _opt(0.05, "alert when more than this share of the night's images are error rows")
+                                          "(beyond its own 99%% binomial interval)", range=Range(0, 1, high_open=True))
+    max_error_rate: float = _opt(0.05, "alert when more than this share of the night's images are error rows",
+                                 range=Range(0, 1, high_open=True))
     structure_growth: int = _opt(2, "alert when a structure has this many more cracked images than at its "
-                                    "previous survey")
+                                    "previous survey", range=Range(1, None))
     length_growth: float = _opt(0.5, "alert when a structure's total crack length grew by more than this share "
-                                     "since its previous survey (models that draw masks)")
+                                     "since its previous survey (models that draw masks)",
+                                range=Range(0, 1000, low_open=True))
     ray_address: Optional[str] = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
     verbose: bool = _opt(False, "also show Ray's INFO logs and Ray Data's progress bars")
 
     def __post_init__(self):
-        if self.mm_per_pixel is not None and not self.mm_per_pixel > 0:
-            raise CracknetError(f"--mm-per-pixel must be positive, got {self.mm_per_pixel}.")
-        if self.mask_gate is not None and not 0.0 <= self.mask_gate <= 1.0:
-            raise CracknetError(f"--mask-gate must be in [0, 1], got {self.mask_gate}.")
+        check_fields(self)  # every number finite and in its field's range
         parse_width_classes(self.width_classes)
-        if self.batch_size < 0:
-            raise CracknetError(f"--batch-size must be positive (or 0 for the default), got {self.batch_size}.")
-        if min(self.read_batch_size, self.rows_per_part, self.max_pixels, self.max_bytes) < 1 or self.lease_seconds <= 0:
-            raise CracknetError("--read-batch-size, --rows-per-part, --max-pixels, --max-bytes and --lease-seconds "
-                                "must be positive.")
-        if self.drift_window < 1 or self.drift_psi <= 0 or self.structure_growth < 1 or self.length_growth <= 0 \
-                or not 0 <= self.crack_rate_margin < 1 or not 0 <= self.max_error_rate < 1:
-            raise CracknetError("--drift-window, --drift-psi, --structure-growth and --length-growth must be "
-                                "positive; --crack-rate-margin and --max-error-rate in [0, 1).")
         if self.alert_webhook is not None and not self.alert_webhook.startswith(("http://", "https://")):
             raise CracknetError(f"--alert-webhook must be an http:// or https:// URL, got {self.alert_webhook!r}.")
-        if self.num_actors < 0:
-            raise CracknetError(f"--num-actors must not be negative, got {self.num_actors}.")
         check_tile_size(self.tile_size)
-        if not 0.0 <= self.tile_overlap < 1.0:
-            raise CracknetError(f"--tile-overlap must be in [0, 1), got {self.tile_overlap}.")
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, **defaults: Any) -> None:

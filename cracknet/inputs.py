@@ -27,10 +27,12 @@ import pyarrow.compute as pc
 from cracknet import storage
 from cracknet.data import IMAGE_EXTENSIONS
 from cracknet.errors import CracknetError
+from cracknet.numbers import MM_PER_PIXEL, checked
 
 LISTING = pa.schema([("image_uri", pa.string()), ("version", pa.string())])
 SCALE = "mm_per_pixel"  # a manifest column: each photo's scale (ground sample distance), millimetres per pixel
-SCALED_LISTING = LISTING.append(pa.field(SCALE, pa.float32()))
+LISTING_ERROR = "listing_error"  # why a manifest's row cannot be scored as listed (a bad cell): an error row
+SCALED_LISTING = LISTING.append(pa.field(SCALE, pa.float32())).append(pa.field(LISTING_ERROR, pa.string()))
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 INVENTORY_FILE = "manifest.json"
 URI_COLUMNS = ("image_uri", "uri", "path")
@@ -95,8 +97,8 @@ def _manifest_batches(uri: str) -> Iterator:
     fs, path = storage.resolve(uri)
     csv = not uri.lower().endswith(".parquet")
     try:
-        # Every named column as text: an all-digit ETag must not become a number.
-        batches = _file_batches(fs, path, csv, text_columns=(*URI_COLUMNS, "version"))
+        # Every named column as text: an all-digit ETag must not become a number, a bad scale cell not fail a column.
+        batches = _file_batches(fs, path, csv, text_columns=(*URI_COLUMNS, "version", SCALE))
         names = next(batches)
     except (OSError, pa.ArrowInvalid) as exc:
         raise CracknetError(f"{uri} is not a readable manifest ({type(exc).__name__}).") from None
@@ -104,15 +106,13 @@ def _manifest_batches(uri: str) -> Iterator:
     if column is None:
         raise CracknetError(f"The manifest {uri} has no image_uri column (columns: {', '.join(names)}).")
     yield SCALE in names
+    folder = None if storage.is_s3(uri) else os.path.dirname(os.path.abspath(uri))
     try:
         for batch in batches:
             versions = batch.column("version").cast(pa.string()) if "version" in names else \
                 pa.nulls(batch.num_rows, pa.string())
-            rows = _named_rows(batch.column(column).cast(pa.string()), versions,
-                               batch.column(SCALE) if SCALE in names else None)
-            if SCALE in names:
-                _check_scales(uri, rows.column(SCALE))
-            yield rows
+            yield _named_rows(batch.column(column).cast(pa.string()), versions,
+                              batch.column(SCALE) if SCALE in names else None, folder)
     except (OSError, pa.ArrowInvalid) as exc:
         raise CracknetError(f"{uri} is not a readable manifest ({type(exc).__name__}: {storage.reason(exc)}).") \
             from None
@@ -138,27 +138,33 @@ def _file_batches(fs, path: str, csv: bool, text_columns=(), column_names=None) 
     yield from parquet.iter_batches(batch_size=BATCH_ROWS)
 
 
-def _named_rows(uris: pa.Array, versions: pa.Array, scales: pa.Array | None = None) -> pa.RecordBatch:
-    """Rows that name an image, each keeping its own version (a missing version is "") and scale (a missing one
-    is null: the run's --mm-per-pixel)."""
+def _named_rows(uris: pa.Array, versions: pa.Array, scales: pa.Array | None = None,
+                folder: str | None = None) -> pa.RecordBatch:
+    """Rows that name an image, each keeping its own version (a missing version is ""), and with a scale column
+    its scale (``scale_of``: an empty cell is null, the run's --mm-per-pixel; a bad cell is an error for that row).
+    In a local manifest (``folder``), a relative path is relative to the manifest's folder."""
     keep = pc.and_(pc.is_valid(uris), pc.not_equal(uris, ""))
+    if folder is not None:
+        uris = pa.array([u if u is None or u.startswith(storage.S3_PREFIX) or os.path.isabs(u)
+                         else os.path.join(folder, u) for u in uris.to_pylist()], pa.string())
     columns, schema = [uris, pc.fill_null(versions, "")], LISTING
     if scales is not None:
-        try:
-            columns.append(pc.cast(scales, pa.float32()))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise CracknetError(f"The manifest's {SCALE} column holds values that are not numbers "
-                                f"({scales.type}).") from None
+        parsed = [scale_of(cell) for cell in scales.to_pylist()]
+        columns += [pa.array([p[0] for p in parsed], pa.float32()), pa.array([p[1] for p in parsed], pa.string())]
         schema = SCALED_LISTING
     return pa.RecordBatch.from_arrays(columns, schema=schema).filter(pc.fill_null(keep, False))
 
 
-def _check_scales(uri: str, scales: pa.Array) -> None:
-    bad = pc.fill_null(pc.invert(pc.greater(scales, 0.0)), False)
-    if pc.any(bad).as_py():
-        example = pc.filter(scales, bad)[0].as_py()
-        raise CracknetError(f"The manifest {uri} gives an {SCALE} of {example}; a scale must be a positive number "
-                            "of millimetres per pixel (or empty, for the run's --mm-per-pixel).")
+def scale_of(cell) -> tuple[float | None, str | None]:
+    """A manifest's scale cell -> (mm per pixel, None), (None, None) for an empty cell, or (None, the reason) for
+    a cell that is no scale: not a number, NaN, infinite, or outside ``numbers.MM_PER_PIXEL``."""
+    if cell is None or (isinstance(cell, str) and not cell.strip()):
+        return None, None
+    try:
+        return checked(SCALE, cell, MM_PER_PIXEL), None
+    except CracknetError as exc:
+        return None, (f"The manifest's {str(exc).rstrip('.')}; give a scale in millimetres per pixel, or leave the "
+                      "cell empty for the run's --mm-per-pixel.")
 
 
 # ---------------------------------------------------------------------------------------------------

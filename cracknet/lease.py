@@ -40,6 +40,7 @@ import time
 from datetime import datetime, timezone
 
 from cracknet import storage
+from cracknet.numbers import LEASE_SECONDS, checked
 from cracknet.errors import CracknetError, OutputBusy
 
 LEASE_FILE = "_lease.json"
@@ -60,9 +61,7 @@ def _stamp(seconds: float) -> str:
 
 class Lease:
     def __init__(self, output: str, owner: dict, seconds: float = 300.0):
-        if seconds <= 0:
-            raise CracknetError(f"The lease length must be positive, got {seconds}.")
-        self.output, self.seconds = output, float(seconds)
+        self.output, self.seconds = output, checked("--lease-seconds", seconds, LEASE_SECONDS)
         self.owner = {**owner, "host": socket.gethostname(), "pid": os.getpid(), "acquired_at": _now()}
         self._etag: str | None = None
         self._renewed: float | None = None  # monotonic time at which the last successful write was sent
@@ -243,9 +242,9 @@ def _is_conflict(exc) -> bool:
 
 def _length(holder: dict, default: float) -> float:
     try:
-        return float(holder["seconds"])
-    except (KeyError, TypeError, ValueError):
-        return default  # an unreadable lease lives as long as ours would
+        return checked("seconds", holder["seconds"], LEASE_SECONDS)
+    except (KeyError, TypeError, CracknetError):
+        return default  # an unreadable or nonsensical lease (NaN, 0, a year) lives as long as ours would
 
 
 def _store_age(response: dict) -> float:

@@ -57,11 +57,8 @@ def plan(listed: pa.RecordBatchReader, output: str, model_id: str, staging: str,
         try:
             con.register("listing_stream", pa.RecordBatchReader.from_batches(listed.schema,
                                                                              _remembering(listed, failure)))
-            # A photo listed twice with two scales is one photo (its largest scale is kept).
             scaled = "mm_per_pixel" in listed.schema.names
-            scale = "max(mm_per_pixel)" if scaled else "CAST(NULL AS FLOAT)"
-            con.execute(f"CREATE TEMP TABLE listing AS SELECT image_uri, version, {scale} AS mm_per_pixel "
-                        "FROM listing_stream GROUP BY image_uri, version").fetchall()
+            con.execute(LISTING_SQL if scaled else UNSCALED_LISTING_SQL).fetchall()
             listed_n, low, high = con.execute("SELECT count(*), min(image_uri), max(image_uri) FROM listing").fetchall()[0]
             scored, files_read, files_all = scored_keys(output, model_id, low, high)
             con.register("scored", scored)
@@ -81,12 +78,33 @@ def plan(listed: pa.RecordBatchReader, output: str, model_id: str, staging: str,
             "history_files": files_all, "errors_retried": int(retried or 0), "errors_given_up": int(given_up or 0)}
 
 
+# A photo listed more than once is one photo: its scale is the one scale its rows give (empty cells aside); rows
+# that give it different scales make it an error row, as does a bad cell (``inputs.scale_of``).
+LISTING_SQL = """
+CREATE TEMP TABLE listing AS
+    SELECT image_uri, version,
+           CASE WHEN count(DISTINCT mm_per_pixel) > 1 THEN NULL ELSE max(mm_per_pixel) END AS mm_per_pixel,
+           CASE WHEN count(DISTINCT mm_per_pixel) > 1
+                THEN 'The manifest lists this photo ' || count(*) || ' times with different mm_per_pixel ('
+                     || string_agg(DISTINCT CAST(mm_per_pixel AS VARCHAR), ', ' ORDER BY CAST(mm_per_pixel AS VARCHAR))
+                     || '); list it once, or with one scale.'
+                ELSE max(listing_error) END AS listing_error
+    FROM listing_stream GROUP BY image_uri, version
+"""
+UNSCALED_LISTING_SQL = """
+CREATE TEMP TABLE listing AS
+    SELECT image_uri, version, CAST(NULL AS FLOAT) AS mm_per_pixel, CAST(NULL AS VARCHAR) AS listing_error
+    FROM listing_stream GROUP BY image_uri, version
+"""
+
 PLAN_SQL = """
 CREATE TEMP TABLE attempts AS
     SELECT image_uri, version,
            bool_or(error IS NULL) AS scored,
            bool_or(error IS NOT NULL AND error_kind = 'permanent') AS permanent,
-           count(*) FILTER (WHERE error IS NOT NULL AND error_kind IS DISTINCT FROM 'permanent') AS transient
+           -- a row the listing could not give ('listing': a bad manifest cell) is tried whenever it is listed again
+           count(*) FILTER (WHERE error IS NOT NULL AND coalesce(error_kind, '') NOT IN ('permanent', 'listing'))
+               AS transient
     FROM scored WHERE model_id = $model GROUP BY image_uri, version;
 CREATE TEMP TABLE todo AS
     WITH done AS (SELECT image_uri, version FROM attempts
@@ -121,7 +139,7 @@ def _write_plan(con, todo: int, staging: str, scaled: bool = False) -> list[str]
     if not todo:
         return []
     rows = min(PLAN_ROWS_PER_FILE, max(1, math.ceil(todo / PLAN_FILES)))
-    columns = "image_uri, version, mm_per_pixel" if scaled else "image_uri, version"
+    columns = "image_uri, version, mm_per_pixel, listing_error" if scaled else "image_uri, version"
     reader = con.sql(f"SELECT {columns} FROM todo ORDER BY image_uri").to_arrow_reader(rows)
     written = []
     for batch in _rebatched(reader, rows):

@@ -24,6 +24,7 @@ import dataclasses
 import io
 import json
 import os
+import posixpath
 import time
 import uuid
 from datetime import datetime, timezone
@@ -65,8 +66,9 @@ def read_and_tile(batch: dict, spec, tiling, root: str, tiles_per_pack: int):
     from cracknet.scorer import read_image
 
     pending, tiles = [], 0
-    for uri, listed_version, scale in zip(batch["image_uri"], batch["version"], _scales(batch)):
-        found = read_image(uri, spec, tiling, root=root, version=listed_version or "")
+    for uri, listed_version, scale, refused in zip(batch["image_uri"], batch["version"], *_listed(batch)):
+        found = unlisted(uri, listed_version, refused) or read_image(uri, spec, tiling, root=root,
+                                                                     version=listed_version or "")
         pending.append((found, scale))
         tiles += 0 if found.tiles is None else len(found.tiles)
         if tiles >= tiles_per_pack:
@@ -76,12 +78,21 @@ def read_and_tile(batch: dict, spec, tiling, root: str, tiles_per_pack: int):
         yield pack(*zip(*pending), size=spec.image_size)
 
 
-def _scales(batch: dict) -> list:
-    """Each planned image's scale from the manifest (None: the run's --mm-per-pixel)."""
-    scales = batch.get("mm_per_pixel")
-    if scales is None:
-        return [None] * len(batch["image_uri"])
-    return [None if s is None or s != s else float(s) for s in scales]
+def _listed(batch: dict) -> tuple[list, list]:
+    """Each planned image's scale from the manifest (None: the run's --mm-per-pixel), and why its manifest row
+    cannot be scored (None: it can; see ``inputs.scale_of``)."""
+    n = len(batch["image_uri"])
+    scales, refused = batch.get("mm_per_pixel"), batch.get("listing_error")
+    scales = [None] * n if scales is None else [None if s is None or s != s else float(s) for s in scales]
+    return scales, [None] * n if refused is None else [r or None for r in refused]
+
+
+def unlisted(uri: str, version: str | None, refused: str | None):
+    """An error row, unread, for an image whose listing row is bad (``listing``: tried again when listed again);
+    None for a good row."""
+    from cracknet.scorer import Found
+
+    return Found(uri, version or "", error=refused, error_kind="listing") if refused else None
 
 
 def read_encoded(batch: dict, root: str, images_per_pack: int, max_bytes: int, bytes_per_pack: int = 64 << 20):
@@ -90,8 +101,9 @@ def read_encoded(batch: dict, root: str, images_per_pack: int, max_bytes: int, b
     from cracknet.scorer import fetch
 
     pending, size = [], 0
-    for uri, listed_version, scale in zip(batch["image_uri"], batch["version"], _scales(batch)):
-        found, data = fetch(uri, root, listed_version or "", max_bytes)
+    for uri, listed_version, scale, refused in zip(batch["image_uri"], batch["version"], *_listed(batch)):
+        found = unlisted(uri, listed_version, refused)
+        found, data = (found, None) if found else fetch(uri, root, listed_version or "", max_bytes)
         pending.append((found, data or b"", scale))
         size += len(data or b"")
         if len(pending) >= images_per_pack or size >= bytes_per_pack:
@@ -173,12 +185,14 @@ def image_geometry(tile_maps: dict, boxes: np.ndarray, width: int, height: int, 
 
 
 def mask_name(uri: str, version: str, root: str) -> str:
-    """A mask's name: the image's path below the input, then its version's hash (a new version of a photo gets a
-    mask of its own), as PNG."""
+    """A mask's name: the image's path below the input made safe (``storage.name_below``: it stays inside the masks'
+    location), then a hash of the image's full URI and version, as PNG. No two images share a mask (``x.jpg`` and
+    ``x.JPG``, ``a//b.jpg`` and ``a/b.jpg``), and a new version of a photo gets a mask of its own."""
     from cracknet.data import content_hash
 
-    below = storage.relative(uri, root) if storage.within(uri, root) else content_hash(uri.encode())[:16]
-    return f"{below.rsplit('.', 1)[0]}.{content_hash(version.encode())[:12]}.png"
+    stem = posixpath.splitext(storage.name_below(uri, root))[0] or "outside-input"
+    key = "\n".join((uri, version)).encode()
+    return f"{stem}.{content_hash(key)[:12]}.png"
 
 
 class CrackPredictor:
@@ -312,16 +326,16 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     started = time.monotonic()
     cfg = dataclasses.replace(cfg, alert_webhook=cfg.alert_webhook or os.environ.get(ALERT_WEBHOOK_ENV) or None)
     # Ray's workers do not share the driver's working directory: local paths become absolute.
-    cfg = dataclasses.replace(cfg, model=storage.absolute(cfg.model), input=storage.absolute(cfg.input),
-                              output=storage.absolute(cfg.output),
-                              input_prefix=storage.absolute(cfg.input_prefix) if cfg.input_prefix else None)
-    cfg = dataclasses.replace(cfg, masks=storage.absolute(cfg.masks) if cfg.masks else None)
+    cfg = dataclasses.replace(cfg, model=storage.canonical(cfg.model), input=storage.canonical(cfg.input),
+                              output=storage.canonical(cfg.output),
+                              input_prefix=storage.canonical(cfg.input_prefix) if cfg.input_prefix else None)
+    cfg = dataclasses.replace(cfg, masks=storage.canonical(cfg.masks) if cfg.masks else None)
     storage.require_bucket(cfg.output)
     results.refuse_old_layout(cfg.output)
-    results.check_output(cfg.output, inputs=(cfg.input,))
-    check_masks_location(cfg)
+    root = inputs.input_root(cfg.input, cfg.input_prefix)  # where images may come from: a manifest's folder or bucket
+    results.check_output(cfg.output, inputs=(cfg.input, root))
+    check_masks_location(cfg, root)
     card = resolve_model(cfg)
-    root = inputs.input_root(cfg.input, cfg.input_prefix)
     now = datetime.now(timezone.utc)
     run_id = now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
     provenance = provenance_of(cfg, card, now, root)
@@ -390,12 +404,15 @@ def watch(cfg: ScoreConfig, card: dict, run_id: str, scored: bool) -> tuple[dict
                                                         f"{root_cause(exc)}", "value": 0.0}], {}
 
 
-def check_masks_location(cfg: ScoreConfig) -> None:
-    """Masks go outside the images, and outside the table unless in its own ``_masks`` folder."""
+def check_masks_location(cfg: ScoreConfig, root: str) -> None:
+    """Masks go outside the images (``root``: the input folder, or where a manifest's images may lie), and outside
+    the table unless in its own ``_masks`` folder."""
     if not cfg.masks:
         return
-    if storage.overlap(cfg.masks, cfg.input):
-        raise CracknetError(f"--masks {cfg.masks} overlaps the input {cfg.input}: masks must lie outside the images.")
+    for images in (cfg.input, root):
+        if storage.overlap(cfg.masks, images):
+            raise CracknetError(f"--masks {cfg.masks} overlaps the images' location {images}: masks must lie "
+                                "outside the images (with a manifest, --input-prefix narrows where they lie).")
     inside = storage.join(cfg.output, results.MASKS)
     if storage.overlap(cfg.masks, cfg.output) and cfg.masks.rstrip("/") != inside:
         raise CracknetError(f"--masks {cfg.masks} lies in the results table {cfg.output}; use {inside} or a "

@@ -100,6 +100,8 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         path = uri[len(S3_PREFIX):].strip("/")
         if not path:
             raise CracknetError(f"{uri!r} names no bucket; use s3://bucket/prefix.")
+        if "" in path.split("/"):
+            raise CracknetError(f"{uri} has an empty path segment (//); write it as {canonical(uri)}.")
         return s3_filesystem(), path
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
@@ -130,9 +132,48 @@ def to_uri(path: str, like: str) -> str:
 
 
 def join(uri: str, *parts: str) -> str:
+    """``uri`` with ``parts`` below it. Never leaves ``uri``: a part's leading or doubled slashes are dropped, and a
+    part with a ``.`` or ``..`` segment is refused (names derived from input keys go through ``name_below``)."""
+    below = [segment for part in parts for segment in part.replace(os.sep, "/").split("/") if segment]
+    if any(segment in (".", "..") for segment in below):
+        raise CracknetError(f"Refusing the location {'/'.join(parts)!r} below {uri}: it has a '.' or '..' segment.")
     if is_s3(uri):
-        return S3_PREFIX + posixpath.join(uri[len(S3_PREFIX):].rstrip("/"), *parts)
-    return os.path.join(uri, *parts)
+        return S3_PREFIX + posixpath.join(uri[len(S3_PREFIX):].rstrip("/"), *below)
+    return os.path.join(uri, *below)
+
+
+def canonical(uri: str) -> str:
+    """One spelling of a location given as a flag: ``s3://bucket/prefix`` without empty segments or a trailing
+    slash; a local path absolute and normalised."""
+    if is_s3(uri):
+        return S3_PREFIX + "/".join(segment for segment in uri[len(S3_PREFIX):].split("/") if segment)
+    if not uri or uri.startswith(REGISTRY_PREFIX):
+        return uri
+    return os.path.normpath(absolute(uri))
+
+
+NAME_SEGMENT_BYTES = 200  # a file name's limit on most filesystems is 255 bytes; room is left for the suffixes
+
+
+def name_below(uri: str, root: str) -> str:
+    """A relative name, safe to place under any location, for an input ``uri`` found below ``root``: its path below
+    the root with empty and ``.`` segments dropped, ``..`` spelt ``%2E%2E``, control characters and backslashes
+    replaced, and long segments cut. Different keys can share this name (``a//b``, ``a/b``; on a case-insensitive
+    disk ``x.jpg``, ``x.JPG``), so a derived file name adds a hash of the full key (see ``score.mask_name``).
+    A ``uri`` outside ``root`` gets no path at all ("")."""
+    if not within(uri, root):
+        return ""
+    text = relative(uri, root)
+    safe = []
+    for segment in text.split("/"):
+        if segment in ("", "."):
+            continue
+        segment = "%2E%2E" if segment == ".." else _UNSAFE.sub("_", segment)
+        safe.append(segment.encode()[:NAME_SEGMENT_BYTES].decode(errors="ignore"))
+    return "/".join(safe)
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 def within(uri: str, root: str) -> bool:
@@ -166,10 +207,13 @@ def overlap(a: str, b: str) -> bool:
 
 
 def relative(uri: str, root: str) -> str:
-    """The part of ``uri`` below ``root`` (a path with ``/`` separators)."""
+    """The part of ``uri`` below ``root`` (a path with ``/`` separators, never starting with one); refused for a
+    ``uri`` outside ``root``."""
+    if not within(uri, root):
+        raise CracknetError(f"{uri} does not lie under {root}.")
     if is_s3(uri):
-        return uri[len(root.rstrip("/")) + 1:]
-    return os.path.relpath(absolute(uri), absolute(root)).replace(os.sep, "/")
+        return uri[len(root.rstrip("/")) + 1:].lstrip("/")
+    return os.path.relpath(os.path.realpath(absolute(uri)), os.path.realpath(absolute(root))).replace(os.sep, "/")
 
 
 def reason(exc: BaseException) -> str:

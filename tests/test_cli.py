@@ -81,9 +81,10 @@ def test_train_with_a_missing_bucket(s3_endpoint, tmp_path, cracknet_cli):
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--epochs", "0"], "--epochs must be in [1, 10000], got 0."),
+    (["--lr", "nan"], "--lr must be a finite number in (0, 10], got nan."),
     (["--val-fraction", "0.5", "--test-fraction", "0.5"], "leave at least 10%"),
-    (["--image-size", "4"], "Image size must be between"),
+    (["--image-size", "4"], "--image-size must be in [16, 4096], got 4."),
     (["--recall-confidence", "1"], "--recall-confidence must be in [0, 1), got 1.0."),
 ])
 def test_train_refuses_bad_settings(synthetic_tree, tmp_path, capsys, flags, expected):
@@ -142,8 +143,13 @@ def test_score_refuses_missing_inputs_with_one_line(synthetic_tree, tmp_path, cr
                           "--output", str(tmp_path / "results"))
     assert_one_line_error(result, "No images")
 
-    (tmp_path / "list.csv").write_text("path_to_image\na.jpg\n")
-    result = cracknet_cli("score", "--model", str(model), "--input", str(tmp_path / "list.csv"),
+    # A manifest's images may lie anywhere in its folder, so the output must lie outside that folder.
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "list.csv").write_text("path_to_image\na.jpg\n")
+    result = cracknet_cli("score", "--model", str(model), "--input", str(tmp_path / "lists" / "list.csv"),
+                          "--output", str(tmp_path / "lists" / "results"))
+    assert_one_line_error(result, f"overlaps the input {tmp_path / 'lists'}")
+    result = cracknet_cli("score", "--model", str(model), "--input", str(tmp_path / "lists" / "list.csv"),
                           "--output", str(tmp_path / "results"))
     assert_one_line_error(result, "has no image_uri column")
     assert not (tmp_path / "results" / "_delta_log").exists()  # nothing was committed

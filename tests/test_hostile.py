@@ -12,6 +12,7 @@ from PIL import Image
 
 from cracknet import storage
 from cracknet.config import ScoreConfig
+from cracknet.errors import CracknetError
 from cracknet.query import run_query
 from cracknet.score import run_scoring
 from cracknet.synthetic import concrete, image_bytes
@@ -107,8 +108,11 @@ def test_a_manifest_cannot_make_the_job_read_outside_its_location(ray_cluster, r
     refused = [r for r in rows if r["error"] and "lies outside the input location" in r["error"]]
     assert len(refused) == 3 and all(str(inside) not in r["image_uri"] or ".." in r["image_uri"] for r in refused)
 
-    # --input-prefix widens the location on purpose.
-    wider = tmp_path / "results-wide"
+    # --input-prefix widens the location on purpose; the output must then lie outside the wider location too.
+    with pytest.raises(CracknetError, match="overlaps the input"):
+        run_scoring(ScoreConfig(model=str(random_model), input=str(manifest), output=str(tmp_path / "results-wide"),
+                                input_prefix=str(tmp_path)), log=lambda _: None)
+    wider = tmp_path.parent / f"{tmp_path.name}-results-wide"
     run_scoring(ScoreConfig(model=str(random_model), input=str(manifest), output=str(wider),
                             input_prefix=str(tmp_path)), log=lambda _: None)
     rows = {r["image_uri"]: r["error"] for r in run_query(str(wider), "SELECT * FROM images").to_pylist()}

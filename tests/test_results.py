@@ -174,12 +174,14 @@ def test_a_manifest_keeps_each_row_with_its_own_version(tmp_path):
     manifest = tmp_path / "tonight.csv"
     manifest.write_text("image_uri,version\na.jpg,va\n,vb\nc.jpg,vc\nd.jpg,\n")
     rows = inputs.listing(str(manifest), str(tmp_path)).read_all().to_pylist()
-    assert rows == [{"image_uri": "a.jpg", "version": "va"}, {"image_uri": "c.jpg", "version": "vc"},
-                    {"image_uri": "d.jpg", "version": ""}]
+    # A relative path in a local manifest is relative to the manifest's folder.
+    assert rows == [{"image_uri": str(tmp_path / "a.jpg"), "version": "va"},
+                    {"image_uri": str(tmp_path / "c.jpg"), "version": "vc"},
+                    {"image_uri": str(tmp_path / "d.jpg"), "version": ""}]
     parquet = tmp_path / "tonight.parquet"
-    pq.write_table(pa.table({"uri": ["x.jpg", None], "version": [123, 456]}), parquet)
+    pq.write_table(pa.table({"uri": ["/abs/x.jpg", None], "version": [123, 456]}), parquet)
     assert inputs.listing(str(parquet), str(tmp_path)).read_all().to_pylist() == \
-        [{"image_uri": "x.jpg", "version": "123"}]
+        [{"image_uri": "/abs/x.jpg", "version": "123"}]
 
 
 def test_a_broken_manifest_stops_the_plan_with_its_own_sentence(tmp_path):

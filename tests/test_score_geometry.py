@@ -113,14 +113,20 @@ def test_scoring_writes_crack_geometry_that_duckdb_and_deltalake_read(ray_cluste
     output = tmp_path / "results"
     # A manifest that knows one photo's scale (a drone survey's ground sample distance); the others take the run's.
     manifest = tmp_path / "tonight.csv"
+    # Bad cells cost their own row only: a scale that is no number, and a photo listed with two scales.
+    images = root / "tree" / "images"
     manifest.write_text("image_uri,mm_per_pixel\n" + "".join(
-        f"{root / 'tree' / 'images' / name}.png,{'0.5' if name == 'photo-00' else ''}\n" for name in truth))
+        f"{images / name}.png,{'0.5' if name == 'photo-00' else ''}\n" for name in truth)
+        + f"{images}/bad-cell.png,inf\n{images}/twice.png,0.2\n{images}/twice.png,5\n")
     summary = run_scoring(ScoreConfig(model=str(model_dir), input=str(manifest), output=str(output),
                                       input_prefix=str(root / "tree"), batch_size=8, mm_per_pixel=0.2,
                                       masks=str(output / "_masks")), log=lambda _: None)
-    assert summary["scored"] == 9 and summary["errors"] == 0
+    assert summary["scored"] == 11 and summary["errors"] == 2
     rows = {r["image_uri"].rsplit("/", 1)[1][:-4]: r for r in run_query(
         str(output), "SELECT * EXCLUDE (tiles) FROM results").to_pylist()}
+    assert rows.pop("bad-cell")["error"].startswith("The manifest's mm_per_pixel must be a finite number")
+    twice = rows.pop("twice")
+    assert twice["error_kind"] == "listing" and "2 times with different mm_per_pixel (0.2, 5.0)" in twice["error"]
     measured = []
     for name, cracks in truth.items():
         row = rows[name]
@@ -176,12 +182,12 @@ def test_scoring_writes_crack_geometry_that_duckdb_and_deltalake_read(ray_cluste
 
 def test_masks_must_not_go_among_the_images_or_into_the_table(survey, tmp_path):
     root, _, model_dir = survey
-    for masks, said in ((root / "tree" / "images" / "m", "overlaps the input"),
+    for masks, said in ((root / "tree" / "images" / "m", "overlaps the images"),
                         (tmp_path / "results" / "masks", "lies in the results table")):
         with pytest.raises(CracknetError, match=said):
             run_scoring(ScoreConfig(model=str(model_dir), input=str(root / "tree" / "images"),
                                     output=str(tmp_path / "results"), masks=str(masks)), log=lambda _: None)
-    with pytest.raises(CracknetError, match="--mm-per-pixel must be positive"):
+    with pytest.raises(CracknetError, match=r"--mm-per-pixel must be in \[0.001, 1000\], got 0.0"):
         ScoreConfig(model="m", input="i", output="o", mm_per_pixel=0.0)
     from cracknet import inputs
 
@@ -190,8 +196,9 @@ def test_masks_must_not_go_among_the_images_or_into_the_table(survey, tmp_path):
     assert inputs.listing(str(manifest), str(tmp_path)).read_all().column("mm_per_pixel").to_pylist() == \
         [pytest.approx(0.3), None]
     manifest.write_text("image_uri,mm_per_pixel\na.jpg,0.3\nb.jpg,-1\n")
-    with pytest.raises(CracknetError, match="gives an mm_per_pixel of -1.0; a scale must be a positive number"):
-        inputs.listing(str(manifest), str(tmp_path)).read_all()
+    assert [r["listing_error"] for r in inputs.listing(str(manifest), str(tmp_path)).read_all().to_pylist()] == \
+        [None, "The manifest's mm_per_pixel must be in [0.001, 1000], got '-1'; give a scale in millimetres per "
+               "pixel, or leave the cell empty for the run's --mm-per-pixel."]
 
 
 def test_a_table_older_than_the_geometry_columns_reads_them_as_null_and_gains_them(tmp_path):
