@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 
-from cracknet import storage
+from cracknet import screen, storage
 from cracknet.card import MODEL_SIZE
 from cracknet.config import (ScoreConfig, TrainConfig, add_arguments, check_recall_settings, check_tile_size,
                              from_arguments)
@@ -34,6 +34,7 @@ from cracknet.data import check_grouping
 from cracknet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, CracknetError, GateRefused, Terminated, exit_status
 from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
 from cracknet.metrics import MAX_FALSE_ALARMS, json_safe, operating_point_caveat
+from cracknet.query import QUERY_MEMORY, QUERY_SECONDS
 
 DEV_DATA = os.path.join("..", "shared", "data", "metu-dev")
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
@@ -228,7 +229,8 @@ def alert_lines(s: dict) -> list[str]:
     if not alerts:
         return []
     sent = f"; {s['alert_delivery']}" if s.get("alert_delivery") else ""
-    return [f"Alerts: {len(alerts)}{sent}."] + [f"  {a['rule']}: {a['message']}" for a in alerts]
+    return [screen.line(f"Alerts: {len(alerts)}{sent}.")] + [screen.line(f"  {a['rule']}: {a['message']}")
+                                                              for a in alerts]
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
@@ -246,7 +248,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
             raise
         from cracknet.tracking import reason
 
-        raise CracknetError(f"The model registry failed: {reason(exc)}") from None
+        raise CracknetError(f"The model registry failed: {reason(exc, args.mlflow or '')}") from None
     if not verdict["promoted"] and not verdict.get("unchanged"):
         raise GateRefused(verdict["line"])
     if not verdict.get("unchanged"):
@@ -256,7 +258,8 @@ def cmd_promote(args: argparse.Namespace) -> None:
 def cmd_query(args: argparse.Namespace) -> None:
     from cracknet.query import render, run_query
 
-    print(render(run_query(args.results, args.sql), args.format))
+    print(render(run_query(args.results, args.sql, timeout=args.timeout, memory_limit=args.memory_limit),
+                 args.format))
 
 
 def cmd_compact(args: argparse.Namespace) -> None:
@@ -383,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     query = sub.add_parser("query", help="SQL over committed scoring results (views: images, tiles, current, ...)")
     query.add_argument("--results", required=True, help="the scoring output: a folder or s3:// prefix")
     query.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    query.add_argument("--timeout", type=float, default=QUERY_SECONDS,
+                       help=f"stop a query still running after this many seconds (default: {QUERY_SECONDS:g})")
+    query.add_argument("--memory-limit", default=QUERY_MEMORY,
+                       help=f"DuckDB's memory limit; beyond it a query spills to the system temp (default: "
+                            f"{QUERY_MEMORY})")
     query.add_argument("sql", help="a DuckDB SQL query, e.g. \"SELECT * FROM likely_cracks_since('2026-11-23')\"")
     query.set_defaults(run=cmd_query)
 
@@ -413,6 +421,13 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+def secrets_of(args: argparse.Namespace) -> list[str]:
+    """The URLs this command was given that may hold secrets (credentials, tokens, a webhook's secret path)."""
+    given = (getattr(args, "mlflow", None), getattr(args, "alert_webhook", None),
+             os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("CRACKNET_ALERT_WEBHOOK"))
+    return [url for url in given if url]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
@@ -420,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except CracknetError as exc:
-        print(f"cracknet: error: {exc}", file=sys.stderr)
+        print(screen.line(f"cracknet: error: {exc}", *secrets_of(args)), file=sys.stderr)
         return exit_status(exc)
     except Terminated:
         print("cracknet: stopped by SIGTERM; a run commits whole or not at all, and what was committed before is "

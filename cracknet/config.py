@@ -18,6 +18,7 @@ from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
 from cracknet.errors import CracknetError
 from cracknet.numbers import LEASE_SECONDS, MM_PER_PIXEL, SHARE, Range, check_fields, checked
 from cracknet.metrics import MAX_FALSE_ALARMS
+from cracknet.monitor import check_webhook_url
 from cracknet.transforms import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 
@@ -258,8 +259,8 @@ class ScoreConfig:
     def __post_init__(self):
         check_fields(self)  # every number finite and in its field's range
         parse_width_classes(self.width_classes)
-        if self.alert_webhook is not None and not self.alert_webhook.startswith(("http://", "https://")):
-            raise CracknetError(f"--alert-webhook must be an http:// or https:// URL, got {self.alert_webhook!r}.")
+        if self.alert_webhook is not None:
+            check_webhook_url(self.alert_webhook)
         check_tile_size(self.tile_size)
 
 

@@ -12,26 +12,71 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
+import time
 
 import pyarrow as pa
 
 from cracknet import results
 from cracknet.errors import CracknetError
+from cracknet.numbers import Range, checked
+from cracknet.screen import printable
 
 
-def run_query(uri: str, sql: str, con=None) -> pa.Table:
-    """Run ``sql`` over the results at ``uri`` (on ``con`` when given, so that many queries share one)."""
+QUERY_SECONDS = 300.0   # a statement still running after this long is stopped (--timeout)
+QUERY_MEMORY = "2GB"    # DuckDB's memory limit for a query; beyond it, it spills to a folder under the system temp
+
+
+def run_query(uri: str, sql: str, con=None, timeout: float = QUERY_SECONDS, memory_limit: str = QUERY_MEMORY) \
+        -> pa.Table:
+    """Run ``sql`` over the results at ``uri`` (on ``con`` when given, so that many queries share one), for at most
+    ``timeout`` seconds. The statement runs in a worker thread so that SIGINT and SIGTERM reach this one, which
+    then interrupts it (``Connection.interrupt``) before unwinding."""
     import duckdb
 
-    con = con or results.connect(uri)
+    timeout = checked("--timeout", timeout, Range(0, 7 * 86_400, low_open=True))
+    if not _statements(sql):
+        raise CracknetError("The query holds no SQL statement (it is empty or only comments); give a SELECT.")
+    con = con or results.connect(uri, memory_limit=memory_limit)
+    outcome: list = []
+
+    def work() -> None:
+        try:
+            relation = con.sql(sql)
+            outcome.append(relation.to_arrow_table() if relation is not None else
+                           CracknetError("The query returned no rows to show; give a SELECT."))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work, name="cracknet-query", daemon=True)
+    worker.start()
+    ends = time.monotonic() + timeout
     try:
-        return con.sql(sql).to_arrow_table()
-    except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        while worker.is_alive() and time.monotonic() < ends:
+            worker.join(0.1)
+    except BaseException:  # SIGINT (KeyboardInterrupt) or SIGTERM (Terminated): stop the statement, then unwind
+        con.interrupt()
+        worker.join(10)
+        raise
+    if worker.is_alive():
+        con.interrupt()
+        worker.join(10)
+        raise CracknetError(f"The query ran longer than {timeout:g} s and was stopped; narrow it (a WHERE on "
+                            "run_date, a LIMIT) or give --timeout.")
+    found = outcome[0]
+    if isinstance(found, duckdb.Error):
+        first = str(found).strip().splitlines()[0] if str(found).strip() else type(found).__name__
         raise CracknetError(f"The query failed: {first}") from None
+    if isinstance(found, BaseException):
+        raise found
+    return found
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+def _statements(sql: str) -> bool:
+    """Whether ``sql`` holds anything but white space, semicolons and comments."""
+    text = re.sub(r"/\*.*?(\*/|$)", " ", sql, flags=re.S)
+    text = re.sub(r"--[^\n]*", " ", text)
+    return bool(text.replace(";", " ").strip())
 
 
 def _text(value) -> str:
@@ -40,7 +85,7 @@ def _text(value) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4f}"
-    return _CONTROL.sub("?", str(value).replace("\t", " ").replace("\n", " "))
+    return printable(value)
 
 
 def _flat(table: pa.Table) -> pa.Table:
@@ -49,6 +94,24 @@ def _flat(table: pa.Table) -> pa.Table:
         if pa.types.is_nested(field.type):
             text = [None if v is None else json.dumps(v, default=str) for v in table.column(i).to_pylist()]
             table = table.set_column(i, field.name, pa.array(text, pa.string()))
+    return table
+
+
+# A text cell a spreadsheet would run as a formula (OWASP's CSV injection): it gets a leading apostrophe.
+_FORMULA = r"^[=+\-@\t\r]"
+
+
+def _inert(table: pa.Table) -> pa.Table:
+    """Text cells starting with =, +, -, @, a tab or a carriage return, prefixed with ' so that a spreadsheet
+    shows them as text; numbers are left as they are."""
+    import pyarrow.compute as pc
+
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            column = table.column(i)
+            risky = pc.fill_null(pc.match_substring_regex(column, _FORMULA), False)
+            table = table.set_column(i, field.name, pc.if_else(risky, pc.binary_join_element_wise("'", column, ""),
+                                                                  column))
     return table
 
 
@@ -63,7 +126,7 @@ def render(table: pa.Table, fmt: str) -> str:
         header = io.StringIO()
         csv.writer(header, lineterminator="\n").writerow(table.column_names)
         body = io.BytesIO()
-        pacsv.write_csv(_flat(table), body, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+        pacsv.write_csv(_inert(_flat(table)), body, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
         return (header.getvalue() + body.getvalue().decode()).rstrip("\n")
     rows = table.to_pylist()
     cells = [table.column_names] + [[_text(v) for v in row.values()] for row in rows]

@@ -18,6 +18,7 @@ from typing import Any
 
 from cracknet import storage
 from cracknet.errors import CracknetError
+from cracknet.screen import redact
 from cracknet.tracking import client, reason, tracking_uri
 
 PREFIX = storage.REGISTRY_PREFIX
@@ -56,7 +57,8 @@ def resolve(uri: str, flag: str | None = None) -> dict[str, Any]:
     try:
         mv = mlflow.get_model_version_by_alias(name, alias) if alias else mlflow.get_model_version(name, version)
     except Exception as exc:  # noqa: BLE001 - no such model, version or alias; an unreachable registry
-        raise CracknetError(f"Cannot resolve {uri} at {storage.redact(tracking_uri(flag))}: {reason(exc)}") from None
+        at = tracking_uri(flag)
+        raise CracknetError(f"Cannot resolve {uri} at {redact(at)}: {reason(exc, at)}") from None
     info = version_info(mv, alias)
     if not info["artifact_uri"] or info["artifact_uri"].startswith("runs:/"):
         raise CracknetError(f"{uri} (version {info['version']}) names no cracknet artifact (no artifact_uri tag).")

@@ -38,9 +38,12 @@ Views on a connection:
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -462,14 +465,25 @@ CREATE MACRO tiles_above(uri, p) AS TABLE
 """
 
 
-def connect(uri: str):
+def connect(uri: str, memory_limit: str | None = None):
     """A DuckDB connection with the views above over the committed table at ``uri``, and access to nothing else
-    (the query runs with the job's credentials, so it must not reach files, the environment or extensions)."""
+    (the query runs with the job's credentials, so it must not reach files, the environment or extensions).
+    With ``memory_limit`` (DuckDB's own, e.g. "2GB"), a query that needs more spills to a folder of its own under
+    the system temp, removed when the process ends."""
     import duckdb
 
     if not storage.exists(uri):
         raise CracknetError(f"{uri} does not exist.")
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    if memory_limit:
+        spill = tempfile.mkdtemp(prefix="cracknet-query-")
+        atexit.register(shutil.rmtree, spill, True)
+        config.update(memory_limit=memory_limit, temp_directory=spill)
+    try:
+        con = duckdb.connect(config=config)
+    except duckdb.Error as exc:
+        raise CracknetError(f"Cannot open a query connection: {str(exc).strip().splitlines()[0]} "
+                            "(--memory-limit takes sizes like 2GB or 512MB).") from None
     con.execute("SET TimeZone = 'UTC'").fetchall()
     con.register("results", dataset(uri))
     con.register("runs", runs.read(uri))

@@ -325,6 +325,8 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     ``cracknet.monitor``); return the run summary."""
     started = time.monotonic()
     cfg = dataclasses.replace(cfg, alert_webhook=cfg.alert_webhook or os.environ.get(ALERT_WEBHOOK_ENV) or None)
+    if cfg.alert_webhook:
+        monitor.check_webhook_url(cfg.alert_webhook)  # also one from the environment, before anything is done
     # Ray's workers do not share the driver's working directory: local paths become absolute.
     cfg = dataclasses.replace(cfg, model=storage.canonical(cfg.model), input=storage.canonical(cfg.input),
                               output=storage.canonical(cfg.output),

@@ -115,17 +115,6 @@ def absolute(uri: str) -> str:
     return uri if is_s3(uri) or uri.startswith(REGISTRY_PREFIX) else os.path.abspath(os.path.expanduser(uri))
 
 
-def redact(url: str) -> str:
-    """A URL as it may be printed or recorded: its scheme, host and port only (webhook URLs carry their secret in
-    the path, tracking URIs credentials before the host or in the query). A path without a host stays."""
-    import urllib.parse
-
-    parts = urllib.parse.urlsplit(url)
-    if not parts.scheme or not parts.netloc:
-        return url
-    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-
-
 def to_uri(path: str, like: str) -> str:
     """Turn a filesystem path back into a URI of the same kind as ``like``."""
     return S3_PREFIX + path.lstrip("/") if is_s3(like) else path

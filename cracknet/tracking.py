@@ -22,6 +22,7 @@ import tempfile
 from typing import Any, Callable
 
 from cracknet import storage
+from cracknet.screen import redact, redact_text
 from cracknet.errors import CracknetError
 
 RUN_FILE = "mlflow.json"  # under <output>/checkpoints/
@@ -48,9 +49,11 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def reason(exc: BaseException) -> str:
-    """An MLflow failure as one sentence (its messages run to tracebacks of the server's)."""
+def reason(exc: BaseException, *secrets: str) -> str:
+    """An MLflow failure as one sentence (its messages run to tracebacks of the server's), with every URL in it
+    redacted and ``secrets`` (the tracking URI: credentials, tokens) cut out wherever MLflow quotes them."""
     text = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).strip().splitlines()[0]
+    text = redact_text(text, *secrets)
     return text if text.endswith(".") else text + "."
 
 
@@ -80,6 +83,7 @@ class Tracker:
                  log: Callable[[str], None] = print):
         self.uri, self.registered_model, self.log = uri, registered_model, log
         self.client = client(uri)
+        self.uri = uri
         self._told = False
         record_uri = storage.join(checkpoints, RUN_FILE)
         try:
@@ -97,8 +101,8 @@ class Tracker:
         except CracknetError:
             raise
         except Exception as exc:  # noqa: BLE001 - unreachable server, refused credentials, a bad URI
-            raise CracknetError(f"Cannot start an MLflow run at {storage.redact(uri)}: {reason(exc)}") from None
-        self.log(f"Tracking in MLflow at {storage.redact(uri)}: experiment {experiment!r}, run {self.run_id}"
+            raise CracknetError(f"Cannot start an MLflow run at {redact(uri)}: {reason(exc, uri)}") from None
+        self.log(f"Tracking in MLflow at {redact(uri)}: experiment {experiment!r}, run {self.run_id}"
                  + (" (resumed)." if previous else "."))
 
     def _try(self, what: str, call: Callable[[], Any]) -> Any:
@@ -106,7 +110,7 @@ class Tracker:
             return call()
         except Exception as exc:  # noqa: BLE001 - see the class docstring
             if not self._told:
-                self.log(f"Warning: MLflow did not take the {what} ({reason(exc)}); training goes on.")
+                self.log(f"Warning: MLflow did not take the {what} ({reason(exc, self.uri)}); training goes on.")
                 self._told = True
             return None
 
@@ -159,7 +163,7 @@ class Tracker:
                 try:
                     artifacts(drawn)
                 except Exception as exc:  # noqa: BLE001 - a figure that cannot be drawn costs only the figure
-                    self.log(f"Warning: the report figures were not drawn ({reason(exc)}).")
+                    self.log(f"Warning: the report figures were not drawn ({reason(exc, self.uri)}).")
                 else:
                     self._try("report", lambda: self.client.log_artifacts(self.run_id, drawn, "report"))
         version = None

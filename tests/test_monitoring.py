@@ -7,7 +7,9 @@ grown, and a darkened night is known to be darker."""
 
 import http.server
 import json
+import re
 import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -16,6 +18,7 @@ from PIL import Image
 
 from cracknet import monitor
 from cracknet.config import ScoreConfig
+from cracknet.errors import CracknetError
 from cracknet.model import save_artifact
 from cracknet.query import run_query
 from cracknet.score import run_scoring
@@ -44,6 +47,18 @@ class Hook(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         Hook.received.append(body)
+        if self.path.endswith("/drip"):  # an answer that never ends: one header line every 0.3 s
+            self.send_response(200)
+            for i in range(100):
+                self.send_header(f"X-Drip-{i}", "x")
+                self.flush_headers()
+                time.sleep(0.3)
+            return
+        if self.path.endswith("/moved"):  # a redirect to another host's path (the POST would become a GET there)
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{self.server.server_address[1]}/elsewhere")
+            self.end_headers()
+            return
         failing = len(Hook.received) <= Hook.fail_first
         self.send_response(500 if failing else 200)
         self.end_headers()
@@ -171,6 +186,31 @@ def test_an_undeliverable_alert_is_reported_never_raised(webhook):
     hook.fail_first = 5  # a hook that keeps failing: three attempts, then the run goes on
     told = monitor.post_alerts(url, alerts, "r1", "s3://b/results", sleep=waits.append)
     assert len(hook.received) == 3 and told.endswith("(HTTP 500); they are in the run's row")
+
+
+def test_a_webhook_has_one_deadline_for_everything_and_a_redirect_is_not_delivered(webhook):
+    url, hook = webhook
+    alerts = [{"rule": "error_rate", "message": "many errors", "value": 0.5}]
+    started = time.monotonic()
+    told = monitor.post_alerts(url + "/drip", alerts, "r1", "s3://b/results", timeout=1.0, deadline=2.5,
+                               sleep=time.sleep)
+    took = time.monotonic() - started
+    assert took < 4.0 and told.startswith("not delivered") and "no complete answer within" in told, (took, told)
+    assert "cracknet-secret-token" not in told
+    hook.received.clear()
+    told = monitor.post_alerts(url + "/moved", alerts, "r1", "s3://b/results", sleep=lambda s: None)
+    assert "HTTP 302, a redirect, not followed" in told and len(hook.received) == 1  # sent once, never elsewhere
+
+
+@pytest.mark.parametrize("url, said", [
+    ("http://hooks.example.com:port/secret", "and a numeric port; got http://(a malformed address)"),
+    ("https://hooks.example.com/secret path", "no spaces or control characters"),
+    ("ftp://hooks.example.com/x", "http:// or https:// URL with a host; got ftp://hooks.example.com"),
+])
+def test_a_webhook_url_that_could_not_be_posted_to_is_refused_up_front(url, said):
+    with pytest.raises(CracknetError, match=re.escape(said)) as refused:
+        ScoreConfig(model="m", input="i", output="o", alert_webhook=url)
+    assert "secret" not in str(refused.value)
 
 
 def test_an_alert_follows_the_proxy_settings_of_now_not_those_of_an_earlier_download(webhook, monkeypatch):

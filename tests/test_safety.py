@@ -138,3 +138,42 @@ def test_table_output_shows_no_terminal_control_characters(tmp_path):
     commit_run(output, ["s3://s/\x1b]0;owned\x07\x1b[2J.jpg"])
     shown = render(run_query(output, "SELECT image_uri FROM images"), "table")
     assert "\x1b" not in shown and "\x07" not in shown and "?]0;owned??[2J.jpg" in shown
+
+
+def test_a_query_has_a_deadline_a_memory_limit_and_its_spill_folder_under_the_system_temp(tmp_path):
+    import tempfile
+    import time
+
+    output = str(tmp_path / "results")
+    commit_run(output, ["s3://s/a.jpg"])
+    started = time.monotonic()
+    with pytest.raises(CracknetError, match=r"The query ran longer than 1 s and was stopped"):
+        run_query(output, "SELECT count(*) FROM range(100000000000) a, range(1000) b", timeout=1.0)
+    assert time.monotonic() - started < 15
+    settings = run_query(output, "SELECT current_setting('temp_directory') AS spill, "
+                                 "current_setting('memory_limit') AS memory").to_pylist()[0]
+    assert settings["spill"].startswith(tempfile.gettempdir()) and "cracknet-query-" in settings["spill"]
+    assert settings["memory"].replace(" ", "").lower().startswith(("1.8gib", "1.9gib", "2.0gb", "2gb"))
+    for empty in ("", "  ;", "-- only a comment", "/* a comment */"):
+        with pytest.raises(CracknetError, match="holds no SQL statement"):
+            run_query(output, empty)
+    cells = render(run_query(output, "SELECT '=HYPERLINK(1)' AS a, '+1' AS b, -0.5 AS c, '@x' AS d, 'ok' AS e"), "csv")
+    assert cells.splitlines()[1] == "\"'=HYPERLINK(1)\",\"'+1\",-0.5,\"'@x\",\"ok\""
+
+
+def test_sigint_and_sigterm_stop_a_running_query(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output = str(tmp_path / "results")
+    commit_run(output, ["s3://s/a.jpg"])
+    for sent, status in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        run = subprocess.Popen([sys.executable, "-m", "cracknet.cli", "query", "--results", output,
+                                "SELECT count(*) FROM range(100000000000) a, range(1000) b"],
+                               stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        run.send_signal(sent)
+        _, err = run.communicate(timeout=30)
+        assert run.returncode == status and len(err.strip().splitlines()) == 1, err

@@ -1,0 +1,65 @@
+"""What may reach a screen or a log: URLs without their secrets, text from data without terminal control codes.
+
+    redact("https://user:pw@hooks.example.com/services/T0/B0/XYZ?token=1")  # "https://hooks.example.com"
+    line("Cannot reach http://svc:pw@mlflow:5000/?token=abc")                # "Cannot reach http://mlflow:5000"
+    printable("survey/\x1b]0;owned\x07bridge")                               # "survey/?]0;owned?bridge"
+
+Every line the command line prints passes ``line``; every URL a message names passes ``redact``.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+# A URL as it appears in a message: a scheme, ://, then anything up to white space or a quote.
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`]+")
+# C0 and C1 control characters (escape sequences start with ESC or CSI), tabs and line breaks aside.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def redact(url: str) -> str:
+    """A URL as it may be printed or recorded: its scheme, host and port only (webhook URLs carry their secret in
+    the path, tracking URIs credentials before the host or in the query). Local paths and object-store URIs
+    (``s3://bucket/key``, ``models:/name``) are locations, not secrets, and stay."""
+    if url.startswith(("s3://", "models:/", "file://")):
+        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is no number: keep only what is surely not secret
+        return f"{url.split(':', 1)[0]}://(a malformed address)"
+    if not parts.scheme or not parts.netloc:
+        return url
+    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{port}" if port else "")
+
+
+def redact_text(text: str, *secrets: str) -> str:
+    """``text`` with every URL in it redacted, and every further ``secrets`` (URLs whose paths, queries or
+    credentials a library may quote without their scheme) cut out wherever they appear."""
+    for secret in secrets:
+        for piece in _secret_pieces(secret):
+            text = text.replace(piece, "…")
+    return _URL.sub(lambda m: redact(m.group(0)), text)
+
+
+def _secret_pieces(url: str) -> list[str]:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return [url]
+    pieces = [url, parts.path, parts.query, parts.username or "", parts.password or "", parts.netloc.split("@")[0]
+              if "@" in parts.netloc else ""]
+    pieces += [urllib.parse.quote(p, safe="/") for p in pieces]
+    return sorted({p for p in pieces if len(p) > 1}, key=len, reverse=True)
+
+
+def printable(text: str) -> str:
+    """Text from data (names, folder names, messages) as one line a terminal shows as it is: control characters
+    and escape sequences become "?", line breaks and tabs spaces."""
+    return _CONTROL.sub("?", str(text).replace("\t", " ").replace("\r", " ").replace("\n", " "))
+
+
+def line(text: str, *secrets: str) -> str:
+    """One line as the command line prints it: URLs redacted, control characters shown as "?"."""
+    return printable(redact_text(text, *secrets))
