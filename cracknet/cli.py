@@ -31,7 +31,8 @@ from cracknet.card import MODEL_SIZE
 from cracknet.config import (ScoreConfig, TrainConfig, add_arguments, check_recall_settings, check_tile_size,
                              from_arguments)
 from cracknet.data import check_grouping
-from cracknet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, CracknetError, GateRefused, Terminated, exit_status
+from cracknet.errors import (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_UNAVAILABLE, CracknetError, GateRefused,
+                             Terminated, exit_status)
 from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
 from cracknet.metrics import MAX_FALSE_ALARMS, json_safe, operating_point_caveat
 from cracknet.query import QUERY_MEMORY, QUERY_SECONDS
@@ -421,6 +422,14 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+# The flags that name a storage location, checked before any command runs (``storage.check_location``).
+LOCATION_ARGUMENTS = ("data", "output", "model", "input", "input_prefix", "results", "masks", "base_model", "weights")
+
+
+def _listed(value) -> list[str]:
+    return [] if value is None else [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+
+
 def secrets_of(args: argparse.Namespace) -> list[str]:
     """The URLs this command was given that may hold secrets (credentials, tokens, a webhook's secret path)."""
     given = (getattr(args, "mlflow", None), getattr(args, "alert_webhook", None),
@@ -433,10 +442,19 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)  # unwind, releasing the lease, rather than die mid-step
     try:
+        for name in LOCATION_ARGUMENTS:
+            for uri in _listed(getattr(args, name, None)):
+                storage.check_location(uri.split("=", 1)[-1] if name == "data" else uri)
         args.run(args)
     except CracknetError as exc:
         print(screen.line(f"cracknet: error: {exc}", *secrets_of(args)), file=sys.stderr)
         return exit_status(exc)
+    except Exception as exc:  # noqa: BLE001 - the store out of reach where no sentence was made for it: 75
+        if not storage.out_of_reach(exc):
+            raise  # a bug: let it show as itself
+        print(screen.line(f"cracknet: error: The object store is out of reach: {storage.reason(exc)}",
+                          *secrets_of(args)), file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except Terminated:
         print("cracknet: stopped by SIGTERM; a run commits whole or not at all, and what was committed before is "
               "kept", file=sys.stderr)

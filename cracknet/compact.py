@@ -35,9 +35,11 @@ def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS, lease_seco
 
     if retention_hours < 0:
         raise CracknetError(f"--retention-hours must not be negative, got {retention_hours}.")
-    uri = storage.absolute(uri)
+    uri = storage.canonical(uri)
     started = datetime.now(timezone.utc)
     run_id = started.strftime("compact-%Y%m%dT%H%M%SZ")
+    if not results.table_exists(uri):  # before the lease: a wrong --results must not gain a _lease file
+        raise CracknetError(f"{uri} holds no results table; give the --output of a `cracknet score` run.")
     with Lease(uri, owner={"run_id": run_id, "job": "compaction"}, seconds=lease_seconds) as lease:
         table = results.open_table(uri)
         if table is None:
@@ -74,7 +76,8 @@ def vacuum_own_files(table, uri: str, retention_hours: int) -> list[str]:
                               full=True)
     deleted = []
     for relative in map(unquote, candidates):  # paths below the table, as its log writes them
-        if results.PART_FILE.fullmatch(relative):
-            storage.delete_file(storage.join(uri, relative))
+        # Delta lists every unreferenced file its log still names, also those deleted by an earlier vacuum: only
+        # files that were there count.
+        if results.PART_FILE.fullmatch(relative) and storage.delete_file(storage.join(uri, relative)):
             deleted.append(storage.join(uri, relative))
     return deleted

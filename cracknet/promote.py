@@ -85,6 +85,7 @@ def promote(model: str, alias: str, surfaces: list[tuple[str, str]], name: str |
     from cracknet.card import read_card
     from cracknet.scorer import Scorer
 
+    registry.check_alias(alias)
     mlflow = registry.registry_client(mlflow_uri)
     if registry.is_registry_uri(model):
         name = name or registry.parse(model)[0]

@@ -17,9 +17,9 @@ import re
 from typing import Any
 
 from cracknet import storage
-from cracknet.errors import CracknetError
+from cracknet.errors import CracknetError, StorageUnavailable
 from cracknet.screen import redact
-from cracknet.tracking import client, reason, tracking_uri
+from cracknet.tracking import client, reason, tracking_uri, unavailable
 
 PREFIX = storage.REGISTRY_PREFIX
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
@@ -34,7 +34,17 @@ def parse(uri: str) -> tuple[str, str | None, str | None]:
     match = _URI.match(uri)
     if not match:
         raise CracknetError(f"{uri} is not a registry model URI; use models:/NAME/VERSION or models:/NAME@ALIAS.")
+    if match["alias"] is not None:
+        check_alias(match["alias"])
     return match["name"], match["version"], match["alias"]
+
+
+def check_alias(alias: str) -> None:
+    """Refuse an alias MLflow reserves or cannot store: ``latest`` (the newest version, not an alias), ``v`` and
+    digits (version numbers), or anything but letters, digits, _ and - (up to 255)."""
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias) or not re.fullmatch(r"[\w-]{1,255}", alias):
+        raise CracknetError(f"{alias!r} cannot be an alias: MLflow reserves 'latest' and v<number>, and an alias is "
+                            "letters, digits, _ and - (e.g. champion).")
 
 
 def registry_client(flag: str | None = None):
@@ -58,7 +68,8 @@ def resolve(uri: str, flag: str | None = None) -> dict[str, Any]:
         mv = mlflow.get_model_version_by_alias(name, alias) if alias else mlflow.get_model_version(name, version)
     except Exception as exc:  # noqa: BLE001 - no such model, version or alias; an unreachable registry
         at = tracking_uri(flag)
-        raise CracknetError(f"Cannot resolve {uri} at {redact(at)}: {reason(exc, at)}") from None
+        error = StorageUnavailable if unavailable(exc) else CracknetError
+        raise error(f"Cannot resolve {uri} at {redact(at)}: {reason(exc, at)}") from None
     info = version_info(mv, alias)
     if not info["artifact_uri"] or info["artifact_uri"].startswith("runs:/"):
         raise CracknetError(f"{uri} (version {info['version']}) names no cracknet artifact (no artifact_uri tag).")

@@ -40,7 +40,14 @@ def redact_text(text: str, *secrets: str) -> str:
     for secret in secrets:
         for piece in _secret_pieces(secret):
             text = text.replace(piece, "…")
-    return _URL.sub(lambda m: redact(m.group(0)), text)
+    return _URL.sub(_redacted, text)
+
+
+def _redacted(match: re.Match) -> str:
+    """A URL found in text, redacted; punctuation after it ("at http://host:5000: refused") is not part of it."""
+    found = match.group(0)
+    url = found.rstrip(".,;:!?)]}")
+    return redact(url) + found[len(url):]
 
 
 def _secret_pieces(url: str) -> list[str]:
@@ -48,7 +55,10 @@ def _secret_pieces(url: str) -> list[str]:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return [url]
-    pieces = [url, parts.path, parts.query, parts.username or "", parts.password or "", parts.netloc.split("@")[0]
+    # A path of two or more segments may be a secret (webhooks carry theirs there: /services/T0/B0/XYZ); a
+    # one-segment path (an MLflow server's /mlflow) is kept, so that messages stay readable.
+    path = parts.path if len([s for s in parts.path.split("/") if s]) > 1 else ""
+    pieces = [url, path, parts.query, parts.username or "", parts.password or "", parts.netloc.split("@")[0]
               if "@" in parts.netloc else ""]
     pieces += [urllib.parse.quote(p, safe="/") for p in pieces]
     return sorted({p for p in pieces if len(p) > 1}, key=len, reverse=True)

@@ -131,6 +131,13 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *below)
 
 
+def check_location(uri: str) -> None:
+    """Refuse, in a sentence, a location flag the stores would misread: an s3:// URI with an empty segment
+    (``s3://bucket//prefix``), which S3 takes as a key starting with "/" and Arrow refuses."""
+    if is_s3(uri) and "" in uri[len(S3_PREFIX):].rstrip("/").split("/"):
+        raise CracknetError(f"{uri} has an empty path segment (//); write it as {canonical(uri)}.")
+
+
 def canonical(uri: str) -> str:
     """One spelling of a location given as a flag: ``s3://bucket/prefix`` without empty segments or a trailing
     slash; a local path absolute and normalised."""
@@ -229,7 +236,8 @@ def require_bucket(uri: str) -> None:
             raise CracknetError(f"The bucket {bucket!r} of {uri} does not exist; create it or fix the URI.") from None
         raise CracknetError(f"Cannot use {uri}: {reason(exc)}") from None
     except BotoCoreError as exc:
-        raise CracknetError(f"Cannot reach the object store for {uri}: {reason(exc)}") from None
+        error = StorageUnavailable if _transient(exc) else CracknetError
+        raise error(f"Cannot reach the object store for {uri}: {reason(exc)}") from None
 
 
 def read_bytes(uri: str) -> bytes:
@@ -316,13 +324,16 @@ def delete_tree(uri: str) -> None:
         raise _failure("delete", uri, exc) from None
 
 
-def delete_file(uri: str) -> None:
-    """Delete one file (nothing when it is already gone)."""
+def delete_file(uri: str) -> bool:
+    """Delete one file; whether it was there (nothing happens when it is already gone)."""
     fs, path = resolve(uri)
     try:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return False
         fs.delete_file(path)
+        return True
     except FileNotFoundError:
-        return
+        return False
     except OSError as exc:
         raise _failure("delete", uri, exc) from None
 
@@ -475,6 +486,11 @@ _ARROW_TRANSIENT = re.compile(r"AWS Error (SLOW_DOWN|THROTTLING|SERVICE_UNAVAILA
                               r"|NETWORK_CONNECTION|REQUEST_TIME_TOO_SKEWED)|HTTP status 5\d\d")
 
 
+def out_of_reach(exc: BaseException) -> bool:
+    """Whether a failure that no module turned into a sentence is the object store (or the way to it) failing."""
+    return _transient(exc) or (_from_store(exc) and "Could not connect" in str(exc))
+
+
 def _transient(exc: BaseException) -> bool:
     """Throttling, server errors, timeouts and dropped connections: worth retrying, not a fact about the data.
 
@@ -493,4 +509,10 @@ def _transient(exc: BaseException) -> bool:
 
     network = (BotoConnectionError, HTTPClientError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError,
                Urllib3Error, ConnectionError, TimeoutError)
-    return isinstance(exc, network) or (isinstance(exc, OSError) and bool(_ARROW_TRANSIENT.search(str(exc))))
+    return isinstance(exc, network) or (isinstance(exc, OSError) and bool(_ARROW_TRANSIENT.search(str(exc)))) \
+        or (type(exc).__module__.startswith("deltalake") and bool(_DELTA_TRANSIENT.search(str(exc))))
+
+
+# How the deltalake package's own object-store client reports the network (after its retries).
+_DELTA_TRANSIENT = re.compile(r"error sending request|Connection refused|connection closed|dns error|timed out|"
+                              r"operation timed out|HTTP status server error|Service Unavailable|SlowDown")

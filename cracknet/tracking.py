@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any, Callable
 
@@ -46,7 +47,15 @@ def client(uri: str):
     except ImportError:
         raise CracknetError("Tracking needs MLflow: pip install 'cracknet[mlflow]'.") from None
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (creating tables, waiting) are not ours
+    for name, value in MLFLOW_DEADLINES.items():  # an operator's own settings win
+        os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+# MLflow's own defaults give one call 120 s per request and 7 retries with backoff (many minutes against a server
+# that hangs); these bound a call to about three minutes: 20 s per request, 5 retries 2 to 32 s apart.
+MLFLOW_DEADLINES = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+                    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2"}
 
 
 def reason(exc: BaseException, *secrets: str) -> str:
@@ -55,6 +64,15 @@ def reason(exc: BaseException, *secrets: str) -> str:
     text = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).strip().splitlines()[0]
     text = redact_text(text, *secrets)
     return text if text.endswith(".") else text + "."
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether an MLflow failure is the server being out of reach (refused, timed out, 5xx after MLflow's own
+    retries), which a later try may not meet, rather than an answer about the request."""
+    text = str(getattr(exc, "message", None) or exc)
+    return bool(re.search(r"Max retries exceeded|Connection refused|Failed to establish a new connection|timed out|"
+                          r"Read timed out|too many 5\d\d error responses|status code 5\d\d|"
+                          r"Temporary failure in name resolution", text))
 
 
 class NoTracking:

@@ -197,3 +197,28 @@ def test_a_registry_uri_is_refused_in_a_sentence(monkeypatch):
         registry.resolve("models:/cracknet@champion")
     with pytest.raises(CracknetError, match="use models:/NAME/VERSION or models:/NAME@ALIAS"):
         registry.parse("models:/cracknet")
+
+
+def test_mlflow_errors_never_print_the_credentials_or_tokens_of_the_tracking_uri(tmp_path, monkeypatch, capsys):
+    from cracknet.cli import main as cli_main
+    from conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once rather than after its backoff
+    (tmp_path / "survey").mkdir()
+    uri = f"http://svc:PASSWORD-1@127.0.0.1:{free_port()}/mlflow?token=TOKEN-2"
+    status = cli_main(["score", "--model", "models:/cracknet@champion", "--mlflow", uri, "--input",
+                       str(tmp_path / "survey"), "--output", str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip()
+    assert status == 75 and err.startswith("cracknet: error: Cannot resolve models:/cracknet@champion at "
+                                          "http://127.0.0.1:") and len(err.splitlines()) == 1, err
+    assert "PASSWORD-1" not in err and "TOKEN-2" not in err and "svc" not in err
+
+
+@pytest.mark.parametrize("alias", ["latest", "LATEST", "v3", "champion now", ""])
+def test_an_alias_mlflow_reserves_or_cannot_store_is_refused(alias):
+    from cracknet.errors import CracknetError
+    from cracknet.promote import promote
+
+    with pytest.raises(CracknetError, match="cannot be an alias: MLflow reserves 'latest'"):
+        promote("models:/cracknet/1", alias, [], mlflow_uri="http://127.0.0.1:9")
+    registry.check_alias("champion-2")

@@ -39,6 +39,23 @@ def test_compaction_deletes_only_the_files_the_table_wrote(store_root):
         assert storage.read_bytes(storage.join(output, rel)) == data, rel
     assert not storage.exists(dead)
     assert run_query(output, "SELECT count(*) AS n FROM images").to_pylist() == [{"n": 8}]
+    assert compact(output, retention_hours=0)["files_deleted"] == 0  # Delta still lists them: none is there
+
+
+def test_compact_and_score_say_which_kind_of_failure_it_was_in_one_line(tmp_path, monkeypatch, capsys):
+    assert cli_main(["compact", "--results", str(tmp_path / "nonexistent")]) == 2
+    assert not (tmp_path / "nonexistent").exists()  # refused before its lease was written
+    assert cli_main(["query", "--results", "s3://bucket//results", "SELECT 1"]) == 2
+    assert "s3://bucket//results has an empty path segment (//); write it as s3://bucket/results." in \
+        capsys.readouterr().err
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    for command in (["compact", "--results", "s3://bucket/results"],
+                    ["query", "--results", "s3://bucket/results", "SELECT 1"],
+                    ["score", "--model", str(tmp_path), "--input", "s3://bucket/in", "--output", "s3://bucket/out"]):
+        assert cli_main(command) == 75, command
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("cracknet: error: ") and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("relation", ["same", "output above the input", "output inside the input"])
