@@ -248,10 +248,11 @@ class ScoreConfig:
                                           "(beyond its own 99%% binomial interval)", range=Range(0, 1, high_open=True))
     max_error_rate: float = _opt(0.05, "alert when more than this share of the night's images are error rows",
                                  range=Range(0, 1, high_open=True))
-    structure_growth: int = _opt(2, "alert when a structure has this many more cracked images than at its "
-                                    "previous survey", range=Range(1, None))
-    length_growth: float = _opt(0.5, "alert when a structure's total crack length grew by more than this share "
-                                     "since its previous survey (models that draw masks)",
+    structure_growth: int = _opt(2, "alert when a structure this run surveyed has this many more cracked photos "
+                                    "than just before, and a crack rate above the rate before (beyond its 95%% "
+                                    "binomial interval)", range=Range(1, None))
+    length_growth: float = _opt(0.5, "alert when a structure's crack length per photo grew by more than this share "
+                                     "in a survey (models that draw masks)",
                                 range=Range(0, 1000, low_open=True))
     ray_address: Optional[str] = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
     verbose: bool = _opt(False, "also show Ray's INFO logs and Ray Data's progress bars")

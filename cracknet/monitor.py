@@ -21,9 +21,12 @@ rules (``Rules``; each a flag of ``cracknet score``):
   recent nights, widened by the 99% binomial interval of tonight's count and
   ``rate_margin``;
 - **error rate**: more than ``max_error_rate`` of tonight's images are error rows;
-- **structure change**: a structure (an image folder) has at least
-  ``min_growth`` more cracked images, or ``length_growth`` more crack length, than
-  at its previous survey (the last run before tonight that scored it).
+- **structure change**: a structure (an image folder) this run surveyed (it first
+  scored some of its photos; a rescoring is no survey) changed from just before the
+  run to after it, all its photos in force and judged by the run's model: at least
+  ``min_growth`` more cracked photos and a crack rate above the 95% binomial
+  interval of the rate before, or crack length per photo up by more than
+  ``length_growth``. More photos of the same cracks never fire it.
 
 A fired rule is one alert: written to the run's row, printed in the summary, and
 posted to ``--alert-webhook`` (``{"text": ...}``, the shape Slack and Teams
@@ -174,7 +177,7 @@ def binomial_interval(k: int, n: int, z: float = 2.576) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def judge(tonight: dict, recent: list[dict], previous_surveys: dict[str, dict], rules: Rules,
+def judge(tonight: dict, recent: list[dict], changes: dict[str, dict], rules: Rules,
           validation_histogram: list[int] | None = None) -> tuple[list[dict], dict]:
     """The alerts of tonight's record against recent nights' records (newest first), each structure's previous
     survey and the model's validation histogram; also the drift figures (PSI) measured."""
@@ -212,20 +215,17 @@ def judge(tonight: dict, recent: list[dict], previous_surveys: dict[str, dict], 
             alerts.append(_alert("crack_rate", f"Crack rate {tonight['crack_rate']:.1%} ({tonight['cracks']} of "
                                                f"{scored}) lies outside recent nights' {min(rates):.1%}-"
                                                f"{max(rates):.1%}.", tonight["crack_rate"]))
-    for s in tonight.get("structures", []):
-        before = previous_surveys.get(s["structure"])
-        if before is None:
-            continue
-        grew = s["cracks"] - before["cracks"] >= rules.min_growth
-        longer = (s["crack_length_mm"] or 0) > (before["crack_length_mm"] or 0) * (1 + rules.length_growth) \
-            and (s["crack_length_mm"] or 0) - (before["crack_length_mm"] or 0) > 0
-        if grew or longer:
-            alerts.append(_alert("structure_change",
-                                 f"{s['structure']}: {before['cracks']} -> {s['cracks']} cracked images"
-                                 + (f", crack length {before['crack_length_mm']:.0f} -> {s['crack_length_mm']:.0f} mm"
-                                    if longer else "") + f" since the survey of run {before['run_id']}.",
-                                 s["cracks"] - before["cracks"], structure=s["structure"],
-                                 previous_run_id=before["run_id"]))
+    for name, c in sorted(changes.items()):
+        if c["previous_images"] and structure_changed(c, rules):
+            per_before, per_after = (c["previous_crack_length_mm"] / c["previous_images"],
+                                     c["crack_length_mm"] / c["images"])
+            alerts.append(_alert(
+                "structure_change",
+                f"{name}: {c['previous_cracks']} of {c['previous_images']} photos cracked -> {c['cracks']} of "
+                f"{c['images']} ({c['previous_crack_rate']:.0%} -> {c['crack_rate']:.0%})"
+                + (f", crack length {per_before:.0f} -> {per_after:.0f} mm per photo" if per_after or per_before
+                   else "") + f" since the survey of run {c['previous_run_id']}.",
+                c["cracks_change"], structure=name, previous_run_id=c["previous_run_id"]))
     return alerts, drift
 
 
@@ -233,18 +233,25 @@ def _alert(rule: str, message: str, value: float, **extra) -> dict:
     return {"rule": rule, "message": message, "value": float(value), **extra}
 
 
-def previous_surveys(output: str, run_id: str, structures: list[str]) -> dict[str, dict]:
-    """Each structure's previous survey: its figures in the newest run before ``run_id`` that scored it."""
+def structure_changed(c: dict, rules: Rules) -> bool:
+    """Whether a structure changed from just before a survey to after it (a row of the ``survey_changes`` view),
+    judged on rates, so that more photos alone never count: at least ``min_growth`` more cracked photos *and* a
+    crack rate above the 95% binomial interval of the rate before; or crack length per photo up by more than
+    ``length_growth``."""
+    _, high = binomial_interval(c["previous_cracks"], c["previous_images"], z=1.96)
+    more = c["cracks_change"] >= rules.min_growth and c["crack_rate"] > high
+    per_before = c["previous_crack_length_mm"] / c["previous_images"]
+    per_after = c["crack_length_mm"] / c["images"] if c["images"] else 0.0
+    return more or (per_after > per_before * (1 + rules.length_growth) and per_after > per_before)
+
+
+def survey_changes(output: str, run_id: str) -> dict[str, dict]:
+    """The structures ``run_id`` surveyed (first scored one of their photos), each before and after it as the run's
+    model judged them (the ``survey_changes`` view); a structure surveyed for the first time is not there."""
     from cracknet import results
 
-    if not structures:
-        return {}
-    con = results.connect(output)
-    rows = con.sql("""
-        SELECT structure, run_id, images, cracks, crack_length_mm FROM surveys
-        WHERE structure IN (SELECT unnest($names)) AND run_id < $run
-        QUALIFY row_number() OVER (PARTITION BY structure ORDER BY run_id DESC) = 1
-    """, params={"names": structures, "run": run_id}).to_arrow_table().to_pylist()
+    rows = results.connect(output).sql("SELECT * FROM survey_changes WHERE run_id = $run",
+                                       params={"run": run_id}).to_arrow_table().to_pylist()
     return {r["structure"]: r for r in rows}
 
 

@@ -31,9 +31,12 @@ Views on a connection:
     likely_cracks_since(day)    current cracked images scored on or after a day, most likely first
     tiles_above(uri, p)         the current tiles of one image at or above a probability
     wider_than(mm)              current cracks whose 95th-percentile width (the one severity grades) exceeds mm
-    surveys                     per structure and run: the images that run scored there, cracks, crack length
-    structure_changes           per structure, its latest survey against the one before: the change in cracked
-                                images and crack length (largest growth first)
+    survey_runs                 per structure, the runs that surveyed it: first scored one of its photos
+    surveys                     per structure and survey: all its photos then in force (as the survey's model judged
+                                them), cracked ones, crack length
+    survey_changes              per structure and survey: the structure before and after it, by the same model
+    structure_changes           per structure, its newest survey against the structure just before it (largest
+                                growth first)
 """
 
 from __future__ import annotations
@@ -434,22 +437,49 @@ CREATE VIEW cracks AS
     FROM (SELECT image_uri, mm_per_pixel, mask_uri, model_id, run_id, run_date, scored_at, unnest(cracks) AS c
           FROM results WHERE len(cracks) > 0) r
     SEMI JOIN current k ON r.image_uri = k.image_uri AND r.run_id = k.run_id;
-CREATE VIEW surveys AS
-    SELECT regexp_replace(image_uri, '/[^/]*$', '') AS structure, run_id, min(scored_at) AS scored_at,
-           count(*) AS images, count(*) FILTER (WHERE is_crack) AS cracks,
-           coalesce(sum(crack_count), 0) AS crack_count, coalesce(sum(crack_length_mm), 0) AS crack_length_mm,
-           max(crack_width_max_mm) AS crack_width_max_mm
-    FROM results WHERE error IS NULL GROUP BY 1, 2;
-CREATE VIEW structure_changes AS
-    SELECT structure, previous_run_id, run_id, previous_scored_at, scored_at, previous_images, images,
-           previous_cracks, cracks, cracks - previous_cracks AS cracks_change,
-           previous_crack_length_mm, crack_length_mm, crack_length_mm - previous_crack_length_mm AS crack_length_mm_change
-    FROM (SELECT *, lag(run_id) OVER w AS previous_run_id, lag(scored_at) OVER w AS previous_scored_at,
-                 lag(images) OVER w AS previous_images, lag(cracks) OVER w AS previous_cracks,
-                 lag(crack_length_mm) OVER w AS previous_crack_length_mm,
-                 row_number() OVER (PARTITION BY structure ORDER BY run_id DESC) AS newest
-          FROM surveys WINDOW w AS (PARTITION BY structure ORDER BY run_id))
-    WHERE previous_run_id IS NOT NULL AND newest = 1
+CREATE VIEW located AS
+    SELECT *, regexp_replace(image_uri, '/[^/]*$', '') AS structure FROM images WHERE error IS NULL;
+CREATE VIEW survey_runs AS  -- a run surveys a structure when it is the first to score one of its photos (at its
+    -- version); a rescoring of the same photos (another model, --retry-errors) is not a survey
+    SELECT f.structure, f.run_id, any_value(m.model_id) AS model_id, min(f.scored_at) AS scored_at
+    FROM (SELECT structure, arg_min(run_id, run_id) AS run_id, min(scored_at) AS scored_at
+          FROM located GROUP BY structure, image_uri, version) f
+    JOIN (SELECT DISTINCT run_id, model_id FROM located) m USING (run_id)
+    GROUP BY 1, 2;
+CREATE VIEW surveys AS  -- each structure after each survey: all its photos then in force, as that survey's model
+    -- judged them (each photo's newest row of that model up to the survey)
+    SELECT structure, run_id, any_value(scored_at) AS scored_at, count(*) AS images,
+           count(*) FILTER (WHERE is_crack) AS cracks, coalesce(sum(crack_count), 0) AS crack_count,
+           coalesce(sum(crack_length_mm), 0) AS crack_length_mm, max(crack_width_max_mm) AS crack_width_max_mm
+    FROM (SELECT s.structure, s.run_id, s.scored_at, r.is_crack, r.crack_count, r.crack_length_mm,
+                 r.crack_width_max_mm
+          FROM survey_runs s JOIN located r
+            ON r.structure = s.structure AND r.model_id = s.model_id AND r.run_id <= s.run_id
+          QUALIFY row_number() OVER (PARTITION BY s.structure, s.run_id, r.image_uri ORDER BY r.run_id DESC) = 1)
+    GROUP BY 1, 2;
+CREATE VIEW survey_baselines AS  -- each structure just before each survey, as the survey's model judged it
+    SELECT structure, run_id, count(*) AS images, count(*) FILTER (WHERE is_crack) AS cracks,
+           coalesce(sum(crack_length_mm), 0) AS crack_length_mm
+    FROM (SELECT s.structure, s.run_id, r.is_crack, r.crack_length_mm
+          FROM survey_runs s JOIN located r
+            ON r.structure = s.structure AND r.model_id = s.model_id AND r.run_id < s.run_id
+          QUALIFY row_number() OVER (PARTITION BY s.structure, s.run_id, r.image_uri ORDER BY r.run_id DESC) = 1)
+    GROUP BY 1, 2;
+CREATE VIEW survey_changes AS  -- every survey against the structure just before it (by the same model)
+    SELECT a.structure, p.previous_run_id, a.run_id, p.previous_scored_at, a.scored_at,
+           b.images AS previous_images, a.images, b.cracks AS previous_cracks, a.cracks,
+           a.cracks - b.cracks AS cracks_change,
+           b.cracks / b.images AS previous_crack_rate, a.cracks / a.images AS crack_rate,
+           b.crack_length_mm AS previous_crack_length_mm, a.crack_length_mm,
+           a.crack_length_mm - b.crack_length_mm AS crack_length_mm_change
+    FROM surveys a
+    JOIN survey_baselines b USING (structure, run_id)
+    JOIN (SELECT structure, run_id, lag(run_id) OVER w AS previous_run_id, lag(scored_at) OVER w AS previous_scored_at
+          FROM survey_runs WINDOW w AS (PARTITION BY structure ORDER BY run_id)) p USING (structure, run_id)
+    WHERE p.previous_run_id IS NOT NULL;
+CREATE VIEW structure_changes AS  -- each structure's newest survey against the structure just before it
+    SELECT * FROM survey_changes
+    QUALIFY row_number() OVER (PARTITION BY structure ORDER BY run_id DESC) = 1
     ORDER BY cracks_change DESC, crack_length_mm_change DESC, structure;
 CREATE VIEW failures AS
     SELECT image_uri, error, scored_at, run_id FROM current WHERE error IS NOT NULL ORDER BY scored_at DESC;

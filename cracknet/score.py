@@ -397,7 +397,7 @@ def watch(cfg: ScoreConfig, card: dict, run_id: str, scored: bool) -> tuple[dict
     try:
         record = monitor.run_record(cfg.output, run_id)
         recent = monitor.recent_records(runs.read(cfg.output), run_id, rules.window)
-        before = monitor.previous_surveys(cfg.output, run_id, [s["structure"] for s in record["structures"]])
+        before = monitor.survey_changes(cfg.output, run_id)
         validation = card.get("monitoring", {}).get("validation_probability_histogram")
         alerts, drift = monitor.judge(record, recent, before, rules, validation)
         return {**record, "drift": drift, "rules": dataclasses.asdict(rules)}, alerts, drift
