@@ -268,8 +268,8 @@ def cmd_compact(args: argparse.Namespace) -> None:
 
     c = compact(args.results, args.retention_hours, args.lease_seconds)
     print(f"Compacted {c['results']}: {c['files_before']} files -> {c['files_after']} ({c['files_removed']} merged "
-          f"into {c['files_added']}); vacuumed {c['files_deleted']} unreferenced files older than "
-          f"{c['retention_hours']} h.")
+          f"into {c['files_added']}); vacuumed {c['files_deleted']} unreferenced files and {c['masks_deleted']} "
+          f"superseded masks older than {c['retention_hours']} h.")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -11,8 +11,13 @@ of older snapshots and time travel) and files written by runs that died before
 committing. It holds the scoring lease throughout, so it never deletes the
 not-yet-committed files of a live run.
 
-Only files cracknet wrote are ever deleted (``run_date=*/part-*.parquet``, and the
-plans of dead runs): Delta's own vacuum would delete *every* unreferenced file
+Crack masks have the same lifecycle: a mask no kept row names (each photo's newest
+row by each model keeps its mask; a superseded version's mask, or one written by a
+run that died, is named by none) is deleted once older than the retention period.
+
+Only files cracknet wrote are ever deleted (``run_date=*/part-*.parquet``, masks by
+their names in the --masks locations runs recorded, and the plans of dead runs):
+Delta's own vacuum would delete *every* unreferenced file
 under the folder, photos, reports and notes a person keeps there included.
 Delta lists the candidates; cracknet deletes those of its own naming.
 """
@@ -57,6 +62,8 @@ def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS, lease_seco
             lease.check()
             deleted = vacuum_own_files(table, uri, retention_hours)
             table.cleanup_metadata()
+            lease.check()
+            masks = vacuum_masks(uri, retention_hours, started)
         except CracknetError:
             raise
         except Exception as exc:  # deltalake's errors share no base class
@@ -66,7 +73,7 @@ def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS, lease_seco
         runs.record(uri, [runs.row(run_id, "compaction", {"started_at": started}, {}, datetime.now(timezone.utc),
                                    table.version())])
     return {"results": uri, "files_before": before, "files_after": after, "files_added": merged["numFilesAdded"],
-            "files_removed": merged["numFilesRemoved"], "files_deleted": len(deleted),
+            "files_removed": merged["numFilesRemoved"], "files_deleted": len(deleted), "masks_deleted": len(masks),
             "retention_hours": retention_hours}
 
 
@@ -80,4 +87,42 @@ def vacuum_own_files(table, uri: str, retention_hours: int) -> list[str]:
         # files that were there count.
         if results.PART_FILE.fullmatch(relative) and storage.delete_file(storage.join(uri, relative)):
             deleted.append(storage.join(uri, relative))
+    return deleted
+
+
+# The rows whose masks are kept: each photo's newest row by each model (a model put back in force finds its masks).
+KEPT_MASKS_SQL = """
+SELECT mask_uri FROM images WHERE mask_uri IS NOT NULL AND mask_uri <> ''
+QUALIFY row_number() OVER (PARTITION BY image_uri, model_id ORDER BY scored_at DESC, run_id DESC) = 1
+"""
+
+
+def vacuum_masks(uri: str, retention_hours: int, now: datetime) -> list[str]:
+    """Delete the crack masks that no kept row names (a superseded version of a photo, a run that died before its
+    commit) once they are older than the retention; return their URIs. Only files named as scoring names masks
+    (``score.MASK_FILE``) in the --masks locations the table's runs recorded are touched, and never one inside
+    an input of those runs."""
+    from datetime import timedelta
+
+    import pyarrow as pa
+
+    from cracknet.score import MASK_FILE
+
+    sources = runs.inputs(uri)
+    locations = [m for m in runs.mask_locations(uri) if not any(storage.overlap(m, s) for s in sources)]
+    if not locations:
+        return []
+    con = results.connect(uri)
+    con.execute(f"CREATE TEMP TABLE kept AS {KEPT_MASKS_SQL}").fetchall()
+    cutoff = now - timedelta(hours=retention_hours)
+    deleted = []
+    for location in locations:
+        for page in storage.iter_modified(location):
+            old = [u for u, modified in page if modified <= cutoff and MASK_FILE.fullmatch(u)]
+            if not old:
+                continue
+            con.register("listed", pa.table({"uri": old}))
+            unnamed = [r[0] for r in con.execute("SELECT uri FROM listed ANTI JOIN kept ON uri = mask_uri").fetchall()]
+            con.unregister("listed")
+            deleted += [u for u in unnamed if storage.delete_file(u)]
     return deleted

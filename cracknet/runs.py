@@ -167,6 +167,12 @@ def check_model(output: str, card: dict) -> None:
                             "scoring, so save the changed model as a new one.")
 
 
+def mask_locations(output: str) -> list[str]:
+    """The --masks locations scoring runs recorded in their settings."""
+    found = {json.loads(text or "{}").get("masks") for text in read(output).column("settings").to_pylist()}
+    return sorted(m for m in found if m)
+
+
 def inputs(output: str) -> list[str]:
     """The input locations scoring runs recorded (compaction refuses a table that overlaps any of them)."""
     return sorted({u for u in read(output).column("input").to_pylist() if u})

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import time
 import uuid
 from datetime import datetime, timezone
@@ -192,7 +193,11 @@ def mask_name(uri: str, version: str, root: str) -> str:
 
     stem = posixpath.splitext(storage.name_below(uri, root))[0] or "outside-input"
     key = "\n".join((uri, version)).encode()
-    return f"{stem}.{content_hash(key)[:12]}.png"
+    return f"{stem}.{content_hash(key)[:MASK_HASH]}.png"
+
+
+MASK_HASH = 12
+MASK_FILE = re.compile(r".*\.[0-9a-f]{%d}\.png" % MASK_HASH)  # what mask_name makes: compaction deletes only these
 
 
 class CrackPredictor:
@@ -443,7 +448,7 @@ def provenance_of(cfg: ScoreConfig, card: dict, now: datetime, root: str = "") -
             "threshold": card["threshold"], "preprocessing": card["preprocessing"],
             "tile_size": tiling_of(card, cfg.tile_size, cfg.tile_overlap).size, "tile_overlap": cfg.tile_overlap,
             "settings": {"fp32": cfg.fp32, "compile": cfg.compile, "max_pixels": cfg.max_pixels,
-                         "max_bytes": cfg.max_bytes, "retry_errors": cfg.retry_errors},
+                         "max_bytes": cfg.max_bytes, "retry_errors": cfg.retry_errors, "masks": cfg.masks},
             "geometry": None if geometry is None else dataclasses.asdict(geometry),
             "input": cfg.input, "started_at": now.isoformat(), "cracknet_version": __version__}
 

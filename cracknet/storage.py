@@ -382,6 +382,42 @@ def _local_versions(uri: str, page: int):
         yield batch
 
 
+def iter_modified(uri: str, page: int = 1000):
+    """Every file below ``uri`` with when it was last written (UTC), streamed as lists of at most ``page``
+    (URI, datetime) pairs; nothing when ``uri`` does not exist."""
+    from datetime import datetime, timezone
+
+    if not is_s3(uri):
+        root = os.path.abspath(os.path.expanduser(uri))
+        batch = []
+        for folder, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    info = os.stat(path, follow_symlinks=False)
+                except OSError:
+                    continue
+                if os.path.isfile(path) and not os.path.islink(path):
+                    batch.append((path, datetime.fromtimestamp(info.st_mtime, timezone.utc)))
+                if len(batch) >= page:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+        return
+    bucket, prefix = split_s3(uri.rstrip("/") + "/")
+    try:
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
+                                                                      PaginationConfig={"PageSize": page})
+        for listed in pages:
+            yield [(f"{S3_PREFIX}{bucket}/{item['Key']}", item["LastModified"])
+                   for item in listed.get("Contents", []) if not item["Key"].endswith("/")]
+    except Exception as exc:  # botocore's ClientError, EndpointConnectionError, NoSuchBucket ...
+        if not _from_store(exc):
+            raise
+        raise _failure("list", uri, exc) from None
+
+
 def delta_options(uri: str) -> dict[str, str] | None:
     """Storage options for the ``deltalake`` package (its own Rust S3 client): the same endpoint, region and
     attempts per request as boto3 and pyarrow. Credentials it reads from the standard AWS chain itself."""

@@ -7,6 +7,7 @@ dark, and the photos are light grey surfaces with dark cracks of known widths an
 
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -175,9 +176,21 @@ def test_scoring_writes_crack_geometry_that_duckdb_and_deltalake_read(ray_cluste
     assert "Crack geometry" in page and "moderate: 0.3-1.25 mm" in page
     assert {"crack_widths.png", "crack_lengths.png", "crack_lines_1.png"} <= {p.rsplit("/", 1)[-1] for p in written["figures"]}
 
-    # Compaction never deletes masks (the rows that name them stay).
-    compact(str(output), retention_hours=0)
-    assert all(Image.open(r["mask_uri"]).size == (SIZE, SIZE) for r in rows.values() if r["mask_uri"])
+    # Masks have a lifecycle: a new version of a photo gets a mask of its own, and compaction deletes the mask of
+    # the version it superseded (no kept row names it) and only that one.
+    first = rows["photo-00"]["mask_uri"]
+    photo = images / "photo-00.png"
+    photo.write_bytes(photo.read_bytes())  # the same pixels, a new version (mtime) on local disk
+    again = run_scoring(ScoreConfig(model=str(model_dir), input=str(images), output=str(output), batch_size=8,
+                                    mm_per_pixel=0.2, masks=str(output / "_masks")), log=lambda _: None)
+    assert again["scored"] == 1  # the new version only
+    (second,) = [r["mask_uri"] for r in run_query(str(output), "SELECT image_uri, mask_uri FROM current").to_pylist()
+                 if r["image_uri"] == str(photo)]
+    assert second != first and os.path.exists(first) and os.path.exists(second)
+    done = compact(str(output), retention_hours=0)
+    assert done["masks_deleted"] == 1 and not os.path.exists(first) and os.path.exists(second)
+    assert all(Image.open(r["mask_uri"]).size == (SIZE, SIZE) for name, r in rows.items()
+               if r["mask_uri"] and name != "photo-00")
 
 
 def test_masks_must_not_go_among_the_images_or_into_the_table(survey, tmp_path):
