@@ -30,6 +30,7 @@ from urllib.parse import unquote
 from cracknet import results, runs, storage
 from cracknet.errors import CracknetError
 from cracknet.lease import Lease
+from cracknet.numbers import LEASE_SECONDS, Range, checked
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's own default (delta.deletedFileRetentionDuration: one week)
 
@@ -38,8 +39,8 @@ def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS, lease_seco
     """Compact and vacuum the table at ``uri``; returns file counts before and after, and what was deleted."""
     from deltalake import CommitProperties, WriterProperties
 
-    if retention_hours < 0:
-        raise CracknetError(f"--retention-hours must not be negative, got {retention_hours}.")
+    checked("--retention-hours", retention_hours, Range(0, 100 * 365 * 24))
+    checked("--lease-seconds", lease_seconds, LEASE_SECONDS)  # before anything is read or written
     uri = storage.canonical(uri)
     started = datetime.now(timezone.utc)
     run_id = started.strftime("compact-%Y%m%dT%H%M%SZ")

@@ -45,11 +45,16 @@ def test_compaction_deletes_only_the_files_the_table_wrote(store_root):
 def test_compact_and_score_say_which_kind_of_failure_it_was_in_one_line(tmp_path, monkeypatch, capsys):
     assert cli_main(["compact", "--results", str(tmp_path / "nonexistent")]) == 2
     assert not (tmp_path / "nonexistent").exists()  # refused before its lease was written
+    for flag, value in (("--lease-seconds", "nan"), ("--lease-seconds", "inf"), ("--retention-hours", "-1")):
+        assert cli_main(["compact", "--results", str(tmp_path), flag, value]) == 2
+        assert f"{flag} must be" in capsys.readouterr().err
     assert cli_main(["query", "--results", "s3://bucket//results", "SELECT 1"]) == 2
     assert "s3://bucket//results has an empty path segment (//); write it as s3://bucket/results." in \
         capsys.readouterr().err
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unused")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unused")
     for command in (["compact", "--results", "s3://bucket/results"],
                     ["query", "--results", "s3://bucket/results", "SELECT 1"],
                     ["score", "--model", str(tmp_path), "--input", "s3://bucket/in", "--output", "s3://bucket/out"]):
