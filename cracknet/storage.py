@@ -342,15 +342,30 @@ def iter_versions(uri: str, page: int = 1000):
     """Every file below ``uri`` with a version tag (the ETag on S3, size and mtime on local disk), streamed
     as lists of at most ``page`` (URI, version) pairs: an S3 listing page by page, a local tree folder
     by folder, so a listing of any size is never held whole."""
+    for listed in _listing(uri, page):
+        yield [(u, version) for u, version, _ in listed]
+
+
+def iter_modified(uri: str, page: int = 1000):
+    """Every file below ``uri`` with when it was last written (UTC), streamed as lists of at most ``page``
+    (URI, datetime) pairs; nothing when ``uri`` does not exist."""
+    if not is_s3(uri) and not os.path.exists(os.path.expanduser(uri)):
+        return
+    for listed in _listing(uri, page):
+        yield [(u, modified) for u, _, modified in listed]
+
+
+def _listing(uri: str, page: int):
+    """Pages of (URI, version, last written) of every file below ``uri``."""
     if not is_s3(uri):
-        yield from _local_versions(uri, page)
+        yield from _local_listing(uri, page)
         return
     bucket, prefix = split_s3(uri.rstrip("/") + "/")
     try:
         pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
                                                                       PaginationConfig={"PageSize": page})
         for listed in pages:
-            yield [(f"{S3_PREFIX}{bucket}/{item['Key']}", item["ETag"].strip('"'))
+            yield [(f"{S3_PREFIX}{bucket}/{item['Key']}", item["ETag"].strip('"'), item["LastModified"])
                    for item in listed.get("Contents", []) if not item["Key"].endswith("/")]
     except CracknetError:
         raise
@@ -358,7 +373,9 @@ def iter_versions(uri: str, page: int = 1000):
         raise _failure("list", uri, exc) from None
 
 
-def _local_versions(uri: str, page: int):
+def _local_listing(uri: str, page: int):
+    from datetime import datetime, timezone
+
     root = os.path.abspath(os.path.expanduser(uri))
     if not os.path.exists(root):
         raise CracknetError(f"{uri} does not exist.")
@@ -374,48 +391,13 @@ def _local_versions(uri: str, page: int):
                 continue
             if not os.path.isfile(path):
                 continue
-            batch.append((path, f"{info.st_size}-{info.st_mtime_ns}"))
+            batch.append((path, f"{info.st_size}-{info.st_mtime_ns}", datetime.fromtimestamp(info.st_mtime,
+                                                                                               timezone.utc)))
             if len(batch) >= page:
                 yield batch
                 batch = []
     if batch:
         yield batch
-
-
-def iter_modified(uri: str, page: int = 1000):
-    """Every file below ``uri`` with when it was last written (UTC), streamed as lists of at most ``page``
-    (URI, datetime) pairs; nothing when ``uri`` does not exist."""
-    from datetime import datetime, timezone
-
-    if not is_s3(uri):
-        root = os.path.abspath(os.path.expanduser(uri))
-        batch = []
-        for folder, _, names in os.walk(root):
-            for name in names:
-                path = os.path.join(folder, name)
-                try:
-                    info = os.stat(path, follow_symlinks=False)
-                except OSError:
-                    continue
-                if os.path.isfile(path) and not os.path.islink(path):
-                    batch.append((path, datetime.fromtimestamp(info.st_mtime, timezone.utc)))
-                if len(batch) >= page:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
-        return
-    bucket, prefix = split_s3(uri.rstrip("/") + "/")
-    try:
-        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
-                                                                      PaginationConfig={"PageSize": page})
-        for listed in pages:
-            yield [(f"{S3_PREFIX}{bucket}/{item['Key']}", item["LastModified"])
-                   for item in listed.get("Contents", []) if not item["Key"].endswith("/")]
-    except Exception as exc:  # botocore's ClientError, EndpointConnectionError, NoSuchBucket ...
-        if not _from_store(exc):
-            raise
-        raise _failure("list", uri, exc) from None
 
 
 def delta_options(uri: str) -> dict[str, str] | None:
