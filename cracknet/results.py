@@ -154,7 +154,8 @@ def check_output(output: str, inputs: tuple[str, ...] = ()) -> None:
     for source in inputs:
         if source and storage.overlap(source, output):
             raise CracknetError(f"The output {output} overlaps the input {source}: results must lie outside the "
-                                "images and must not contain them; choose another --output.")
+                                "images and must not contain them; choose another --output (with a manifest, "
+                                "--input-prefix narrows where its images may lie).")
     if table_exists(output) or not storage.exists(output):
         return
     for page in storage.iter_versions(output):

@@ -152,7 +152,12 @@ def test_scoring_from_s3_with_a_manifest_and_querying_from_the_cli(ray_cluster, 
     storage.resolve(f"{prefix}/tunnel-x/gone.jpg")[0].delete_file(f"{BUCKET}/survey/2026-11-24/tunnel-x/gone.jpg")
 
     results = f"s3://{BUCKET}/results"
-    assert cli_main(["score", "--model", str(model_dir), "--input", manifest, "--output", results]) == 0
+    # A manifest's images may lie anywhere in its bucket, so results in that bucket need --input-prefix to say
+    # where the images are (which also narrows what the manifest can make the job read).
+    assert cli_main(["score", "--model", str(model_dir), "--input", manifest, "--output", results]) == 2
+    assert f"overlaps the input s3://{BUCKET}:" in capsys.readouterr().err
+    assert cli_main(["score", "--model", str(model_dir), "--input", manifest, "--output", results,
+                     "--input-prefix", prefix]) == 0
     assert "Scored 7 images (1 errors)" in capsys.readouterr().out
 
     assert cli_main(["query", "--results", results, "--format", "json",
