@@ -145,8 +145,9 @@ def save_artifact(folder: str, state_dict: dict[str, torch.Tensor], card: dict[s
     digest = content_hash(data)
     card = {**card, "architecture": ARCHITECTURE, "weights_file": WEIGHTS_FILE, "weights_sha256": digest}
     card["model_id"] = model_identity(card)
+    written = card_bytes(card)  # refused before anything is written when its deciding numbers are not finite
     storage.write_bytes(storage.join(folder, WEIGHTS_FILE), data)
-    storage.write_bytes(storage.join(folder, CARD_FILE), card_bytes(card))
+    storage.write_bytes(storage.join(folder, CARD_FILE), written)
     return card
 
 

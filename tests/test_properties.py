@@ -127,3 +127,27 @@ def test_one_bad_manifest_cell_costs_one_row(tmp_path, cells, parquet):
         else:
             assert not empty and row["mm_per_pixel"] is None and row["listing_error"].startswith("The manifest's")
             assert "\n" not in row["listing_error"]
+
+
+@pytest.mark.parametrize("threshold", [math.nan, math.inf, -0.1, 1.5, None])
+def test_a_model_whose_deciding_numbers_are_not_finite_is_neither_saved_nor_loaded(tmp_path, threshold):
+    import json
+
+    import torch
+
+    from cracknet.card import read_card
+    from cracknet.model import save_artifact
+
+    from conftest import model_card
+
+    weights = {"w": torch.zeros(1)}
+    with pytest.raises(CracknetError, match=r"The model's threshold is .*, so it was not saved: training did not "
+                                            r"converge"):
+        save_artifact(str(tmp_path / "diverged"), weights, model_card(threshold=threshold))
+    assert not (tmp_path / "diverged").exists()  # nothing written
+    save_artifact(str(tmp_path / "model"), weights, model_card())
+    card = tmp_path / "model" / "model.json"
+    card.write_text(card.read_text().replace('"threshold": 0.5', f'"threshold": {json.dumps(threshold)}'
+                                             if threshold is None or math.isfinite(threshold) else '"threshold": NaN'))
+    with pytest.raises(CracknetError, match="is not a usable model card: its threshold is"):
+        read_card(str(tmp_path / "model"))
