@@ -10,7 +10,7 @@ model time is spent; what is measured is planning, the pipeline and the commit.
 Each night runs `cracknet score` in its own process (with its own local Ray),
 sampling every 0.2 s the RSS of the driver and the summed RSS of the driver and
 every process it started. Afterwards it checks that the table holds exactly one
-row per image, and prints the table the README records.
+row per image, and prints the table docs/benchmarks.md records.
 """
 
 from __future__ import annotations

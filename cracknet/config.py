@@ -69,7 +69,7 @@ class Recipe:
 
 # Checked by bench/pretrained_start.py on a network that really is pretrained (an ImageNet EfficientNet-Lite0 as
 # the stand-in for ResNet50's ImageNet start, and a crack model made from it): 3e-4 beat the 1e-4 used before for
-# both starts on held-out photos; the README's "Starting weights" has the table.
+# both starts on held-out photos; "Starting weights" in docs/benchmarks.md has the table.
 RECIPES = {
     "none": Recipe(head_epochs=0, finetune_lr=1e-3),        # random init: one stage at --lr
     "pretrained": Recipe(head_epochs=1, finetune_lr=3e-4),  # --weights imagenet or a weights file

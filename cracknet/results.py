@@ -20,7 +20,7 @@ Names starting with ``_`` under the output are not table data (Delta's rule):
 Views on a connection:
 
     results                     the table as stored (with the nested tiles)
-    images                      one row per scored image and run (see the README for the columns)
+    images                      one row per scored image and run (docs/results.md describes the columns)
     tiles                       one row per tile of a tiled image
     runs                        one row per run: its model, weights, threshold, settings and counts (cracknet.runs)
     current                     one row per image, for counting: the row of the model in force (that of the newest
