@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The unit tests alone: no Ray, no S3 or MLflow server, no subprocess.
+test-fast: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 
 bench: install
 	$(BIN)/python bench/train_quality.py

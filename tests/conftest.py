@@ -183,3 +183,16 @@ def store_root(request, tmp_path) -> str:
         return str(tmp_path / "store")
     request.getfixturevalue("s3_endpoint")
     return f"s3://{BUCKET}/{request.module.__name__}/{request.node.name}"
+
+
+@pytest.fixture(scope="session")
+def imagenet_like_file(tmp_path_factory):
+    """A torchvision-format ResNet50 state dict (1000-class head), as a weights file would hold."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    state = torchvision.models.resnet50(weights=None).state_dict()
+    path = tmp_path_factory.mktemp("weights") / "resnet50.pth"
+    torch.save(state, path)
+    return path, state

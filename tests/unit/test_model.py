@@ -7,7 +7,6 @@ import pytest
 import torch
 import torchvision
 
-from cracknet import storage
 from cracknet.errors import CracknetError
 from cracknet.model import (build_model, load_artifact, load_starting_weights, model_folder, read_card,
                             save_artifact)
@@ -15,27 +14,11 @@ from cracknet.card import model_identity, record_evaluations
 from cracknet.checkpoint import read_state as read_checkpoint_state
 
 from conftest import model_card
+from helpers import assert_backbone_equal
 
 
 def test_model_gives_one_logit_per_image():
     assert build_model().eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 1)
-
-
-@pytest.fixture(scope="module")
-def imagenet_like_file(tmp_path_factory):
-    """A torchvision-format ResNet50 state dict (1000-class head), as a weights file would hold."""
-    torch.manual_seed(0)
-    state = torchvision.models.resnet50(weights=None).state_dict()
-    path = tmp_path_factory.mktemp("weights") / "resnet50.pth"
-    torch.save(state, path)
-    return path, state
-
-
-def assert_backbone_equal(model, state):
-    own = model.state_dict()
-    for key, value in state.items():
-        if not key.startswith("fc."):
-            assert torch.equal(own[key], value), key
 
 
 def test_weights_from_a_file_load_the_backbone_and_keep_the_new_head(imagenet_like_file):
@@ -44,15 +27,6 @@ def test_weights_from_a_file_load_the_backbone_and_keep_the_new_head(imagenet_li
     load_starting_weights(model, str(path))
     assert_backbone_equal(model, state)
     assert model.fc.out_features == 1
-
-
-def test_weights_from_object_storage(imagenet_like_file, s3_endpoint):
-    path, state = imagenet_like_file
-    uri = "s3://cracknet-test/weights/resnet50.pth"
-    storage.write_bytes(uri, path.read_bytes())
-    model = build_model()
-    load_starting_weights(model, uri)
-    assert_backbone_equal(model, state)
 
 
 def test_imagenet_weights_come_through_torchvisions_cache(imagenet_like_file, tmp_path, monkeypatch):

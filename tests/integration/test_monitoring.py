@@ -22,7 +22,7 @@ from cracknet.errors import CracknetError
 from cracknet.model import save_artifact
 from cracknet.query import run_query
 from cracknet.score import run_scoring
-from test_score_geometry import SIZE, dark_line_segmenter, mask_card
+from helpers import SIZE, dark_line_segmenter, mask_card
 
 
 def draw_night(folder, prefix: str, photos: int, cracks: int, seed: int, light: tuple = (0.55, 0.75),
@@ -234,7 +234,7 @@ def test_an_alert_follows_the_proxy_settings_of_now_not_those_of_an_earlier_down
 def test_a_structure_change_is_a_change_in_its_rates_never_more_photos_or_a_new_model(tmp_path):
     from datetime import datetime, timedelta, timezone
 
-    from test_results import commit_run
+    from helpers import commit_run
 
     output = str(tmp_path / "results")
     day = datetime(2026, 11, 2, 1, tzinfo=timezone.utc)

@@ -182,7 +182,7 @@ def test_query_errors_are_one_line(tmp_path, capsys):
 
 
 def test_scoring_from_an_s3_inventory_report_and_again_the_next_night(ray_cluster, s3_endpoint, model_dir):
-    from test_results import write_inventory
+    from helpers import write_inventory
 
     rng = np.random.default_rng(5)
     prefix = "inventory-run"

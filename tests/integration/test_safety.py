@@ -13,7 +13,7 @@ from cracknet.query import render, run_query
 from cracknet.scorer import fetch
 
 from conftest import BUCKET, TEST_SECRET_KEY
-from test_results import commit_run
+from helpers import commit_run
 
 
 def test_compaction_deletes_only_the_files_the_table_wrote(store_root):

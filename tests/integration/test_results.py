@@ -3,14 +3,10 @@ plan as an anti-join with file pruning; inputs from manifests and S3 Inventory r
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-from datetime import datetime, timedelta, timezone
-from urllib.parse import quote_plus
+from datetime import timedelta
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,41 +19,9 @@ from cracknet.errors import CracknetError
 from cracknet.lease import Lease
 from cracknet.query import render, run_query
 
+from helpers import DAY, commit_run, planned, write_inventory
+
 from conftest import BUCKET
-
-DAY = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
-
-
-def commit_run(output: str, uris: list[str], model_id: str = "model-a", run_id: str = "run-1",
-               when: datetime = DAY, versions: list[str] | None = None, errors: list[str] | None = None,
-               probabilities: list[float] | None = None, files: int = 1, kinds: list[str] | None = None) -> int:
-    """Commit one run's rows the way scoring does (files written, then one commit), without Ray."""
-    n = len(uris)
-    probs = probabilities or [0.1 + 0.8 * (i % 2) for i in range(n)]
-    errs = errors or [""] * n
-    parts = []
-    for chunk in np.array_split(np.arange(n), files):
-        rows = {"image_uri": [uris[i] for i in chunk], "version": [(versions or ["v1"] * n)[i] for i in chunk],
-                "width": [64] * len(chunk), "height": [64] * len(chunk), "error": [errs[i] for i in chunk],
-                "crack_probability": [probs[i] for i in chunk], "tiles_scored": [1] * len(chunk)}
-        if kinds:
-            rows["error_kind"] = [kinds[i] for i in chunk]
-        table = results.part_table(rows, [[] for _ in chunk], 0.5, model_id, run_id, when.isoformat(),
-                                   {"model_id": model_id})
-        parts.append(results.write_part(table, output, run_id, when.date().isoformat()))
-    return results.commit(output, parts, run_id, {"model_id": model_id})
-
-
-def listing_of(rows: list[tuple[str, str]]) -> pa.RecordBatchReader:
-    table = pa.table({"image_uri": [u for u, _ in rows], "version": [v for _, v in rows]}, schema=inputs.LISTING)
-    return pa.RecordBatchReader.from_batches(inputs.LISTING, table.to_batches(max_chunksize=2))
-
-
-def planned(output: str, rows, model_id: str = "model-a", staging: str | None = None) -> tuple[dict, list]:
-    staging = staging or storage.join(output, results.STAGING, "test")
-    plan = planning.plan(listing_of(rows), output, model_id, staging)
-    todo = [tuple(r.values()) for f in plan["files"] for r in pq.read_table(io.BytesIO(storage.read_bytes(f))).to_pylist()]
-    return plan, todo
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -193,35 +157,6 @@ def test_a_broken_manifest_stops_the_plan_with_its_own_sentence(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------
 # S3 Inventory reports
-
-
-def write_inventory(prefix: str, fmt: str, objects: list[tuple[str, str, bool, bool]]) -> str:
-    """An S3 Inventory report as S3 writes it: data files plus manifest.json (objects: key, etag, latest, deleted)."""
-    client = storage.s3_client()
-    schema = "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size, ETag"
-    keys = []
-    for n, chunk in enumerate((objects[: len(objects) // 2], objects[len(objects) // 2:])):
-        if fmt == "CSV":
-            lines = [f'"{BUCKET}","{quote_plus(k)}","v{i}","{str(latest).lower()}","{str(deleted).lower()}",'
-                     f'"10","{etag}"' for i, (k, etag, latest, deleted) in enumerate(chunk)]
-            body, key = gzip.compress(("\n".join(lines) + "\n").encode()), f"inventory/data/part-{n}.csv.gz"
-        else:
-            table = pa.table({"bucket": [BUCKET] * len(chunk), "key": [k for k, *_ in chunk],
-                              "version_id": [f"v{i}" for i in range(len(chunk))],
-                              "is_latest": [o[2] for o in chunk], "is_delete_marker": [o[3] for o in chunk],
-                              "size": [10] * len(chunk), "e_tag": [o[1] for o in chunk]})
-            buffer = io.BytesIO()
-            pq.write_table(table, buffer)
-            body, key = buffer.getvalue(), f"inventory/data/part-{n}.parquet"
-        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=body)
-        keys.append({"key": f"{prefix}/{key}", "size": len(body), "MD5checksum": "0"})
-    manifest = {"sourceBucket": BUCKET, "destinationBucket": f"arn:aws:s3:::{BUCKET}", "version": "2016-11-30",
-                "creationTimestamp": "1795830000000", "fileFormat": fmt, "files": keys}
-    if fmt == "CSV":
-        manifest["fileSchema"] = schema
-    uri = f"s3://{BUCKET}/{prefix}/inventory/2026-11-23T01-00Z/manifest.json"
-    storage.write_bytes(uri, json.dumps(manifest).encode())
-    return uri
 
 
 @pytest.mark.parametrize("fmt", ["CSV", "Parquet"])

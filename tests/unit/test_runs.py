@@ -14,7 +14,7 @@ from cracknet.compact import compact
 from cracknet.errors import CracknetError
 from cracknet.query import run_query
 
-from test_results import DAY, commit_run, planned
+from helpers import DAY, commit_run, planned
 
 DENIED = "Cannot read s3://s/a.jpg: AccessDenied (the endpoint refused the credentials: ...)"
 
@@ -57,7 +57,7 @@ def test_transient_errors_are_planned_again_a_bounded_number_of_times(tmp_path):
 
 
 def _listing(rows):
-    from test_results import listing_of
+    from helpers import listing_of
 
     return listing_of(rows)
 

@@ -31,14 +31,6 @@ def test_discover_accepts_label_aliases_nesting_and_any_extension_case(tmp_path)
                      ("Negative/deep/er/img3.Png", 0), ("no_crack/img4.TIF", 0)}
 
 
-def test_discover_on_s3(s3_endpoint):
-    root = "s3://cracknet-test/discover-tree"
-    storage.write_bytes(f"{root}/crack/a b/1.jpg", b"1")
-    storage.write_bytes(f"{root}/no_crack/2.jpg", b"2")
-    found = sorted((p.uri, p.label) for p in discover(root))
-    assert found == [(f"{root}/crack/a b/1.jpg", 1), (f"{root}/no_crack/2.jpg", 0)]
-
-
 @pytest.mark.parametrize("layout, message", [
     ([], "No images"),
     (["crack/a.jpg", "crack/b.jpg"], "only crack images"),

@@ -155,7 +155,6 @@ def test_score_refuses_missing_inputs_with_one_line(synthetic_tree, tmp_path, cr
     assert not (tmp_path / "results" / "_delta_log").exists()  # nothing was committed
 
 
-
 LIGHT = """
 import sys
 from cracknet.cli import main

@@ -4,7 +4,7 @@ Nothing derived from an input key lands outside its location, and no two images 
 a command or a manifest takes is finite and in range, or refused with a sentence; one bad manifest cell costs one
 row. The examples are bounded (200 a test) so that the suite stays within its budget; a longer search:
 
-    CRACKNET_EXAMPLES=5000 .venv/bin/python -m pytest tests/test_properties.py
+    CRACKNET_EXAMPLES=5000 .venv/bin/python -m pytest tests/unit/test_properties.py
 """
 
 import dataclasses

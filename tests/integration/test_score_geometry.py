@@ -11,78 +11,19 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from cracknet import results, synthetic
+from cracknet import results
 from cracknet.compact import compact
 from cracknet.config import ScoreConfig
 from cracknet.errors import CracknetError
-from cracknet.model import build_model, save_artifact
+from cracknet.model import save_artifact
 from cracknet.query import run_query
 from cracknet.score import run_scoring
 from cracknet.scorer import Scorer
-from cracknet.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from cracknet.transforms import Preprocessing
 
-SIZE = 96
-DARKER_THAN = 0.42  # the photos below: cracks at 0.2 in brightness, the surface at 0.55 to 0.75
-
-
-def dark_line_segmenter(crack_logit: float = 8.0) -> torch.nn.Module:
-    """A CrackSegmenter whose verdict is ``crack_logit`` for every tile and whose mask is "darker than
-    DARKER_THAN": its full-resolution branch passes 0.42 minus the mean brightness on, the rest of the decoder
-    is zero."""
-    model = build_model(masks=True).eval()
-    with torch.no_grad():
-        for p in list(model.lateral.parameters()) + list(model.smooth.parameters()) + list(model.full.parameters()) \
-                + list(model.head.parameters()):
-            p.zero_()
-        for bn in (model.smooth[1], model.full[1], model.full[4], model.head[1]):
-            bn.weight.fill_(1.0)
-        first, second = model.full[0], model.full[3]
-        for c in range(3):  # normalised input back to brightness: -(v - mean) = -std * x - ... summed over colours
-            first.weight[0, c, 1, 1] = -IMAGENET_STD[c] / 3
-        first.bias[0] = DARKER_THAN - sum(IMAGENET_MEAN) / 3
-        second.weight[0, 0, 1, 1] = 1.0
-        model.head[0].weight[0, 64, 1, 1] = 1.0  # the first full-resolution channel, after the 64 pyramid channels
-        model.head[3].weight[0, 0] = 200.0
-        model.head[3].bias[0] = -200.0 * 0.01  # crack where at least 0.01 darker than the cut
-        model.classifier.fc.weight.zero_()
-        model.classifier.fc.bias.fill_(crack_logit)
-    return model
-
-
-def mask_card(threshold: float = 0.5) -> dict:
-    return {"preprocessing": {"image_size": SIZE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                              "source_size": SIZE},
-            "threshold": threshold, "decoder": {"channels": 64}, "mask": {"threshold": 0.5}}
-
-
-def draw_survey(folder, photos: int, seed: int = 4) -> dict:
-    """Light grey PNG photos, every third without cracks, the others with one or two dark cracks 2-8 px wide;
-    their true masks beside them under masks/, and each photo's cracks (width, length tip to tip)."""
-    rng = np.random.default_rng(seed)
-    truth = {}
-    for i in range(photos):
-        img = rng.uniform(0.55, 0.75, (SIZE, SIZE))
-        mask, cracks = np.zeros((SIZE, SIZE), bool), []
-        for _ in range(0 if i % 3 == 2 else 20):
-            width = float(rng.integers(2, 9))
-            points = synthetic.crack_path(rng, SIZE, margin=width + 2)
-            own = synthetic.polyline_mask(points, width, mask.shape)
-            if len(points) < 6 or (synthetic.polyline_mask(points, width + 8, mask.shape) & mask).any():
-                continue
-            mask |= own
-            cracks.append({"width_px": width, "length_px": float(np.hypot(*np.diff(points, axis=0).T).sum()) + width})
-            if len(cracks) == 1 + i % 2:
-                break
-        img[mask] = 0.2
-        name = f"photo-{i:02d}"
-        for sub, pixels in (("images", np.repeat(img[..., None] * 255, 3, -1)), ("masks", mask * 255.0)):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels.astype(np.uint8)).save(folder / sub / f"{name}.png")
-        truth[name] = cracks
-    return truth
+from helpers import SIZE, dark_line_segmenter, draw_survey, mask_card
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from cracknet import results, runs
 from cracknet.cli import build_parser
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 # Flags of other tools the pages show in use (ray job submit, ray start, ray get-auth-token).
 OTHER_TOOLS = {"--address", "--working-dir", "--runtime-env-json", "--no-wait", "--head", "--generate"}

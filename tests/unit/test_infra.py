@@ -267,7 +267,6 @@ def test_no_credentials_in_any_infra_file():
             assert not re.search(r"aws_secret_access_key\s*[:=]\s*[A-Za-z0-9/+]{20,}", text, re.I), path
 
 
-
 def test_the_package_reports_the_version_it_is_installed_as():
     import cracknet
 
