@@ -161,14 +161,10 @@ def model_folder(uri: str) -> str:
 
 
 def read_card(uri: str) -> dict[str, Any]:
-    """The card of the model at ``uri``: a model folder, the training output above it, or a registered version
-    (``models:/name/version``, ``models:/name@alias``; the card then also names the version, under ``registry``)."""
-    registered = None
+    """The card of the model at ``uri``: a model folder or the training output above it (a registered version,
+    ``models:/...``, is resolved by ``registry.read_model``, which then reads its card here)."""
     if uri.startswith(storage.REGISTRY_PREFIX):
-        from cracknet import registry
-
-        registered = registry.resolve(uri)
-        uri = registered["artifact_uri"]
+        raise CracknetError(f"{uri} is a registered version; it is read through the registry (registry.read_model).")
     folder = model_folder(uri)
     try:
         card = json.loads(storage.read_bytes(storage.join(folder, CARD_FILE)))
@@ -189,11 +185,6 @@ def read_card(uri: str) -> dict[str, Any]:
         raise CracknetError(f"{storage.join(folder, CARD_FILE)} names model {card['model_id']}, but its weights, "
                             "threshold and preprocessing make another model: the card was edited after the model was "
                             "saved. Save it as a new model (a new id) rather than change what an id means.")
-    if registered is not None:
-        from cracknet import registry
-
-        registry.check_version(card, registered)
-        return {**card, "folder": folder, "registry": registered}
     return {**card, "folder": folder}
 
 
@@ -211,7 +202,8 @@ def model_identity(card: dict[str, Any]) -> str:
 
 def record_evaluations(uri: str, rows: dict[str, dict[str, Any]]) -> str:
     """Add per-surface evaluation rows to a model's card (``evaluations``, by surface name; a surface
-    evaluated again replaces its row). The weights and the model id do not change. Returns the card's URI."""
+    evaluated again replaces its row). The weights and the model id do not change. Returns the card's URI.
+    ``uri`` is the model's folder (or the training output above it)."""
     card_uri = storage.join(read_card(uri)["folder"], CARD_FILE)
     card = json.loads(storage.read_bytes(card_uri))
     card["evaluations"] = {**card.get("evaluations", {}), **rows}

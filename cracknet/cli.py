@@ -137,6 +137,7 @@ def mask_line(m: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from cracknet import registry
     from cracknet.card import record_evaluations
     from cracknet.evaluate import evaluate_surfaces, parse_surface, surface_row
 
@@ -173,7 +174,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         storage.write_bytes(args.json, json.dumps(json_safe(document), indent=2, allow_nan=False).encode())
         print(f"Wrote {args.json}")
     if args.record:
-        print(f"Recorded {', '.join(rows)} in {record_evaluations(args.model, rows)} (evaluations).")
+        folder = registry.read_model(args.model)["folder"] if registry.is_registry_uri(args.model) else args.model
+        print(f"Recorded {', '.join(rows)} in {record_evaluations(folder, rows)} (evaluations).")
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
@@ -247,7 +249,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
     except Exception as exc:  # the registry's own failures (a server that went away, refused credentials)
         if not type(exc).__module__.startswith("mlflow"):
             raise
-        from cracknet.tracking import reason
+        from cracknet.mlflow_client import reason
 
         raise CracknetError(f"The model registry failed: {reason(exc, args.mlflow or '')}") from None
     if not verdict["promoted"] and not verdict.get("unchanged"):

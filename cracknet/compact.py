@@ -27,7 +27,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
-from cracknet import results, runs, storage
+from cracknet import query, results, runs, storage
 from cracknet.errors import CracknetError
 from cracknet.lease import Lease
 from cracknet.numbers import LEASE_SECONDS, Range, checked
@@ -113,7 +113,7 @@ def vacuum_masks(uri: str, retention_hours: int, now: datetime) -> list[str]:
     locations = [m for m in runs.mask_locations(uri) if not any(storage.overlap(m, s) for s in sources)]
     if not locations:
         return []
-    con = results.connect(uri)
+    con = query.connect(uri)
     con.execute(f"CREATE TEMP TABLE kept AS {KEPT_MASKS_SQL}").fetchall()
     cutoff = now - timedelta(hours=retention_hours)
     deleted = []

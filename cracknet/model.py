@@ -157,7 +157,12 @@ def load_artifact(uri: str, model_id: str | None = None) -> tuple[nn.Module, dic
     With ``model_id``, refuse a model other than the one named (e.g. replaced since a run began and
     recorded its id).
     """
-    card = read_card(uri)
+    if uri.startswith(storage.REGISTRY_PREFIX):
+        from cracknet.registry import read_model
+
+        card = read_model(uri)
+    else:
+        card = read_card(uri)
     if model_id is not None and card["model_id"] != model_id:
         raise CracknetError(f"The model at {card['folder']} is now {card['model_id']}, not the {model_id} this "
                             "run was started with (it was replaced during the run); rerun to use it.")

@@ -105,9 +105,9 @@ FROM results WHERE run_id = $run AND error IS NULL GROUP BY 1 ORDER BY 1
 
 def run_record(output: str, run_id: str) -> dict[str, Any]:
     """What a committed run holds, for monitoring: counts, rates, histograms and per-structure figures."""
-    from cracknet import results
+    from cracknet import query
 
-    con = results.connect(output)
+    con = query.connect(output)
     counts = con.sql(RUN_SQL, params={"run": run_id}).to_arrow_table().to_pylist()[0]
     values = con.sql("SELECT crack_probability, brightness, sharpness FROM results "
                      "WHERE run_id = $run AND error IS NULL", params={"run": run_id}).to_arrow_table()
@@ -248,9 +248,9 @@ def structure_changed(c: dict, rules: Rules) -> bool:
 def survey_changes(output: str, run_id: str) -> dict[str, dict]:
     """The structures ``run_id`` surveyed (first scored one of their photos), each before and after it as the run's
     model judged them (the ``survey_changes`` view); a structure surveyed for the first time is not there."""
-    from cracknet import results
+    from cracknet import query
 
-    rows = results.connect(output).sql("SELECT * FROM survey_changes WHERE run_id = $run",
+    rows = query.connect(output).sql("SELECT * FROM survey_changes WHERE run_id = $run",
                                        params={"run": run_id}).to_arrow_table().to_pylist()
     return {r["structure"]: r for r in rows}
 

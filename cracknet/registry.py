@@ -19,7 +19,7 @@ from typing import Any
 from cracknet import storage
 from cracknet.errors import CracknetError, StorageUnavailable
 from cracknet.screen import redact
-from cracknet.tracking import client, reason, tracking_uri, unavailable
+from cracknet.mlflow_client import client, reason, tracking_uri, unavailable
 
 PREFIX = storage.REGISTRY_PREFIX
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")

@@ -392,7 +392,7 @@ def scoring_section(report: Report, results: str, top: int, maps: int, card: dic
     """Scoring figures; thresholds drawn are ``card``'s (the section says so when other models scored)."""
     from cracknet.query import run_query
 
-    from cracknet.results import connect
+    from cracknet.query import connect
 
     plt = _pyplot()
     con = connect(results)  # one connection (one read of the table's log) for every figure
@@ -474,7 +474,7 @@ def geometry_section(report: Report, results: str, photos: int = GEOMETRY_PHOTOS
     from cracknet.drawing import colour_of, legend
     from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
     from cracknet.query import run_query
-    from cracknet.results import connect
+    from cracknet.query import connect
 
     con = connect(results)
     if not run_query(results, "SELECT count(*) FROM current WHERE crack_count IS NOT NULL", con=con)[0][0].as_py():
@@ -617,7 +617,7 @@ def _survey_photo(con, results: str, structure: str, run_id: str) -> Html:
 def changes_section(report: Report, results: str) -> None:
     """The structures whose cracks grew since their previous survey, with a photo of each survey."""
     from cracknet.query import run_query
-    from cracknet.results import connect
+    from cracknet.query import connect
 
     con = connect(results)
     changes = run_query(results, "SELECT * FROM structure_changes WHERE cracks_change > 0 OR "

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import cracknet
-from cracknet import checkpoint as ckpt, storage, tracking
+from cracknet import checkpoint as ckpt, registry, storage, tracking
 from cracknet.config import TrainConfig, batch_size_for
 from cracknet.data import NO_GROUPS, discover, has_masks, resolve_grouping, ungrouped_tiles
 from cracknet.datasets import load_labelled, split_datasets
@@ -38,7 +38,7 @@ from cracknet.errors import CracknetError, kind_of, root_cause
 from cracknet.masks import CrackSegmenter
 from cracknet.metrics import binary_metrics
 from cracknet.cluster import ensure_ray, train_log_level
-from cracknet.card import NOT_RECORDED, PHOTO_SIZE, build_card, has_decoder, lineage, preprocessing_of, read_card
+from cracknet.card import NOT_RECORDED, PHOTO_SIZE, build_card, has_decoder, lineage, preprocessing_of
 from cracknet.model import (CARD_FILE, build_model, imagenet_state_dict, load_artifact, load_model_state,
                             load_starting_weights, save_artifact, set_backbone_trainable)
 from cracknet.transforms import ImageError, Preprocessing, open_image
@@ -411,7 +411,7 @@ def resolve_settings(cfg: TrainConfig) -> tuple[TrainConfig, Preprocessing, dict
     """The run's settings made concrete: absolute locations (Ray Train runs each worker in a folder of its own),
     the base model's card, the labelled (or masked) images, the image size and the grouping of the splits."""
     weights = cfg.weights if cfg.weights in ("imagenet", "none") else storage.absolute(cfg.weights)
-    base = read_card(storage.absolute(cfg.base_model)) if cfg.base_model else None
+    base = registry.read_model(storage.absolute(cfg.base_model), cfg.mlflow) if cfg.base_model else None
     cfg = dataclasses.replace(cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output),
                               weights=weights, base_model=base["folder"] if base else None)
     cfg = cfg.with_recipe("random_init_base_model" if base and started_from_random_init(base) else None)

@@ -77,9 +77,11 @@ def test_a_tracked_training_run_is_one_mlflow_run_and_a_registered_version(ray_c
     assert any(line.startswith("Tracking in MLflow at http://127.0.0.1:") for line in lines)
 
     # A models:/ URI reads the artifact the version names, wherever a model URI is taken.
-    from cracknet.card import read_card
+    from cracknet.model import load_artifact
 
-    assert read_card(f"models:/crack-tracked/{version.version}")["model_id"] == card["model_id"]
+    _, loaded = load_artifact(f"models:/crack-tracked/{version.version}")
+    assert loaded["model_id"] == card["model_id"] and loaded["registry"]["version"] == str(version.version)
+    assert registry.read_model(f"models:/crack-tracked/{version.version}")["folder"] == card["folder"]
 
 
 def test_a_resumed_training_run_continues_its_mlflow_run(mlflow_server, tmp_path):

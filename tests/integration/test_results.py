@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from cracknet import inputs, planning, results, storage
+from cracknet import inputs, planning, query, results, storage
 from cracknet.cli import main as cli_main
 from cracknet.compact import compact
 from cracknet.errors import CracknetError
@@ -214,7 +214,7 @@ def test_csv_output_keeps_every_digit(tmp_path):
 def test_the_earlier_layout_is_refused_with_a_sentence(tmp_path):
     (tmp_path / "old" / "_manifests").mkdir(parents=True)
     with pytest.raises(CracknetError, match="earlier Parquet-and-manifest layout"):
-        results.connect(str(tmp_path / "old"))
+        query.connect(str(tmp_path / "old"))
 
 
 def test_the_log_is_checkpointed_so_opening_the_table_does_not_read_every_commit(tmp_path):

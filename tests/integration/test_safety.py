@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cracknet import results, storage
+from cracknet import query, results, storage
 from cracknet.cli import main as cli_main
 from cracknet.compact import compact
 from cracknet.errors import CracknetError
@@ -148,7 +148,7 @@ def test_a_query_reads_the_table_and_nothing_else(tmp_path, sql, s3_endpoint):
 def test_every_view_still_works_on_a_locked_connection(tmp_path):
     output = str(tmp_path / "results")
     commit_run(output, ["s3://s/bridge/a.jpg", "s3://s/bridge/b.jpg"], errors=["", "unreadable"])
-    con = results.connect(output)
+    con = query.connect(output)
     for view in ("results", "images", "tiles", "current", "structures", "failures",
                  "likely_cracks_since('2026-01-01')", "tiles_above('s3://s/bridge/a.jpg', 0.0)"):
         run_query(output, f"SELECT * FROM {view}", con=con)
