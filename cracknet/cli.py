@@ -28,12 +28,14 @@ import threading
 
 from cracknet import screen, storage
 from cracknet.card import MODEL_SIZE
+from cracknet.compact import DEFAULT_RETENTION_HOURS
 from cracknet.config import (ScoreConfig, TrainConfig, add_arguments, check_recall_settings, check_tile_size,
                              from_arguments)
 from cracknet.data import check_grouping
 from cracknet.errors import (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_UNAVAILABLE, CracknetError, GateRefused,
                              Terminated, exit_status)
 from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
+from cracknet.lease import DEFAULT_LEASE_SECONDS
 from cracknet.metrics import MAX_FALSE_ALARMS, json_safe, operating_point_caveat
 from cracknet.query import QUERY_MEMORY, QUERY_SECONDS
 
@@ -400,10 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     compact = sub.add_parser("compact", help="merge the results table's small files and vacuum unreferenced ones "
                                               "(holds the scoring lease)")
     compact.add_argument("--results", required=True, help="the scoring output: a folder or s3:// prefix")
-    compact.add_argument("--retention-hours", type=int, default=168,
+    compact.add_argument("--retention-hours", type=int, default=DEFAULT_RETENTION_HOURS,
                          help="keep unreferenced files younger than this, for readers of older snapshots "
-                              "(default: 168, Delta's one week)")
-    compact.add_argument("--lease-seconds", type=float, default=300.0,
+                              f"(default: {DEFAULT_RETENTION_HOURS}, Delta's one week)")
+    compact.add_argument("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS,
                          help="how long the lease on the output lasts without renewal (as for score)")
     compact.set_defaults(run=cmd_compact)
 

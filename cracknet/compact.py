@@ -29,13 +29,14 @@ from urllib.parse import unquote
 
 from cracknet import query, results, runs, storage
 from cracknet.errors import CracknetError
-from cracknet.lease import Lease
+from cracknet.lease import DEFAULT_LEASE_SECONDS, Lease
 from cracknet.numbers import LEASE_SECONDS, Range, checked
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's own default (delta.deletedFileRetentionDuration: one week)
 
 
-def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS, lease_seconds: float = 300.0) -> dict:
+def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS,
+            lease_seconds: float = DEFAULT_LEASE_SECONDS) -> dict:
     """Compact and vacuum the table at ``uri``; returns file counts before and after, and what was deleted."""
     from deltalake import CommitProperties, WriterProperties
 

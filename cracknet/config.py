@@ -15,6 +15,7 @@ from typing import Any, Optional, get_args, get_type_hints
 
 from cracknet.data import check_grouping
 from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
+from cracknet.lease import DEFAULT_LEASE_SECONDS
 from cracknet.errors import CracknetError
 from cracknet.numbers import LEASE_SECONDS, MM_PER_PIXEL, SHARE, Range, check_fields, checked
 from cracknet.metrics import MAX_FALSE_ALARMS
@@ -224,8 +225,9 @@ class ScoreConfig:
     read_batch_size: int = _opt(64, "images per read-and-decode task (their tiles reach the model in packs of "
                                     "about 64 tiles, or --batch-size where larger)", range=Range(1, 65_536))
     rows_per_part: int = _opt(4096, "images per Parquet file of the results table", range=Range(1, 10_000_000))
-    lease_seconds: float = _opt(300.0, "a run that stops renewing its lease on the output for this long is "
-                                       "presumed dead, and the next run takes the output over", range=LEASE_SECONDS)
+    lease_seconds: float = _opt(DEFAULT_LEASE_SECONDS, "a run that stops renewing its lease on the output for this "
+                                                       "long is presumed dead, and the next run takes the output over",
+                                range=LEASE_SECONDS)
     mm_per_pixel: Optional[float] = _opt(None, "the photos' scale (ground sample distance) in millimetres per pixel: "
                                                "crack lengths and widths in mm, and severity classes (default: "
                                                "unknown, so those are null)", range=MM_PER_PIXEL)

@@ -55,12 +55,15 @@ def _now() -> float:
     return time.time()
 
 
+DEFAULT_LEASE_SECONDS = 300.0  # a run that stops renewing its lease for this long is presumed dead
+
+
 def _stamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class Lease:
-    def __init__(self, output: str, owner: dict, seconds: float = 300.0):
+    def __init__(self, output: str, owner: dict, seconds: float = DEFAULT_LEASE_SECONDS):
         self.output, self.seconds = output, checked("--lease-seconds", seconds, LEASE_SECONDS)
         self.owner = {**owner, "host": socket.gethostname(), "pid": os.getpid(), "acquired_at": _now()}
         self._etag: str | None = None

@@ -10,7 +10,7 @@ import os
 import re
 
 from cracknet.errors import CracknetError
-from cracknet.screen import redact_text
+from cracknet.screen import first_line, redact_text
 
 
 def tracking_uri(flag: str | None) -> str | None:
@@ -41,8 +41,7 @@ MLFLOW_DEADLINES = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_HTTP_REQUEST_MA
 def reason(exc: BaseException, *secrets: str) -> str:
     """An MLflow failure as one sentence (its messages run to tracebacks of the server's), with every URL in it
     redacted and ``secrets`` (the tracking URI: credentials, tokens) cut out wherever MLflow quotes them."""
-    text = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).strip().splitlines()[0]
-    text = redact_text(text, *secrets)
+    text = redact_text(first_line(exc), *secrets)
     return text if text.endswith(".") else text + "."
 
 

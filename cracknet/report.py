@@ -26,6 +26,7 @@ from PIL import Image
 
 from cracknet import storage
 from cracknet.errors import CracknetError
+from cracknet.screen import first_line
 from cracknet.metrics import average_precision, binary_metrics, curve_points, evaluation, operating_point_caveat
 
 THUMB = 160
@@ -127,10 +128,7 @@ def _note(text: str) -> Html:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, CracknetError):
-        return str(exc)
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return str(exc) if isinstance(exc, CracknetError) else first_line(exc, named=True)
 
 
 def _thumbnail(uri: str, side: int = THUMB) -> str:

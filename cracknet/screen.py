@@ -70,6 +70,16 @@ def printable(text: str) -> str:
     return _CONTROL.sub("?", str(text).replace("\t", " ").replace("\r", " ").replace("\n", " "))
 
 
+def first_line(exc: BaseException, named: bool = False) -> str:
+    """What a failure says, in one line: the first line of its message (MLflow's ``message`` where it has one),
+    else its type's name; with ``named``, after its type's name (for failures that are not cracknet's sentences)."""
+    text = (getattr(exc, "message", None) or str(exc) or "").strip().splitlines()
+    said = text[0] if text else ""
+    if named:
+        return f"{type(exc).__name__}: {said}".rstrip(": ")
+    return said or type(exc).__name__
+
+
 def line(text: str, *secrets: str) -> str:
     """One line as the command line prints it: URLs redacted, control characters shown as "?"."""
     return printable(redact_text(text, *secrets))

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from cracknet.errors import CracknetError, ReadRefused, StorageUnavailable
+from cracknet.screen import first_line
 
 S3_PREFIX = "s3://"
 BODY_READ_ATTEMPTS = 3
@@ -213,8 +214,8 @@ def relative(uri: str, root: str) -> str:
 
 
 def reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    reason = text[0] if text else type(exc).__name__
+    """A store's failure in one line, with what to check when it refused the credentials."""
+    reason = first_line(exc)
     if any(code in reason for code in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                                        "(403)", "Forbidden")):
         reason += " (the endpoint refused the credentials: check the AWS_* credentials and AWS_ENDPOINT_URL)"
