@@ -108,8 +108,8 @@ def test_grad_cam_is_the_positive_part_of_the_gradient_weighted_last_stage():
     grad, = torch.autograd.grad(logit, features["a"])
     expected = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * features["a"]).sum(1))[0].detach().numpy()
     assert probability == pytest.approx(torch.sigmoid(logit).item(), abs=1e-6)
-    if expected.max() > 0:
-        np.testing.assert_allclose(cam, expected / expected.max(), atol=1e-5)
+    assert expected.max() > 0  # this seed gives a map with heat in it, so the comparison below always runs
+    np.testing.assert_allclose(cam, expected / expected.max(), atol=1e-5)
 
 
 def test_explain_command_writes_a_png_overlay_and_refuses_a_broken_image(crack_model, tmp_path, capsys):
