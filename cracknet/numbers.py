@@ -76,7 +76,7 @@ def check_fields(config: Any) -> None:
     one (``None`` passes for Optional fields)."""
     hints = get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        kind = _numeric(hints[f.name])
+        kind = numeric_kind(hints[f.name])
         value = getattr(config, f.name)
         if kind is None or value is None:
             continue
@@ -85,7 +85,8 @@ def check_fields(config: Any) -> None:
             raise CracknetError(f"{flag(f.name)} must be a whole number, got {value!r}.")
 
 
-def _numeric(hint: Any) -> type | None:
+def numeric_kind(hint: Any) -> type | None:
+    """int or float for a field of that type (Optional included); None for any other."""
     options = [a for a in get_args(hint) if a is not type(None)] if get_args(hint) else [hint]
     if len(options) == 1 and options[0] in (int, float) and options[0] is not bool:
         return options[0]

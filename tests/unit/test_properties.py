@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from cracknet import inputs, storage
 from cracknet.config import ScoreConfig, TrainConfig
 from cracknet.errors import CracknetError
-from cracknet.numbers import MM_PER_PIXEL, _numeric
+from cracknet.numbers import MM_PER_PIXEL, numeric_kind
 from cracknet.score import mask_name
 
 BOUNDED = settings(max_examples=int(os.environ.get("CRACKNET_EXAMPLES", "200")), deadline=None, database=None,  # nothing written into the project
@@ -76,7 +76,7 @@ def numeric_fields(cls):
     from typing import get_type_hints
 
     hints = get_type_hints(cls)
-    return [f for f in dataclasses.fields(cls) if _numeric(hints[f.name]) is not None]
+    return [f for f in dataclasses.fields(cls) if numeric_kind(hints[f.name]) is not None]
 
 
 @pytest.mark.parametrize("cls", [TrainConfig, ScoreConfig], ids=lambda c: c.__name__)
