@@ -49,7 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cracknet.errors import CracknetError
-from cracknet.screen import redact, redact_text
+from cracknet.screen import first_line, redact, redact_text
 
 PROBABILITY_BINS = 20  # equal-width bins of [0, 1]
 BRIGHTNESS_EDGES = [float(x) for x in np.linspace(0, 256, 17)]
@@ -333,7 +333,7 @@ def _post_once(opener, url: str, body: bytes, seconds: float) -> tuple[int | Non
     the HTTP status, or None and what went wrong."""
     if seconds <= 0:
         return None, "no time left"
-    outcome: list = [None, f"no complete answer within {seconds:.0f} s"]
+    outcome: list = [None, ""]
 
     def send() -> None:
         request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
@@ -345,7 +345,7 @@ def _post_once(opener, url: str, body: bytes, seconds: float) -> tuple[int | Non
             outcome[:] = [exc.code, f"HTTP {exc.code}" + (", a redirect, not followed" if 300 <= exc.code < 400
                                                           else "")]
         except Exception as exc:  # noqa: BLE001 - refused, timed out, unreachable: retried, then given up
-            outcome[:] = [None, type(exc).__name__ if not str(exc) else str(exc).splitlines()[0]]
+            outcome[:] = [None, first_line(exc)]
 
     # The request runs in a daemon thread so that the deadline holds whatever the socket does; one left
     # behind ends with the process.

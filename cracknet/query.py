@@ -44,7 +44,7 @@ import pyarrow as pa
 from cracknet import results, runs, storage
 from cracknet.errors import CracknetError
 from cracknet.numbers import Range, checked
-from cracknet.screen import printable
+from cracknet.screen import first_line, printable
 
 
 QUERY_SECONDS = 300.0   # a statement still running after this long is stopped (--timeout)
@@ -89,8 +89,7 @@ def run_query(uri: str, sql: str, con=None, timeout: float = QUERY_SECONDS, memo
                             "run_date, a LIMIT) or give --timeout.")
     found = outcome[0]
     if isinstance(found, duckdb.Error):
-        first = str(found).strip().splitlines()[0] if str(found).strip() else type(found).__name__
-        raise CracknetError(f"The query failed: {first}") from None
+        raise CracknetError(f"The query failed: {first_line(found)}") from None
     if isinstance(found, BaseException):
         raise found
     return found
@@ -267,7 +266,7 @@ def connect(uri: str, memory_limit: str | None = None):
     try:
         con = duckdb.connect(config=config)
     except duckdb.Error as exc:
-        raise CracknetError(f"Cannot open a query connection: {str(exc).strip().splitlines()[0]} "
+        raise CracknetError(f"Cannot open a query connection: {first_line(exc)} "
                             "(--memory-limit takes sizes like 2GB or 512MB).") from None
     con.execute("SET TimeZone = 'UTC'").fetchall()
     con.register("results", results.dataset(uri))
