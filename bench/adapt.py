@@ -16,7 +16,7 @@ trained model, whether its card's test interval covers the accuracy on the
 held-out photos, and the held-out photos it does worst on.
 
 Without --data/--holdout it generates the hard pavement surface
-(``cracknet.synthetic``): 40 photos to adapt on, 40 others held out, each cut
+(``cracknet.demo.synthetic``): 40 photos to adapt on, 40 others held out, each cut
 into 4 x 3 tiles of 96 px. Real data of your own structures is what this
 benchmark is for: pass labelled trees of whole photos.
 """
@@ -32,11 +32,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cracknet.card import read_card  # noqa: E402
-from cracknet.config import TrainConfig  # noqa: E402
-from cracknet.evaluate import evaluate  # noqa: E402
-from cracknet.synthetic import generate_photos  # noqa: E402
-from cracknet.train import run_training  # noqa: E402
+from cracknet.demo.synthetic import generate_photos  # noqa: E402
+from cracknet.model.card import read_card  # noqa: E402
+from cracknet.predict.evaluate import evaluate  # noqa: E402
+from cracknet.train.config import TrainConfig  # noqa: E402
+from cracknet.train.driver import run_training  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "runs")
 BASES = (os.path.join(ROOT, "base", "model"), os.path.join(ROOT, "demo", "model"))  # bench/base_model.py's, make demo's
@@ -74,10 +74,10 @@ def with_turns(model: str, holdout: str) -> str:
     import numpy as np
 
     from cracknet import storage
-    from cracknet.data import discover
-    from cracknet.metrics import binary_metrics
-    from cracknet.scorer import Scorer
-    from cracknet.transforms import decode
+    from cracknet.data.trees import discover
+    from cracknet.images.decoding import decode
+    from cracknet.measure.metrics import binary_metrics
+    from cracknet.predict.scorer import Scorer
 
     scorer = Scorer.load(model)
     images = discover(holdout)

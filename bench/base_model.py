@@ -5,7 +5,7 @@
 
 Builds one labelled tree (links, not copies) of the METU concrete patches
 (../shared/data/metu-dev, where present), the generated concrete and asphalt
-tiles (``cracknet.synthetic``, seeds of their own: none of the adaptation sets'),
+tiles (``cracknet.demo.synthetic``, seeds of their own: none of the adaptation sets'),
 and trains a cracknet model on it with ``run_training``: ImageNet weights where
 torchvision can load them, else random init (said so, and recorded in the card).
 The patches are independent images, so the split is by content hash
@@ -22,15 +22,15 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cracknet import storage  # noqa: E402
-from cracknet.config import TrainConfig  # noqa: E402
-from cracknet.data import CLASS_NAMES, discover  # noqa: E402
+from cracknet.data.trees import CLASS_NAMES, discover  # noqa: E402
+from cracknet.demo.synthetic import generate  # noqa: E402
 from cracknet.errors import CracknetError  # noqa: E402
-from cracknet.evaluate import predict_tree  # noqa: E402
-from cracknet.metrics import binary_metrics  # noqa: E402
-from cracknet.model import imagenet_state_dict  # noqa: E402
-from cracknet.scorer import Scorer  # noqa: E402
-from cracknet.synthetic import generate  # noqa: E402
-from cracknet.train import run_training  # noqa: E402
+from cracknet.measure.metrics import binary_metrics  # noqa: E402
+from cracknet.model.network import imagenet_state_dict  # noqa: E402
+from cracknet.predict.evaluate import predict_tree  # noqa: E402
+from cracknet.predict.scorer import Scorer  # noqa: E402
+from cracknet.train.config import TrainConfig  # noqa: E402
+from cracknet.train.driver import run_training  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEV_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "metu-dev"))

@@ -5,9 +5,9 @@
 
 A mask tree is ``<root>/masks/…`` (PNG/BMP/JPG, non-zero = crack), the layout
 ``cracknet train`` reads beside ``<root>/images/…``. Every mask is measured with
-``cracknet.geometry.measure``; the benchmark prints cracks found, their lengths,
+``cracknet.measure.geometry.measure``; the benchmark prints cracks found, their lengths,
 widths and severities, and the time per megapixel. Where the tree holds the
-truth (``cracks.json``, as ``python -m cracknet.synthetic --masks`` writes: each
+truth (``cracks.json``, as ``python -m cracknet.demo.synthetic --masks`` writes: each
 crack's width and centre line), each true crack is matched to the measured crack
 nearest its middle and the errors are printed: width (the crack's mean width,
 and the median width along its simplified centre line) in pixels, and length in
@@ -29,9 +29,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from cracknet import storage  # noqa: E402
-from cracknet.geometry import DEFAULT_WIDTH_CLASSES, measure, parse_width_classes  # noqa: E402
-from cracknet.synthetic import generate_masked  # noqa: E402
-from cracknet.transforms import open_image  # noqa: E402
+from cracknet.demo.synthetic import generate_masked  # noqa: E402
+from cracknet.images.decoding import open_image  # noqa: E402
+from cracknet.measure.geometry import DEFAULT_WIDTH_CLASSES, measure, parse_width_classes  # noqa: E402
 
 MASK_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg")
 

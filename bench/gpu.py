@@ -33,10 +33,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cracknet.engine import Precision, train_one_epoch  # noqa: E402
-from cracknet.model import build_model  # noqa: E402
-from cracknet.scorer import Scorer, Tiling, tiles_on_device  # noqa: E402
-from cracknet.transforms import Preprocessing, decode, decode_tiles, eval_preset  # noqa: E402
+from cracknet.images.decoding import Preprocessing, decode, decode_tiles, eval_preset  # noqa: E402
+from cracknet.model.network import build_model  # noqa: E402
+from cracknet.model.precision import Precision  # noqa: E402
+from cracknet.predict.scorer import Scorer, Tiling, tiles_on_device  # noqa: E402
+from cracknet.train.epoch import train_one_epoch  # noqa: E402
 
 DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "metu-dev"
 
@@ -114,8 +115,9 @@ def main() -> int:
         rows.append(("(a) model alone, torch.compile", a_compiled, f"compiled in {compile_s:.0f} s"))
 
     # (b) a plain loop: PIL decode on the CPU, then the same model
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     def plain_batch():
         images = []

@@ -13,7 +13,7 @@ threshold chosen on validation):
 
 - pixels: precision, recall and F1 within 2 px (with a 95% interval that resamples whole photos), IoU, and the
   best fixed threshold's F1 (ODS); the photos with the lowest F1, one row each;
-- geometry: each true crack (measured on the true mask with ``cracknet.geometry``) is matched to the drawn
+- geometry: each true crack (measured on the true mask with ``cracknet.measure.geometry``) is matched to the drawn
   crack nearest the middle of its centre line; width error (mean width, px) and length error (%) of the
   matched ones, and the share found;
 - verdicts: accuracy and recall of the crack head at its threshold (and the base model's, when adapting);
@@ -34,16 +34,16 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cracknet import storage  # noqa: E402
-from cracknet.config import TrainConfig  # noqa: E402
-from cracknet.data import discover  # noqa: E402
-from cracknet.datasets import load_mask  # noqa: E402
-from cracknet.evaluate import evaluate  # noqa: E402
-from cracknet.geometry import match_cracks, measure  # noqa: E402
-from cracknet.masks import photo_probabilities  # noqa: E402
-from cracknet.metrics import mask_metrics  # noqa: E402
-from cracknet.scorer import Scorer, read_image  # noqa: E402
-from cracknet.synthetic import generate_masked, generate_road_masks, image_bytes, masked_photo  # noqa: E402
-from cracknet.train import run_training  # noqa: E402
+from cracknet.data.loading import load_mask  # noqa: E402
+from cracknet.data.trees import discover  # noqa: E402
+from cracknet.demo.synthetic import generate_masked, generate_road_masks, image_bytes, masked_photo  # noqa: E402
+from cracknet.measure.geometry import match_cracks, measure  # noqa: E402
+from cracknet.measure.metrics import mask_metrics  # noqa: E402
+from cracknet.predict.evaluate import evaluate  # noqa: E402
+from cracknet.predict.scorer import Scorer, read_image  # noqa: E402
+from cracknet.predict.stitching import photo_probabilities  # noqa: E402
+from cracknet.train.config import TrainConfig  # noqa: E402
+from cracknet.train.driver import run_training  # noqa: E402
 
 WIDTH_BANDS = (0.0, 2.5, 4.5, 7.5)  # px: true mean widths grouped for the width errors
 
@@ -112,7 +112,7 @@ def survey(folder: str, photos: int, size: int, cracked_share: float = 0.1, seed
 def night_cost(scorer: Scorer, uris: list[str]) -> tuple[float, float, int]:
     """Seconds to read, tile and score the survey without geometry and with it, as a model actor does (calls of
     ``batch_tiles`` tiles across photos); interleaved, best of two."""
-    from cracknet.score import Geometry, image_geometry
+    from cracknet.score.pipeline import Geometry, image_geometry
 
     geometry = Geometry(scorer.threshold, scorer.card["mask"]["threshold"], scorer.card["mask"].get("width_threshold"),
                         0.2, "insignificant:0.3,moderate:1.25,wide",

@@ -36,14 +36,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cracknet.config import TrainConfig, batch_size_for  # noqa: E402
-from cracknet.data import content_hash, discover, grouper, plan_splits, resolve_grouping  # noqa: E402
-from cracknet.engine import Precision, log_loss, lr_at, train_one_epoch  # noqa: E402
-from cracknet.metrics import evaluation, operating_point  # noqa: E402
-from cracknet.storage import read_bytes  # noqa: E402
-from cracknet.synthetic import generate, generate_photos  # noqa: E402
-from cracknet.train import lr_schedule, stage_of  # noqa: E402
-from cracknet.transforms import Preprocessing, decode, eval_preset  # noqa: E402
+from cracknet.data.splits import grouper, plan_splits, resolve_grouping  # noqa: E402
+from cracknet.data.trees import discover  # noqa: E402
+from cracknet.demo.synthetic import generate, generate_photos  # noqa: E402
+from cracknet.images.decoding import Preprocessing, decode, eval_preset  # noqa: E402
+from cracknet.measure.intervals import evaluation  # noqa: E402
+from cracknet.measure.thresholds import operating_point  # noqa: E402
+from cracknet.model.precision import Precision  # noqa: E402
+from cracknet.storage import content_hash, read_bytes  # noqa: E402
+from cracknet.train.config import TrainConfig, batch_size_for  # noqa: E402
+from cracknet.train.epoch import log_loss, lr_at, train_one_epoch  # noqa: E402
+from cracknet.train.worker import lr_schedule, stage_of  # noqa: E402
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1]: (x - 127) / 128 in 8-bit terms.
 LITE_MEAN, LITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

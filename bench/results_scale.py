@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from score_throughput import make_model  # noqa: E402
+from score_throughput import make_model
 
 
 def rss_kib(pid: int) -> int:
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=20_000)
     args = parser.parse_args()
 
-    from cracknet.query import run_query
+    from cracknet.table.query import run_query
 
     work = Path(tempfile.mkdtemp(prefix="cracknet-scale-"))
     model = make_model(work / "model", image_size=32)

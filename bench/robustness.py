@@ -26,11 +26,13 @@ from PIL import Image, ImageFilter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cracknet import storage  # noqa: E402
-from cracknet.card import read_card  # noqa: E402
-from cracknet.config import TrainConfig  # noqa: E402
-from cracknet.data import content_hash, discover, split_of  # noqa: E402
-from cracknet.evaluate import evaluate  # noqa: E402
-from cracknet.train import run_training  # noqa: E402
+from cracknet.data.splits import split_of  # noqa: E402
+from cracknet.data.trees import discover  # noqa: E402
+from cracknet.model.card import read_card  # noqa: E402
+from cracknet.predict.evaluate import evaluate  # noqa: E402
+from cracknet.storage import content_hash  # noqa: E402
+from cracknet.train.config import TrainConfig  # noqa: E402
+from cracknet.train.driver import run_training  # noqa: E402
 
 DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "metu-dev"
 

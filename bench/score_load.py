@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from score_throughput import make_model, score_process  # noqa: E402
+from score_throughput import make_model, score_process
 
 BUCKET = "cracknet-load"
 
@@ -54,8 +54,8 @@ def start_s3(log: Path) -> subprocess.Popen:
 
 
 def upload(prefix: str, count: int) -> float:
+    from cracknet.demo.synthetic import concrete, draw_crack, image_bytes
     from cracknet.storage import s3_client
-    from cracknet.synthetic import concrete, draw_crack, image_bytes
 
     client = s3_client()
     started = time.perf_counter()
@@ -78,8 +78,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     args = parser.parse_args()
 
-    from cracknet.query import run_query
     from cracknet.storage import s3_client
+    from cracknet.table.query import run_query
 
     work = Path(tempfile.mkdtemp(prefix="cracknet-load-"))
     s3 = start_s3(work / "moto.log")

@@ -31,11 +31,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cracknet import storage  # noqa: E402
-from cracknet.data import content_hash, discover, split_of  # noqa: E402
-from cracknet.engine import Precision  # noqa: E402
-from cracknet.metrics import binary_metrics  # noqa: E402
-from cracknet.model import load_artifact, preprocessing_of  # noqa: E402
-from cracknet.transforms import decode, eval_preset  # noqa: E402
+from cracknet.data.splits import split_of  # noqa: E402
+from cracknet.data.trees import discover  # noqa: E402
+from cracknet.images.decoding import decode, eval_preset  # noqa: E402
+from cracknet.measure.metrics import binary_metrics  # noqa: E402
+from cracknet.model.card import preprocessing_of  # noqa: E402
+from cracknet.model.network import load_artifact  # noqa: E402
+from cracknet.model.precision import Precision  # noqa: E402
+from cracknet.storage import content_hash  # noqa: E402
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "runs" / "demo" / "model"
 

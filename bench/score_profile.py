@@ -28,11 +28,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from score_throughput import cpu_name, make_images, make_model, process_tree, run_score  # noqa: E402
+from score_throughput import cpu_name, make_images, make_model, process_tree, run_score
 
-from cracknet.card import preprocessing_of, read_card  # noqa: E402
-from cracknet.score import CrackPredictor, read_and_tile, write_parts  # noqa: E402
-from cracknet.scorer import CALL_TILES, tiling_of  # noqa: E402
+from cracknet.model.card import preprocessing_of, read_card  # noqa: E402
+from cracknet.predict.scorer import CALL_TILES, tiling_of  # noqa: E402
+from cracknet.score.pipeline import CrackPredictor, read_and_tile, write_parts  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -34,11 +34,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cracknet.engine import Precision  # noqa: E402
-from cracknet.model import build_model, load_artifact, preprocessing_of, save_artifact  # noqa: E402
-from cracknet.scorer import call_tiles  # noqa: E402
-from cracknet.synthetic import concrete, image_bytes  # noqa: E402
-from cracknet.transforms import IMAGENET_MEAN, IMAGENET_STD, decode, eval_preset  # noqa: E402
+from cracknet.demo.synthetic import concrete, image_bytes  # noqa: E402
+from cracknet.images.decoding import IMAGENET_MEAN, IMAGENET_STD, decode, eval_preset  # noqa: E402
+from cracknet.model.card import preprocessing_of  # noqa: E402
+from cracknet.model.network import build_model, load_artifact, save_artifact  # noqa: E402
+from cracknet.model.precision import Precision  # noqa: E402
+from cracknet.predict.scorer import call_tiles  # noqa: E402
 
 DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "metu-dev"
 PLAIN_BATCH = 32

@@ -29,11 +29,13 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cracknet import storage  # noqa: E402
-from cracknet.config import TrainConfig  # noqa: E402
-from cracknet.data import content_hash, discover, split_of  # noqa: E402
-from cracknet.metrics import binary_metrics  # noqa: E402
-from cracknet.model import build_model  # noqa: E402
-from cracknet.transforms import Preprocessing, decode, eval_preset  # noqa: E402
+from cracknet.data.splits import split_of  # noqa: E402
+from cracknet.data.trees import discover  # noqa: E402
+from cracknet.images.decoding import Preprocessing, decode, eval_preset  # noqa: E402
+from cracknet.measure.metrics import binary_metrics  # noqa: E402
+from cracknet.model.network import build_model  # noqa: E402
+from cracknet.storage import content_hash  # noqa: E402
+from cracknet.train.config import TrainConfig  # noqa: E402
 
 DEV_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "metu-dev")
 
@@ -80,7 +82,7 @@ def baseline(data: str, image_size: int, seconds: float) -> dict:
 
 
 def cracknet_run(data: str, image_size: int, epochs: int, output: str, fp32: bool = False) -> dict:
-    from cracknet.train import run_training
+    from cracknet.train.driver import run_training
 
     cfg = TrainConfig(data=data, output=output, epochs=epochs, image_size=image_size, batch_size=32,
                       num_workers=2, weights="none", overwrite=True, fp32=fp32)

@@ -25,10 +25,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cracknet import storage  # noqa: E402
-from cracknet.data import discover  # noqa: E402
-from cracknet.engine import Precision, train_one_epoch  # noqa: E402
-from cracknet.model import build_model  # noqa: E402
-from cracknet.transforms import Preprocessing, decode  # noqa: E402
+from cracknet.data.trees import discover  # noqa: E402
+from cracknet.images.decoding import Preprocessing, decode  # noqa: E402
+from cracknet.model.network import build_model  # noqa: E402
+from cracknet.model.precision import Precision  # noqa: E402
+from cracknet.train.epoch import train_one_epoch  # noqa: E402
 
 DEV_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "metu-dev")
 
@@ -55,8 +56,8 @@ def one_process(images: torch.Tensor, labels: torch.Tensor, spec: Preprocessing,
 
 
 def with_ray(data: str, workers: int, epochs: int, image_size: int, batch: int) -> float:
-    from cracknet.config import TrainConfig
-    from cracknet.train import run_training
+    from cracknet.train.config import TrainConfig
+    from cracknet.train.driver import run_training
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(data=data, output=out, epochs=epochs, image_size=image_size, batch_size=batch,

@@ -10,11 +10,13 @@ Importing the package does nothing but define names (torch is imported by
 `jobs/` do all set-up.
 """
 
-__version__ = "0.2.0"
+from cracknet.version import __version__
+
+__all__ = ["__version__", "load_model"]
 
 
 def load_model(uri: str, **options):
-    """The model at ``uri``, scoring exactly as the nightly job does; see ``cracknet.scorer.Scorer``."""
-    from cracknet.scorer import load_model as _load
+    """The model at ``uri``, scoring exactly as the nightly job does; see ``cracknet.predict.scorer.Scorer``."""
+    from cracknet.predict.scorer import load_model as _load
 
     return _load(uri, **options)

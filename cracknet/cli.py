@@ -27,121 +27,36 @@ import sys
 import threading
 
 from cracknet import screen, storage
-from cracknet.card import MODEL_SIZE
-from cracknet.compact import DEFAULT_RETENTION_HOURS
-from cracknet.config import (ScoreConfig, TrainConfig, add_arguments, check_recall_settings, check_tile_size,
-                             from_arguments)
-from cracknet.data import check_grouping
+from cracknet.config import add_arguments, from_arguments
+from cracknet.console import (alert_lines, crack_lines, format_metrics, group_table, mask_line, print_training,
+                              surface_table)
+from cracknet.data.splits import check_grouping
 from cracknet.errors import (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_UNAVAILABLE, CracknetError, GateRefused,
                              Terminated, exit_status)
-from cracknet.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
-from cracknet.lease import DEFAULT_LEASE_SECONDS
-from cracknet.metrics import MAX_FALSE_ALARMS, json_safe, operating_point_caveat
-from cracknet.query import QUERY_MEMORY, QUERY_SECONDS
+from cracknet.measure.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
+from cracknet.measure.metrics import json_safe
+from cracknet.measure.thresholds import MAX_FALSE_ALARMS, check_recall_settings, operating_point_caveat
+from cracknet.score.config import ScoreConfig, check_tile_size
+from cracknet.storage.lease import DEFAULT_LEASE_SECONDS
+from cracknet.table.compact import DEFAULT_RETENTION_HOURS
+from cracknet.table.query import QUERY_MEMORY, QUERY_SECONDS
+from cracknet.train.config import TrainConfig
+from cracknet.version import __version__
 
 DEV_DATA = os.path.join("..", "shared", "data", "metu-dev")
-METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
-
-
-def _format_metrics(metrics: dict) -> str:
-    intervals = metrics.get("intervals_95", {})
-    parts = []
-    for name in METRIC_NAMES:
-        if name in metrics and metrics[name] is not None:
-            low, high = intervals.get(name, (None, None))
-            parts.append(f"{name} {metrics[name]:.4f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else ""))
-    count = metrics.get("groups")
-    groups = f", {count} group{'s' if count != 1 else ''} resampled whole" if count else ""
-    return ", ".join(parts) + f" (threshold {metrics['threshold']:.3f}, n={metrics['n']}{groups})"
-
-
-def _false_alarms(point: dict) -> str:
-    """", false alarms 4 of 61 no-crack images (6.6%)"; "" where the card does not count them."""
-    if point.get("negatives") is None or point.get("false_alarms") is None:
-        return ""
-    flagged = round(point["false_alarms"] * point["negatives"])
-    return f", false alarms {flagged} of {point['negatives']} no-crack images ({point['false_alarms']:.1%})"
-
-
-def _print_training(card: dict) -> None:
-    # Start on a fresh line: Ray's progress bars may have left the cursor mid-line.
-    point = card["operating_point"]
-    bound = (f", {point['confidence']:.0%} lower bound {point['recall_lower_bound']:.3f}"
-             if point.get("confidence") else "")
-    print(f"Threshold {card['threshold']:.3f} for recall >= {point['target_recall']}: validation recall "
-          f"{point['val_recall']:.3f}{bound}, precision {point['val_precision']:.3f}{_false_alarms(point)} "
-          f"(at 0.5: recall {point['val_recall_at_0.5']:.3f}, precision {point['val_precision_at_0.5']:.3f})")
-    if operating_point_caveat(point):
-        advice = " Hold out more images (--val-fraction) or lower --recall-confidence." if not point["backed"] else ""
-        print(f"Warning: {operating_point_caveat(point)}{advice}")
-    print(f"Test metrics: {_format_metrics(card['metrics']['test'])}")
-    if card["metrics"]["test"].get("interval_caveat"):
-        print(f"Note: {card['metrics']['test']['interval_caveat']}")
-    print(f"Test at 0.5:  {_format_metrics(card['metrics']['test_at_0.5'])}")
-    if "mask" in card:
-        mask = card["mask"]
-        print(f"Crack masks: threshold {mask['threshold']:.2f} (best on validation); pixel F1 within "
-              f"{mask['val']['tolerance_px']:g} px {mask['val']['f1']:.3f} (IoU {mask['val']['iou']:.3f}) on "
-              f"{mask['val']['images']} validation masks, {mask['test']['f1']:.3f} (IoU {mask['test']['iou']:.3f}) "
-              f"on {mask['test']['images']} test masks, at {mask.get('measured_at', MODEL_SIZE)}.")
-    if "lineage" in card:
-        base, before, after = card["lineage"]["base_model"], card["lineage"]["base_model_on_test"], card["metrics"]["test"]
-        print(f"Adapted from {base['uri']} (model_id {base['model_id']}): on this test split the base model had "
-              f"accuracy {before['accuracy']:.4f}, recall {before['recall']:.4f} (its threshold "
-              f"{base['threshold']:.3f}); adapted: accuracy {after['accuracy']:.4f}, recall {after['recall']:.4f}.")
-    print(f"Model artifact: {card['folder']} (model_id {card['model_id']})")
-    if card.get("registered"):
-        version = card["registered"]
-        print(f"Registered as version {version['version']} of {version['name']} in MLflow "
-              f"(models:/{version['name']}/{version['version']}).")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     cfg = from_arguments(TrainConfig, args)  # bad settings are refused before torch and Ray are imported
-    from cracknet.train import run_training
+    from cracknet.train.driver import run_training
 
-    _print_training(run_training(cfg))
-
-
-def _surface_table(rows: dict[str, dict]) -> list[str]:
-    width = max(8, *(len(name) for name in rows))
-    masks = any("masks" in r for r in rows.values())
-    lines = [f"{'surface':<{width}} {'images':>7} {'cracks':>7} {'accuracy':>9} {'precision':>10} {'recall':>8} "
-             f"{'AUC':>7}" + (f" {'mask F1':>8} {'IoU':>6}" if masks else "")]
-    for name, r in rows.items():
-        auc = "n/a" if r["roc_auc"] is None or r["roc_auc"] != r["roc_auc"] else f"{r['roc_auc']:.4f}"
-        pixels = "" if not masks else f" {'n/a':>8} {'n/a':>6}" if "masks" not in r else \
-            f" {r['masks']['f1']:>8.4f} {r['masks']['iou']:>6.3f}"
-        lines.append(f"{name:<{width}} {r['images']:>7} {r['cracks']:>7} {r['accuracy']:>9.4f} "
-                     f"{r['precision']:>10.4f} {r['recall']:>8.4f} {auc:>7}{pixels}")
-    return lines
-
-
-GROUP_ROWS = 10
-
-
-def _group_table(groups: list[dict], grouping: str) -> list[str]:
-    """The groups (photos, structures) with the most errors, one line each; the rest counted."""
-    width = max(5, *(len(r["group"]) for r in groups[:GROUP_ROWS]))
-    lines = [f"Per group ({grouping}), {len(groups)} groups" + (f"; the {GROUP_ROWS} with the most errors:"
-                                                                 if len(groups) > GROUP_ROWS else ":"),
-             f"{'group':<{width}} {'images':>7} {'cracks':>7} {'missed':>7} {'false alarms':>13} {'accuracy':>9}"]
-    lines += [f"{r['group']:<{width}} {r['images']:>7} {r['cracks']:>7} {r['missed']:>7} {r['false_alarms']:>13} "
-              f"{r['accuracy']:>9.4f}" for r in groups[:GROUP_ROWS]]
-    return lines
-
-
-def mask_line(m: dict) -> str:
-    """The console line of masks' pixel metrics."""
-    return (f"Crack masks ({m['images']} photos, pixels within {m['tolerance_px']:g} px): precision "
-            f"{m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f}, IoU {m['iou']:.3f} at the mask "
-            f"threshold {m['threshold']:.2f}; best fixed threshold (ODS) {m['ods_threshold']:.2f}, F1 {m['ods_f1']:.3f}.")
+    print_training(run_training(cfg))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from cracknet import registry
-    from cracknet.card import record_evaluations
-    from cracknet.evaluate import evaluate_surfaces, parse_surface, surface_row
+    from cracknet.model.card import read_model, record_evaluations
+    from cracknet.predict.evaluate import evaluate_surfaces, parse_surface, surface_row
+    from cracknet.registry import versions
 
     check_recall_settings(args.target_recall, args.recall_confidence, args.max_false_alarms)
     check_tile_size(args.tile_size)
@@ -152,36 +67,36 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for name, report in reports.items():
         title = f"{name}: " if len(reports) > 1 else ""
         print(f"{title}{report['images']} images under {report['data']}, {len(report['unreadable'])} unreadable.")
-        print(f"Metrics: {_format_metrics(report['metrics'])}")
+        print(f"Metrics: {format_metrics(report['metrics'])}")
         if report["metrics"].get("interval_caveat"):
             print(f"Note: {report['metrics']['interval_caveat']}")
-        print(f"At 0.5:  {_format_metrics(report['metrics_at_0.5'])}")
+        print(f"At 0.5:  {format_metrics(report['metrics_at_0.5'])}")
         if "for_target_recall" in report:
             chosen = report["for_target_recall"]
-            print(f"For recall >= {chosen['target_recall']} on this data: {_format_metrics(chosen['metrics'])}")
+            print(f"For recall >= {chosen['target_recall']} on this data: {format_metrics(chosen['metrics'])}")
             if operating_point_caveat(chosen):
                 print(f"Warning: {operating_point_caveat(chosen, where='in this data')}")
         if "masks" in report:
             print(mask_line(report["masks"]))
         if report["groups"]:
-            print("\n".join(_group_table(report["groups"], report["grouping"])))
+            print("\n".join(group_table(report["groups"], report["grouping"])))
     rows = {name: surface_row(report) for name, report in reports.items()}
     threshold = next(iter(reports.values()))["threshold"]
     if len(reports) > 1:
         print(f"At the model's threshold {threshold:.3f}:")
-        print("\n".join(_surface_table(rows)))
+        print("\n".join(surface_table(rows)))
     if args.json:
         single = next(iter(reports.values()))
         document = single if len(reports) == 1 else {"surfaces": reports}
         storage.write_bytes(args.json, json.dumps(json_safe(document), indent=2, allow_nan=False).encode())
         print(f"Wrote {args.json}")
     if args.record:
-        folder = registry.read_model(args.model)["folder"] if registry.is_registry_uri(args.model) else args.model
+        folder = read_model(args.model)["folder"] if versions.is_registry_uri(args.model) else args.model
         print(f"Recorded {', '.join(rows)} in {record_evaluations(folder, rows)} (evaluations).")
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from cracknet.explain import explain
+    from cracknet.predict.explain import explain
 
     if args.mm_per_pixel is not None and not args.mm_per_pixel > 0:
         raise CracknetError(f"--mm-per-pixel must be positive, got {args.mm_per_pixel}.")
@@ -196,28 +111,15 @@ def cmd_explain(args: argparse.Namespace) -> None:
         print(line)
 
 
-def crack_lines(cracks: list[dict], most: int = 10) -> list[str]:
-    """One line per crack (the longest first), in millimetres where the scale is known."""
-    def size(c: dict, key: str) -> str:
-        return f"{c[key + '_mm']:.2f} mm" if c.get(key + "_mm") is not None else f"{c[key + '_px']:.1f} px"
-
-    lines = [f"  crack {i + 1}: {c['orientation']}, length {size(c, 'length')}, width {size(c, 'width_mean')} mean, "
-             f"{size(c, 'width_p95')} at the 95th percentile" + (f", {c['severity']}" if c.get("severity") else "")
-             for i, c in enumerate(cracks[:most])]
-    if len(cracks) > most:
-        lines.append(f"  ... and {len(cracks) - most} shorter cracks")
-    return lines
-
-
 def cmd_report(args: argparse.Namespace) -> None:
-    from cracknet.report import build_report
+    from cracknet.report.build import build_report
 
     written = build_report(args.model, args.output, data=args.data, split=args.split, results=args.results)
     print(f"Report: {written['report']} ({len(written['figures'])} figures beside it)")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from cracknet.score import run_scoring
+    from cracknet.score.driver import run_scoring
 
     s = run_scoring(from_arguments(ScoreConfig, args))
     version = f" (version {s['model_version']})" if s.get("model_version") else ""
@@ -228,19 +130,9 @@ def cmd_score(args: argparse.Namespace) -> None:
         print(line)
 
 
-def alert_lines(s: dict) -> list[str]:
-    """The summary's monitoring lines: none on a quiet night, else one per fired rule and how they were sent."""
-    alerts = s.get("alerts") or []
-    if not alerts:
-        return []
-    sent = f"; {s['alert_delivery']}" if s.get("alert_delivery") else ""
-    return [screen.line(f"Alerts: {len(alerts)}{sent}.")] + [screen.line(f"  {a['rule']}: {a['message']}")
-                                                              for a in alerts]
-
-
 def cmd_promote(args: argparse.Namespace) -> None:
-    from cracknet.evaluate import parse_surface
-    from cracknet.promote import promote
+    from cracknet.predict.evaluate import parse_surface
+    from cracknet.predict.promote import promote
 
     surfaces = [parse_surface(text) for text in args.data or []]
     try:
@@ -251,7 +143,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
     except Exception as exc:  # the registry's own failures (a server that went away, refused credentials)
         if not type(exc).__module__.startswith("mlflow"):
             raise
-        from cracknet.mlflow_client import reason
+        from cracknet.registry.mlflow_client import reason
 
         raise CracknetError(f"The model registry failed: {reason(exc, args.mlflow or '')}") from None
     if not verdict["promoted"] and not verdict.get("unchanged"):
@@ -261,14 +153,14 @@ def cmd_promote(args: argparse.Namespace) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> None:
-    from cracknet.query import render, run_query
+    from cracknet.table.query import render, run_query
 
     print(render(run_query(args.results, args.sql, timeout=args.timeout, memory_limit=args.memory_limit),
                  args.format))
 
 
 def cmd_compact(args: argparse.Namespace) -> None:
-    from cracknet.compact import compact
+    from cracknet.table.compact import compact
 
     c = compact(args.results, args.retention_hours, args.lease_seconds)
     print(f"Compacted {c['results']}: {c['files_before']} files -> {c['files_after']} ({c['files_removed']} merged "
@@ -277,15 +169,15 @@ def cmd_compact(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from cracknet.demo import adapt_demo, masks_demo, run_demo, verdict
+    from cracknet.demo.run import adapt_demo, masks_demo, run_demo, verdict
 
     done = run_demo(args.data, args.output, args.epochs, args.image_size, verbose=args.verbose)
-    _print_training(done["card"])
+    print_training(done["card"])
     s = done["scoring"]
     print(f"Scored a survey of {s['scored']} images ({s['errors']} errors) into {s['output']}.")
     print(f"Report: {done['report']} (open it in a browser; figures beside it)")
     drawn = masks_demo(done["card"], args.output, verbose=args.verbose)
-    _print_training(drawn["card"])
+    print_training(drawn["card"])
     s = drawn["scoring"]
     measured = "; ".join(f"{r['cracks']} {r['severity'] or 'not graded'} ({r['length_mm']:g} mm, widest "
                          f"{r['widest_mm']:g} mm)" for r in drawn["cracks"]) or "no cracks"
@@ -294,20 +186,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"Crack geometry report: {drawn['report']}")
     if args.adapt:
         adapted = adapt_demo(done["card"], args.output, verbose=args.verbose)
-        _print_training(adapted["card"])
+        print_training(adapted["card"])
         print(f"The adapted model {adapted['card']['folder']} on the held-out asphalt: {verdict(adapted['after'])}; "
               f"before: {verdict(adapted['before'])}.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import cracknet
-
     parser = argparse.ArgumentParser(prog="cracknet", description="Find cracks in photos of concrete.",
                                      allow_abbrev=False,
                                      epilog="Exit status: 0 done; 1 the promotion gate refused; 2 bad usage or input; 73 another run holds the "
                                             "output; 75 the object store is unavailable (retry later); "
                                             "130 interrupted; 143 stopped by SIGTERM.")
-    parser.add_argument("--version", action="version", version=f"cracknet {cracknet.__version__}")
+    parser.add_argument("--version", action="version", version=f"cracknet {__version__}")
     # allow_abbrev=False: a mistyped flag is an error, never a silent match of a longer one.
     sub = parser.add_subparsers(dest="command", required=True,
                                 parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))

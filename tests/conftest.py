@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
-import struct
 import time
 import zlib
 from pathlib import Path
@@ -118,7 +118,7 @@ def labelled_tree(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("labelled")
     if DEV_DATA.is_dir():
         return _copy_subset(DEV_DATA, dest, per_class=60)
-    from cracknet.synthetic import generate
+    from cracknet.demo.synthetic import generate
 
     generate(str(dest), per_class=60, size=96, seed=1)
     return dest
@@ -126,7 +126,7 @@ def labelled_tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_tree(tmp_path_factory) -> Path:
-    from cracknet.synthetic import generate
+    from cracknet.demo.synthetic import generate
 
     dest = tmp_path_factory.mktemp("synthetic")
     generate(str(dest), per_class=40, size=64, seed=2)
@@ -159,7 +159,7 @@ def png_with_declared_size(width: int, height: int) -> bytes:
 
 def model_card(image_size: int = 32, source_size: int = 96, threshold: float = 0.5) -> dict:
     """The fields a model card needs besides what save_artifact adds (for artifacts made in tests)."""
-    from cracknet.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from cracknet.images.decoding import IMAGENET_MEAN, IMAGENET_STD
 
     return {"preprocessing": {"image_size": image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                               "source_size": source_size},
@@ -169,7 +169,7 @@ def model_card(image_size: int = 32, source_size: int = 96, threshold: float = 0
 @pytest.fixture(scope="session")
 def random_model(tmp_path_factory) -> Path:
     """A randomly initialised ResNet50 artifact (32 px input) for scoring tests."""
-    from cracknet.model import build_model, save_artifact
+    from cracknet.model.network import build_model, save_artifact
 
     folder = tmp_path_factory.mktemp("random-model") / "model"
     save_artifact(str(folder), build_model().state_dict(), model_card())

@@ -12,14 +12,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from conftest import BUCKET
 from PIL import Image
 
-from cracknet import inputs, planning, results, storage, synthetic
-from cracknet.model import build_model
-from cracknet.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-from conftest import BUCKET
-
+from cracknet import storage
+from cracknet.demo import synthetic
+from cracknet.images.decoding import IMAGENET_MEAN, IMAGENET_STD
+from cracknet.model.network import build_model
+from cracknet.score import inputs, planning
+from cracknet.table import results
 
 DAY = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
 

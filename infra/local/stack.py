@@ -121,7 +121,7 @@ def upload_samples(per_class: int, image_size: int) -> tuple[str, str, int]:
     otherwise generated crack JPEGs.
     """
     from cracknet import storage
-    from cracknet.synthetic import generate
+    from cracknet.demo.synthetic import generate
 
     data, survey = f"s3://{BUCKET}/data", f"s3://{BUCKET}/survey"
     survey_count = 0

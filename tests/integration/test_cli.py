@@ -5,11 +5,10 @@ All of these fail before any cluster work starts, so no Ray is needed.
 
 import pytest
 import torch
+from conftest import BUCKET, model_card
 
 from cracknet.cli import main as cli_main
-from cracknet.model import build_model, save_artifact
-
-from conftest import BUCKET, model_card
+from cracknet.model.network import build_model, save_artifact
 
 
 def assert_one_line_error(result, expected):
@@ -193,7 +192,7 @@ def test_help_version_and_query_never_import_torch(args, status, tmp_path):
 
 def test_exit_statuses_tell_a_scheduler_what_to_retry():
     from cracknet.errors import CracknetError, OutputBusy, StorageUnavailable, exit_status, kind_of
-    from cracknet.lease import LeaseLost
+    from cracknet.storage.lease import LeaseLost
 
     assert [exit_status(e("x")) for e in (CracknetError, OutputBusy, LeaseLost, StorageUnavailable)] == [2, 73, 73, 75]
     # A failure that came back through Ray as text keeps its kind.

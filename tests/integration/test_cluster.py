@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, free_port
 
 sys.path.insert(0, str(REPO / "infra" / "local"))
-from stack import BUCKET, EXCLUDES, stack_environment  # noqa: E402 - what the stack itself tells a shell
+from stack import BUCKET, EXCLUDES, stack_environment
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 

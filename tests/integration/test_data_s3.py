@@ -1,7 +1,7 @@
 """Labelled trees in object storage: found as on local disk."""
 
 from cracknet import storage
-from cracknet.data import discover
+from cracknet.data.trees import discover
 
 
 def test_discover_on_s3(s3_endpoint):

@@ -3,10 +3,10 @@
 import json
 import shutil
 
-from cracknet.cli import main as cli_main
-from cracknet.model import build_model, save_artifact
-
 from conftest import model_card
+
+from cracknet.cli import main as cli_main
+from cracknet.model.network import build_model, save_artifact
 
 
 def test_evaluate_one_class_tree_with_an_unreadable_file(synthetic_tree, tmp_path):
@@ -24,9 +24,9 @@ def test_evaluate_one_class_tree_with_an_unreadable_file(synthetic_tree, tmp_pat
 
 
 def test_evaluate_several_surfaces_prints_a_row_each_and_records_them(synthetic_tree, tmp_path, capsys):
-    from cracknet.card import read_card
-    from cracknet.model import load_artifact
-    from cracknet.report import build_report
+    from cracknet.model.card import read_card
+    from cracknet.model.network import load_artifact
+    from cracknet.report.build import build_report
 
     card = save_artifact(str(tmp_path / "model"), build_model().state_dict(), model_card())
     known_cracks = tmp_path / "known-cracks"
@@ -60,7 +60,7 @@ def test_evaluate_several_surfaces_prints_a_row_each_and_records_them(synthetic_
 
 
 def test_surface_names():
-    from cracknet.evaluate import parse_surface
+    from cracknet.predict.evaluate import parse_surface
 
     assert parse_surface("bridge-a=s3://labels/bridge-a") == ("bridge-a", "s3://labels/bridge-a")
     assert parse_surface("s3://labels/run=3/") == ("run=3", "s3://labels/run=3/")

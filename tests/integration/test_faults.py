@@ -7,15 +7,14 @@ import time
 
 import numpy as np
 import pytest
-
-from cracknet import storage
-from cracknet.errors import CracknetError
-from cracknet.query import run_query
-from cracknet.results import table_exists
-from cracknet.synthetic import concrete, draw_crack, image_bytes
-
 from conftest import BUCKET, TEST_ACCESS_KEY, TEST_SECRET_KEY
 from faultproxy import FaultProxy, Faults
+
+from cracknet import storage
+from cracknet.demo.synthetic import concrete, draw_crack, image_bytes
+from cracknet.errors import CracknetError
+from cracknet.table.query import run_query
+from cracknet.table.results import table_exists
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -63,7 +62,7 @@ def test_scoring_through_a_flaky_store_finishes_exactly_once(s3_endpoint, survey
 
 def test_training_checkpoints_through_a_flaky_store(s3_endpoint, synthetic_tree, cracknet_cli):
     """Training reads its data from and writes its checkpoints and model to object storage, through faults."""
-    from cracknet.model import load_artifact
+    from cracknet.model.network import load_artifact
 
     data, run_uri = f"s3://{BUCKET}/faults/train-data", f"s3://{BUCKET}/faults/run"
     for path in synthetic_tree.rglob("*.jpg"):
@@ -144,7 +143,7 @@ def test_a_refused_object_is_a_transient_error_and_a_too_large_one_is_refused_un
                                                                                      monkeypatch):
     """AccessDenied on one object (a rotated key, a KMS or bucket policy) is an error row that later runs try
     again, not a fact about the image; an object over --max-bytes is refused from its size, its body unread."""
-    from cracknet.scorer import fetch
+    from cracknet.predict.scorer import fetch
 
     denied, large = "faults/survey/s0/img-0000.jpg", f"s3://{BUCKET}/faults/huge/survey.tif"
     storage.write_bytes(large, b"II*\x00" + bytes(3 << 20))

@@ -3,21 +3,20 @@ nothing outside the input location is read, and nothing is written outside the o
 
 import io
 import os
-import zlib
 import struct
+import zlib
 
 import numpy as np
 import pytest
+from conftest import BUCKET, png_with_declared_size
 from PIL import Image
 
 from cracknet import storage
-from cracknet.config import ScoreConfig
+from cracknet.demo.synthetic import concrete, image_bytes
 from cracknet.errors import CracknetError
-from cracknet.query import run_query
-from cracknet.score import run_scoring
-from cracknet.synthetic import concrete, image_bytes
-
-from conftest import BUCKET, png_with_declared_size
+from cracknet.score.config import ScoreConfig
+from cracknet.score.driver import run_scoring
+from cracknet.table.query import run_query
 
 pytestmark = pytest.mark.ray
 

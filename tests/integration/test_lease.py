@@ -6,12 +6,12 @@ import sys
 import time
 
 import pytest
-
-from cracknet import lease as lease_module, storage
-from cracknet.errors import CracknetError, OutputBusy
-from cracknet.lease import LEASE_FILE, Lease, LeaseLost
-
 from conftest import BUCKET, REPO
+
+from cracknet import storage
+from cracknet.errors import CracknetError, OutputBusy
+from cracknet.storage import lease as lease_module
+from cracknet.storage.lease import LEASE_FILE, Lease, LeaseLost
 
 
 def test_a_second_run_is_refused_while_the_first_holds_the_lease(store_root):
@@ -58,7 +58,7 @@ def test_a_live_run_keeps_its_lease_by_renewing_it(s3_endpoint):
 def test_a_local_lease_dies_with_its_process(tmp_path):
     output = tmp_path / "results"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from cracknet.lease import Lease; "
+        [sys.executable, "-c", "import time; from cracknet.storage.lease import Lease; "
          f"lease = Lease({str(output)!r}, owner={{'run_id': 'child'}}).acquire(); "
          "print('held', flush=True); time.sleep(60)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True)

@@ -2,15 +2,15 @@
 
 import json
 
-from cracknet import synthetic
-from cracknet.masks import CrackSegmenter
-from cracknet.model import classifier_of, load_artifact
-from cracknet.transforms import tile_boxes
+from cracknet.demo import synthetic
+from cracknet.images.decoding import tile_boxes
+from cracknet.model.masks import CrackSegmenter
+from cracknet.model.network import classifier_of, load_artifact
 
 
 def test_train_adapts_a_classifier_into_a_mask_model_on_a_mixed_tree(ray_cluster, random_model, tmp_path, capsys):
     from cracknet.cli import main as cli_main
-    from cracknet.scorer import Scorer
+    from cracknet.predict.scorer import Scorer
 
     tree = tmp_path / "tree"
     synthetic.generate_masked(str(tree), photos=24, size=96)
@@ -40,10 +40,10 @@ def test_a_mask_tree_where_every_photo_is_cracked_trains_in_crops_and_scores_at_
     cut into crops (the tiles scoring cuts) at their own scale, whose clean crops teach the head no_crack; the
     split keeps each photo whole, the masks are measured at the photos' own size, and the card's intervals
     resample photos."""
-    from cracknet.card import PHOTO_SIZE
     from cracknet.cli import main as cli_main
-    from cracknet.evaluate import predict_tree
-    from cracknet.scorer import Scorer
+    from cracknet.model.card import PHOTO_SIZE
+    from cracknet.predict.evaluate import predict_tree
+    from cracknet.predict.scorer import Scorer
 
     tree = tmp_path / "road"
     synthetic.generate_road_masks(str(tree), photos=10, width=128)

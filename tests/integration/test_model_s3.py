@@ -1,9 +1,9 @@
 """Starting weights read from object storage."""
 
-from cracknet import storage
-from cracknet.model import build_model, load_starting_weights
-
 from helpers import assert_backbone_equal
+
+from cracknet import storage
+from cracknet.model.network import build_model, load_starting_weights
 
 
 def test_weights_from_object_storage(imagenet_like_file, s3_endpoint):

@@ -14,15 +14,16 @@ import urllib.request
 
 import numpy as np
 import pytest
+from helpers import SIZE, dark_line_segmenter, mask_card
 from PIL import Image
 
-from cracknet import monitor
-from cracknet.config import ScoreConfig
 from cracknet.errors import CracknetError
-from cracknet.model import save_artifact
-from cracknet.query import run_query
-from cracknet.score import run_scoring
-from helpers import SIZE, dark_line_segmenter, mask_card
+from cracknet.measure import metrics
+from cracknet.model.network import save_artifact
+from cracknet.score import alerts, monitor
+from cracknet.score.config import ScoreConfig
+from cracknet.score.driver import run_scoring
+from cracknet.table.query import run_query
 
 
 def draw_night(folder, prefix: str, photos: int, cracks: int, seed: int, light: tuple = (0.55, 0.75),
@@ -135,7 +136,7 @@ def test_a_shifted_night_and_a_grown_structure_alert_the_webhook_and_a_normal_ni
     assert changes[0]["crack_length_mm_change"] > 2 * changes[0]["previous_crack_length_mm"]
 
     # The nights page of the report: the nights, their alerts, the changed structure before and after.
-    from cracknet.report import build_report
+    from cracknet.report.build import build_report
 
     written = build_report(None, str(tmp_path / "report"), results=str(output))
     page = open(written["report"]).read()
@@ -150,9 +151,9 @@ def test_a_shifted_night_and_a_grown_structure_alert_the_webhook_and_a_normal_ni
 def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift():
     rng = np.random.default_rng(0)
     edges = monitor.BRIGHTNESS_EDGES
-    base = monitor.histogram(rng.normal(160, 12, 5000), edges)
-    same = monitor.histogram(rng.normal(160, 12, 300), edges)
-    dark = monitor.histogram(rng.normal(100, 12, 300), edges)
+    base = metrics.histogram(rng.normal(160, 12, 5000), edges)
+    same = metrics.histogram(rng.normal(160, 12, 300), edges)
+    dark = metrics.histogram(rng.normal(100, 12, 300), edges)
     assert monitor.psi(base, same) < 0.1 < 0.25 < monitor.psi(base, dark)
 
 
@@ -179,12 +180,12 @@ def test_an_undeliverable_alert_is_reported_never_raised(webhook):
 
     waits = []
     alerts = [{"rule": "error_rate", "message": "many errors", "value": 0.5}]
-    told = monitor.post_alerts(f"http://127.0.0.1:{free_port()}/hook?token=abc", alerts, "r1", "s3://b/results",
+    told = alerts.post_alerts(f"http://127.0.0.1:{free_port()}/hook?token=abc", alerts, "r1", "s3://b/results",
                                timeout=1.0, sleep=waits.append)
     assert told.startswith("not delivered to http://127.0.0.1:") and "token" not in told and waits == [1.0, 2.0]
     url, hook = webhook
     hook.fail_first = 5  # a hook that keeps failing: three attempts, then the run goes on
-    told = monitor.post_alerts(url, alerts, "r1", "s3://b/results", sleep=waits.append)
+    told = alerts.post_alerts(url, alerts, "r1", "s3://b/results", sleep=waits.append)
     assert len(hook.received) == 3 and told.endswith("(HTTP 500); they are in the run's row")
 
 
@@ -192,13 +193,13 @@ def test_a_webhook_has_one_deadline_for_everything_and_a_redirect_is_not_deliver
     url, hook = webhook
     alerts = [{"rule": "error_rate", "message": "many errors", "value": 0.5}]
     started = time.monotonic()
-    told = monitor.post_alerts(url + "/drip", alerts, "r1", "s3://b/results", timeout=1.0, deadline=2.5,
+    told = alerts.post_alerts(url + "/drip", alerts, "r1", "s3://b/results", timeout=1.0, deadline=2.5,
                                sleep=time.sleep)
     took = time.monotonic() - started
     assert took < 4.0 and told.startswith("not delivered") and "no complete answer within" in told, (took, told)
     assert "cracknet-secret-token" not in told
     hook.received.clear()
-    told = monitor.post_alerts(url + "/moved", alerts, "r1", "s3://b/results", sleep=lambda s: None)
+    told = alerts.post_alerts(url + "/moved", alerts, "r1", "s3://b/results", sleep=lambda s: None)
     assert "HTTP 302, a redirect, not followed" in told and len(hook.received) == 1  # sent once, never elsewhere
 
 
@@ -224,7 +225,7 @@ def test_an_alert_follows_the_proxy_settings_of_now_not_those_of_an_earlier_down
             urllib.request.urlopen("http://127.0.0.1:9/", timeout=1.0)  # the process-wide opener keeps that proxy
         for var in ("http_proxy", "HTTP_PROXY"):
             monkeypatch.delenv(var)
-        told = monitor.post_alerts(url, [{"rule": "error_rate", "message": "many errors", "value": 0.5}], "r1",
+        told = alerts.post_alerts(url, [{"rule": "error_rate", "message": "many errors", "value": 0.5}], "r1",
                                    "s3://b/results", sleep=lambda s: None)
     finally:
         urllib.request.install_opener(None)
@@ -264,7 +265,7 @@ def test_a_structure_change_is_a_change_in_its_rates_never_more_photos_or_a_new_
 
 
 def test_alert_lines_show_no_terminal_escapes_from_folder_names():
-    from cracknet.cli import alert_lines
+    from cracknet.console import alert_lines
 
     summary = {"alerts": [{"rule": "structure_change", "message": "s3://b/\x1b]0;owned\x07\x1b[2Jbridge: 1 -> 3"}],
                "alert_delivery": "not delivered to https://hooks.example.com (HTTP 500)"}

@@ -21,12 +21,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import BUCKET, REPO
 
 from cracknet import storage
-from cracknet.query import run_query
-from cracknet.synthetic import concrete, draw_crack, image_bytes
-
-from conftest import BUCKET, REPO
+from cracknet.demo.synthetic import concrete, draw_crack, image_bytes
+from cracknet.table.query import run_query
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 

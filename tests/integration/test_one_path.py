@@ -10,16 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, model_card
 from PIL import Image, ImageDraw
 
-from cracknet.config import ScoreConfig
-from cracknet.evaluate import predict_tree
-from cracknet.model import build_model, save_artifact
-from cracknet.query import run_query
-from cracknet.score import run_scoring
-from cracknet.scorer import Scorer
-
-from conftest import REPO, model_card
+from cracknet.model.network import build_model, save_artifact
+from cracknet.predict.evaluate import predict_tree
+from cracknet.predict.scorer import Scorer
+from cracknet.score.config import ScoreConfig
+from cracknet.score.driver import run_scoring
+from cracknet.table.query import run_query
 
 
 def mosaic(patches: list[Path], across: int, down: int) -> Image.Image:
@@ -77,9 +76,9 @@ def test_evaluate_and_score_give_each_image_the_same_probability_and_verdict(ray
 MEMORY_RUN = textwrap.dedent("""
     import json, resource, sys
     import numpy as np
-    from cracknet.card import preprocessing_of, read_card
-    from cracknet.score import CrackPredictor, read_and_tile
-    from cracknet.scorer import Tiling
+    from cracknet.model.card import preprocessing_of, read_card
+    from cracknet.score.driver import CrackPredictor, read_and_tile
+    from cracknet.predict.scorer import Tiling
 
     model, root, *photos = sys.argv[1:]
     card = read_card(model)

@@ -8,12 +8,15 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import BUCKET, free_port, model_card, stop, wait_for_port
-from cracknet import registry, tracking
-from cracknet.config import ScoreConfig, TrainConfig
-from cracknet.model import build_model, save_artifact
-from cracknet.query import run_query
+
+from cracknet.model.card import read_model
+from cracknet.model.network import build_model, save_artifact
+from cracknet.registry import versions
+from cracknet.score.config import ScoreConfig
+from cracknet.table.query import run_query
+from cracknet.train import tracking
+from cracknet.train.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,7 @@ def mlflow_server(s3_endpoint, tmp_path_factory):
 
 def test_a_tracked_training_run_is_one_mlflow_run_and_a_registered_version(ray_cluster, mlflow_server,
                                                                             synthetic_tree):
-    from cracknet.train import run_training
+    from cracknet.train.driver import run_training
 
     output = f"s3://{BUCKET}/test_registry/tracked"
     lines = []
@@ -77,11 +80,11 @@ def test_a_tracked_training_run_is_one_mlflow_run_and_a_registered_version(ray_c
     assert any(line.startswith("Tracking in MLflow at http://127.0.0.1:") for line in lines)
 
     # A models:/ URI reads the artifact the version names, wherever a model URI is taken.
-    from cracknet.model import load_artifact
+    from cracknet.model.network import load_artifact
 
     _, loaded = load_artifact(f"models:/crack-tracked/{version.version}")
     assert loaded["model_id"] == card["model_id"] and loaded["registry"]["version"] == str(version.version)
-    assert registry.read_model(f"models:/crack-tracked/{version.version}")["folder"] == card["folder"]
+    assert read_model(f"models:/crack-tracked/{version.version}")["folder"] == card["folder"]
 
 
 def test_a_resumed_training_run_continues_its_mlflow_run(mlflow_server, tmp_path):
@@ -101,7 +104,7 @@ def test_a_resumed_training_run_continues_its_mlflow_run(mlflow_server, tmp_path
 def test_no_tracking_uri_means_no_mlflow(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert isinstance(tracking.start(None, "cracknet", "cracknet", "/nowhere"), tracking.NoTracking)
-    code = ("import sys; from cracknet.train import run_training; from cracknet import cli, score, card; "
+    code = ("import sys; from cracknet.train.driver import run_training; from cracknet import cli; from cracknet.score import driver; from cracknet.model import card; "
             "print('mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
@@ -111,8 +114,8 @@ def test_no_tracking_uri_means_no_mlflow(monkeypatch):
 def _models(store: str, surface) -> dict[str, str]:
     """Three artifacts of one set of random weights on S3: the champion at a threshold that finds about half the
     surface's cracks, a candidate that finds none (threshold 1.0), and one that finds the same (a hair lower)."""
-    from cracknet.evaluate import predict_tree
-    from cracknet.scorer import Scorer
+    from cracknet.predict.evaluate import predict_tree
+    from cracknet.predict.scorer import Scorer
 
     state = build_model().state_dict()
     probe = f"{store}/probe/model"
@@ -169,14 +172,14 @@ def test_the_promotion_gate_moves_the_alias_only_when_no_surface_gets_worse(mlfl
 def test_nightly_scoring_of_an_alias_records_the_version_it_resolved(ray_cluster, mlflow_server, tmp_path):
     from PIL import Image
 
-    from cracknet.score import run_scoring
+    from cracknet.score.driver import run_scoring
 
     model = f"s3://{BUCKET}/test_registry/served/model"
     save_artifact(model, build_model().state_dict(), model_card())
     client = tracking.client(mlflow_server)
-    from cracknet.card import read_card
+    from cracknet.model.card import read_card
 
-    version = registry.register(client, "crack-served", read_card(model))
+    version = versions.register(client, "crack-served", read_card(model))
     client.set_registered_model_alias("crack-served", "champion", version["version"])
     images = tmp_path / "night"
     images.mkdir()
@@ -196,14 +199,15 @@ def test_a_registry_uri_is_refused_in_a_sentence(monkeypatch):
     from cracknet.errors import CracknetError
 
     with pytest.raises(CracknetError, match="set MLFLOW_TRACKING_URI or pass --mlflow"):
-        registry.resolve("models:/cracknet@champion")
+        versions.resolve("models:/cracknet@champion")
     with pytest.raises(CracknetError, match="use models:/NAME/VERSION or models:/NAME@ALIAS"):
-        registry.parse("models:/cracknet")
+        versions.parse("models:/cracknet")
 
 
 def test_mlflow_errors_never_print_the_credentials_or_tokens_of_the_tracking_uri(tmp_path, monkeypatch, capsys):
-    from cracknet.cli import main as cli_main
     from conftest import free_port
+
+    from cracknet.cli import main as cli_main
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once rather than after its backoff
     (tmp_path / "survey").mkdir()
@@ -219,8 +223,8 @@ def test_mlflow_errors_never_print_the_credentials_or_tokens_of_the_tracking_uri
 @pytest.mark.parametrize("alias", ["latest", "LATEST", "v3", "champion now", ""])
 def test_an_alias_mlflow_reserves_or_cannot_store_is_refused(alias):
     from cracknet.errors import CracknetError
-    from cracknet.promote import promote
+    from cracknet.predict.promote import promote
 
     with pytest.raises(CracknetError, match="cannot be an alias: MLflow reserves 'latest'"):
         promote("models:/cracknet/1", alias, [], mlflow_uri="http://127.0.0.1:9")
-    registry.check_alias("champion-2")
+    versions.check_alias("champion-2")

@@ -13,15 +13,13 @@ import time
 
 import numpy as np
 import pytest
-
+from conftest import BUCKET, REPO
 from deltalake import DeltaTable
 
 from cracknet import storage
-from cracknet.compact import compact
-from cracknet.query import run_query
-from cracknet.synthetic import concrete, draw_crack, image_bytes
-
-from conftest import BUCKET, REPO
+from cracknet.demo.synthetic import concrete, draw_crack, image_bytes
+from cracknet.table.compact import compact
+from cracknet.table.query import run_query
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 

@@ -11,12 +11,13 @@ from PIL import Image
 
 from cracknet import storage
 from cracknet.cli import main as cli_main
-from cracknet.config import ScoreConfig, TrainConfig
-from cracknet.model import build_model, save_artifact
-from cracknet.report import _short_names, tile_map
-from cracknet.score import run_scoring
-from cracknet.synthetic import concrete, draw_crack, image_bytes
-from cracknet.train import run_training
+from cracknet.demo.synthetic import concrete, draw_crack, image_bytes
+from cracknet.model.network import build_model, save_artifact
+from cracknet.report.scoring import _short_names, tile_map
+from cracknet.score.config import ScoreConfig
+from cracknet.score.driver import run_scoring
+from cracknet.train.config import TrainConfig
+from cracknet.train.driver import run_training
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 

@@ -10,19 +10,18 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import BUCKET
 from deltalake import DeltaTable
-
-from cracknet import inputs, planning, query, results, storage
-from cracknet.cli import main as cli_main
-from cracknet.compact import compact
-from cracknet.errors import CracknetError
-from cracknet.lease import Lease
-from cracknet.query import render, run_query
-
 from helpers import DAY, commit_run, planned, write_inventory
 
-from conftest import BUCKET
-
+from cracknet import storage
+from cracknet.cli import main as cli_main
+from cracknet.errors import CracknetError
+from cracknet.score import inputs, planning
+from cracknet.storage.lease import Lease
+from cracknet.table import query, results
+from cracknet.table.compact import compact
+from cracknet.table.query import render, run_query
 
 # ---------------------------------------------------------------------------------------------------
 # The table as other engines see it

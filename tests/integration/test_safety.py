@@ -4,16 +4,16 @@ S3 keys are judged as they will be read, and a query reads the table and nothing
 from __future__ import annotations
 
 import pytest
-
-from cracknet import query, results, storage
-from cracknet.cli import main as cli_main
-from cracknet.compact import compact
-from cracknet.errors import CracknetError
-from cracknet.query import render, run_query
-from cracknet.scorer import fetch
-
 from conftest import BUCKET, TEST_SECRET_KEY
 from helpers import commit_run
+
+from cracknet import storage
+from cracknet.cli import main as cli_main
+from cracknet.errors import CracknetError
+from cracknet.predict.scorer import fetch
+from cracknet.table import query, results
+from cracknet.table.compact import compact
+from cracknet.table.query import render, run_query
 
 
 def test_compaction_deletes_only_the_files_the_table_wrote(store_root):

@@ -8,20 +8,19 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import BUCKET, png_with_declared_size
 from deltalake import DeltaTable
 from PIL import Image
 
 from cracknet import storage
 from cracknet.cli import main as cli_main
-from cracknet.config import ScoreConfig
-from cracknet.compact import compact
-from cracknet.query import run_query
-from cracknet.results import commit_metadata
-from cracknet.score import run_scoring
-from cracknet.synthetic import concrete, draw_crack, image_bytes
-from cracknet.transforms import tile_boxes
-
-from conftest import BUCKET, png_with_declared_size
+from cracknet.demo.synthetic import concrete, draw_crack, image_bytes
+from cracknet.images.decoding import tile_boxes
+from cracknet.score.config import ScoreConfig
+from cracknet.score.driver import run_scoring
+from cracknet.table.compact import compact
+from cracknet.table.query import run_query
+from cracknet.table.results import commit_metadata
 
 pytestmark = pytest.mark.ray
 
@@ -205,11 +204,11 @@ def test_scoring_from_an_s3_inventory_report_and_again_the_next_night(ray_cluste
 
 def test_runs_record_themselves_errors_heal_and_a_rollback_makes_the_older_model_current(ray_cluster, model_dir,
                                                                                         tmp_path):
-    from cracknet import results as results_format
-    from cracknet.card import read_card
-    from cracknet.model import build_model, save_artifact
-
     from conftest import model_card
+
+    from cracknet.model.card import read_card
+    from cracknet.model.network import build_model, save_artifact
+    from cracknet.table import results as results_format
 
     rng = np.random.default_rng(4)
     inputs, output = str(tmp_path / "in"), str(tmp_path / "results")

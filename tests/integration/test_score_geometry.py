@@ -11,19 +11,18 @@ import os
 
 import numpy as np
 import pytest
+from helpers import SIZE, dark_line_segmenter, draw_survey, mask_card
 from PIL import Image
 
-from cracknet import results
-from cracknet.compact import compact
-from cracknet.config import ScoreConfig
 from cracknet.errors import CracknetError
-from cracknet.model import save_artifact
-from cracknet.query import run_query
-from cracknet.score import run_scoring
-from cracknet.scorer import Scorer
-from cracknet.transforms import Preprocessing
-
-from helpers import SIZE, dark_line_segmenter, draw_survey, mask_card
+from cracknet.images.decoding import Preprocessing
+from cracknet.model.network import save_artifact
+from cracknet.predict.scorer import Scorer
+from cracknet.score.config import ScoreConfig
+from cracknet.score.driver import run_scoring
+from cracknet.table import results
+from cracknet.table.compact import compact
+from cracknet.table.query import run_query
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +109,7 @@ def test_scoring_writes_crack_geometry_that_duckdb_and_deltalake_read(ray_cluste
     assert run["geometry"]["gate"] == 0.5 and run["geometry"]["mm_per_pixel"] == 0.2
 
     # The report draws the crack lines of the photos with the most crack length, and the width and length charts.
-    from cracknet.report import build_report
+    from cracknet.report.build import build_report
 
     written = build_report(str(model_dir), str(tmp_path / "report"), results=str(output))
     page = (tmp_path / "report" / "report.html").read_text()
@@ -143,7 +142,7 @@ def test_masks_must_not_go_among_the_images_or_into_the_table(survey, tmp_path):
                                     output=str(tmp_path / "results"), masks=str(masks)), log=lambda _: None)
     with pytest.raises(CracknetError, match=r"--mm-per-pixel must be in \[0.001, 1000\], got 0.0"):
         ScoreConfig(model="m", input="i", output="o", mm_per_pixel=0.0)
-    from cracknet import inputs
+    from cracknet.score import inputs
 
     manifest = tmp_path / "scales.csv"
     manifest.write_text("image_uri,mm_per_pixel\na.jpg,0.3\nb.jpg,\n")
@@ -190,7 +189,7 @@ def test_evaluate_measures_masks_pixel_by_pixel_as_the_nightly_job_draws_them(su
     import shutil
 
     from cracknet.cli import main as cli_main
-    from cracknet.evaluate import evaluate
+    from cracknet.predict.evaluate import evaluate
 
     root, truth, model_dir = survey
     tree = tmp_path / "tree"

@@ -8,12 +8,11 @@ import textwrap
 
 from conftest import REPO
 
-
 DDP_WORKER = textwrap.dedent("""
     import datetime, sys
     import numpy as np, torch, torch.distributed as dist
-    from cracknet.train import predict_shared
-    from cracknet.transforms import Preprocessing
+    from cracknet.train.driver import predict_shared
+    from cracknet.images.decoding import Preprocessing
 
     rank, port = int(sys.argv[1]), sys.argv[2]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,

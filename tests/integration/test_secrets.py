@@ -6,10 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import BUCKET, TEST_ACCESS_KEY, TEST_SECRET_KEY
 
 from cracknet import storage
-
-from conftest import BUCKET, TEST_ACCESS_KEY, TEST_SECRET_KEY
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 

@@ -1,11 +1,11 @@
 """Storage on local disk and on a real S3-compatible endpoint (moto server over HTTP)."""
 
 import pytest
+from conftest import BUCKET
 
 from cracknet import storage
+from cracknet.storage import objects
 from cracknet.errors import CracknetError
-
-from conftest import BUCKET
 
 
 def test_write_read_list_delete(store_root):
@@ -113,7 +113,7 @@ def test_a_bug_is_not_retried_nor_reported_as_an_unavailable_store(s3_endpoint, 
         def put_object(self, **kwargs):
             raise KeyError("Body")
 
-    monkeypatch.setattr(storage, "s3_client", lambda: Buggy())
+    monkeypatch.setattr(objects, "s3_client", lambda: Buggy())
     with pytest.raises(TypeError):
         storage.read_versioned(uri)
     assert len(calls) == 1
@@ -121,5 +121,5 @@ def test_a_bug_is_not_retried_nor_reported_as_an_unavailable_store(s3_endpoint, 
         storage.write_bytes(uri, b"y")
     from botocore.exceptions import EndpointConnectionError
 
-    assert storage._transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
-    assert not storage._transient(ValueError("a bug"))
+    assert objects._transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert not objects._transient(ValueError("a bug"))

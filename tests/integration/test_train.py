@@ -7,18 +7,21 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import BUCKET
 
 from cracknet import storage
 from cracknet.cli import main as cli_main
-from cracknet.config import TrainConfig, batch_size_for
-from cracknet.data import content_hash, discover, split_of
-from cracknet.evaluate import predict_tree
-from cracknet.metrics import binary_metrics, operating_point_caveat, recall_lower_bound
-from cracknet.model import in_split, load_artifact
-from cracknet.scorer import Scorer
-from cracknet.train import run_training
-
-from conftest import BUCKET
+from cracknet.data.splits import split_of
+from cracknet.data.trees import discover
+from cracknet.measure.metrics import binary_metrics
+from cracknet.measure.thresholds import operating_point_caveat, recall_lower_bound
+from cracknet.model.card import in_split
+from cracknet.model.network import load_artifact
+from cracknet.predict.evaluate import predict_tree
+from cracknet.predict.scorer import Scorer
+from cracknet.storage import content_hash
+from cracknet.train.config import TrainConfig, batch_size_for
+from cracknet.train.driver import run_training
 
 pytestmark = pytest.mark.ray
 
@@ -134,8 +137,8 @@ def test_adapting_a_model_to_a_new_surface_in_object_storage_records_its_lineage
                                                                                   tmp_path, capsys):
     """``--base-model`` and the data on s3:// (with an unreadable file, skipped and counted), output on disk; the
     tiles sit in photo folders (``<label>/<photo>/<tile>``), so the split keeps each photo's tiles together."""
-    from cracknet.report import build_report
-    from cracknet.synthetic import generate
+    from cracknet.demo.synthetic import generate
+    from cracknet.report.build import build_report
 
     base, _, base_run = concrete_model
     base_uri, data = (f"s3://{BUCKET}/adapt/{name}" for name in ("base", "asphalt"))
@@ -216,8 +219,8 @@ def test_the_demo_adapts_its_model_to_a_surface_it_never_saw_and_records_both(co
     """`cracknet demo --adapt`'s step: measure on generated asphalt, adapt, measure again; both in the cards."""
     import shutil
 
-    from cracknet.card import read_card
-    from cracknet.demo import NEW_SURFACE, adapt_demo
+    from cracknet.demo.run import NEW_SURFACE, adapt_demo
+    from cracknet.model.card import read_card
 
     _, _, base_run = concrete_model
     shutil.copytree(base_run / "model", tmp_path / "base")
@@ -240,8 +243,8 @@ def test_relative_paths_work_for_training_and_scoring(ray_cluster, synthetic_tre
     """Ray runs workers in folders of their own: relative paths must mean the caller's folder."""
     import shutil
 
-    from cracknet.config import ScoreConfig
-    from cracknet.score import run_scoring
+    from cracknet.score.config import ScoreConfig
+    from cracknet.score.driver import run_scoring
 
     shutil.copytree(synthetic_tree, tmp_path / "data")
     (tmp_path / "survey").mkdir()
@@ -261,7 +264,7 @@ def test_relative_paths_work_for_training_and_scoring(ray_cluster, synthetic_tre
 def test_adapting_trains_at_the_new_tiles_own_side_up_to_128_px(tmp_path):
     from PIL import Image
 
-    from cracknet.train import default_image_size
+    from cracknet.train.driver import default_image_size
 
     def tree(side):
         root = tmp_path / str(side)
@@ -284,9 +287,10 @@ def test_each_start_gets_its_recipe_unless_the_flags_say_otherwise(tmp_path):
     """Random init: one stage at --lr; a pretrained start and a crack model made from one: a head epoch, then all
     at 3e-4; a crack model trained from random init: all at 1e-4 (bench/pretrained_start.py, bench/adapt.py)."""
     from conftest import model_card
-    from cracknet.model import build_model, save_artifact
-    from cracknet.synthetic import generate
-    from cracknet.train import resolve_settings
+
+    from cracknet.demo.synthetic import generate
+    from cracknet.model.network import build_model, save_artifact
+    from cracknet.train.driver import resolve_settings
 
     generate(str(tmp_path / "data"), per_class=2, size=32)
     bases = {}

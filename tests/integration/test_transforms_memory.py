@@ -12,7 +12,7 @@ def test_decoding_a_16_bit_photo_stays_within_what_its_header_says_it_needs(tmp_
     (tmp_path / "deep.png").write_bytes(png16(6000))
     script = (
         "import resource, sys\n"
-        "from cracknet.transforms import Preprocessing, decode_tiles, decoding_bytes, open_image\n"
+        "from cracknet.images.decoding import Preprocessing, decode_tiles, decoding_bytes, open_image\n"
         f"data = open({str(tmp_path / 'deep.png')!r}, 'rb').read()\n"
         "need = decoding_bytes(open_image(data))\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"

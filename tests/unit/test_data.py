@@ -6,10 +6,11 @@ import random
 import pytest
 
 from cracknet import storage
-from cracknet.config import TrainConfig
-from cracknet.data import (LabelledImage, assign_groups, check_grouping, discover, grouper, label_of, looks_tiled,
-                           plan_splits, resolve_grouping, split_of, ungrouped_tiles)
+from cracknet.data.splits import (assign_groups, check_grouping, grouper, looks_tiled, plan_splits, resolve_grouping,
+                                  split_of, ungrouped_tiles)
+from cracknet.data.trees import LabelledImage, discover, label_of
 from cracknet.errors import CracknetError
+from cracknet.train.config import TrainConfig
 
 
 def touch(root, rel, data=b"x"):
@@ -201,7 +202,7 @@ def test_assign_groups_is_deterministic_and_fills_each_share():
 def test_generated_pavement_photos_are_tiles_in_photo_folders_labelled_by_their_exact_masks(tmp_path):
     import numpy as np
 
-    from cracknet.synthetic import generate_photos, pavement_photo, tile_label
+    from cracknet.demo.synthetic import generate_photos, pavement_photo, tile_label
 
     written = generate_photos(str(tmp_path / "pave"), photos=6, tile=48, seed=1)
     again = generate_photos(str(tmp_path / "again"), photos=6, tile=48, seed=1)

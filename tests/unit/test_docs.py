@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from cracknet import results, runs
 from cracknet.cli import build_parser
+from cracknet.table import results, runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
@@ -29,7 +29,7 @@ def cracknet_flags() -> set[str]:
 
     walk(build_parser())
     # The benchmark scripts and the generator have parsers of their own.
-    for script in glob.glob(os.path.join(ROOT, "bench", "*.py")) + [os.path.join(ROOT, "cracknet", "synthetic.py")]:
+    for script in glob.glob(os.path.join(ROOT, "bench", "*.py")) + [os.path.join(ROOT, "cracknet", "demo", "synthetic.py")]:
         found.update(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", open(script).read()))
     return found
 

@@ -3,15 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import model_card
 from PIL import Image, ImageDraw
 
 from cracknet.cli import main as cli_main
-from cracknet.explain import explain, grad_cam, upsample
-from cracknet.model import build_model, save_artifact
-from cracknet.synthetic import concrete, draw_crack, image_bytes
-from cracknet.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_preset
-
-from conftest import model_card
+from cracknet.demo.synthetic import concrete, draw_crack, image_bytes
+from cracknet.images.decoding import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_preset
+from cracknet.model.network import build_model, save_artifact
+from cracknet.predict.explain import explain, grad_cam, upsample
 
 SIZE = 192
 CELL = 32  # input pixels per cell of layer4's map

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cracknet.errors import CracknetError
-from cracknet.geometry import (AASHTO_RC, DEFAULT_WIDTH_CLASSES, measure, parse_width_classes, severity_of,
-                               worst)
+from cracknet.measure.geometry import (AASHTO_RC, DEFAULT_WIDTH_CLASSES, measure, parse_width_classes, severity_of,
+                                       worst)
 
 
 def bar(width: float, angle: float, length: float = 200, size: int = 400, offset: float = 0.37,
@@ -126,7 +126,7 @@ def test_generated_mask_trees_hold_exact_masks_whose_geometry_matches_their_trut
 
     from PIL import Image
 
-    from cracknet.synthetic import generate_masked
+    from cracknet.demo.synthetic import generate_masked
 
     written = generate_masked(str(tmp_path), photos=8, size=256, surface="asphalt", seed=3)
     assert len(written) == 8
@@ -169,7 +169,7 @@ def test_widths_read_from_a_stricter_cut_do_not_grow_with_a_low_mask_threshold(a
 
 
 def test_the_width_cut_is_chosen_where_validation_widths_read_true():
-    from cracknet.geometry import choose_width_threshold, match_cracks
+    from cracknet.measure.geometry import choose_width_threshold, match_cracks
 
     pairs = [(soft_bar(w, a), bar(w, a)) for w, a in ((2, 10), (3, 50), (5, 80), (4, 120))]
     chosen = choose_width_threshold(pairs, threshold=0.15)

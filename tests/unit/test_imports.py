@@ -1,5 +1,6 @@
-"""No import circles inside the package, counting imports inside functions too (they hide circles from Python,
-not from a reader): a module's dependencies must form a graph a newcomer can read from the bottom up."""
+"""The package reads from the bottom up: stages in layers that only point down, no import circles (counting imports
+inside functions too: they hide circles from Python, not from a reader), and no module too long to read in one sitting.
+"""
 
 import ast
 import os
@@ -7,23 +8,64 @@ import os
 import cracknet
 
 PACKAGE = os.path.dirname(cracknet.__file__)
+# Bottom to top. A module may import its own stage and the stages below it, never one above.
+LAYERS = (
+    ("core", {"errors", "numbers", "screen", "progress", "config", "version"}),
+    ("storage", None),
+    ("registry", None),
+    ("measure", None),
+    ("images", None),
+    ("data", None),
+    ("model", None),
+    ("predict", None),
+    ("table", None),
+    ("score", None),
+    ("report", None),
+    ("train", None),
+    ("demo", None),
+    ("commands", {"cli", "console", "__init__"}),
+)
+MAX_MODULE_LINES = 430
+
+
+def modules() -> dict[str, str]:
+    """Dotted module name -> file, for every module of the package."""
+    found = {}
+    for folder, _, names in os.walk(PACKAGE):
+        for name in names:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                dotted = os.path.relpath(path[:-3], os.path.dirname(PACKAGE)).replace(os.sep, ".")
+                found[dotted.removesuffix(".__init__")] = path
+    return found
 
 
 def dependencies() -> dict[str, set[str]]:
-    modules = {name[:-3] for name in os.listdir(PACKAGE) if name.endswith(".py") and name != "__init__.py"}
+    """Each module's imports of other cracknet modules (a package counts as its ``__init__``)."""
+    known = modules()
     graph = {}
-    for module in modules:
-        tree = ast.parse(open(os.path.join(PACKAGE, f"{module}.py")).read())
+    for module, path in known.items():
         found = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "cracknet":
-                found.update(alias.name for alias in node.names if alias.name in modules)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cracknet."):
-                found.add(node.module.split(".")[1])
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cracknet"):
+                for alias in node.names:
+                    name = f"{node.module}.{alias.name}"
+                    found.add(name if name in known else node.module)
             elif isinstance(node, ast.Import):
-                found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("cracknet."))
-        graph[module] = found & modules - {module}
+                found.update(a.name for a in node.names if a.name.startswith("cracknet."))
+        graph[module] = {m for m in found if m in known} - {module}
     return graph
+
+
+def stage_of(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "commands"
+    if len(parts) == 2:
+        for stage, members in LAYERS:
+            if members is not None and parts[1] in members:
+                return stage
+    return parts[1]
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -57,16 +99,44 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a stage above the importer's own, as 'importer -> imported'."""
+    rank = {stage: i for i, (stage, _) in enumerate(LAYERS)}
+    return sorted(f"{module} -> {other}" for module, others in graph.items() for other in others
+                  if rank[stage_of(other)] > rank[stage_of(module)])
+
+
+def test_every_module_belongs_to_a_stage_in_the_layers():
+    stages = {stage for stage, _ in LAYERS}
+    assert {module: stage_of(module) for module in modules() if stage_of(module) not in stages} == {}
+
+
 def test_the_package_has_no_import_circles():
     assert circles(dependencies()) == []
 
 
-def test_the_circle_finder_finds_circles():
+def test_stages_import_only_their_own_stage_and_those_below():
+    assert upward(dependencies()) == []
+
+
+def test_the_checks_find_circles_and_upward_imports():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert circles({"a": {"b"}, "b": set()}) == []
+    assert upward({"cracknet.storage.lease": {"cracknet.score.driver"}, "cracknet.score.driver": {"cracknet.storage"}}) \
+        == ["cracknet.storage.lease -> cracknet.score.driver"]
+    assert stage_of("cracknet.errors") == "core" and stage_of("cracknet.cli") == "commands"
+    assert stage_of("cracknet.storage") == "storage" and stage_of("cracknet.train.epoch") == "train"
 
 
-def test_the_lowest_layers_import_nothing_above_them():
+def test_the_lowest_modules_import_nothing_above_them():
     graph = dependencies()
-    for module in ("errors", "numbers", "screen"):
-        assert graph[module] <= {"errors"}, (module, graph[module])
+    for module in ("cracknet.errors", "cracknet.numbers", "cracknet.screen"):
+        assert graph[module] <= {"cracknet.errors"}, (module, graph[module])
+
+
+def test_every_stage_says_what_it_does_and_every_module_fits_one_sitting():
+    for module, path in modules().items():
+        text = open(path).read()
+        docstring = ast.get_docstring(ast.parse(text))
+        assert docstring and len(docstring) > 60, f"{module} has no docstring saying what it is for"
+        assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{module} is {len(text.splitlines())} lines long"

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from cracknet.cli import build_parser
-from cracknet.config import ScoreConfig, TrainConfig, from_arguments
-
-from conftest import REPO
+from cracknet.config import from_arguments
+from cracknet.score.config import ScoreConfig
+from cracknet.train.config import TrainConfig
 
 INFRA = REPO / "infra"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -196,7 +197,7 @@ def test_the_nightly_job_scores_the_champion_and_gets_the_registry_and_webhook_f
     job = cron["spec"]["jobTemplate"]
     (score, scored), _ = check_rayjob_spec(job)
     assert scored.model == "models:/cracknet@champion"
-    from cracknet.registry import parse
+    from cracknet.registry.versions import parse
 
     assert parse(scored.model) == ("cracknet", None, "champion")
     cluster = job["rayClusterSpec"]
@@ -208,7 +209,7 @@ def test_the_nightly_job_scores_the_champion_and_gets_the_registry_and_webhook_f
     assert refs["CRACKNET_ALERT_WEBHOOK"]["optional"] is True, "alerts are optional"
     for group in cluster["workerGroupSpecs"]:  # the workers load the folder the driver resolved: no registry
         assert not any(_secret_env(c) for c in containers(group["template"]))
-    from cracknet.score import ALERT_WEBHOOK_ENV
+    from cracknet.score.driver import ALERT_WEBHOOK_ENV
 
     assert ALERT_WEBHOOK_ENV == "CRACKNET_ALERT_WEBHOOK"
 

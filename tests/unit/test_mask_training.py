@@ -9,13 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cracknet import synthetic
-from cracknet.data import discover
-from cracknet.datasets import decode_batch, select_split
+from cracknet.data.loading import decode_batch, select_split
+from cracknet.data.trees import discover
+from cracknet.demo import synthetic
 from cracknet.errors import CracknetError
-from cracknet.model import build_model, in_backbone, load_model_state
-from cracknet.train import MASK_TRUTH_SHARE
-from cracknet.transforms import Preprocessing, augment, mask_at, read_mask
+from cracknet.images.augmentation import augment
+from cracknet.images.decoding import Preprocessing, mask_at, read_mask
+from cracknet.model.network import build_model, in_backbone, load_model_state
+from cracknet.train.worker import MASK_TRUTH_SHARE
 
 
 def _png(array: np.ndarray, mode: str = "L") -> bytes:
@@ -128,8 +129,8 @@ def test_a_segmenter_and_a_classifier_take_each_others_weights():
 
 
 def test_crops_of_a_photo_are_the_tiles_scoring_cuts_labelled_by_their_own_pixels(tmp_path):
-    from cracknet.datasets import UNLABELLED, crop_of
-    from cracknet.transforms import decode_tiles
+    from cracknet.data.loading import UNLABELLED, crop_of
+    from cracknet.images.decoding import decode_tiles
 
     synthetic.generate_road_masks(str(tmp_path), photos=2, width=150)
     images = discover(str(tmp_path))

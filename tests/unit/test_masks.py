@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from cracknet.masks import CrackSegmenter, mask_loss
-from cracknet.model import build_model
-from cracknet.synthetic import masked_photo
-from cracknet.transforms import Preprocessing, eval_preset
+from cracknet.demo.synthetic import masked_photo
+from cracknet.images.decoding import Preprocessing, eval_preset
+from cracknet.model.masks import CrackSegmenter, mask_loss
+from cracknet.model.network import build_model
 
 
 def test_one_pass_gives_the_classifiers_own_logit_and_a_mask_at_the_inputs_size():
@@ -64,8 +64,8 @@ def test_the_decoder_fits_thin_generated_cracks_at_full_resolution():
 
 
 def test_overlapping_tiles_stitch_into_one_map_of_the_photo_without_seams():
-    from cracknet.masks import stitch
-    from cracknet.transforms import tile_boxes
+    from cracknet.images.decoding import tile_boxes
+    from cracknet.predict.stitching import stitch
 
     width, height = 300, 200
     yy, xx = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),

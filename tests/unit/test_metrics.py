@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
-from cracknet.metrics import (average_precision, binary_metrics, bootstrap_intervals, curve_points, evaluation,
-                              operating_point, operating_point_caveat, paired_difference, recall_lower_bound,
-                              resamples, roc_auc)
+from cracknet.measure.intervals import bootstrap_intervals, evaluation, paired_difference, resamples
+from cracknet.measure.metrics import average_precision, binary_metrics, curve_points, roc_auc
+from cracknet.measure.thresholds import operating_point, operating_point_caveat, recall_lower_bound
 
 
 def brute_auc(probs, labels):
@@ -301,7 +301,7 @@ def test_paired_difference_by_group_is_wider_where_photos_vary():
 
 
 def test_mask_metrics_count_a_prediction_within_the_tolerance_and_find_the_best_threshold():
-    from cracknet.metrics import mask_metrics
+    from cracknet.measure.metrics import mask_metrics
 
     truth = np.zeros((40, 60), bool)
     truth[20:22, 5:55] = True  # a 2 px crack

@@ -6,15 +6,13 @@ import os
 import pytest
 import torch
 import torchvision
-
-from cracknet.errors import CracknetError
-from cracknet.model import (build_model, load_artifact, load_starting_weights, model_folder, read_card,
-                            save_artifact)
-from cracknet.card import model_identity, record_evaluations
-from cracknet.checkpoint import read_state as read_checkpoint_state
-
 from conftest import model_card
 from helpers import assert_backbone_equal
+
+from cracknet.errors import CracknetError
+from cracknet.model.card import model_folder, model_identity, record_evaluations
+from cracknet.model.network import build_model, load_artifact, load_starting_weights, read_card, save_artifact
+from cracknet.train.checkpoint import read_state as read_checkpoint_state
 
 
 def test_model_gives_one_logit_per_image():

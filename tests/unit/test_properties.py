@@ -16,11 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cracknet import inputs, storage
-from cracknet.config import ScoreConfig, TrainConfig
+from cracknet import storage
 from cracknet.errors import CracknetError
 from cracknet.numbers import MM_PER_PIXEL, numeric_kind
-from cracknet.score import mask_name
+from cracknet.score import inputs
+from cracknet.score.config import ScoreConfig
+from cracknet.table.results import mask_name
+from cracknet.train.config import TrainConfig
 
 BOUNDED = settings(max_examples=int(os.environ.get("CRACKNET_EXAMPLES", "200")), deadline=None, database=None,  # nothing written into the project
                    suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -134,11 +136,10 @@ def test_a_model_whose_deciding_numbers_are_not_finite_is_neither_saved_nor_load
     import json
 
     import torch
-
-    from cracknet.card import read_card
-    from cracknet.model import save_artifact
-
     from conftest import model_card
+
+    from cracknet.model.card import read_card
+    from cracknet.model.network import save_artifact
 
     weights = {"w": torch.zeros(1)}
     with pytest.raises(CracknetError, match=r"The model's threshold is .*, so it was not saved: training did not "

@@ -8,13 +8,14 @@ from datetime import datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
-
-from cracknet import planning, results, runs, storage
-from cracknet.compact import compact
-from cracknet.errors import CracknetError
-from cracknet.query import run_query
-
 from helpers import DAY, commit_run, planned
+
+from cracknet import storage
+from cracknet.errors import CracknetError
+from cracknet.score import planning
+from cracknet.table import results, runs
+from cracknet.table.compact import compact
+from cracknet.table.query import run_query
 
 DENIED = "Cannot read s3://s/a.jpg: AccessDenied (the endpoint refused the credentials: ...)"
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 import cracknet
 from cracknet.errors import CracknetError
-from cracknet.scorer import Scorer, Tiling, read_image
-from cracknet.transforms import Preprocessing
+from cracknet.images.decoding import Preprocessing
+from cracknet.predict.scorer import Scorer, Tiling, read_image
 
 
 def concrete_png(path, rng, size=96) -> np.ndarray:
@@ -37,8 +37,8 @@ def test_load_model_predicts_paths_pictures_and_arrays_alike(random_model, tmp_p
 
 
 def test_a_model_call_takes_8_tiles_in_float32_on_a_cpu_and_64_in_bf16_unless_asked(random_model):
-    from cracknet.engine import Precision
-    from cracknet.scorer import call_tiles
+    from cracknet.model.precision import Precision
+    from cracknet.predict.scorer import call_tiles
 
     cpu = torch.device("cpu")
     assert call_tiles(cpu, Precision(None, channels_last=True)) == 8
@@ -105,8 +105,8 @@ def test_batch_decoding_on_the_device_matches_the_cpu_path_within_resize_toleran
     """The GPU path (torchvision's decode_jpeg, tiling and resizing as tensors) checked on the CPU, where the same
     API runs: whole patches and a tiled photo give the same tiles to within resampling differences, and
     what the device path cannot take (a PNG, a CMYK JPEG, a broken file) is left to the CPU path."""
-    from cracknet.scorer import tiles_on_device
-    from cracknet.transforms import decode_tiles
+    from cracknet.images.decoding import decode_tiles
+    from cracknet.predict.scorer import tiles_on_device
 
     scorer = Scorer.load(str(random_model))
     patches = [p.read_bytes() for p in sorted((labelled_tree / "crack").glob("*"))[:4]]
@@ -138,8 +138,8 @@ def test_batch_decoding_on_the_device_matches_the_cpu_path_within_resize_toleran
 def test_gpu_actors_decoding_packs_of_bytes_score_like_the_cpu_tasks(random_model, labelled_tree, tmp_path):
     """The GPU pipeline's two halves (read_encoded in CPU tasks, CrackPredictor decoding on its device), run
     here on the CPU device: the same rows, errors and probabilities as read_and_tile + CrackPredictor."""
-    from cracknet.card import preprocessing_of, read_card
-    from cracknet.score import CrackPredictor, read_and_tile, read_encoded
+    from cracknet.model.card import preprocessing_of, read_card
+    from cracknet.score.pipeline import CrackPredictor, read_and_tile, read_encoded
 
     files = sorted((labelled_tree / "crack").glob("*"))[:5]
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")

@@ -5,14 +5,14 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from cracknet.synthetic import concrete, draw_crack, image_bytes
-from cracknet.transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageError, Preprocessing, augment, decode,
-                                 decode_tiles, eval_preset, train_preset)
-
 from conftest import png_with_declared_size
 from helpers import png16
+from PIL import Image
+
+from cracknet.demo.synthetic import concrete, draw_crack, image_bytes
+from cracknet.images.augmentation import augment, train_preset
+from cracknet.images.decoding import (IMAGENET_MEAN, IMAGENET_STD, ImageError, Preprocessing, decode, decode_tiles,
+                                      eval_preset)
 
 SPEC = Preprocessing(image_size=32)
 
@@ -109,7 +109,7 @@ def test_augmentation_keeps_shape_range_and_is_seeded():
 @pytest.mark.parametrize("width, height, tile, overlap", [(400, 300, 96, 0.25), (96, 500, 96, 0.0),
                                                          (1000, 1000, 227, 0.5), (50, 40, 96, 0.25)])
 def test_tiles_cover_every_pixel_and_stay_inside(width, height, tile, overlap):
-    from cracknet.transforms import tile_boxes
+    from cracknet.images.decoding import tile_boxes
 
     covered = np.zeros((height, width), dtype=bool)
     for x, y, w, h in tile_boxes(width, height, tile, overlap):
@@ -119,7 +119,7 @@ def test_tiles_cover_every_pixel_and_stay_inside(width, height, tile, overlap):
 
 
 def test_large_images_are_tiled_at_native_scale_and_small_ones_kept_whole():
-    from cracknet.transforms import decode_tiles
+    from cracknet.images.decoding import decode_tiles
 
     big = encode(Image.new("RGB", (500, 200), (120, 120, 120)), "JPEG")
     width, height, tiles, boxes = decode_tiles(big, SPEC, tile=100, overlap=0.0)
