@@ -17,14 +17,18 @@
 from __future__ import annotations
 
 import io
+import os
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from cracknet import storage
+from cracknet.config import option
 from cracknet.data.trees import discover
 from cracknet.model.card import in_split
+from cracknet.numbers import Range, check_fields
 from cracknet.score.config import ScoreConfig
 from cracknet.storage import content_hash
 from cracknet.train.config import TrainConfig
@@ -58,6 +62,23 @@ def build_survey(data: str, survey: str, card: dict, per_structure: int = 100, s
         buffer = io.BytesIO()
         mosaic.save(buffer, format="JPEG", quality=90)
         storage.write_bytes(storage.join(survey, STRUCTURES[k], f"survey-photo-{k + 1}.jpg"), buffer.getvalue())
+
+
+DEV_DATA = os.path.join("..", "shared", "data", "metu-dev")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """``cracknet demo``: train, score a small survey and write the report, on a local Ray."""
+    data: str = option(DEV_DATA, f"labelled tree (default: {DEV_DATA}, else generated)")
+    output: str = option(os.path.join("runs", "demo"), "where the model, the survey, the results and the reports go")
+    epochs: int = option(3, "training epochs", range=Range(1, 1000))
+    image_size: int = option(64, "the model's input side in pixels", range=Range(16, 1024))
+    adapt: bool = option(False, "then adapt the model to a surface it never saw (generated asphalt) and measure both")
+    verbose: bool = option(False, "also show Ray's INFO logs and Ray Data's progress bars")
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def run_demo(data: str, output: str, epochs: int, image_size: int, say: Callable[[str], None] = print,

@@ -259,3 +259,13 @@ def decode_tiles(data: bytes, spec: Preprocessing, tile: int, overlap: float):
         box = (x * fx, y * fy, (x + w) * fx, (y + h) * fy)
         tiles[i] = np.asarray(full.resize((size, size), Image.Resampling.BILINEAR, box=box))
     return width, height, tiles, np.asarray(boxes, dtype=np.int32)
+
+
+MIN_TILE = 16
+
+
+def check_tile_size(tile_size: int) -> None:
+    """The tile side of `score` and `evaluate`: 0 for the model's own, else enough source pixels to see."""
+    if tile_size != 0 and tile_size < MIN_TILE:
+        raise CracknetError(f"--tile-size must be 0 (the model's own) or at least {MIN_TILE} source pixels, "
+                            f"got {tile_size}.")

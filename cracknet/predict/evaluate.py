@@ -19,17 +19,20 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
-from cracknet.data.splits import grouper, resolve_grouping
+from cracknet.config import REQUIRED, option
+from cracknet.data.splits import check_grouping, grouper, resolve_grouping
 from cracknet.data.trees import LabelledImage, discover, has_masks
 from cracknet.errors import CracknetError
+from cracknet.images.decoding import check_tile_size
 from cracknet.measure.intervals import evaluation
 from cracknet.measure.metrics import MaskTally, binary_metrics
-from cracknet.measure.thresholds import MAX_FALSE_ALARMS, operating_point
+from cracknet.measure.thresholds import CONFIDENCE, MAX_FALSE_ALARMS, RECALL, check_recall_settings, operating_point
 from cracknet.model.card import in_split
+from cracknet.numbers import Range, check_fields
 from cracknet.predict.scorer import Found, Scorer, read_image
 
 READ_THREADS = 8
@@ -178,6 +181,37 @@ def evaluate(model_uri: str, data_uri: str, batch_size: int = 0, target_recall: 
         point = operating_point(probs, labels, target_recall, recall_confidence, max_false_alarms)
         report["for_target_recall"] = {**point, "metrics": binary_metrics(probs, labels, point["threshold"])}
     return report
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``cracknet evaluate``: a model's metrics on one or more labelled trees."""
+    model: str = option(REQUIRED, "the model/ folder, the training output above it, or models:/...")
+    data: tuple[str, ...] = option(REQUIRED, "labelled tree (local path or s3://bucket/prefix), optionally named "
+                                   "for its surface; repeat for several surfaces, one row each", metavar="[NAME=]URI")
+    record: bool = option(False, "keep each surface's row in the model card (evaluations), shown by cracknet report")
+    json: Optional[str] = option(None, "also write the metrics as JSON here (path or s3://)")
+    batch_size: int = option(0, "tiles per model call (default: 64, or 8 in float32 on a CPU)",
+                             range=Range(0, 4096))
+    tile_size: int = option(0, "tile side in source pixels for large images, as for score (default: the model's "
+                               "training images)", range=Range(0, 1 << 16))
+    target_recall: Optional[float] = option(None, "also report the threshold that keeps this recall on this data, "
+                                                  "and its precision", range=RECALL)
+    recall_confidence: float = option(0.95, "confidence the --target-recall threshold keeps that recall on new "
+                                            "images", range=CONFIDENCE)
+    group_by: str = option("auto", "per-group rows (photos, structures): auto (photo folders where the tree has "
+                                   "<label>/<photo>/<tile>), none, folder, folder:N or a regular expression on the "
+                                   "file name, as for train")
+    max_false_alarms: float = option(MAX_FALSE_ALARMS, "the --target-recall threshold flags at most this share of "
+                                                       "no-crack images", range=RECALL)
+
+    def __post_init__(self):
+        check_fields(self)
+        check_recall_settings(self.target_recall, self.recall_confidence, self.max_false_alarms)
+        check_tile_size(self.tile_size)
+        check_grouping(self.group_by)
+        for text in self.data:
+            parse_surface(text)
 
 
 def parse_surface(text: str) -> tuple[str, str]:

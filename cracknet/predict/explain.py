@@ -17,15 +17,22 @@ coloured by its severity class.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 from PIL import Image
+
+from cracknet.config import REQUIRED, option
+from cracknet.numbers import MM_PER_PIXEL, check_fields
+
+if TYPE_CHECKING:
+    import torch
 
 from cracknet import storage
 from cracknet.images.decoding import ImageError, load_rgb
 from cracknet.images.drawing import draw_cracks
-from cracknet.measure.geometry import DEFAULT_WIDTH_CLASSES
+from cracknet.measure.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
 
 DISPLAY_SIDE = 1024
 MOST_TILES = 16  # Grad-CAM of a large photo: the maps of its most crack-like tiles
@@ -33,6 +40,8 @@ MOST_TILES = 16  # Grad-CAM of a large photo: the maps of its most crack-like ti
 
 def grad_cam(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, np.ndarray]:
     """Crack probability and the Grad-CAM map (h x w of layer4, scaled to [0, 1]) for one (1, 3, S, S) input."""
+    import torch
+
     saved: dict[str, torch.Tensor] = {}
 
     def keep(_module, _inputs, output):
@@ -78,15 +87,32 @@ def overlay(img: Image.Image, cam: np.ndarray, strength: float = 0.5) -> Image.I
     return Image.fromarray(blended.clip(0, 255).astype(np.uint8), mode="RGB")
 
 
+@dataclass(frozen=True)
+class ExplainConfig:
+    """``cracknet explain``: where one image's crack verdict comes from, as a PNG overlay."""
+    model: str = option(REQUIRED, "the model/ folder, the training output above it, or models:/...")
+    image: str = option(REQUIRED, "the image: a local path or s3:// URI", positional=True)
+    output: str = option(REQUIRED, "where the PNG overlay goes (path or s3://)", aliases=("--out",))
+    mm_per_pixel: Optional[float] = option(None, "the photo's scale, for crack sizes in mm and severity (models "
+                                                 "that draw masks)", range=MM_PER_PIXEL)
+    width_classes: str = option(DEFAULT_WIDTH_CLASSES, "severity classes by crack width in mm, "
+                                "name:below_mm,...,name (default: AASHTO MBEI defect 1130)")
+
+    def __post_init__(self):
+        check_fields(self)
+        parse_width_classes(self.width_classes)
+
+
 def explain(model_uri: str, image_uri: str, out: str, most_tiles: int = MOST_TILES, mm_per_pixel: float | None = None,
             width_classes: str = DEFAULT_WIDTH_CLASSES) -> dict:
     """Write the Grad-CAM overlay of one image to ``out`` (PNG); return probability, threshold and the heat map
     (at the size of the overlay). The probability is the nightly job's (``cracknet.predict.scorer``). A model that draws
     masks also measures the photo's cracks as the nightly job does and draws their centre lines, coloured by
     severity (``cracknet.images.drawing``); they are returned as ``cracks``."""
+    import torch
+
     from cracknet.errors import CracknetError
     from cracknet.images.decoding import eval_preset
-    from cracknet.measure.geometry import parse_width_classes
     from cracknet.predict.scorer import Scorer, read_image
     from cracknet.predict.stitching import photo_cracks
 

@@ -19,15 +19,19 @@ verdict is one line, and the candidate's version keeps it as a tag
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
+from cracknet.config import REQUIRED, option
 from cracknet.errors import CracknetError
 from cracknet.measure.intervals import paired_difference
 from cracknet.measure.metrics import GATE_METRICS
 from cracknet.model.card import read_model
+from cracknet.numbers import Range, check_fields
+from cracknet.predict.evaluate import parse_surface
 from cracknet.registry import versions
 
 DEFAULT_NAME = "cracknet"
@@ -77,6 +81,29 @@ def alias_holder(mlflow, name: str, alias: str) -> dict | None:
         return versions.version_info(mlflow.get_model_version_by_alias(name, alias), alias)
     except Exception:  # noqa: BLE001 - no model holds the alias (yet)
         return None
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    """``cracknet promote``: move a registry alias to a model only when it is no worse on the named surfaces."""
+    model: str = option(REQUIRED, "the candidate: models:/NAME/VERSION, or a model folder (registered if it is not "
+                                  "yet)")
+    alias: str = option("champion", "the alias to move")
+    data: tuple[str, ...] = option((), "a labelled surface to compare the candidate and the alias holder on; "
+                                       "repeatable", metavar="[NAME=]URI")
+    registered_model: Optional[str] = option(None, "the registered model (default: the one --model names, else "
+                                                   "cracknet)")
+    force: Optional[str] = option(None, "move the alias even where the gate refuses or no surface is named; the "
+                                        "reason is recorded with the version", metavar="REASON")
+    mlflow: Optional[str] = option(None, "the MLflow registry (default: MLFLOW_TRACKING_URI)")
+    batch_size: int = option(0, "tiles per model call (default: 64, or 8 in float32 on a CPU)",
+                             range=Range(0, 4096))
+
+    def __post_init__(self):
+        check_fields(self)
+        versions.check_alias(self.alias)
+        for text in self.data:
+            parse_surface(text)
 
 
 def promote(model: str, alias: str, surfaces: list[tuple[str, str]], name: str | None = None,

@@ -15,11 +15,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
+from cracknet.config import REQUIRED, option
 from cracknet.errors import CracknetError
 from cracknet.report.page import Report
 from cracknet.report.scoring import (changes_section, geometry_section, nights_section, require_results,
                                      scoring_section)
 from cracknet.report.training import evaluation_section, model_card_section, training_section
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """``cracknet report``: one offline HTML page about a model, an evaluation set and scoring results."""
+    output: str = option(REQUIRED, "folder for report.html and the PNGs (path or s3://)", aliases=("--out",))
+    model: Optional[str] = option(None, "the model/ folder, the training output above it, or models:/...; may be "
+                                        "left out with --results (a report of the nights alone)")
+    data: Optional[str] = option(None, "a labelled tree to evaluate on: confusion matrix, curves, error gallery")
+    split: str = option("all", "evaluate only this split of the model's own training run (by content hash)",
+                        choices=("all", "val", "test"))
+    results: Optional[str] = option(None, "a scoring output: distribution, per day and structure, top cracks, the "
+                                          "nights over time with drift and alerts, structures that changed")
 
 
 def build_report(model_uri: str | None, out: str, data: str | None = None, split: str = "all",

@@ -6,21 +6,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from cracknet.config import option
-from cracknet.errors import CracknetError
-from cracknet.images.decoding import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from cracknet.images.decoding import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_tile_size
 from cracknet.measure.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
 from cracknet.numbers import LEASE_SECONDS, MM_PER_PIXEL, SHARE, Range, check_fields
 from cracknet.score.alerts import check_webhook_url
 from cracknet.storage.lease import DEFAULT_LEASE_SECONDS
-
-MIN_TILE = 16
-
-
-def check_tile_size(tile_size: int) -> None:
-    """The tile side of `score` and `evaluate`: 0 for the model's own, else enough source pixels to see."""
-    if tile_size != 0 and tile_size < MIN_TILE:
-        raise CracknetError(f"--tile-size must be 0 (the model's own) or at least {MIN_TILE} source pixels, "
-                            f"got {tile_size}.")
 
 
 @dataclass(frozen=True)

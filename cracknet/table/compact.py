@@ -24,16 +24,35 @@ Delta lists the candidates; cracknet deletes those of its own naming.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
 from cracknet import storage
+from cracknet.config import REQUIRED, option
 from cracknet.errors import CracknetError
-from cracknet.numbers import LEASE_SECONDS, Range, checked
+from cracknet.numbers import LEASE_SECONDS, Range, check_fields, checked
 from cracknet.storage.lease import DEFAULT_LEASE_SECONDS, Lease
 from cracknet.table import query, results, runs
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's own default (delta.deletedFileRetentionDuration: one week)
+
+
+RETENTION_HOURS = Range(0, 100 * 365 * 24)
+
+
+@dataclass(frozen=True)
+class CompactConfig:
+    """``cracknet compact``: merge the results table's small files and vacuum unreferenced ones."""
+    results: str = option(REQUIRED, "the scoring output: a folder or s3:// prefix")
+    retention_hours: int = option(DEFAULT_RETENTION_HOURS, "keep unreferenced files younger than this, for readers "
+                                  f"of older snapshots (default: {DEFAULT_RETENTION_HOURS}, Delta's one week)",
+                                  range=RETENTION_HOURS)
+    lease_seconds: float = option(DEFAULT_LEASE_SECONDS, "how long the lease on the output lasts without renewal "
+                                                         "(as for score)", range=LEASE_SECONDS)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS,
@@ -41,7 +60,7 @@ def compact(uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS,
     """Compact and vacuum the table at ``uri``; returns file counts before and after, and what was deleted."""
     from deltalake import CommitProperties, WriterProperties
 
-    checked("--retention-hours", retention_hours, Range(0, 100 * 365 * 24))
+    checked("--retention-hours", retention_hours, RETENTION_HOURS)
     checked("--lease-seconds", lease_seconds, LEASE_SECONDS)  # before anything is read or written
     uri = storage.canonical(uri)
     started = datetime.now(timezone.utc)

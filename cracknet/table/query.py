@@ -38,17 +38,37 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from cracknet import storage
+from cracknet.config import REQUIRED, option
 from cracknet.errors import CracknetError
-from cracknet.numbers import Range, checked
+from cracknet.numbers import Range, check_fields, checked
 from cracknet.screen import first_line, printable
 from cracknet.table import results, runs
 
 QUERY_SECONDS = 300.0   # a statement still running after this long is stopped (--timeout)
 QUERY_MEMORY = "2GB"    # DuckDB's memory limit for a query; beyond it, it spills to a folder under the system temp
+
+
+QUERY_TIMEOUT = Range(0, 7 * 86_400, low_open=True)
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """``cracknet query``: SQL over committed scoring results."""
+    results: str = option(REQUIRED, "the scoring output: a folder or s3:// prefix")
+    sql: str = option(REQUIRED, "a DuckDB SQL query, e.g. \"SELECT * FROM likely_cracks_since('2026-11-23')\"",
+                      positional=True)
+    format: str = option("table", "how the rows are printed", choices=("table", "csv", "json"))
+    timeout: float = option(QUERY_SECONDS, "stop a query still running after this many seconds",
+                            range=QUERY_TIMEOUT)
+    memory_limit: str = option(QUERY_MEMORY, "DuckDB's memory limit; beyond it a query spills to the system temp")
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def run_query(uri: str, sql: str, con=None, timeout: float = QUERY_SECONDS, memory_limit: str = QUERY_MEMORY) \
@@ -58,7 +78,7 @@ def run_query(uri: str, sql: str, con=None, timeout: float = QUERY_SECONDS, memo
     then interrupts it (``Connection.interrupt``) before unwinding."""
     import duckdb
 
-    timeout = checked("--timeout", timeout, Range(0, 7 * 86_400, low_open=True))
+    timeout = checked("--timeout", timeout, QUERY_TIMEOUT)
     if not _statements(sql):
         raise CracknetError("The query holds no SQL statement (it is empty or only comments); give a SELECT.")
     con = con or connect(uri, memory_limit=memory_limit)
