@@ -1,6 +1,7 @@
-"""Ray Data ingest for training: read, hash and decode once, then split by content hash.
+"""Ray Data ingest for training: read, hash and decode once, then split (by group, else by content hash).
 
-    decoded, plan = load_labelled(images, root, spec, cfg)   # on the driver
+    decoded, plan = load_labelled(images, root, spec, val_fraction=0.15, test_fraction=0.15,
+                                  max_bad_fraction=0.01, grouping="photo")   # on the driver
     splits = split_datasets(decoded, plan)                   # {"train": ds, "val": ds, "test": ds}
 
 Decoding runs in Ray Data CPU tasks with the shared preprocessing (masks, where

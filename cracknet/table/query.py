@@ -12,10 +12,12 @@ Views on a connection:
     images                      one row per scored image and run (docs/results.md describes the columns)
     tiles                       one row per tile of a tiled image
     runs                        one row per run: its model, weights, threshold, settings and counts (cracknet.table.runs)
+    in_force                    the model of the newest scoring run (the one ``current`` prefers)
     current                     one row per image, for counting: the row of the model in force (that of the newest
                                 run) if it has one, a verdict before a transient error, then the newest
     structures                  per folder (structure) of current images: images, cracks, errors, crack length
     cracks                      one row per crack of the current images (models with a mask decoder)
+    located                     scored images with their structure (the folder the photo sits in)
     failures                    current images that could not be scored, and why
     likely_cracks_since(day)    current cracked images scored on or after a day, most likely first
     tiles_above(uri, p)         the current tiles of one image at or above a probability
@@ -23,6 +25,8 @@ Views on a connection:
     survey_runs                 per structure, the runs that surveyed it: first scored one of its photos
     surveys                     per structure and survey: all its photos then in force (as the survey's model judged
                                 them), cracked ones, crack length
+    survey_baselines            per structure and survey: the structure just before it, as that survey's model
+                                judged it
     survey_changes              per structure and survey: the structure before and after it, by the same model
     structure_changes           per structure, its newest survey against the structure just before it (largest
                                 growth first)

@@ -1,6 +1,6 @@
 """A training run's checkpoints: one save / load pair for what a worker needs to resume.
 
-    saved = save(folder, state)                   # rank 0, once per epoch; a Ray Train Checkpoint
+    saved = save(folder, model, optimizer, stage, epoch, history, restarts, best)  # rank 0, each epoch
     state = load(ray.train.get_checkpoint())      # on resume, and on the driver after fit()
     kept = kept_epoch(state)                      # the epoch whose weights become the model
 

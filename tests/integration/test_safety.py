@@ -146,12 +146,19 @@ def test_a_query_reads_the_table_and_nothing_else(tmp_path, sql, s3_endpoint):
 
 
 def test_every_view_still_works_on_a_locked_connection(tmp_path):
+    import re
+
     output = str(tmp_path / "results")
     commit_run(output, ["s3://s/bridge/a.jpg", "s3://s/bridge/b.jpg"], errors=["", "unreadable"])
     con = query.connect(output)
-    for view in ("results", "images", "tiles", "current", "structures", "failures",
-                 "likely_cracks_since('2026-01-01')", "tiles_above('s3://s/bridge/a.jpg', 0.0)"):
-        run_query(output, f"SELECT * FROM {view}", con=con)
+    views = set(re.findall(r"CREATE VIEW (\w+)", query.VIEWS))
+    macros = {"likely_cracks_since": "('2026-01-01')", "wider_than": "(0.5)", "tiles_above": "('s3://s/bridge/a.jpg', 0.0)"}
+    assert set(re.findall(r"CREATE MACRO (\w+)", query.VIEWS)) == set(macros), "give each new macro an example here"
+    assert len(views) >= 13
+    described = set(re.findall(r"^    (\w+)", query.__doc__, re.M))
+    assert views | set(macros) <= described, "describe every view in cracknet.table.query's docstring"
+    for name in ["results", "runs", *sorted(views), *(name + args for name, args in macros.items())]:
+        run_query(output, f"SELECT * FROM {name}", con=con)
     assert run_query(output, "SELECT count(*) AS n FROM current", con=con).to_pylist() == [{"n": 2}]
 
 
