@@ -117,9 +117,12 @@ def dark_line_segmenter(crack_logit: float = 8.0) -> torch.nn.Module:
 
 
 def mask_card(threshold: float = 0.5) -> dict:
-    return {"preprocessing": {"image_size": SIZE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                              "source_size": SIZE},
-            "threshold": threshold, "decoder": {"channels": 64}, "mask": {"threshold": 0.5}}
+    """The card of a model with a mask decoder, made the way training makes one, its mask cut fixed at 0.5."""
+    from conftest import model_card
+
+    card = model_card(image_size=SIZE, source_size=SIZE, threshold=threshold, masks=True)
+    card["mask"].update(threshold=0.5, width_threshold=0.5)
+    return card
 
 
 def draw_survey(folder, photos: int, seed: int = 4) -> dict:

@@ -89,26 +89,7 @@ def operating_point(probs: np.ndarray, labels: np.ndarray, target: float, confid
                 "false_alarms": float((negatives >= 0.5).mean()) if len(negatives) else float("nan"),
                 "limited_by": "recall_target"}
 
-    def found_at(k: int) -> int:  # positives kept when the cut sits just below the k-th highest positive
-        return int((positives >= positives[k - 1]).sum())
-
-    # The fewest top positives whose kept count has a lower bound >= target (the bound rises with k).
-    def cut_below(k: int) -> float:  # midway between the k-th highest positive and the next lower score
-        lowest_kept = positives[k - 1]
-        below = probs[probs < lowest_kept]
-        return float((lowest_kept + below.max()) / 2.0) if len(below) else float(lowest_kept / 2.0)
-
-    low, high = 1, len(positives)
-    if recall_lower_bound(found_at(high), len(positives), confidence) < target:
-        threshold, backed = few_positives_threshold(positives, target, cut_below), False
-    else:
-        while low < high:
-            mid = (low + high) // 2
-            if recall_lower_bound(found_at(mid), len(positives), confidence) >= target:
-                high = mid
-            else:
-                low = mid + 1
-        threshold, backed = cut_below(low), True
+    threshold, backed = recall_cut(probs, positives, target, confidence)
     for_target = float((negatives >= threshold).mean()) if len(negatives) else 0.0
     floor = false_alarm_floor(probs, negatives, max_false_alarms)
     limited = floor > threshold
@@ -120,6 +101,30 @@ def operating_point(probs: np.ndarray, labels: np.ndarray, target: float, confid
             "max_false_alarms": max_false_alarms, "negatives": int(len(negatives)),
             "false_alarms": float((negatives >= threshold).mean()) if len(negatives) else float("nan"),
             "false_alarms_for_target": for_target, "limited_by": "false_alarms" if limited else "recall_target"}
+
+
+def recall_cut(probs: np.ndarray, positives: np.ndarray, target: float, confidence: float) -> tuple[float, bool]:
+    """The highest cut whose recall on ``positives`` (sorted, highest first) has a ``confidence`` lower bound of at
+    least ``target``, and True; or, where even finding every positive cannot show that, the estimate from their
+    spread (``few_positives_threshold``) and False."""
+    def found_at(k: int) -> int:  # positives kept when the cut sits just below the k-th highest positive
+        return int((positives >= positives[k - 1]).sum())
+
+    def cut_below(k: int) -> float:  # midway between the k-th highest positive and the next lower score
+        lowest_kept = positives[k - 1]
+        below = probs[probs < lowest_kept]
+        return float((lowest_kept + below.max()) / 2.0) if len(below) else float(lowest_kept / 2.0)
+
+    low, high = 1, len(positives)
+    if recall_lower_bound(found_at(high), len(positives), confidence) < target:
+        return few_positives_threshold(positives, target, cut_below), False
+    while low < high:  # the fewest top positives whose kept count has a lower bound >= target (it rises with k)
+        mid = (low + high) // 2
+        if recall_lower_bound(found_at(mid), len(positives), confidence) >= target:
+            high = mid
+        else:
+            low = mid + 1
+    return cut_below(low), True
 
 
 def false_alarm_floor(probs: np.ndarray, negatives: np.ndarray, max_false_alarms: float) -> float:

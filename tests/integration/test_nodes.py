@@ -153,7 +153,7 @@ def test_a_worker_node_lost_mid_training_resumes_from_the_s3_checkpoint_on_the_n
 
 
 def test_a_node_lost_mid_scoring_leaves_one_row_per_image_or_nothing_and_the_rerun_completes(cluster, survey,
-                                                                                            random_model):
+                                                                                            random_model, outcome):
     results = f"s3://{BUCKET}/nodes/results"
     run = cracknet(cluster, "score", "--model", str(random_model), "--input", survey, "--output", results,
                    "--num-actors", "2", "--read-batch-size", "8", "--rows-per-part", "20", "--lease-seconds", "10")
@@ -163,8 +163,10 @@ def test_a_node_lost_mid_scoring_leaves_one_row_per_image_or_nothing_and_the_rer
     out, err = run.communicate(timeout=600)
     if run.returncode == 0:  # Ray Data restarted the actor and re-ran the lost tasks elsewhere
         assert f"Scored {N_IMAGES} images (0 errors)" in out
+        outcome("Ray Data restarted the lost actor and re-ran its tasks; the run committed every image")
     else:
         assert "nothing from run" in err and "was committed" in err, err[-3000:]
+        outcome("the run failed whole with nothing committed; the rerun committed every image")
         assert exactly_once(results)["n"] == 0
         time.sleep(12)  # its lease, by the store's clock
         rerun = cracknet(cluster, "score", "--model", str(random_model), "--input", survey, "--output", results)

@@ -26,6 +26,7 @@ LAYERS = (
     ("commands", {"cli", "console", "__init__"}),
 )
 MAX_MODULE_LINES = 430
+MAX_FUNCTION_LINES = 70  # docstring included: about 60 lines of code
 
 
 def modules() -> dict[str, str]:
@@ -140,3 +141,14 @@ def test_every_stage_says_what_it_does_and_every_module_fits_one_sitting():
         docstring = ast.get_docstring(ast.parse(text))
         assert docstring and len(docstring) > 60, f"{module} has no docstring saying what it is for"
         assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{module} is {len(text.splitlines())} lines long"
+
+
+def test_no_function_is_longer_than_a_screen_or_so():
+    long = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert long == []
