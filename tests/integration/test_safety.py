@@ -11,7 +11,7 @@ from cracknet import storage
 from cracknet.cli import main as cli_main
 from cracknet.errors import CracknetError
 from cracknet.predict.scorer import fetch
-from cracknet.table import query, results
+from cracknet.table import results
 from cracknet.table.compact import compact
 from cracknet.table.query import render, run_query
 
@@ -143,30 +143,6 @@ def test_a_query_reads_the_table_and_nothing_else(tmp_path, sql, s3_endpoint):
         run_query(output, sql.format(tmp=tmp_path))
     assert str(info.value).startswith("The query failed: ") and TEST_SECRET_KEY not in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
-
-
-def test_every_view_still_works_on_a_locked_connection(tmp_path):
-    import re
-
-    output = str(tmp_path / "results")
-    commit_run(output, ["s3://s/bridge/a.jpg", "s3://s/bridge/b.jpg"], errors=["", "unreadable"])
-    con = query.connect(output)
-    views = set(re.findall(r"CREATE VIEW (\w+)", query.VIEWS))
-    macros = {"likely_cracks_since": "('2026-01-01')", "wider_than": "(0.5)", "tiles_above": "('s3://s/bridge/a.jpg', 0.0)"}
-    assert set(re.findall(r"CREATE MACRO (\w+)", query.VIEWS)) == set(macros), "give each new macro an example here"
-    assert len(views) >= 13
-    described = set(re.findall(r"^    (\w+)", query.__doc__, re.M))
-    assert views | set(macros) <= described, "describe every view in cracknet.table.query's docstring"
-    for name in ["results", "runs", *sorted(views), *(name + args for name, args in macros.items())]:
-        run_query(output, f"SELECT * FROM {name}", con=con)
-    assert run_query(output, "SELECT count(*) AS n FROM current", con=con).to_pylist() == [{"n": 2}]
-
-
-def test_table_output_shows_no_terminal_control_characters(tmp_path):
-    output = str(tmp_path / "results")
-    commit_run(output, ["s3://s/\x1b]0;owned\x07\x1b[2J.jpg"])
-    shown = render(run_query(output, "SELECT image_uri FROM images"), "table")
-    assert "\x1b" not in shown and "\x07" not in shown and "?]0;owned??[2J.jpg" in shown
 
 
 def test_a_query_has_a_deadline_a_memory_limit_and_its_spill_folder_under_the_system_temp(tmp_path):
