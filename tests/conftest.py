@@ -141,6 +141,20 @@ def labelled_tree(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_run(ray_cluster, labelled_tree, tmp_path_factory) -> tuple[Path, dict]:
+    """One tiny model trained as a user trains one (Ray Train, 2 DDP workers, 2 epochs, 32 px, random init) on
+    the labelled tree, shared by the tests that need a real training run's artifact; returns the training output
+    and its card. Tests read it and never change it (copy the model folder to edit a card)."""
+    from cracknet.train.config import TrainConfig
+    from cracknet.train.driver import run_training
+
+    output = tmp_path_factory.mktemp("trained") / "run"
+    card = run_training(TrainConfig(data=str(labelled_tree), output=str(output), epochs=2, image_size=32, batch_size=8,
+                                    num_workers=2, weights="none", warmup_epochs=0.2), log=lambda _: None)
+    return output, card
+
+
+@pytest.fixture(scope="session")
 def synthetic_tree(tmp_path_factory) -> Path:
     from cracknet.demo.synthetic import generate
 

@@ -194,7 +194,7 @@ class EvaluateConfig:
     batch_size: int = option(0, "tiles per model call (default: 64, or 8 in float32 on a CPU)",
                              range=Range(0, 4096))
     tile_size: int = option(0, "tile side in source pixels for large images, as for score (default: the model's "
-                               "training images)", range=Range(0, 1 << 16))
+                               "training images)")
     target_recall: Optional[float] = option(None, "also report the threshold that keeps this recall on this data, "
                                                   "and its precision", range=RECALL)
     recall_confidence: float = option(0.95, "confidence the --target-recall threshold keeps that recall on new "

@@ -29,6 +29,8 @@ from cracknet.numbers import MM_PER_PIXEL, check_fields
 if TYPE_CHECKING:
     import torch
 
+    from cracknet.predict.scorer import Scorer
+
 from cracknet import storage
 from cracknet.images.decoding import ImageError, load_rgb
 from cracknet.images.drawing import draw_cracks
@@ -103,10 +105,11 @@ class ExplainConfig:
         parse_width_classes(self.width_classes)
 
 
-def explain(model_uri: str, image_uri: str, out: str, most_tiles: int = MOST_TILES, mm_per_pixel: float | None = None,
-            width_classes: str = DEFAULT_WIDTH_CLASSES) -> dict:
+def explain(model: str | Scorer, image_uri: str, out: str, most_tiles: int = MOST_TILES,
+            mm_per_pixel: float | None = None, width_classes: str = DEFAULT_WIDTH_CLASSES) -> dict:
     """Write the Grad-CAM overlay of one image to ``out`` (PNG); return probability, threshold and the heat map
-    (at the size of the overlay). The probability is the nightly job's (``cracknet.predict.scorer``). A model that draws
+    (at the size of the overlay). ``model`` is a model's URI, or a ``Scorer`` already loaded (explaining many
+    images loads it once). The probability is the nightly job's (``cracknet.predict.scorer``). A model that draws
     masks also measures the photo's cracks as the nightly job does and draws their centre lines, coloured by
     severity (``cracknet.images.drawing``); they are returned as ``cracks``."""
     import torch
@@ -117,7 +120,7 @@ def explain(model_uri: str, image_uri: str, out: str, most_tiles: int = MOST_TIL
     from cracknet.predict.stitching import photo_cracks
 
     classes = parse_width_classes(width_classes)
-    scorer = Scorer.load(model_uri)
+    scorer = Scorer.load(model) if isinstance(model, str) else model
     found = read_image(storage.absolute(image_uri), scorer.spec, scorer.tiling)
     if found.error:
         raise CracknetError(f"{image_uri}: {found.error}.")

@@ -1,7 +1,10 @@
 """Bad input on the command line: one clear line on stderr, exit status 2, never a traceback.
 
-All of these fail before any cluster work starts, so no Ray is needed.
+All of these fail before any cluster work starts, so no Ray is needed; most run the command in this process,
+a few as the real `cracknet` process (its exit status, its stderr, no traceback).
 """
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +22,18 @@ def assert_one_line_error(result, expected):
     assert expected in lines[-1], lines[-1]
 
 
+@pytest.fixture
+def in_process(capsys):
+    """The command run in this process (no interpreter to start: these refusals come before any cluster work);
+    what it printed and its exit status, as a subprocess would give them. `cracknet_cli` runs the real process."""
+    def run(*args: str) -> SimpleNamespace:
+        code = cli_main(list(args))
+        printed = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
+
+    return run
+
+
 def make_tree(root, layout):
     for rel in layout:
         path = root / rel
@@ -32,37 +47,37 @@ def make_tree(root, layout):
     (["crack/a.jpg", "crack/b.jpg"], "only crack images"),
     (["crack/a.jpg", "no_crack/b.jpg", "unsure/c.jpg"], "not labels"),
 ])
-def test_train_refuses_unusable_trees(tmp_path, cracknet_cli, layout, expected):
+def test_train_refuses_unusable_trees(tmp_path, in_process, layout, expected):
     data = make_tree(tmp_path / "data", layout)
     data.mkdir(exist_ok=True)
-    result = cracknet_cli("train", "--data", str(data), "--output", str(tmp_path / "out"), "--weights", "none")
+    result = in_process("train", "--data", str(data), "--output", str(tmp_path / "out"), "--weights", "none")
     assert_one_line_error(result, expected)
 
 
-def test_train_refuses_a_missing_data_location(tmp_path, cracknet_cli):
-    result = cracknet_cli("train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "out"))
+def test_train_refuses_a_missing_data_location(tmp_path, in_process):
+    result = in_process("train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "out"))
     assert_one_line_error(result, "does not exist")
 
 
-def test_train_refuses_a_missing_weights_file(synthetic_tree, tmp_path, cracknet_cli):
-    result = cracknet_cli("train", "--data", str(synthetic_tree), "--output", str(tmp_path / "out"),
+def test_train_refuses_a_missing_weights_file(synthetic_tree, tmp_path, in_process):
+    result = in_process("train", "--data", str(synthetic_tree), "--output", str(tmp_path / "out"),
                           "--weights", str(tmp_path / "missing.pt"))
     assert_one_line_error(result, "does not exist")
 
 
-def test_train_refuses_to_overwrite_a_finished_model(synthetic_tree, tmp_path, cracknet_cli):
+def test_train_refuses_to_overwrite_a_finished_model(synthetic_tree, tmp_path, in_process):
     save_artifact(str(tmp_path / "out" / "model"), build_model().state_dict(), {})
-    result = cracknet_cli("train", "--data", str(synthetic_tree), "--output", str(tmp_path / "out"),
+    result = in_process("train", "--data", str(synthetic_tree), "--output", str(tmp_path / "out"),
                           "--weights", "none")
     assert_one_line_error(result, "already holds a finished model; pass --overwrite")
 
 
-def test_train_refuses_to_resume_with_other_settings(synthetic_tree, tmp_path, cracknet_cli):
+def test_train_refuses_to_resume_with_other_settings(synthetic_tree, tmp_path, in_process):
     (tmp_path / "out" / "checkpoints").mkdir(parents=True)
     (tmp_path / "out" / "checkpoints" / "run.json").write_text(
         f'{{"data": "{synthetic_tree}", "image_size": 128, "weights": "none", "seed": 0, '
         '"val_fraction": 0.15, "test_fraction": 0.15, "head_epochs": 1}')
-    result = cracknet_cli("train", "--data", str(synthetic_tree), "--output", str(tmp_path / "out"),
+    result = in_process("train", "--data", str(synthetic_tree), "--output", str(tmp_path / "out"),
                           "--weights", "none", "--image-size", "64")
     assert_one_line_error(result, "image_size 128 -> 64")
 
@@ -74,8 +89,8 @@ def test_train_with_refused_s3_credentials(strict_s3_endpoint, tmp_path, crackne
     assert_one_line_error(result, "refused the credentials")
 
 
-def test_train_with_a_missing_bucket(s3_endpoint, tmp_path, cracknet_cli):
-    result = cracknet_cli("train", "--data", "s3://no-such-bucket/tree", "--output", f"s3://{BUCKET}/out")
+def test_train_with_a_missing_bucket(s3_endpoint, tmp_path, in_process):
+    result = in_process("train", "--data", "s3://no-such-bucket/tree", "--output", f"s3://{BUCKET}/out")
     assert_one_line_error(result, "does not exist")
 
 
@@ -94,8 +109,8 @@ def test_train_refuses_bad_settings(synthetic_tree, tmp_path, capsys, flags, exp
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
-def test_evaluate_refuses_a_missing_model(synthetic_tree, tmp_path, cracknet_cli):
-    result = cracknet_cli("evaluate", "--model", str(tmp_path / "nothing"), "--data", str(synthetic_tree))
+def test_evaluate_refuses_a_missing_model(synthetic_tree, tmp_path, in_process):
+    result = in_process("evaluate", "--model", str(tmp_path / "nothing"), "--data", str(synthetic_tree))
     assert_one_line_error(result, "holds no finished model")
 
 
@@ -112,11 +127,11 @@ def test_evaluate_refuses_bad_settings_before_reading_anything(tmp_path, capsys,
     assert err == f"cracknet: error: {expected}"
 
 
-def test_evaluate_refuses_damaged_weights(synthetic_tree, tmp_path, cracknet_cli):
+def test_evaluate_refuses_damaged_weights(synthetic_tree, tmp_path, in_process):
     folder = tmp_path / "model"
     save_artifact(str(folder), build_model().state_dict(), model_card())
     torch.save({"conv1.weight": torch.zeros(1)}, folder / "weights.pt")
-    result = cracknet_cli("evaluate", "--model", str(folder), "--data", str(synthetic_tree))
+    result = in_process("evaluate", "--model", str(folder), "--data", str(synthetic_tree))
     assert_one_line_error(result, "does not match the hash")
 
 

@@ -23,12 +23,12 @@ from cracknet.table.query import run_query
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
-N_IMAGES = 2000
+N_IMAGES = 1000
 
 
 @pytest.fixture(scope="module")
 def survey(s3_endpoint):
-    """A few thousand small generated JPEGs on the S3 endpoint, in four structures."""
+    """A thousand small generated JPEGs on the S3 endpoint, in four structures."""
     from cracknet.storage import s3_client
 
     rng = np.random.default_rng(7)
@@ -47,7 +47,7 @@ KILLED_LEASE = 20  # seconds: long enough that a rerun started straight after th
 
 def score_command(model, survey, results, *extra):
     return [sys.executable, "-m", "cracknet.cli", "score", "--model", str(model), "--input", survey,
-            "--output", results, "--rows-per-part", "100", "--read-batch-size", "16", *extra]
+            "--output", results, "--rows-per-part", "50", "--read-batch-size", "16", *extra]
 
 
 def start(argv):

@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -16,8 +17,6 @@ from cracknet.model.network import build_model, save_artifact
 from cracknet.report.scoring import _short_names, tile_map
 from cracknet.score.config import ScoreConfig
 from cracknet.score.driver import run_scoring
-from cracknet.train.config import TrainConfig
-from cracknet.train.driver import run_training
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -41,11 +40,9 @@ class Sources(HTMLParser):
             self.links.append(attrs["href"])
 
 
-def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(ray_cluster, synthetic_tree, random_model,
+def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(trained_run, labelled_tree, random_model,
                                                                          tmp_path):
-    run = tmp_path / "run"
-    card = run_training(TrainConfig(data=str(synthetic_tree), output=str(run), epochs=2, image_size=32,
-                                    batch_size=8, num_workers=1, weights="none"), log=lambda _: None)
+    run, card = trained_run
     assert all("train_accuracy" in h for h in card["training"]["history"])
 
     rng = np.random.default_rng(5)
@@ -63,7 +60,7 @@ def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(ray_clus
     run_scoring(ScoreConfig(model=str(run), input=str(survey), output=str(results)), log=lambda _: None)
 
     out = tmp_path / "report"
-    assert cli_main(["report", "--model", str(run), "--data", str(synthetic_tree), "--split", "test",
+    assert cli_main(["report", "--model", str(run), "--data", str(labelled_tree), "--split", "test",
                      "--results", str(results), "--out", str(out)]) == 0
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"training_curves.png", "confusion_matrix.png", "pr_roc_curves.png", "scoring_overview.png",
@@ -85,7 +82,7 @@ def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(ray_clus
     assert card["model_id"] in page and str(survey / "bridge-0" / "drone.jpg") in page
     # --split test evaluates exactly the images the training run held out for its test.
     held_out = sum(card["data"]["counts"]["test"].values())
-    assert f"<p>{held_out} images of {synthetic_tree} (test split)" in page
+    assert f"<p>{held_out} images of {labelled_tree} (test split)" in page
     assert f"at or above {card['threshold']:.3f}" in page and "Scored by model" not in page
 
     # Results scored by another model than the report's: the page says whose thresholds it draws.
@@ -95,6 +92,8 @@ def test_report_of_a_training_run_an_evaluation_set_and_scoring_results(ray_clus
 
     # A photo deleted since it was scored, and card text carrying markup: the report says so and still opens.
     (survey / "bridge-0" / "drone.jpg").unlink()
+    run = tmp_path / "hostile-run"  # a copy: the trained run is shared
+    shutil.copytree(trained_run[0] / "model", run / "model")
     hostile = json.loads((run / "model" / "model.json").read_text())
     hostile["data"]["counts"]["<script>split()</script>"] = {"crack": "<script>n()</script>"}
     hostile["evaluations"] = {"<script>name()</script>": {"data": "<img src=x onerror=alert(1)>", "images": "<b>",

@@ -31,12 +31,12 @@ def test_no_output_of_a_full_run_contains_a_credential(cracknet_cli, synthetic_t
         cracknet_cli("score", "--model", f"{root}/run", "--input", f"{root}/data", "--output", f"{root}/results",
                      env=env),
         cracknet_cli("query", "--results", f"{root}/results", "SELECT * FROM images", env=env),
+        # A failure, with a secret key other than the endpoint's (one that holds the real key: a leak of
+        # either is found below).
         cracknet_cli("score", "--model", f"{root}/no-model", "--input", f"{root}/data", "--output",
-                     f"{root}/results", env=env),
-        cracknet_cli("score", "--model", f"{root}/run", "--input", f"{root}/data", "--output", f"{root}/results",
-                     env={**env, "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY + "-wrong"}),
+                     f"{root}/results", env={**env, "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY + "-wrong"}),
     ]
-    assert [r.returncode for r in runs] == [0, 0, 0, 0, 2, 0], [r.stderr[-2000:] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0, 0, 0, 2], [r.stderr[-2000:] for r in runs]
 
     outputs = {f"{' '.join(r.args[3:5])} (stdout+stderr)": (r.stdout + r.stderr).encode() for r in runs}
     written = storage.list_files(root)

@@ -40,10 +40,9 @@ def split_images(root, split):
     return out
 
 
-def test_ddp_training_writes_a_complete_self_describing_artifact(ray_cluster, labelled_tree, tmp_path):
-    card = run_training(tiny(labelled_tree, tmp_path / "run"), log=lambda _: None)
-
-    folder = tmp_path / "run" / "model"
+def test_ddp_training_writes_a_complete_self_describing_artifact(trained_run, labelled_tree, tmp_path):
+    run, card = trained_run
+    folder = run / "model"
     assert sorted(os.listdir(folder)) == ["model.json", "weights.pt"]
     on_disk = json.loads((folder / "model.json").read_text())
     assert on_disk["model_id"] == card["model_id"]
@@ -61,7 +60,7 @@ def test_ddp_training_writes_a_complete_self_describing_artifact(ray_cluster, la
 
     # The test metrics in the card are reproduced by scoring the test split outside Ray, through the scorer
     # `evaluate` and `score` use.
-    scorer = Scorer.load(str(tmp_path / "run"))
+    scorer = Scorer.load(str(run))
     read = scorer.card
     test = split_images(labelled_tree, "test")
     found = predict_tree(scorer, str(labelled_tree), split="test")
@@ -89,7 +88,7 @@ def test_ddp_training_writes_a_complete_self_describing_artifact(ray_cluster, la
 
     # `cracknet evaluate` on the same tree prints and writes the same kind of report.
     report_path = tmp_path / "eval.json"
-    assert cli_main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(labelled_tree),
+    assert cli_main(["evaluate", "--model", str(run), "--data", str(labelled_tree),
                      "--json", str(report_path), "--target-recall", "0.9"]) == 0
     report = json.loads(report_path.read_text())
     assert report["model_id"] == card["model_id"] and report["metrics"]["n"] == 120

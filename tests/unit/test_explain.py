@@ -11,6 +11,7 @@ from cracknet.demo.synthetic import concrete, draw_crack, image_bytes
 from cracknet.images.decoding import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_preset
 from cracknet.model.network import build_model, save_artifact
 from cracknet.predict.explain import explain, grad_cam, upsample
+from cracknet.predict.scorer import Scorer
 
 SIZE = 192
 CELL = 32  # input pixels per cell of layer4's map
@@ -75,13 +76,14 @@ def near(points, width: int) -> np.ndarray:
 def test_most_heat_falls_on_the_crack(crack_model, tmp_path):
     """layer4 sees the image in 32-pixel cells, so "on the crack" means within one cell of its pixels."""
     rng = np.random.default_rng(1)
+    scorer = Scorer.load(str(crack_model))  # loaded once for the twelve images
     on_crack, on_mirror = [], []
     for k in range(12):
         img = concrete(rng, SIZE)
         points = draw_crack(img, rng)
         path = tmp_path / f"crack-{k}.png"
         img.save(path)
-        result = explain(str(crack_model), str(path), str(tmp_path / f"cam-{k}.png"))
+        result = explain(scorer, str(path), str(tmp_path / f"cam-{k}.png"))
         if result["crack_probability"] < 0.5:
             continue
         heat = upsample(result["cam"], (SIZE, SIZE))
