@@ -119,8 +119,8 @@ def watch(cfg: ScoreConfig, card: dict, run_id: str, scored: bool) -> tuple[dict
         recent = monitor.recent_records(runs.read(cfg.output), run_id, rules.window)
         before = monitor.survey_changes(cfg.output, run_id)
         validation = card.get("monitoring", {}).get("validation_probability_histogram")
-        alerts, drift = monitor.judge(record, recent, before, rules, validation)
-        return {**record, "drift": drift, "rules": dataclasses.asdict(rules)}, alerts, drift
+        fired, drift = monitor.judge(record, recent, before, rules, validation)
+        return {**record, "drift": drift, "rules": dataclasses.asdict(rules)}, fired, drift
     except Exception as exc:  # noqa: BLE001 - see the docstring
         return None, [{"rule": "monitoring", "message": f"Monitoring could not judge this night: "
                                                         f"{root_cause(exc)}", "value": 0.0}], {}

@@ -151,27 +151,27 @@ def test_an_undeliverable_alert_is_reported_never_raised(webhook):
     from conftest import free_port
 
     waits = []
-    alerts = [{"rule": "error_rate", "message": "many errors", "value": 0.5}]
-    told = alerts.post_alerts(f"http://127.0.0.1:{free_port()}/hook?token=abc", alerts, "r1", "s3://b/results",
+    fired = [{"rule": "error_rate", "message": "many errors", "value": 0.5}]
+    told = alerts.post_alerts(f"http://127.0.0.1:{free_port()}/hook?token=abc", fired, "r1", "s3://b/results",
                                timeout=1.0, sleep=waits.append)
     assert told.startswith("not delivered to http://127.0.0.1:") and "token" not in told and waits == [1.0, 2.0]
     url, hook = webhook
     hook.fail_first = 5  # a hook that keeps failing: three attempts, then the run goes on
-    told = alerts.post_alerts(url, alerts, "r1", "s3://b/results", sleep=waits.append)
+    told = alerts.post_alerts(url, fired, "r1", "s3://b/results", sleep=waits.append)
     assert len(hook.received) == 3 and told.endswith("(HTTP 500); they are in the run's row")
 
 
 def test_a_webhook_has_one_deadline_for_everything_and_a_redirect_is_not_delivered(webhook):
     url, hook = webhook
-    alerts = [{"rule": "error_rate", "message": "many errors", "value": 0.5}]
+    fired = [{"rule": "error_rate", "message": "many errors", "value": 0.5}]
     started = time.monotonic()
-    told = alerts.post_alerts(url + "/drip", alerts, "r1", "s3://b/results", timeout=1.0, deadline=2.5,
+    told = alerts.post_alerts(url + "/drip", fired, "r1", "s3://b/results", timeout=1.0, deadline=2.5,
                                sleep=time.sleep)
     took = time.monotonic() - started
     assert took < 4.0 and told.startswith("not delivered") and "no complete answer within" in told, (took, told)
     assert "cracknet-secret-token" not in told
     hook.received.clear()
-    told = alerts.post_alerts(url + "/moved", alerts, "r1", "s3://b/results", sleep=lambda s: None)
+    told = alerts.post_alerts(url + "/moved", fired, "r1", "s3://b/results", sleep=lambda s: None)
     assert "HTTP 302, a redirect, not followed" in told and len(hook.received) == 1  # sent once, never elsewhere
 
 
