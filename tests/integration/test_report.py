@@ -162,7 +162,10 @@ def test_report_refuses_unusable_inputs_with_one_line_and_writes_nothing(random_
                 "training": {"val_fraction": 1e-9, "test_fraction": 1e-9}}
         save_artifact(str(model), build_model().state_dict(), card)
         flags += ["--split", "test"]
-    elif case == "no splits":
+    elif case == "no splits":  # a card without its training settings (a model trained elsewhere)
+        model = tmp_path / "model"
+        card = {k: v for k, v in json.loads((random_model / "model.json").read_text()).items() if k != "training"}
+        save_artifact(str(model), build_model().state_dict(), card)
         flags += ["--split", "test"]
     elif case == "empty results":
         (tmp_path / "results").mkdir()

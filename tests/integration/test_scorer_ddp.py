@@ -11,7 +11,7 @@ from conftest import REPO
 DDP_WORKER = textwrap.dedent("""
     import datetime, sys
     import numpy as np, torch, torch.distributed as dist
-    from cracknet.train.driver import predict_shared
+    from cracknet.train.worker import predict_shared
     from cracknet.images.decoding import Preprocessing
 
     rank, port = int(sys.argv[1]), sys.argv[2]

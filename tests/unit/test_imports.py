@@ -152,3 +152,25 @@ def test_no_function_is_longer_than_a_screen_or_so():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{module}.{node.name}: {lines} lines")
     assert long == []
+
+
+def test_code_run_in_other_processes_imports_names_that_exist():
+    """Scripts handed to ``python -c`` (tests, benchmarks, infra) name cracknet's modules in strings, where a
+    move would go unnoticed until that process ran."""
+    import glob
+    import importlib
+    import re
+
+    root = os.path.dirname(PACKAGE)
+    missing = []
+    for path in [p for pattern in ("tests/**/*.py", "bench/*.py", "infra/**/*.py")
+                 for p in glob.glob(os.path.join(root, pattern), recursive=True)]:
+        for node in ast.walk(ast.parse(open(path).read())):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+                continue
+            for match in re.finditer(r"from (cracknet[\w.]*) import \(?([\w, ]+)\)?", node.value):
+                module = importlib.import_module(match[1])
+                for name in (part.strip().split(" as ")[0] for part in match[2].split(",") if part.strip()):
+                    if not hasattr(module, name) and f"{match[1]}.{name}" not in modules():
+                        missing.append(f"{os.path.relpath(path, root)}: from {match[1]} import {name}")
+    assert missing == []
