@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from conftest import BUCKET
-from PIL import Image
+from PIL import ExifTags, Image
 
 from cracknet import storage
 from cracknet.demo import synthetic
@@ -164,3 +164,40 @@ def png16(side: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((side, side), dtype=np.uint16)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Photos that say where and how they were taken
+
+
+def dji_xmp(**fields) -> bytes:
+    """An XMP packet as DJI aircraft write it: drone-dji attributes, and the range finder's distance as an element."""
+    attributes = " ".join(f'drone-dji:{name}="{value}"' for name, value in fields.items())
+    return (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            b'<rdf:Description xmlns:drone-dji="http://www.dji.com/drone-dji/1.0/" ' + attributes.encode() +
+            b'><drone-dji:LRFTargetDistance>12.50</drone-dji:LRFTargetDistance></rdf:Description></rdf:RDF>'
+            b'</x:xmpmeta>')
+
+
+def jpeg(gps: dict | None = None, details: dict | None = None, base: dict | None = None, xmp: bytes | None = None,
+         size=(64, 48), image: Image.Image | None = None) -> bytes:
+    """A JPEG whose EXIF (base tags, GPS and Exif IFDs) and XMP the test chose."""
+    exif = Image.Exif()
+    for tag, value in (base or {}).items():
+        exif[tag] = value
+    if gps:
+        exif.get_ifd(ExifTags.IFD.GPSInfo).update(gps)
+    if details:
+        exif.get_ifd(ExifTags.IFD.Exif).update(details)
+    buffer = io.BytesIO()
+    extra = {"xmp": xmp} if xmp else {}
+    (image or Image.new("RGB", size, (120, 120, 120))).save(buffer, "JPEG", exif=exif, **extra)
+    return buffer.getvalue()
+
+
+DRONE_GPS = {ExifTags.GPS.GPSLatitudeRef: "N", ExifTags.GPS.GPSLatitude: (47.0, 22.0, 12.34),
+             ExifTags.GPS.GPSLongitudeRef: "W", ExifTags.GPS.GPSLongitude: (8.0, 32.0, 5.5),
+             ExifTags.GPS.GPSAltitudeRef: b"\x00", ExifTags.GPS.GPSAltitude: 512.25}
+DRONE_DETAILS = {ExifTags.Base.DateTimeOriginal: "2026:11:23 10:15:30", ExifTags.Base.OffsetTimeOriginal: "+01:00",
+                 ExifTags.Base.FocalLength: 8.8, ExifTags.Base.FocalLengthIn35mmFilm: 24}
+DRONE_BASE = {ExifTags.Base.Make: "DJI", ExifTags.Base.Model: "FC6310"}

@@ -22,6 +22,8 @@ from typing import Any
 from PIL import ExifTags, Image
 
 MAX_XMP_BYTES = 64 << 10
+NADIR_TOLERANCE_DEG = 5.0  # a gimbal this close to -90 degrees looks straight down
+RANGE_FINDER, ALTITUDE = "range finder", "altitude, nadir"
 MAX_TEXT = 64  # characters kept of a text field (camera make and model)
 # Plausible ranges: a value outside its range is treated as absent.
 ALTITUDE_M = (-1_000.0, 20_000.0)
@@ -55,6 +57,27 @@ class PhotoMetadata:
 
     def has_position(self) -> bool:
         return self.latitude is not None and self.longitude is not None
+
+    def nadir(self) -> bool:
+        """Whether the camera looked straight down (the only case where altitude is the distance to the surface)."""
+        return self.gimbal_pitch_deg is not None and abs(self.gimbal_pitch_deg + 90.0) <= NADIR_TOLERANCE_DEG
+
+    def distance(self) -> tuple[float | None, str | None]:
+        """The camera's distance to the surface and where it comes from: the range finder's, else the height above
+        the take-off point of a photo looking straight down; (None, None) where neither is known."""
+        if self.distance_m is not None:
+            return self.distance_m, RANGE_FINDER
+        if self.relative_altitude_m is not None and self.relative_altitude_m > 0 and self.nadir():
+            return self.relative_altitude_m, ALTITUDE
+        return None, None
+
+    def table_fields(self) -> dict[str, Any]:
+        """What the results table keeps of it (``cracknet.table.schema.PLACE_COLUMNS``), JSON-safe."""
+        distance, source = self.distance()
+        return {"latitude": self.latitude, "longitude": self.longitude, "altitude_m": self.altitude_m,
+                "captured_at": self.captured_at.isoformat() if self.captured_at else None, "camera": self.camera,
+                "focal_length_mm": self.focal_length_mm, "gimbal_pitch_deg": self.gimbal_pitch_deg,
+                "gimbal_yaw_deg": self.gimbal_yaw_deg, "distance_m": distance, "distance_source": source}
 
 
 def photo_metadata(data: bytes) -> PhotoMetadata:

@@ -8,8 +8,8 @@ camera itself (the ground sampling distance from its sensor, lens and distance t
 The ground sampling distance (GSD) of a camera square to the surface is sensor width x distance / (focal length
 x image width): a 13.2 mm sensor behind an 8.8 mm lens, 10 m away, 5,472 px across, sees 2.74 mm in a pixel.
 The distance is the laser range finder's where the photo carries one, else the altitude above the take-off
-point for a photo looking straight down (a gimbal within ``NADIR_TOLERANCE_DEG`` of -90 degrees); a photo at an
-angle has no single scale, and gets none from the camera.
+point for a photo looking straight down (``PhotoMetadata.distance``); a photo at an angle has no single scale,
+and gets none from the camera.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from cracknet.errors import CracknetError
 from cracknet.images.metadata import PhotoMetadata, ground_sampling_distance
 from cracknet.measure.geometry import WidthClass
 
-NADIR_TOLERANCE_DEG = 5.0
 # Sensor widths (mm) of common survey cameras, by the make and model their photos write.
 SENSOR_WIDTH_MM = {
     "DJI FC6310": 13.2,    # Phantom 4 Pro (1")
@@ -33,7 +32,7 @@ SENSOR_WIDTH_MM = {
     "DJI FC330": 6.17,     # Phantom 4 (1/2.3")
     "DJI ZenmuseP1": 35.9,  # Zenmuse P1 (full frame)
 }
-MANIFEST, FLAG, RANGE_FINDER, ALTITUDE = "manifest", "flag", "camera: range finder", "camera: altitude, nadir"
+MANIFEST, FLAG = "manifest", "flag"  # the camera's GSD is "camera: " and its distance's source
 
 
 def camera_table(text: str | None) -> dict[str, float]:
@@ -65,21 +64,12 @@ def scale_of(meta: PhotoMetadata, manifest: float | None, flag: float | None,
     if flag is not None:
         return flag, FLAG
     sensor = cameras.get(meta.camera or "")
-    if sensor is None or not meta.focal_length_mm or not meta.width:
-        return None, None
-    if meta.distance_m is not None:
-        distance, source = meta.distance_m, RANGE_FINDER
-    elif meta.relative_altitude_m is not None and meta.relative_altitude_m > 0 and nadir(meta):
-        distance, source = meta.relative_altitude_m, ALTITUDE
-    else:
+    distance, source = meta.distance()
+    if sensor is None or not meta.focal_length_mm or not meta.width or distance is None:
         return None, None
     # The sensor's width lies along the image's longer side as stored.
-    return ground_sampling_distance(sensor, meta.focal_length_mm, distance, max(meta.width, meta.height or 0)), source
-
-
-def nadir(meta: PhotoMetadata) -> bool:
-    """Whether the camera looked straight down (the only case where altitude is the distance to the surface)."""
-    return meta.gimbal_pitch_deg is not None and abs(meta.gimbal_pitch_deg + 90.0) <= NADIR_TOLERANCE_DEG
+    return (ground_sampling_distance(sensor, meta.focal_length_mm, distance, max(meta.width, meta.height or 0)),
+            f"camera: {source}")
 
 
 def too_coarse(mm_per_pixel: float | None, classes: tuple[WidthClass, ...]) -> str | None:

@@ -29,6 +29,7 @@ Importing this module needs no torch (the scoring driver and the read tasks use
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -38,6 +39,7 @@ from PIL import Image
 from cracknet import storage
 from cracknet.errors import CracknetError, ReadRefused, StorageUnavailable
 from cracknet.images.decoding import ImageError, Preprocessing, decode_tiles, scored_whole, tile_boxes, to_rgb
+from cracknet.images.metadata import photo_metadata
 from cracknet.storage import content_hash
 
 if TYPE_CHECKING:
@@ -74,6 +76,7 @@ class Found:
     error: str = ""
     error_kind: str = ""  # with error: "permanent" (about the file itself) or "transient" (may read later)
     skipped: bool = False  # left out by ``want``
+    photo: str = ""  # where and how it was taken, from its header (``metadata.table_fields``, JSON); "" unread
 
     def fail(self, exc: BaseException) -> "Found":
         self.error, self.error_kind = _error(exc), error_kind(exc)
@@ -106,6 +109,7 @@ def fetch(uri: str, root: str | None = None, version: str = "", max_bytes: int =
                                 "(--input-prefix widens the location).")
         data, read_version = storage.read_versioned(uri, max_bytes)
         found.version = version or read_version
+        found.photo = json.dumps(photo_metadata(data).table_fields())
         return found, data
     except StorageUnavailable:
         raise

@@ -90,7 +90,7 @@ def encoded_pack(pending: list) -> dict:
     lengths = np.asarray([len(data) for _, data, _ in pending], dtype=np.int64)
     text = {"image_uri": [f.uri for f, _, _ in pending], "version": [f.version for f, _, _ in pending],
             "error": [f.error for f, _, _ in pending], "error_kind": [f.error_kind for f, _, _ in pending],
-            "mm_per_pixel": [scale for _, _, scale in pending]}
+            "mm_per_pixel": [scale for _, _, scale in pending], "photo": [f.photo for f, _, _ in pending]}
     return {
         "data": _ragged([np.frombuffer(b"".join(data for _, data, _ in pending) or b"", dtype=np.uint8)]),
         "lengths": _ragged([lengths]),
@@ -104,7 +104,8 @@ def pack(found: list, scales: list | None = None, size: int = 0) -> dict:
     empty_tiles, empty_boxes = np.zeros((0, size, size, 3), dtype=np.uint8), np.zeros((0, 4), dtype=np.int32)
     text = {"image_uri": [f.uri for f in found], "version": [f.version for f in found],
             "error": [f.error for f in found], "error_kind": [f.error_kind for f in found],
-            "mm_per_pixel": list(scales) if scales is not None else [None] * len(found)}
+            "mm_per_pixel": list(scales) if scales is not None else [None] * len(found),
+            "photo": [f.photo for f in found]}
     return {
         "tiles": _ragged([np.concatenate([empty_tiles] + [f.tiles for f in found if f.tiles is not None])]),
         "boxes": _ragged([np.concatenate([empty_boxes] + [f.boxes for f in found if f.boxes is not None])]),
@@ -182,7 +183,7 @@ class CrackPredictor:
 
         out = {k: [] for k in ("image_uri", "version", "error", "error_kind", "width", "height", "crack_probability",
                                "tiles_scored", "tile_probabilities", "boxes", "cracks", "severity", "mask_uri",
-                               "mm_per_pixel", "brightness", "sharpness")}
+                               "mm_per_pixel", "brightness", "sharpness", "photo")}
         packs = self._decoded_packs(batch) if self.decode_on_device else self._tiled_packs(batch)
         for text, widths, heights, per_image, boxes in packs:
             if self.geometry is None:
@@ -200,6 +201,7 @@ class CrackPredictor:
                     out["mm_per_pixel"].append(np.nan if scale is None else scale)
             for key in ("image_uri", "version", "error", "error_kind"):
                 out[key] += text[key]
+            out["photo"] += text.get("photo") or [""] * len(text["image_uri"])
             out["width"] += list(widths)
             out["height"] += list(heights)
             out["crack_probability"] += list(crack)
@@ -227,6 +229,7 @@ class CrackPredictor:
             "boxes": _ragged(out["boxes"]),
             "brightness": np.asarray(out["brightness"], dtype=np.float32),
             "sharpness": np.asarray(out["sharpness"], dtype=np.float32),
+            "photo": np.asarray(out["photo"], dtype=object),
         }
 
     @staticmethod

@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 from cracknet import storage
 from cracknet.errors import CracknetError
 from cracknet.score import inputs
-from cracknet.table.results import KEYS, open_table
+from cracknet.table.results import open_table
+from cracknet.table.schema import KEYS
 
 PLAN_MEMORY = "128MB"       # DuckDB's limit while planning; beyond it the anti-join spills to local disk
 PLAN_FILES = 64             # a night's plan is split into about this many files (Ray reads one per task)

@@ -35,66 +35,19 @@ import pyarrow.compute as pc
 
 from cracknet import storage
 from cracknet.errors import CracknetError, StorageUnavailable
+from cracknet.table.columns import geometry_columns, place_columns
+from cracknet.table.schema import ADDED_COLUMNS, FILE_SCHEMA, IMAGE_STATISTICS, PARTITION, SCHEMA, STATS_COLUMNS, TILE
 
 LOG = "_delta_log"
 STAGING = "_staging"
 MASKS = "_masks"  # where --masks may put crack masks inside an output
 OLD_MANIFESTS = "_manifests"
-PARTITION = "run_date"
 TABLE_NAME = "cracknet_results"
 COMMIT_ATTEMPTS = 3
 # A checkpoint every 10 commits (Spark's default; delta-rs would wait for 100), so opening the table
 # reads one checkpoint and at most nine small commit files however long the history.
 TABLE_CONFIGURATION = {"delta.checkpointInterval": "10"}
 
-TILE = pa.struct([("tile_x", pa.int32()), ("tile_y", pa.int32()), ("tile_w", pa.int32()), ("tile_h", pa.int32()),
-                  ("crack_probability", pa.float32())])
-VERTEX = pa.struct([("x", pa.float32()), ("y", pa.float32()), ("width_px", pa.float32())])
-CRACK = pa.struct([  # one crack of an image's mask (cracknet.measure.geometry.measure); *_mm null without a scale
-    ("crack", pa.int32()),  # its number in the image, longest first
-    ("length_px", pa.float32()), ("length_mm", pa.float32()),
-    ("width_mean_px", pa.float32()), ("width_mean_mm", pa.float32()),
-    ("width_max_px", pa.float32()), ("width_max_mm", pa.float32()),
-    ("width_p95_px", pa.float32()), ("width_p95_mm", pa.float32()),
-    ("severity", pa.string()),  # the width class of width_p95_mm; null without a scale
-    ("orientation", pa.string()),  # transverse, longitudinal, diagonal or map
-    ("junctions", pa.int32()), ("area_px", pa.int32()),
-    ("bbox_x", pa.int32()), ("bbox_y", pa.int32()), ("bbox_w", pa.int32()), ("bbox_h", pa.int32()),
-    ("paths", pa.list_(pa.list_(VERTEX))),  # simplified centre lines in photo pixels, a width at each vertex
-])
-FILE_SCHEMA = pa.schema([   # what each Parquet file holds; run_date lives in the path and the log (Delta's rule)
-    ("image_uri", pa.string()),
-    ("version", pa.string()),  # ETag on S3; size and mtime on local disk
-    ("crack_probability", pa.float32()),  # null when error is set; the maximum over tiles when tiled
-    ("is_crack", pa.bool_()),  # crack_probability >= the model's threshold
-    ("tiles_scored", pa.int32()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("error", pa.string()),  # null when the image was scored
-    ("model_id", pa.string()),
-    ("run_id", pa.string()),
-    ("scored_at", pa.timestamp("us", tz="UTC")),
-    ("tiles", pa.list_(TILE)),  # the tiles of a tiled image; empty when it was scored whole, null on error
-    ("error_kind", pa.string()),  # with error: permanent (about the file) or transient (tried again later)
-    # Crack geometry, from models with a mask decoder (null from others, and on error rows):
-    ("cracks", pa.list_(CRACK)),  # empty when no tile reached the mask gate
-    ("crack_count", pa.int32()),
-    ("crack_length_px", pa.float32()), ("crack_length_mm", pa.float32()),  # all its cracks together
-    ("crack_width_max_px", pa.float32()), ("crack_width_max_mm", pa.float32()),
-    ("severity", pa.string()),  # the worst of its cracks' classes
-    ("mm_per_pixel", pa.float32()),  # the scale its millimetres come from; null: unknown, so no millimetres
-    ("mask_uri", pa.string()),  # its 8-bit PNG crack mask (with --masks, where it has cracks)
-    # Image statistics, for monitoring (cracknet.score.monitor): mean luma 0-255, variance of the grey Laplacian
-    ("brightness", pa.float32()), ("sharpness", pa.float32()),
-])
-SCHEMA = FILE_SCHEMA.append(pa.field(PARTITION, pa.date32()))
-GEOMETRY_COLUMNS = ("cracks", "crack_count", "crack_length_px", "crack_length_mm", "crack_width_max_px",
-                    "crack_width_max_mm", "severity", "mm_per_pixel", "mask_uri")
-# Columns added since the first release: older tables get them on their next commit, readers see them as null.
-IMAGE_STATISTICS = ("brightness", "sharpness")
-ADDED_COLUMNS = ("error_kind",) + GEOMETRY_COLUMNS + IMAGE_STATISTICS
-KEYS = pa.schema([FILE_SCHEMA.field(name) for name in ("image_uri", "version", "model_id", "error", "error_kind")])
-STATS_COLUMNS = ("image_uri", "version", "model_id", "run_id", "crack_probability", "tiles_scored")
 # The files a scoring run writes into the table, and the only table files cracknet ever deletes.
 PART_FILE = re.compile(r"run_date=\d{4}-\d{2}-\d{2}/part-[A-Za-z0-9_.-]+\.parquet")
 # What else cracknet keeps under an output: the log, the lease, plans, the runs table.
@@ -201,48 +154,9 @@ def part_table(images: dict, tiles: list, threshold: float, model_id: str, run_i
         **{name: pa.array(np.asarray(images.get(name, np.full(n, np.nan)), dtype=np.float32), pa.float32(),
                           mask=~ok | np.isnan(np.asarray(images.get(name, np.full(n, np.nan)), dtype=np.float32)))
            for name in IMAGE_STATISTICS},
+        **place_columns([p if good else None for p, good in zip(images.get("photo", [None] * n), ok)], FILE_SCHEMA),
     }, schema=FILE_SCHEMA)
     return table.replace_schema_metadata({"cracknet": json.dumps(metadata)})
-
-
-def geometry_columns(images: dict, ok) -> dict[str, pa.Array]:
-    """The crack columns of one file's rows: nested cracks and their per-image summary (nulls where the model
-    draws no masks or the image could not be scored)."""
-    n = len(ok)
-    found = [json.loads(c) if good and isinstance(c, str) and c else None
-             for good, c in zip(ok, images.get("cracks", [None] * n))]
-    scale = [float(m) if f is not None and m == m and m > 0 else None
-             for f, m in zip(found, images.get("mm_per_pixel", [float("nan")] * n))]
-    masks = [u if f is not None and isinstance(u, str) and u else None
-             for f, u in zip(found, images.get("mask_uri", [None] * n))]
-    rows = [None if f is None else [_crack_row(i, c) for i, c in enumerate(f)] for f in found]
-
-    def total(key):
-        return [None if f is None else float(sum(c[key] for c in f)) if all(c[key] is not None for c in f) else None
-                for f in found]
-
-    def most(key):
-        return [None if f is None or not f or any(c[key] is None for c in f) else float(max(c[key] for c in f))
-                for f in found]
-
-    return {"cracks": pa.array(rows, pa.list_(CRACK)),
-            "crack_count": pa.array([None if f is None else len(f) for f in found], pa.int32()),
-            "crack_length_px": pa.array(total("length_px"), pa.float32()),
-            "crack_length_mm": pa.array([t if s is not None else None for t, s in zip(total("length_mm"), scale)],
-                                        pa.float32()),
-            "crack_width_max_px": pa.array(most("width_max_px"), pa.float32()),
-            "crack_width_max_mm": pa.array(most("width_max_mm"), pa.float32()),
-            "severity": pa.array([s if f is not None and isinstance(s, str) and s else None
-                                  for f, s in zip(found, images.get("severity", [None] * n))], pa.string()),
-            "mm_per_pixel": pa.array(scale, pa.float32()),
-            "mask_uri": pa.array(masks, pa.string())}
-
-
-def _crack_row(i: int, crack: dict) -> dict:
-    box = crack["bbox"]
-    return {"crack": i, **{k: crack[k] for k in CRACK.names if k in crack and k != "paths"},
-            "bbox_x": box["x"], "bbox_y": box["y"], "bbox_w": box["w"], "bbox_h": box["h"],
-            "paths": [[{k: v[k] for k in VERTEX.names} for v in line] for line in crack["paths"]]}
 
 
 def write_part(table: pa.Table, output: str, run_id: str, run_date: str) -> dict:
@@ -399,3 +313,5 @@ def mask_name(uri: str, version: str, root: str) -> str:
     stem = posixpath.splitext(storage.name_below(uri, root))[0] or "outside-input"
     key = "\n".join((uri, version)).encode()
     return f"{stem}.{storage.content_hash(key)[:MASK_HASH]}.png"
+
+

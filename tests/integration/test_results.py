@@ -18,7 +18,7 @@ from cracknet import storage
 from cracknet.errors import CracknetError
 from cracknet.score import inputs
 from cracknet.storage.lease import Lease
-from cracknet.table import results
+from cracknet.table import results, schema
 from cracknet.table.compact import compact
 from cracknet.table.query import run_query
 
@@ -35,7 +35,7 @@ def test_a_committed_run_reads_the_same_in_deltalake_duckdb_and_pyarrow(store_ro
     rows = table.to_pyarrow_table()
     assert rows.num_rows == 30 and set(rows.column("image_uri").to_pylist()) == set(uris)
     assert table.metadata().partition_columns == ["run_date"]
-    assert rows.schema.field("tiles").type == pa.list_(results.TILE)
+    assert rows.schema.field("tiles").type == pa.list_(schema.TILE)
 
     con = duckdb.connect()
     con.register("t", table.to_pyarrow_dataset())

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import BUCKET, png_with_declared_size
+from helpers import DRONE_BASE, DRONE_DETAILS, DRONE_GPS, dji_xmp, jpeg
 from deltalake import DeltaTable
 from PIL import Image
 
@@ -256,3 +257,27 @@ def test_runs_record_themselves_errors_heal_and_a_rollback_makes_the_older_model
                            "weights_sha256": card_a["weights_sha256"], "threshold": card_a["threshold"],
                            "scored": 4, "results_version": 1}
     assert recorded[-1]["results_version"] is None and recorded[3]["threshold"] == 0.3
+
+
+def test_rows_say_where_each_photo_was_taken_from_its_own_header(ray_cluster, model_dir, tmp_path):
+    rng = np.random.default_rng(3)
+    nadir = dji_xmp(RelativeAltitude="+10.20", GimbalPitchDegree="-90.00", GimbalYawDegree="+45.50")
+    files = {"deck/DJI_0001.JPG": jpeg(DRONE_GPS, DRONE_DETAILS, DRONE_BASE, nadir, image=concrete(rng, 96)),
+             "deck/phone.jpg": image_bytes(concrete(rng, 96)),
+             "deck/broken.jpg": jpeg(DRONE_GPS, DRONE_DETAILS, DRONE_BASE, nadir)[:300]}
+    write_tree(str(tmp_path / "in"), files)
+    run_scoring(ScoreConfig(model=str(model_dir), input=str(tmp_path / "in"), output=str(tmp_path / "results")),
+                log=lambda _: None)
+    rows = {r["image_uri"].rsplit("/", 1)[-1]: r for r in count(
+        tmp_path / "results", "SELECT image_uri, error, latitude, longitude, altitude_m, captured_at, camera, "
+                              "focal_length_mm, gimbal_pitch_deg, gimbal_yaw_deg, distance_m, distance_source "
+                              "FROM images")}
+    drone = rows["DJI_0001.JPG"]
+    assert drone["latitude"] == pytest.approx(47 + 22 / 60 + 12.34 / 3600)
+    assert drone["longitude"] == pytest.approx(-(8 + 32 / 60 + 5.5 / 3600))
+    assert (drone["camera"], drone["gimbal_pitch_deg"], drone["gimbal_yaw_deg"]) == ("DJI FC6310", -90.0, 45.5)
+    assert drone["altitude_m"] == pytest.approx(512.25) and drone["focal_length_mm"] == pytest.approx(8.8)
+    assert drone["captured_at"].isoformat().startswith("2026-11-23T09:15:30")
+    assert (drone["distance_m"], drone["distance_source"]) == (pytest.approx(12.5), "range finder")
+    assert all(v is None for k, v in rows["phone.jpg"].items() if k not in ("image_uri", "error"))
+    assert rows["broken.jpg"]["error"] and rows["broken.jpg"]["latitude"] is None  # an error row has no place

@@ -20,7 +20,7 @@ from cracknet.model.network import save_artifact
 from cracknet.predict.scorer import Scorer
 from cracknet.score.config import ScoreConfig
 from cracknet.score.driver import run_scoring
-from cracknet.table import results
+from cracknet.table import results, schema
 from cracknet.table.compact import compact
 from cracknet.table.query import run_query
 
@@ -104,7 +104,7 @@ def test_scoring_writes_crack_geometry_that_duckdb_and_deltalake_read(ray_cluste
 
     # Other engines read the same nested column as it is stored.
     table = DeltaTable(str(output)).to_pyarrow_table(columns=["image_uri", "cracks", "severity"])
-    assert table.schema.field("cracks").type == results.FILE_SCHEMA.field("cracks").type
+    assert table.schema.field("cracks").type == schema.FILE_SCHEMA.field("cracks").type
     run = results.commit_metadata(str(output), summary["run_id"])
     assert run["geometry"]["gate"] == 0.5 and run["geometry"]["mm_per_pixel"] == 0.2
 
@@ -157,8 +157,8 @@ def test_masks_must_not_go_among_the_images_or_into_the_table(survey, tmp_path):
 def test_a_table_older_than_the_geometry_columns_reads_them_as_null_and_gains_them(tmp_path):
     from deltalake import DeltaTable, write_deltalake
 
-    old = results.SCHEMA
-    for name in results.GEOMETRY_COLUMNS:
+    old = schema.SCHEMA
+    for name in schema.GEOMETRY_COLUMNS:
         old = old.remove(old.get_field_index(name))
     images = {"image_uri": ["/s/a.jpg"], "version": ["v"], "width": [4], "height": [4], "error": [""],
               "error_kind": [""], "crack_probability": [0.9], "tiles_scored": [1]}
@@ -172,7 +172,7 @@ def test_a_table_older_than_the_geometry_columns_reads_them_as_null_and_gains_th
                               "2026-12-01")
     results.commit(str(tmp_path / "t"), [part], "r2", {})
     names = {f.name for f in DeltaTable(str(tmp_path / "t")).schema().fields}
-    assert set(results.GEOMETRY_COLUMNS) <= names
+    assert set(schema.GEOMETRY_COLUMNS) <= names
     assert run_query(str(tmp_path / "t"), "SELECT count(*) FROM current WHERE crack_count IS NULL").column(0)[0] \
         .as_py() == 2
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from cracknet.cli import build_parser
-from cracknet.table import results, runs
+from cracknet.table import runs, schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
@@ -43,7 +43,7 @@ def test_every_flag_the_docs_mention_exists(page):
 
 def test_every_column_of_the_results_and_runs_tables_is_described():
     page = open(os.path.join(ROOT, "docs", "results.md")).read()
-    missing = [f.name for f in list(results.SCHEMA) + list(runs.SCHEMA) if f"`{f.name}`" not in page]
+    missing = [f.name for f in list(schema.SCHEMA) + list(runs.SCHEMA) if f"`{f.name}`" not in page]
     assert not missing, f"docs/results.md does not describe: {missing}"
 
 

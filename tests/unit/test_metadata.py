@@ -7,6 +7,7 @@ import os
 from datetime import datetime, timezone
 
 import pytest
+from helpers import DRONE_BASE, DRONE_DETAILS, DRONE_GPS, dji_xmp, jpeg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import ExifTags, Image, PngImagePlugin, TiffImagePlugin
@@ -14,37 +15,6 @@ from PIL import ExifTags, Image, PngImagePlugin, TiffImagePlugin
 from cracknet.images.metadata import MAX_XMP_BYTES, PhotoMetadata, ground_sampling_distance, photo_metadata
 
 EXAMPLES = int(os.environ.get("CRACKNET_EXAMPLES", "200"))
-
-
-def dji_xmp(**fields) -> bytes:
-    attributes = " ".join(f'drone-dji:{name}="{value}"' for name, value in fields.items())
-    return (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-            b'<rdf:Description xmlns:drone-dji="http://www.dji.com/drone-dji/1.0/" ' + attributes.encode() +
-            b'><drone-dji:LRFTargetDistance>12.50</drone-dji:LRFTargetDistance></rdf:Description></rdf:RDF>'
-            b'</x:xmpmeta>')
-
-
-def jpeg(gps: dict | None = None, details: dict | None = None, base: dict | None = None, xmp: bytes | None = None,
-         size=(64, 48)) -> bytes:
-    exif = Image.Exif()
-    for tag, value in (base or {}).items():
-        exif[tag] = value
-    if gps:
-        exif.get_ifd(ExifTags.IFD.GPSInfo).update(gps)
-    if details:
-        exif.get_ifd(ExifTags.IFD.Exif).update(details)
-    buffer = io.BytesIO()
-    extra = {"xmp": xmp} if xmp else {}
-    Image.new("RGB", size, (120, 120, 120)).save(buffer, "JPEG", exif=exif, **extra)
-    return buffer.getvalue()
-
-
-DRONE_GPS = {ExifTags.GPS.GPSLatitudeRef: "N", ExifTags.GPS.GPSLatitude: (47.0, 22.0, 12.34),
-             ExifTags.GPS.GPSLongitudeRef: "W", ExifTags.GPS.GPSLongitude: (8.0, 32.0, 5.5),
-             ExifTags.GPS.GPSAltitudeRef: b"\x00", ExifTags.GPS.GPSAltitude: 512.25}
-DRONE_DETAILS = {ExifTags.Base.DateTimeOriginal: "2026:11:23 10:15:30", ExifTags.Base.OffsetTimeOriginal: "+01:00",
-                 ExifTags.Base.FocalLength: 8.8, ExifTags.Base.FocalLengthIn35mmFilm: 24}
-DRONE_BASE = {ExifTags.Base.Make: "DJI", ExifTags.Base.Model: "FC6310"}
 
 
 def test_a_drone_photo_says_where_when_and_how_it_was_taken():
@@ -118,8 +88,7 @@ def test_the_ground_sampling_distance_of_a_nadir_photo():
 
 
 def test_the_scale_comes_from_the_manifest_then_the_flag_then_the_camera():
-    from cracknet.images.scale import (ALTITUDE, FLAG, MANIFEST, RANGE_FINDER, camera_table, nadir, scale_of,
-                                       too_coarse)
+    from cracknet.images.scale import FLAG, MANIFEST, camera_table, scale_of, too_coarse
     from cracknet.measure.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
 
     cameras = camera_table(None)
@@ -128,15 +97,16 @@ def test_the_scale_comes_from_the_manifest_then_the_flag_then_the_camera():
     assert scale_of(drone, 0.2, 0.5, cameras) == (0.2, MANIFEST)
     assert scale_of(drone, None, 0.5, cameras) == (0.5, FLAG)
     mm, source = scale_of(drone, None, None, cameras)
-    assert source == ALTITUDE and mm == pytest.approx(13.2 * 10_000 / (8.8 * 5472))
+    assert source == "camera: altitude, nadir" and mm == pytest.approx(13.2 * 10_000 / (8.8 * 5472))
     ranged = PhotoMetadata(**{**vars(drone), "distance_m": 1.5, "gimbal_pitch_deg": -30.0})
     mm, source = scale_of(ranged, None, None, cameras)
-    assert source == RANGE_FINDER and mm == pytest.approx(0.411, abs=1e-3)
+    assert source == "camera: range finder" and mm == pytest.approx(0.411, abs=1e-3)
     oblique = PhotoMetadata(**{**vars(drone), "gimbal_pitch_deg": -30.0})
-    assert not nadir(oblique) and scale_of(oblique, None, None, cameras) == (None, None)  # altitude is not distance
+    assert not oblique.nadir() and scale_of(oblique, None, None, cameras) == (None, None)  # altitude is not distance
     unknown = PhotoMetadata(**{**vars(drone), "camera": "ACME Cam 1"})
     assert scale_of(unknown, None, None, cameras) == (None, None)
-    assert scale_of(unknown, None, None, camera_table("camera,sensor_width_mm\nACME Cam 1,13.2\n"))[1] == ALTITUDE
+    assert scale_of(unknown, None, None, camera_table("camera,sensor_width_mm\nACME Cam 1,13.2\n"))[1] == \
+        "camera: altitude, nadir"
 
     classes = parse_width_classes(DEFAULT_WIDTH_CLASSES)
     assert too_coarse(0.25, classes) is None and too_coarse(None, classes) is None

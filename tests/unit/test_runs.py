@@ -13,7 +13,7 @@ from helpers import DAY, commit_run, planned
 from cracknet import storage
 from cracknet.errors import CracknetError
 from cracknet.score import planning
-from cracknet.table import results, runs
+from cracknet.table import results, runs, schema
 from cracknet.table.compact import compact
 from cracknet.table.query import run_query
 
@@ -128,13 +128,13 @@ def test_a_table_from_before_error_kinds_reads_and_gains_the_column_on_its_next_
     """A table an older release wrote (no error_kind column) answers every view, plans as before, and the
     next commit adds the column (null in its older rows)."""
     output = str(tmp_path / "results")
-    old_schema = results.FILE_SCHEMA.remove(results.FILE_SCHEMA.get_field_index("error_kind"))
+    old_schema = schema.FILE_SCHEMA.remove(schema.FILE_SCHEMA.get_field_index("error_kind"))
     rows = results.part_table({"image_uri": ["s3://s/a.jpg", "s3://s/b.jpg"], "version": ["v1", "v1"],
                                "width": [1, 1], "height": [1, 1], "error": ["", DENIED],
                                "crack_probability": [0.9, 0.0], "tiles_scored": [1, 0]},
                               [[], None], 0.5, "model-a", "old", DAY.isoformat(), {}).select(old_schema.names)
     part = results.write_part(rows, output, "old", DAY.date().isoformat())
-    old_kind = results.TableKind(old_schema.append(results.SCHEMA.field("run_date")), ("run_date",), "old", "old")
+    old_kind = results.TableKind(old_schema.append(schema.SCHEMA.field("run_date")), ("run_date",), "old", "old")
     results.commit(output, [part], "old", {"model_id": "model-a"}, kind=old_kind)
     assert "error_kind" not in results.open_table(output).schema().to_arrow().names
     assert run_query(output, "SELECT image_uri, error_kind FROM current ORDER BY 1").to_pylist() == [

@@ -1,10 +1,12 @@
 """The one inference path: reading, tiling, precision and batching shared by validation, evaluate and score."""
 
 import io
+import json
 
 import numpy as np
 import pytest
 import torch
+from helpers import DRONE_BASE, DRONE_DETAILS, DRONE_GPS, dji_xmp, jpeg
 from PIL import Image
 
 import cracknet
@@ -144,6 +146,9 @@ def test_gpu_actors_decoding_packs_of_bytes_score_like_the_cpu_tasks(random_mode
     files = sorted((labelled_tree / "crack").glob("*"))[:5]
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     Image.open(files[0]).convert("RGB").save(tmp_path / "a.png")
+    (tmp_path / "drone.jpg").write_bytes(jpeg(DRONE_GPS, DRONE_DETAILS, DRONE_BASE, dji_xmp(GimbalPitchDegree="-90"),
+                                              image=Image.open(files[1]).convert("RGB")))
+    files[1] = tmp_path / "drone.jpg"
     uris = [str(f) for f in files] + [str(tmp_path / "broken.jpg"), str(tmp_path / "a.png"),
                                       str(tmp_path / "gone.jpg")]
     batch = {"image_uri": np.asarray(uris, dtype=object), "version": np.asarray([""] * len(uris), dtype=object)}
@@ -160,3 +165,8 @@ def test_gpu_actors_decoding_packs_of_bytes_score_like_the_cpu_tasks(random_mode
     assert errors == column(want, "error")
     assert column(got, "tiles_scored") == column(want, "tiles_scored")
     np.testing.assert_allclose(column(got, "crack_probability"), column(want, "crack_probability"), atol=0.02)
+    # Where each photo was taken travels with it on both paths: read from the header where the bytes are read.
+    assert column(got, "photo") == column(want, "photo")
+    drone = json.loads(column(got, "photo")[1])
+    assert drone["camera"] == "DJI FC6310" and drone["latitude"] == pytest.approx(47.370094, abs=1e-6)
+    assert json.loads(column(got, "photo")[0])["latitude"] is None and column(got, "photo")[7] == ""  # gone

@@ -14,7 +14,7 @@ from helpers import DAY, commit_run, planned
 from cracknet.cli import main as cli_main
 from cracknet.errors import CracknetError
 from cracknet.score import inputs, planning
-from cracknet.table import query
+from cracknet.table import query, results, schema
 from cracknet.table.query import render, run_query
 
 
@@ -139,3 +139,20 @@ def test_table_output_shows_no_terminal_control_characters(tmp_path):
     commit_run(output, ["s3://s/\x1b]0;owned\x07\x1b[2J.jpg"])
     shown = render(run_query(output, "SELECT image_uri FROM images"), "table")
     assert "\x1b" not in shown and "\x07" not in shown and "?]0;owned??[2J.jpg" in shown
+
+
+def test_where_a_photo_was_taken_becomes_typed_columns_null_where_unknown_and_on_error_rows(tmp_path):
+    photo = json.dumps({"latitude": 47.5, "longitude": -8.25, "altitude_m": 512.0,
+                        "captured_at": "2026-11-23T09:15:30+00:00", "camera": "DJI FC6310", "focal_length_mm": 8.8,
+                        "gimbal_pitch_deg": -90.0, "gimbal_yaw_deg": 45.5, "distance_m": 10.2,
+                        "distance_source": "altitude, nadir"})
+    rows = {"image_uri": ["a.jpg", "b.jpg", "c.jpg"], "version": ["v"] * 3, "width": [64] * 3, "height": [64] * 3,
+            "error": ["", "", "unreadable"], "crack_probability": [0.9, 0.1, float("nan")], "tiles_scored": [1, 1, 0],
+            "photo": [photo, "", photo]}
+    table = results.part_table(rows, [[], [], None], 0.5, "model-a", "run-1", DAY.isoformat(), {})
+    got = table.select(list(schema.PLACE_COLUMNS)).to_pylist()
+    assert got[0]["latitude"] == 47.5 and got[0]["camera"] == "DJI FC6310"
+    assert got[0]["captured_at"].isoformat() == "2026-11-23T09:15:30+00:00"
+    assert got[0]["distance_source"] == "altitude, nadir" and got[0]["gimbal_pitch_deg"] == -90.0
+    assert all(v is None for v in got[1].values()) and all(v is None for v in got[2].values())
+    assert table.schema.field("latitude").type == pa.float64()
