@@ -230,7 +230,8 @@ def _terminate(signum, frame) -> None:
 
 
 # The flags that name a storage location, checked before any command runs (``storage.check_location``).
-LOCATION_ARGUMENTS = ("data", "output", "model", "input", "input_prefix", "results", "masks", "base_model", "weights")
+LOCATION_ARGUMENTS = ("data", "output", "model", "input", "input_prefix", "results", "masks", "base_model", "weights",
+                      "camera_table")
 
 
 def _listed(value) -> list[str]:

@@ -170,13 +170,14 @@ def png16(side: int) -> bytes:
 # Photos that say where and how they were taken
 
 
-def dji_xmp(**fields) -> bytes:
-    """An XMP packet as DJI aircraft write it: drone-dji attributes, and the range finder's distance as an element."""
+def dji_xmp(distance: str | None = "12.50", **fields) -> bytes:
+    """An XMP packet as DJI aircraft write it: drone-dji attributes, and the range finder's ``distance`` (metres)
+    as an element where one is given."""
     attributes = " ".join(f'drone-dji:{name}="{value}"' for name, value in fields.items())
+    ranged = f"<drone-dji:LRFTargetDistance>{distance}</drone-dji:LRFTargetDistance>".encode() if distance else b""
     return (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
             b'<rdf:Description xmlns:drone-dji="http://www.dji.com/drone-dji/1.0/" ' + attributes.encode() +
-            b'><drone-dji:LRFTargetDistance>12.50</drone-dji:LRFTargetDistance></rdf:Description></rdf:RDF>'
-            b'</x:xmpmeta>')
+            b'>' + ranged + b'</rdf:Description></rdf:RDF></x:xmpmeta>')
 
 
 def jpeg(gps: dict | None = None, details: dict | None = None, base: dict | None = None, xmp: bytes | None = None,

@@ -2,7 +2,7 @@
 camera itself (the ground sampling distance from its sensor, lens and distance to the surface).
 
     cameras = camera_table(None)                     # the built-in survey cameras; or a CSV of your own
-    mm, source = scale_of(meta, manifest=None, flag=None, cameras=cameras)
+    mm, source = scale_of(meta.table_fields(), meta.width, meta.height, manifest=None, flag=None, cameras=cameras)
     why = too_coarse(mm, parse_width_classes(DEFAULT_WIDTH_CLASSES))   # None, or why severity cannot be graded
 
 The ground sampling distance (GSD) of a camera square to the surface is sensor width x distance / (focal length
@@ -19,7 +19,7 @@ import io
 import math
 
 from cracknet.errors import CracknetError
-from cracknet.images.metadata import PhotoMetadata, ground_sampling_distance
+from cracknet.images.metadata import ground_sampling_distance
 from cracknet.measure.geometry import WidthClass
 
 # Sensor widths (mm) of common survey cameras, by the make and model their photos write.
@@ -55,21 +55,22 @@ def camera_table(text: str | None) -> dict[str, float]:
     return table
 
 
-def scale_of(meta: PhotoMetadata, manifest: float | None, flag: float | None,
+def scale_of(photo: dict, width: int, height: int, manifest: float | None, flag: float | None,
              cameras: dict[str, float]) -> tuple[float | None, str | None]:
-    """(mm per pixel, its source): the manifest's, else the run's flag, else the camera's GSD where the photo
-    gives every number it needs; (None, None) where nothing gives one."""
+    """(mm per pixel, its source) of a photo of ``width`` x ``height`` pixels: the manifest's, else the run's
+    flag, else the camera's GSD where ``photo`` (``PhotoMetadata.table_fields``) gives a known camera, its focal
+    length and a distance; (None, None) where nothing gives one."""
     if manifest is not None:
         return manifest, MANIFEST
     if flag is not None:
         return flag, FLAG
-    sensor = cameras.get(meta.camera or "")
-    distance, source = meta.distance()
-    if sensor is None or not meta.focal_length_mm or not meta.width or distance is None:
+    sensor = cameras.get(photo.get("camera") or "")
+    focal, distance = photo.get("focal_length_mm"), photo.get("distance_m")
+    if sensor is None or not focal or not distance or not width:
         return None, None
     # The sensor's width lies along the image's longer side as stored.
-    return (ground_sampling_distance(sensor, meta.focal_length_mm, distance, max(meta.width, meta.height or 0)),
-            f"camera: {source}")
+    return (ground_sampling_distance(sensor, focal, distance, max(width, height or 0)),
+            f"camera: {photo.get('distance_source')}")
 
 
 def too_coarse(mm_per_pixel: float | None, classes: tuple[WidthClass, ...]) -> str | None:

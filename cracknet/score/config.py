@@ -47,8 +47,12 @@ class ScoreConfig:
                                                        "long is presumed dead, and the next run takes the output over",
                                 range=LEASE_SECONDS)
     mm_per_pixel: Optional[float] = option(None, "the photos' scale (ground sample distance) in millimetres per pixel: "
-                                               "crack lengths and widths in mm, and severity classes (default: "
-                                               "unknown, so those are null)", range=MM_PER_PIXEL)
+                                               "crack lengths and widths in mm, and severity classes (default: a "
+                                               "manifest's column, else each photo's camera where it states its "
+                                               "lens and distance, else unknown, so those are null)",
+                                           range=MM_PER_PIXEL)
+    camera_table: Optional[str] = option(None, "a CSV of camera,sensor_width_mm (the camera as its photos name it) for "
+                                               "cameras not in cracknet's table, so their photos get a scale")
     width_classes: str = option(DEFAULT_WIDTH_CLASSES, "severity classes by crack width in mm, name:below_mm,...,name "
                                                      "(default: AASHTO MBEI defect 1130, reinforced concrete)")
     mask_gate: Optional[float] = option(None, "models with a mask decoder draw crack masks of the tiles at or above "

@@ -148,9 +148,13 @@ def geometry_of(cfg: ScoreConfig, card: dict, root: str) -> Geometry | None:
 
     if not has_decoder(card):
         return None
+    from cracknet.images.scale import camera_table
+
     gate = float(card["threshold"]) if cfg.mask_gate is None else cfg.mask_gate
+    cameras = camera_table(storage.read_bytes(cfg.camera_table).decode("utf-8", "replace") if cfg.camera_table
+                           else None)
     return Geometry(gate, float(card["mask"]["threshold"]), card["mask"].get("width_threshold"), cfg.mm_per_pixel,
-                    cfg.width_classes, cfg.masks, root)
+                    cfg.width_classes, cfg.masks, root, tuple(sorted(cameras.items())))
 
 
 def provenance_of(cfg: ScoreConfig, card: dict, now: datetime, root: str = "") -> dict:

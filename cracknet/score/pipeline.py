@@ -135,13 +135,16 @@ class Geometry:
     width_classes: str
     masks: str | None  # a folder for one PNG per image with cracks, or None
     root: str  # the input location, which mask names are relative to
+    cameras: tuple[tuple[str, float], ...] = ()  # sensor widths (mm) by camera, for a scale from the camera
 
 
 def image_geometry(tile_maps: dict, boxes: np.ndarray, width: int, height: int, uri: str, version: str,
                    g: Geometry) -> tuple[str, str, str]:
     """One scored image's cracks (a JSON list of ``geometry.measure``'s cracks), their worst severity and its
-    mask's URI ("" where none was written)."""
+    mask's URI ("" where none was written). At a scale too coarse to tell the first width class from the next
+    (``scale.too_coarse``), cracks keep their millimetres but no severity."""
     from cracknet.images.decoding import mask_png
+    from cracknet.images.scale import too_coarse
     from cracknet.measure.geometry import parse_width_classes, worst
     from cracknet.predict.stitching import photo_cracks
 
@@ -150,6 +153,8 @@ def image_geometry(tile_maps: dict, boxes: np.ndarray, width: int, height: int, 
                                 classes)
     if mask is None or not mask.any():
         return "[]", "", ""
+    if too_coarse(g.mm_per_pixel, classes):
+        cracks = [{**crack, "severity": None} for crack in cracks]
     mask_uri = ""
     if g.masks and cracks:
         mask_uri = storage.join(g.masks, results.mask_name(uri, version, g.root))
@@ -183,20 +188,20 @@ class CrackPredictor:
 
         out = {k: [] for k in ("image_uri", "version", "error", "error_kind", "width", "height", "crack_probability",
                                "tiles_scored", "tile_probabilities", "boxes", "cracks", "severity", "mask_uri",
-                               "mm_per_pixel", "brightness", "sharpness", "photo")}
+                               "mm_per_pixel", "scale_source", "scale_note", "brightness", "sharpness",
+                               "photo")}
         packs = self._decoded_packs(batch) if self.decode_on_device else self._tiled_packs(batch)
         for text, widths, heights, per_image, boxes in packs:
             if self.geometry is None:
                 crack, tile_probs = self.scorer.score(per_image)
             else:
                 crack, tile_probs, maps = self.scorer.score_masks(per_image, self.geometry.gate)
-                scales = text.get("mm_per_pixel") or [None] * len(text["image_uri"])  # from the manifest, if any
-                for i, uri in enumerate(text["image_uri"]):
-                    scale = scales[i] or self.geometry.mm_per_pixel
+                for i, (scale, source, note) in enumerate(self._scales(text, widths, heights)):
                     found = ("", "", "") if per_image[i] is None else \
-                        image_geometry(maps[i], boxes[i], int(widths[i]), int(heights[i]), uri, text["version"][i],
-                                       dataclasses.replace(self.geometry, mm_per_pixel=scale))
-                    for key, value in zip(("cracks", "severity", "mask_uri"), found):
+                        image_geometry(maps[i], boxes[i], int(widths[i]), int(heights[i]), text["image_uri"][i],
+                                       text["version"][i], dataclasses.replace(self.geometry, mm_per_pixel=scale))
+                    for key, value in zip(("cracks", "severity", "mask_uri", "scale_source", "scale_note"),
+                                          (*found, source or "", note or "")):
                         out[key].append(value)
                     out["mm_per_pixel"].append(np.nan if scale is None else scale)
             for key in ("image_uri", "version", "error", "error_kind"):
@@ -213,7 +218,8 @@ class CrackPredictor:
                 out["brightness"].append(stats[0])
                 out["sharpness"].append(stats[1])
         geometry = {} if self.geometry is None else {
-            **{key: np.asarray(out[key], dtype=object) for key in ("cracks", "severity", "mask_uri")},
+            **{key: np.asarray(out[key], dtype=object) for key in ("cracks", "severity", "mask_uri", "scale_source",
+                                                                   "scale_note")},
             "mm_per_pixel": np.asarray(out["mm_per_pixel"], dtype=np.float32)}
         return {
             **geometry,
@@ -231,6 +237,21 @@ class CrackPredictor:
             "sharpness": np.asarray(out["sharpness"], dtype=np.float32),
             "photo": np.asarray(out["photo"], dtype=object),
         }
+
+    def _scales(self, text: dict, widths, heights):
+        """Each image's (mm per pixel, its source, why severity cannot be graded at it): the manifest's, the run's
+        flag, or its camera's (``images.scale``)."""
+        from cracknet.images.scale import scale_of, too_coarse
+        from cracknet.measure.geometry import parse_width_classes
+
+        n = len(text["image_uri"])
+        listed, photos = text.get("mm_per_pixel") or [None] * n, text.get("photo") or [""] * n
+        classes, cameras = parse_width_classes(self.geometry.width_classes), dict(self.geometry.cameras)
+        for i in range(n):
+            photo = json.loads(photos[i]) if photos[i] else {}
+            scale, source = scale_of(photo, int(widths[i]), int(heights[i]), listed[i], self.geometry.mm_per_pixel,
+                                     cameras)
+            yield scale, source, too_coarse(scale, classes)
 
     @staticmethod
     def _tiled_packs(batch: dict):

@@ -41,7 +41,10 @@ def geometry_columns(images: dict, ok) -> dict[str, pa.Array]:
             "severity": pa.array([s if f is not None and isinstance(s, str) and s else None
                                   for f, s in zip(found, images.get("severity", [None] * n))], pa.string()),
             "mm_per_pixel": pa.array(scale, pa.float32()),
-            "mask_uri": pa.array(masks, pa.string())}
+            "mask_uri": pa.array(masks, pa.string()),
+            **{name: pa.array([v if s is not None and isinstance(v, str) and v else None
+                               for s, v in zip(scale, images.get(name, [None] * n))], pa.string())
+               for name in ("scale_source", "scale_note")}}
 
 
 def _crack_row(i: int, crack: dict) -> dict:

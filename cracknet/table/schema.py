@@ -55,6 +55,9 @@ FILE_SCHEMA = pa.schema([   # what each Parquet file holds; run_date lives in th
     ("gimbal_pitch_deg", pa.float32()), ("gimbal_yaw_deg", pa.float32()),  # DJI XMP: -90 is straight down
     ("distance_m", pa.float32()),  # camera to surface
     ("distance_source", pa.string()),  # "range finder", or "altitude, nadir" (height above take-off, looking down)
+    # With crack geometry: where mm_per_pixel came from (manifest, flag, or camera: <distance source>), and why
+    # severity is null at that scale (too coarse to tell the first width class from the next)
+    ("scale_source", pa.string()), ("scale_note", pa.string()),
 ])
 SCHEMA = FILE_SCHEMA.append(pa.field(PARTITION, pa.date32()))
 GEOMETRY_COLUMNS = ("cracks", "crack_count", "crack_length_px", "crack_length_mm", "crack_width_max_px",
@@ -63,6 +66,7 @@ GEOMETRY_COLUMNS = ("cracks", "crack_count", "crack_length_px", "crack_length_mm
 IMAGE_STATISTICS = ("brightness", "sharpness")
 PLACE_COLUMNS = ("latitude", "longitude", "altitude_m", "captured_at", "camera", "focal_length_mm", "gimbal_pitch_deg",
                  "gimbal_yaw_deg", "distance_m", "distance_source")
-ADDED_COLUMNS = ("error_kind",) + GEOMETRY_COLUMNS + IMAGE_STATISTICS + PLACE_COLUMNS
+SCALE_COLUMNS = ("scale_source", "scale_note")
+ADDED_COLUMNS = ("error_kind",) + GEOMETRY_COLUMNS + IMAGE_STATISTICS + PLACE_COLUMNS + SCALE_COLUMNS
 KEYS = pa.schema([FILE_SCHEMA.field(name) for name in ("image_uri", "version", "model_id", "error", "error_kind")])
 STATS_COLUMNS = ("image_uri", "version", "model_id", "run_id", "crack_probability", "tiles_scored")

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import SIZE, dark_line_segmenter, draw_survey, mask_card
+from helpers import DRONE_BASE, DRONE_DETAILS, SIZE, dark_line_segmenter, dji_xmp, draw_survey, jpeg, mask_card
 from PIL import Image
 
 from cracknet.errors import CracknetError
@@ -210,3 +210,32 @@ def test_evaluate_measures_masks_pixel_by_pixel_as_the_nightly_job_draws_them(su
     assert "Crack masks (8 photos, pixels within 2 px): precision 0.000, recall 0.000, F1 0.000" in out
     card = json.loads((quiet / "model.json").read_text())
     assert card["evaluations"]["tree"]["masks"]["f1"] == 0.0
+
+
+def test_a_photo_without_a_given_scale_takes_its_cameras_and_is_not_graded_where_that_is_too_coarse(
+        ray_cluster, survey, tmp_path):
+    """No manifest and no --mm-per-pixel: a nadir photo 1.5 cm above the surface gets the GSD of its camera (a 13.2 mm
+    sensor, 8.8 mm lens, 96 px: 0.23 mm a pixel, fine enough to grade), an oblique one with a range finder 1.5 m
+    away gets 23 mm a pixel, too coarse to tell the classes apart: millimetres, but no severity, and why."""
+    root, truth, model_dir = survey
+    cracked = [name for name, cracks in truth.items() if cracks][:2]
+    flight = tmp_path / "flight"
+    flight.mkdir()
+    xmps = (dji_xmp(distance=None, RelativeAltitude="+0.015", GimbalPitchDegree="-90.0"),
+            dji_xmp(distance="1.5", RelativeAltitude="+30.0", GimbalPitchDegree="-30.0"))
+    for name, xmp in zip(cracked, xmps):
+        photo = Image.open(root / "tree" / "images" / f"{name}.png").convert("RGB")
+        (flight / f"{name}.jpg").write_bytes(jpeg(base=DRONE_BASE, details=DRONE_DETAILS, xmp=xmp, image=photo))
+    run_scoring(ScoreConfig(model=str(model_dir), input=str(flight), output=str(tmp_path / "results")),
+                log=lambda _: None)
+    rows = sorted(run_query(str(tmp_path / "results"), "SELECT image_uri, mm_per_pixel, scale_source, scale_note, "
+                                                       "severity, crack_length_mm, crack_count FROM images").to_pylist(),
+                  key=lambda r: r["image_uri"])
+    near, far = rows
+    assert near["crack_count"] and far["crack_count"]
+    assert near["mm_per_pixel"] == pytest.approx(13.2 * 15 / (8.8 * SIZE), rel=1e-5)
+    assert near["scale_source"] == "camera: altitude, nadir" and near["scale_note"] is None
+    assert near["severity"] is not None and near["crack_length_mm"] > 0
+    assert far["mm_per_pixel"] == pytest.approx(13.2 * 1500 / (8.8 * SIZE), rel=1e-5)
+    assert far["scale_source"] == "camera: range finder" and far["severity"] is None and far["crack_length_mm"] > 0
+    assert "coarser than the insignificant bound of 0.3 mm" in far["scale_note"]

@@ -94,18 +94,18 @@ def test_the_scale_comes_from_the_manifest_then_the_flag_then_the_camera():
     cameras = camera_table(None)
     drone = PhotoMetadata(camera="DJI FC6310", focal_length_mm=8.8, width=5472, height=3648,
                           relative_altitude_m=10.0, gimbal_pitch_deg=-89.0)
-    assert scale_of(drone, 0.2, 0.5, cameras) == (0.2, MANIFEST)
-    assert scale_of(drone, None, 0.5, cameras) == (0.5, FLAG)
-    mm, source = scale_of(drone, None, None, cameras)
+    assert scale_of(drone.table_fields(), drone.width, drone.height, 0.2, 0.5, cameras) == (0.2, MANIFEST)
+    assert scale_of(drone.table_fields(), drone.width, drone.height, None, 0.5, cameras) == (0.5, FLAG)
+    mm, source = scale_of(drone.table_fields(), drone.width, drone.height, None, None, cameras)
     assert source == "camera: altitude, nadir" and mm == pytest.approx(13.2 * 10_000 / (8.8 * 5472))
     ranged = PhotoMetadata(**{**vars(drone), "distance_m": 1.5, "gimbal_pitch_deg": -30.0})
-    mm, source = scale_of(ranged, None, None, cameras)
+    mm, source = scale_of(ranged.table_fields(), ranged.width, ranged.height, None, None, cameras)
     assert source == "camera: range finder" and mm == pytest.approx(0.411, abs=1e-3)
     oblique = PhotoMetadata(**{**vars(drone), "gimbal_pitch_deg": -30.0})
-    assert not oblique.nadir() and scale_of(oblique, None, None, cameras) == (None, None)  # altitude is not distance
+    assert not oblique.nadir() and scale_of(oblique.table_fields(), oblique.width, oblique.height, None, None, cameras) == (None, None)  # altitude is not distance
     unknown = PhotoMetadata(**{**vars(drone), "camera": "ACME Cam 1"})
-    assert scale_of(unknown, None, None, cameras) == (None, None)
-    assert scale_of(unknown, None, None, camera_table("camera,sensor_width_mm\nACME Cam 1,13.2\n"))[1] == \
+    assert scale_of(unknown.table_fields(), unknown.width, unknown.height, None, None, cameras) == (None, None)
+    assert scale_of(unknown.table_fields(), unknown.width, unknown.height, None, None, camera_table("camera,sensor_width_mm\nACME Cam 1,13.2\n"))[1] == \
         "camera: altitude, nadir"
 
     classes = parse_width_classes(DEFAULT_WIDTH_CLASSES)
