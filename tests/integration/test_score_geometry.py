@@ -74,12 +74,15 @@ def test_scoring_writes_crack_geometry_that_duckdb_and_deltalake_read(ray_cluste
         assert row["crack_count"] == len(cracks) == len(row["cracks"]), name
         scale = 0.5 if name == "photo-00" else 0.2
         assert row["mm_per_pixel"] == pytest.approx(scale)
+        assert row["scale_source"] == ("manifest" if name == "photo-00" else "flag")
+        # 0.5 mm a pixel is coarser than the first class's bound (0.3 mm): millimetres, but no class, and why.
+        assert (row["scale_note"] is not None) == (scale > 0.3)
         for found, true in zip(sorted(row["cracks"], key=lambda c: c["length_px"]),
                                sorted(cracks, key=lambda c: c["length_px"])):
             measured.append((found["width_mean_px"] - true["width_px"], found["length_px"] / true["length_px"] - 1))
             assert found["length_mm"] == pytest.approx(found["length_px"] * scale, rel=1e-5)
-            assert found["severity"] == ("wide" if found["width_p95_mm"] >= 1.25 else "moderate"
-                                         if found["width_p95_mm"] >= 0.3 else "insignificant")
+            assert found["severity"] == (None if scale > 0.3 else "wide" if found["width_p95_mm"] >= 1.25 else
+                                         "moderate" if found["width_p95_mm"] >= 0.3 else "insignificant")
             assert found["paths"] and all(0 <= v["x"] < SIZE and 0 <= v["y"] < SIZE for v in found["paths"][0])
         if cracks:
             assert row["crack_length_px"] == pytest.approx(sum(c["length_px"] for c in row["cracks"]), rel=1e-5)
