@@ -44,6 +44,12 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _wait_for(port: int, what: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -185,10 +191,14 @@ def up(args: argparse.Namespace) -> None:
         started["s3_pid"] = s3.pid
         (state / "stack.json").write_text(json.dumps(started))
         _wait_for(args.s3_port, "S3 endpoint", 60, s3, state / "s3.log")
+        # The head's agents get ports of their own: on Ray's defaults they would collide with any other Ray on
+        # this machine (a notebook's local Ray), and the job agent that `ray job submit` needs would not start.
+        agents = [f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                          "runtime-env-agent-port", "metrics-export-port")]
         head = _start([str(bindir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                        f"--port={args.ray_port}", "--dashboard-host=127.0.0.1",
                        f"--dashboard-port={args.dashboard_port}", f"--num-cpus={args.num_cpus}",
-                       "--include-dashboard=true", "--disable-usage-stats"], env, state / "ray-head.log")
+                       "--include-dashboard=true", "--disable-usage-stats", *agents], env, state / "ray-head.log")
         started["ray_pid"] = head.pid
         (state / "stack.json").write_text(json.dumps(started))
 

@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 BIN = Path(sys.executable).parent
 EPOCHS = 2
+RAY_AGENT_DEFAULT_PORT = 52365  # Ray's default dashboard agent port
 
 
 def listening(port: int) -> bool:
@@ -45,8 +46,19 @@ def stack(tmp_path_factory):
     state = tmp_path_factory.mktemp("stack") / "state"
     ports = {"--ray-port": free_port(), "--dashboard-port": free_port(), "--s3-port": free_port()}
     flags = [str(x) for kv in ports.items() for x in kv]
-    up = script("up.sh", "--state", str(state), *flags, "--num-cpus", "4", "--per-class", "40",
-                "--epochs", str(EPOCHS), "--image-size", "32")
+    # Another Ray on this machine (a command's local Ray, a notebook's) may hold Ray's default agent port; the
+    # stack must come up all the same, so the port is held while it does.
+    squatter = socket.socket()
+    try:
+        squatter.bind(("0.0.0.0", RAY_AGENT_DEFAULT_PORT))
+        squatter.listen()
+    except OSError:  # someone holds it already
+        pass
+    try:
+        up = script("up.sh", "--state", str(state), *flags, "--num-cpus", "4", "--per-class", "40",
+                    "--epochs", str(EPOCHS), "--image-size", "32")
+    finally:
+        squatter.close()
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         home = tmp_path_factory.mktemp("empty-home")
