@@ -30,6 +30,10 @@ Views on a connection:
     survey_changes              per structure and survey: the structure before and after it, by the same model
     structure_changes           per structure, its newest survey against the structure just before it (largest
                                 growth first)
+    findings                    one row per crack of the current images, and per current image judged cracked with
+                                no crack drawn: severity, size, and where it lies (``cracknet.table.places``): the
+                                crack's own longitude and latitude and its line where the photo has a ground frame,
+                                else the photo's position
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from cracknet.config import REQUIRED, option
 from cracknet.errors import CracknetError
 from cracknet.numbers import Range, check_fields, checked
 from cracknet.screen import first_line, printable
-from cracknet.table import results, runs
+from cracknet.table import places, results, runs
 
 QUERY_SECONDS = 300.0   # a statement still running after this long is stopped (--timeout)
 QUERY_MEMORY = "2GB"    # DuckDB's memory limit for a query; beyond it, it spills to a folder under the system temp
@@ -296,6 +300,7 @@ def connect(uri: str, memory_limit: str | None = None):
     con.register("results", results.dataset(uri))
     con.register("runs", runs.read(uri))
     con.execute(VIEWS).fetchall()
+    con.execute(places.SQL).fetchall()
     # From here on SQL sees the table and nothing else: no files, no environment, no extensions, and no
     # setting can turn that back on.
     con.execute(LOCKDOWN).fetchall()
