@@ -296,10 +296,27 @@ def dataset(uri: str):
     if table is None:
         return pa.table({f.name: pa.array([], f.type) for f in SCHEMA})
     fs, base = storage.resolve(uri)
-    stored = table.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(base, fs))
+    stored = _partitioned_only(table, table.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(base, fs)))
     missing = [SCHEMA.field(name) for name in ADDED_COLUMNS if name not in stored.schema.names]
     # A table older than some columns reads them as nulls (its files lack them; Parquet fills them in).
     return stored.replace_schema(pa.schema(list(stored.schema) + missing)) if missing else stored
+
+
+def _partitioned_only(table, stored):
+    """``stored`` with each file known only by its partition (its run_date), not by the statistics in the log.
+
+    deltalake turns a file's logged statistics into a guarantee about its rows; where the log counts a column's
+    nulls but gives no minimum and maximum (this table logs those for ``STATS_COLUMNS`` only), the guarantee reads
+    ``width >= null``, and a filter on that column (``WHERE width > 10``, ``scored_at >= ...``) then skips every
+    file and returns nothing. Parquet's own row-group statistics still let a scan skip what cannot match."""
+    import pyarrow.dataset as ds
+
+    actions = pa.table(table.get_add_actions(flatten=True)).select(["path", f"partition.{PARTITION}"]).to_pylist()
+    fragments = [stored.format.make_fragment(a["path"], stored.filesystem,
+                                             partition_expression=ds.field(PARTITION) == pa.scalar(
+                                                 a[f"partition.{PARTITION}"], pa.date32()))
+                 for a in actions]
+    return ds.FileSystemDataset(fragments, stored.schema, stored.format, stored.filesystem)
 
 
 MASK_HASH = 12

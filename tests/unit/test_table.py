@@ -156,3 +156,16 @@ def test_where_a_photo_was_taken_becomes_typed_columns_null_where_unknown_and_on
     assert got[0]["distance_source"] == "altitude, nadir" and got[0]["gimbal_pitch_deg"] == -90.0
     assert all(v is None for v in got[1].values()) and all(v is None for v in got[2].values())
     assert table.schema.field("latitude").type == pa.float64()
+
+
+def test_a_filter_on_any_column_finds_its_rows(tmp_path):
+    # The log keeps minimum and maximum for a few columns only; a filter on another (width, scored_at) must not
+    # read a missing statistic as "no row can match" and skip every file.
+    output = str(tmp_path / "results")
+    commit_run(output, ["/s/a.jpg", "/s/b.jpg"], when=DAY)
+    commit_run(output, ["/s/c.jpg"], run_id="run-2", when=DAY + timedelta(days=2))
+    for sql, n in [("SELECT count(*) FROM images WHERE width > 10", 3),
+                   ("SELECT count(*) FROM images WHERE height = 64 AND NOT is_crack", 2),
+                   (f"SELECT count(*) FROM results WHERE scored_at >= TIMESTAMPTZ '{(DAY + timedelta(days=1)).date()}'", 1),
+                   (f"SELECT count(*) FROM results WHERE run_date = DATE '{DAY.date()}'", 2)]:
+        assert run_query(output, sql).column(0).to_pylist() == [n], sql
