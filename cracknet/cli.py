@@ -41,6 +41,7 @@ from cracknet.predict.promote import PromoteConfig
 from cracknet.report.build import ReportConfig
 from cracknet.score.config import ScoreConfig
 from cracknet.table.compact import CompactConfig
+from cracknet.table.export import ExportConfig
 from cracknet.table.query import QueryConfig
 from cracknet.train.config import TrainConfig
 from cracknet.version import __version__
@@ -167,6 +168,15 @@ def cmd_compact(args: argparse.Namespace) -> None:
           f"superseded masks older than {c['retention_hours']} h.")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from cracknet.table.export import export
+
+    done = export(from_arguments(ExportConfig, args))
+    print(f"Wrote {done['rows']} rows to {done['output']} ({done['format']}): {done['on_ground']} cracks placed on the "
+          f"ground ({done['lines']} with their lines), {done['at_photo']} at their photo's position, "
+          f"{done['unplaced']} without a position.")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from cracknet.demo.run import adapt_demo, masks_demo, run_demo, verdict
 
@@ -213,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("score", "score images from storage with Ray Data and commit them to the results table (Delta Lake)",
          ScoreConfig, cmd_score),
         ("query", "SQL over committed scoring results (views: images, tiles, current, ...)", QueryConfig, cmd_query),
+        ("export", "the findings (cracks and cracked images, with where they lie) as GeoParquet, GeoJSON or CSV",
+         ExportConfig, cmd_export),
         ("compact", "merge the results table's small files and vacuum unreferenced ones (holds the scoring lease)",
          CompactConfig, cmd_compact),
         ("demo", "train on the dev set (or generated images), score a small survey and write the report, on a "

@@ -202,3 +202,40 @@ DRONE_GPS = {ExifTags.GPS.GPSLatitudeRef: "N", ExifTags.GPS.GPSLatitude: (47.0, 
 DRONE_DETAILS = {ExifTags.Base.DateTimeOriginal: "2026:11:23 10:15:30", ExifTags.Base.OffsetTimeOriginal: "+01:00",
                  ExifTags.Base.FocalLength: 8.8, ExifTags.Base.FocalLengthIn35mmFilm: 24}
 DRONE_BASE = {ExifTags.Base.Make: "DJI", ExifTags.Base.Model: "FC6310"}
+
+
+# A photo in the results table with a ground frame (cracknet.table.places): looking straight down from PLACED_AT,
+# PLACED_SIZE pixels, so that its centre is pixel (50, 40).
+PLACED_AT, PLACED_SIZE = (47.0, 8.0), (101, 81)
+
+
+def placed_photo(pitch: float | None = -90.0, yaw: float | None = 90.0, lat: float | None = PLACED_AT[0]) -> str:
+    """What scoring keeps of a photo's header (``PhotoMetadata.table_fields``), as JSON."""
+    return json.dumps({"latitude": lat, "longitude": None if lat is None else PLACED_AT[1], "gimbal_pitch_deg": pitch,
+                       "gimbal_yaw_deg": yaw, "camera": "DJI FC6310", "captured_at": "2026-11-23T09:00:00+00:00"})
+
+
+def horizontal_crack(width: int = 3, mm_per_pixel: float = 10.0) -> list[dict]:
+    """One crack of a PLACED_SIZE photo, along row 20 from x = 60 to x = 90, 3 px wide (its box's centre is pixel
+    (75, 20)), measured as scoring measures it."""
+    from cracknet.measure.geometry import measure
+
+    mask = np.zeros(PLACED_SIZE[::-1], dtype=bool)
+    mask[20 - width // 2: 20 - width // 2 + width, 60:91] = True
+    cracks = measure(mask, mm_per_pixel=mm_per_pixel)
+    assert len(cracks) == 1 and cracks[0]["bbox"]["x"] == 60 and cracks[0]["bbox"]["w"] == 31
+    return cracks
+
+
+def commit_photos(output: str, photos: list[str], cracks: list[list[dict]], probabilities: list[float],
+                  mm: float | None = 10.0, uris: list[str] | None = None, run_id: str = "run-1",
+                  when: datetime = DAY) -> None:
+    """Commit one run of PLACED_SIZE photos with their headers' fields and measured cracks, as scoring does."""
+    n = len(photos)
+    rows = {"image_uri": uris or [f"s3://survey/deck/{i}.jpg" for i in range(n)], "version": ["v"] * n,
+            "width": [PLACED_SIZE[0]] * n, "height": [PLACED_SIZE[1]] * n, "error": [""] * n,
+            "crack_probability": probabilities, "tiles_scored": [1] * n, "photo": photos,
+            "cracks": [json.dumps(c) for c in cracks], "severity": [None] * n,
+            "mm_per_pixel": [float("nan") if mm is None else mm] * n, "mask_uri": [None] * n}
+    table = results.part_table(rows, [[]] * n, 0.5, "model-a", run_id, when.isoformat(), {})
+    results.commit(output, [results.write_part(table, output, run_id, when.date().isoformat())], run_id, {})

@@ -3,44 +3,15 @@ independent geodesic (pyproj's), and its fallbacks to the photo's position."""
 
 from __future__ import annotations
 
-import json
 import math
 
-import numpy as np
 import pytest
-from helpers import DAY
+from helpers import PLACED_AT, commit_photos, horizontal_crack
+from helpers import placed_photo as photo
 
-from cracknet.measure.geometry import measure
-from cracknet.table import results
 from cracknet.table.query import run_query
 
-LAT, LON = 47.0, 8.0
-WIDTH, HEIGHT = 101, 81  # the photo's centre is pixel (50, 40)
-
-
-def photo(pitch: float | None = -90.0, yaw: float | None = 90.0, lat: float | None = LAT) -> str:
-    return json.dumps({"latitude": lat, "longitude": None if lat is None else LON, "gimbal_pitch_deg": pitch,
-                       "gimbal_yaw_deg": yaw, "camera": "DJI FC6310", "captured_at": "2026-11-23T09:00:00+00:00"})
-
-
-def horizontal_crack() -> list[dict]:
-    """One crack along row 20 from x = 60 to x = 90, 3 px wide: its box's centre is pixel (75, 20)."""
-    mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
-    mask[19:22, 60:91] = True
-    cracks = measure(mask, mm_per_pixel=10.0)
-    assert len(cracks) == 1 and cracks[0]["bbox"] == {"x": 60, "y": 19, "w": 31, "h": 3}
-    return cracks
-
-
-def commit(output: str, photos: list[str], cracks: list[list[dict]], probabilities: list[float],
-           mm: float | None = 10.0) -> None:
-    n = len(photos)
-    rows = {"image_uri": [f"s3://survey/deck/{i}.jpg" for i in range(n)], "version": ["v"] * n,
-            "width": [WIDTH] * n, "height": [HEIGHT] * n, "error": [""] * n, "crack_probability": probabilities,
-            "tiles_scored": [1] * n, "photo": photos, "cracks": [json.dumps(c) for c in cracks],
-            "severity": [None] * n, "mm_per_pixel": [math.nan if mm is None else mm] * n, "mask_uri": [None] * n}
-    table = results.part_table(rows, [[]] * n, 0.5, "model-a", "run-1", DAY.isoformat(), {})
-    results.commit(output, [results.write_part(table, output, "run-1", DAY.date().isoformat())], "run-1", {})
+LAT, LON = PLACED_AT  # the photo's centre is pixel (50, 40)
 
 
 def by_hand(dx_px: float, dy_px: float, yaw: float, mm: float) -> tuple[float, float]:
@@ -60,7 +31,7 @@ def test_a_crack_on_a_nadir_photo_lies_where_its_pixels_point_on_the_ground(tmp_
     # (yaw 90), above is east and right is south: 0.20 m east, 0.25 m south.
     pyproj = pytest.importorskip("pyproj")
     output = str(tmp_path / "results")
-    commit(output, [photo(yaw=yaw)], [horizontal_crack()], [0.9])
+    commit_photos(output, [photo(yaw=yaw)], [horizontal_crack()], [0.9])
     row = run_query(output, "SELECT * FROM findings").to_pylist()
     assert len(row) == 1 and row[0]["position_source"] == "crack" and row[0]["crack"] == 0
     lat, lon = by_hand(25.0, -20.0, yaw, 10.0)
@@ -82,7 +53,7 @@ def test_without_a_ground_frame_a_finding_takes_the_photos_position_or_none(tmp_
     output = str(tmp_path / "results")
     crack = horizontal_crack()
     # 0: at an angle (pitch -45); 1: no heading; 2: no position; 3: cracked, no crack drawn; 4: not cracked
-    commit(output, [photo(pitch=-45.0), photo(yaw=None), photo(lat=None), photo(), photo()],
+    commit_photos(output, [photo(pitch=-45.0), photo(yaw=None), photo(lat=None), photo(), photo()],
            [crack, crack, crack, [], []], [0.9, 0.9, 0.9, 0.8, 0.1])
     rows = {r["image_uri"].rsplit("/", 1)[1]: r for r in
             run_query(output, "SELECT * FROM findings").to_pylist()}
@@ -96,6 +67,6 @@ def test_without_a_ground_frame_a_finding_takes_the_photos_position_or_none(tmp_
 
 def test_a_photo_without_a_scale_is_placed_at_its_own_position(tmp_path):
     output = str(tmp_path / "results")
-    commit(output, [photo()], [horizontal_crack()], [0.9], mm=None)
+    commit_photos(output, [photo()], [horizontal_crack()], [0.9], mm=None)
     row = run_query(output, "SELECT latitude, longitude, position_source, line FROM findings").to_pylist()
     assert row == [{"latitude": LAT, "longitude": LON, "position_source": "photo", "line": None}]
