@@ -11,9 +11,11 @@ import os
 
 import numpy as np
 import pytest
-from helpers import DRONE_BASE, DRONE_DETAILS, SIZE, dark_line_segmenter, dji_xmp, draw_survey, jpeg, mask_card
+from helpers import (DRONE_BASE, DRONE_DETAILS, DRONE_GPS, SIZE, dark_line_segmenter, dji_xmp, draw_survey, jpeg,
+                     mask_card)
 from PIL import Image
 
+from cracknet.cli import main as cli_main
 from cracknet.errors import CracknetError
 from cracknet.images.decoding import Preprocessing
 from cracknet.model.network import save_artifact
@@ -191,7 +193,6 @@ def io_date(n: int):
 def test_evaluate_measures_masks_pixel_by_pixel_as_the_nightly_job_draws_them(survey, tmp_path, capsys):
     import shutil
 
-    from cracknet.cli import main as cli_main
     from cracknet.predict.evaluate import evaluate
 
     root, truth, model_dir = survey
@@ -224,11 +225,12 @@ def test_a_photo_without_a_given_scale_takes_its_cameras_and_is_not_graded_where
     cracked = [name for name, cracks in truth.items() if cracks][:2]
     flight = tmp_path / "flight"
     flight.mkdir()
-    xmps = (dji_xmp(distance=None, RelativeAltitude="+0.015", GimbalPitchDegree="-90.0"),
-            dji_xmp(distance="1.5", RelativeAltitude="+30.0", GimbalPitchDegree="-30.0"))
+    xmps = (dji_xmp(distance=None, RelativeAltitude="+0.015", GimbalPitchDegree="-90.0", GimbalYawDegree="30.0"),
+            dji_xmp(distance="1.5", RelativeAltitude="+30.0", GimbalPitchDegree="-30.0", GimbalYawDegree="30.0"))
     for name, xmp in zip(cracked, xmps):
         photo = Image.open(root / "tree" / "images" / f"{name}.png").convert("RGB")
-        (flight / f"{name}.jpg").write_bytes(jpeg(base=DRONE_BASE, details=DRONE_DETAILS, xmp=xmp, image=photo))
+        (flight / f"{name}.jpg").write_bytes(jpeg(gps=DRONE_GPS, base=DRONE_BASE, details=DRONE_DETAILS, xmp=xmp,
+                                                  image=photo))
     run_scoring(ScoreConfig(model=str(model_dir), input=str(flight), output=str(tmp_path / "results")),
                 log=lambda _: None)
     rows = sorted(run_query(str(tmp_path / "results"), "SELECT image_uri, mm_per_pixel, scale_source, scale_note, "
@@ -242,3 +244,20 @@ def test_a_photo_without_a_given_scale_takes_its_cameras_and_is_not_graded_where
     assert far["mm_per_pixel"] == pytest.approx(13.2 * 1500 / (8.8 * SIZE), rel=1e-5)
     assert far["scale_source"] == "camera: range finder" and far["severity"] is None and far["crack_length_mm"] > 0
     assert "coarser than the insignificant bound of 0.3 mm" in far["scale_note"]
+    # Exported: the nadir photo's cracks as lines on the ground within its footprint (SIZE px at 0.23 mm: 2 cm
+    # across) around the photo's position; the oblique photo's as points at that position.
+    geopandas, pyproj = pytest.importorskip("geopandas"), pytest.importorskip("pyproj")
+    out = tmp_path / "findings.parquet"
+    assert cli_main(["export", "--results", str(tmp_path / "results"), "--output", str(out)]) == 0
+    frame = geopandas.read_parquet(out)
+    at = (-(8 + 32 / 60 + 5.5 / 3600), 47 + 22 / 60 + 12.34 / 3600)  # DRONE_GPS: 47° 22' 12.34" N, 8° 32' 5.5" W
+    near_rows, far_rows = (frame[frame.image_uri == r["image_uri"]] for r in (near, far))
+    assert len(near_rows) == near["crack_count"] and len(far_rows) == far["crack_count"]
+    assert set(near_rows.geometry.geom_type) == {"MultiLineString"} and set(near_rows.position_source) == {"crack"}
+    assert set(far_rows.geometry.geom_type) == {"Point"} and set(far_rows.position_source) == {"photo"}
+    assert all((p.x, p.y) == pytest.approx(at, abs=1e-9) for p in far_rows.geometry)
+    geod = pyproj.Geod(ellps="WGS84")
+    half_diagonal = SIZE * near["mm_per_pixel"] / 1000 / 2 ** 0.5
+    for line in near_rows.geometry:
+        for x, y in (xy for part in line.geoms for xy in part.coords):
+            assert geod.inv(at[0], at[1], x, y)[2] <= half_diagonal * 1.01
