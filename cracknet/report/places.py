@@ -30,7 +30,7 @@ def places_section(report: Report, results: str) -> None:
 
     con = connect(results)
     photos = run_query(results, f"""
-        SELECT regexp_replace(image_uri, '/[^/]*$', '') AS structure, image_uri, latitude, longitude, is_crack
+        SELECT structure, image_uri, latitude, longitude, is_crack
         FROM current WHERE latitude IS NOT NULL AND error IS NULL ORDER BY hash(image_uri) LIMIT {MAX_PHOTOS}""",
                        con=con).to_pylist()
     if not photos:

@@ -269,9 +269,9 @@ def _survey_photo(con, results: str, structure: str, run_id: str) -> Html:
     from cracknet.measure.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
     from cracknet.table.query import run_query
 
-    found = run_query(results, "SELECT image_uri, cracks, crack_probability FROM results WHERE run_id = '{}' AND "
-                               "error IS NULL AND regexp_replace(image_uri, '/[^/]*$', '') = '{}' ORDER BY "
-                               "coalesce(crack_length_px, 0) DESC, crack_probability DESC LIMIT 1".format(
+    found = run_query(results, "SELECT r.image_uri, r.cracks, r.crack_probability FROM results r JOIN located l "
+                               "USING (image_uri, run_id) WHERE run_id = '{}' AND structure = '{}' ORDER BY "
+                               "coalesce(r.crack_length_px, 0) DESC, r.crack_probability DESC LIMIT 1".format(
                                    run_id.replace("'", "''"), structure.replace("'", "''")), con=con).to_pylist()
     if not found:
         return Html("<div>(none)</div>")

@@ -11,6 +11,7 @@ from cracknet.measure.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
 from cracknet.numbers import LEASE_SECONDS, MM_PER_PIXEL, SHARE, Range, check_fields
 from cracknet.score.alerts import check_webhook_url
 from cracknet.storage.lease import DEFAULT_LEASE_SECONDS
+from cracknet.table.sites import parse_structure_from
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class ScoreConfig:
     length_growth: float = option(0.5, "alert when a structure's crack length per photo grew by more than this share "
                                      "in a survey (models that draw masks)",
                                 range=Range(0, 1000, low_open=True))
+    structure_from: str = option("folder", "what makes a structure: folder (the folder a photo sits in), or gps:RADIUS_M "
+                                         "(photos within RADIUS_M metres of a site, sites kept from night to night, "
+                                         "for flights dumped into one folder)")
     ray_address: Optional[str] = option(None, "Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
     verbose: bool = option(False, "also show Ray's INFO logs and Ray Data's progress bars")
 
@@ -87,3 +91,4 @@ class ScoreConfig:
         if self.alert_webhook is not None:
             check_webhook_url(self.alert_webhook)
         check_tile_size(self.tile_size)
+        parse_structure_from(self.structure_from)

@@ -35,7 +35,7 @@ from cracknet.score import alerts, inputs, monitor, planning
 from cracknet.score.config import ScoreConfig
 from cracknet.score.pipeline import CrackPredictor, Geometry, read_and_tile, read_encoded, read_plan, write_parts
 from cracknet.storage.lease import Lease
-from cracknet.table import results, runs
+from cracknet.table import results, runs, sites
 
 ALERT_WEBHOOK_ENV = "CRACKNET_ALERT_WEBHOOK"  # the webhook when --alert-webhook is not given (from a Secret)
 
@@ -54,6 +54,8 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     cfg = dataclasses.replace(cfg, masks=storage.canonical(cfg.masks) if cfg.masks else None)
     storage.require_bucket(cfg.output)
     results.refuse_old_layout(cfg.output)
+    radius = sites.parse_structure_from(cfg.structure_from)
+    sites.check_radius(cfg.output, radius)
     root = inputs.input_root(cfg.input, cfg.input_prefix)  # where images may come from: a manifest's folder or bucket
     results.check_output(cfg.output, inputs=(cfg.input, root))
     check_masks_location(cfg, root)
@@ -86,6 +88,8 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
                                                  planned["todo"], log))
             else:  # nothing new: the run still records itself, so the model it names is the one in force
                 lease.check()
+            if radius is not None:  # also the photos of a run that died before placing them
+                summary["sites"] = place_sites(cfg.output, radius, run_id, lease)
             record, summary["alerts"], summary["drift"] = watch(cfg, card, run_id, scored=bool(planned["files"]))
             runs.record(cfg.output, [runs.row(run_id, "scoring", provenance, summary, datetime.now(timezone.utc),
                                               summary.get("version"), record, summary["alerts"])])
@@ -96,6 +100,15 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
     summary["seconds"] = round(time.monotonic() - started, 2)
     summary["images_per_second"] = round(summary["scored"] / summary["seconds"], 2) if summary["seconds"] else 0.0
     return summary
+
+
+def place_sites(output: str, radius_m: float, run_id: str, lease: Lease) -> dict:
+    """Give the table's photos with a position and no site theirs (``cracknet.table.sites``)."""
+    from cracknet.table.query import run_query
+
+    photos = run_query(output, sites.unplaced_sql()).to_pylist()
+    lease.check()
+    return sites.place_new(output, radius_m, run_id, [(p["image_uri"], p["latitude"], p["longitude"]) for p in photos])
 
 
 def resolve_model(cfg: ScoreConfig) -> dict:

@@ -80,10 +80,10 @@ SELECT count(*) AS images,
 FROM results WHERE run_id = $run
 """
 STRUCTURES_SQL = """
-SELECT regexp_replace(image_uri, '/[^/]*$', '') AS structure, count(*) AS images,
+SELECT structure, count(*) AS images,
        count(*) FILTER (WHERE is_crack) AS cracks, coalesce(sum(crack_length_mm), 0) AS crack_length_mm,
        coalesce(sum(crack_length_px), 0) AS crack_length_px, max(crack_width_max_mm) AS crack_width_max_mm
-FROM results WHERE run_id = $run AND error IS NULL GROUP BY 1 ORDER BY 1
+FROM located WHERE run_id = $run GROUP BY 1 ORDER BY 1
 """
 
 

@@ -93,7 +93,7 @@ def rows(cfg: ExportConfig) -> pa.Table:
         where.append(f"severity IN ({worse})")
     images = "" if not cfg.all_images else """
         UNION ALL BY NAME
-        SELECT regexp_replace(image_uri, '/[^/]*$', '') AS structure, image_uri,
+        SELECT structure, image_uri,
                CASE WHEN error IS NULL THEN 'image' ELSE 'error' END AS kind, severity, crack_probability,
                longitude, latitude, CASE WHEN latitude IS NOT NULL THEN 'photo' END AS position_source,
                mm_per_pixel, scale_source, captured_at, scored_at, run_id, model_id, mask_uri, error

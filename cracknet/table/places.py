@@ -60,7 +60,7 @@ CREATE VIEW findings AS
     JOIN (SELECT *, coalesce(grounded(gimbal_pitch_deg, latitude, longitude, gimbal_yaw_deg, mm_per_pixel, width,
                                       height), false) AS g FROM current) i USING (image_uri, run_id)
     UNION ALL BY NAME
-    SELECT regexp_replace(image_uri, '/[^/]*$', '') AS structure, image_uri, NULL::INTEGER AS crack, severity,
+    SELECT structure, image_uri, NULL::INTEGER AS crack, severity,
            crack_length_mm AS length_mm, NULL::FLOAT AS width_p95_mm, crack_width_max_mm AS width_max_mm,
            NULL AS orientation, crack_probability, latitude, longitude,
            CASE WHEN latitude IS NOT NULL THEN 'photo' END AS position_source, NULL AS line,

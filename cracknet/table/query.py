@@ -9,15 +9,17 @@ The connection registers the results table (``cracknet.table.results``) and the 
 Views on a connection:
 
     results                     the table as stored (with the nested tiles)
-    images                      one row per scored image and run (docs/results.md describes the columns)
+    images                      one row per scored image and run (docs/results.md describes the columns), with its
+                                structure: its site where positions group photos (``sites``), else its folder
+    sites                       each photo's site, with ``cracknet score --structure-from gps:RADIUS_M``
     tiles                       one row per tile of a tiled image
     runs                        one row per run: its model, weights, threshold, settings and counts (cracknet.table.runs)
     in_force                    the model of the newest scoring run (the one ``current`` prefers)
     current                     one row per image, for counting: the row of the model in force (that of the newest
                                 run) if it has one, a verdict before a transient error, then the newest
-    structures                  per folder (structure) of current images: images, cracks, errors, crack length
+    structures                  per structure of current images: images, cracks, errors, crack length
     cracks                      one row per crack of the current images (models with a mask decoder)
-    located                     scored images with their structure (the folder the photo sits in)
+    located                     scored images (no error rows), with their structure
     failures                    current images that could not be scored, and why
     likely_cracks_since(day)    current cracked images scored on or after a day, most likely first
     tiles_above(uri, p)         the current tiles of one image at or above a probability
@@ -55,7 +57,7 @@ from cracknet.config import REQUIRED, option
 from cracknet.errors import CracknetError
 from cracknet.numbers import Range, check_fields, checked
 from cracknet.screen import first_line, printable
-from cracknet.table import places, results, runs
+from cracknet.table import places, results, runs, sites
 
 QUERY_SECONDS = 300.0   # a statement still running after this long is stopped (--timeout)
 QUERY_MEMORY = "2GB"    # DuckDB's memory limit for a query; beyond it, it spills to a folder under the system temp
@@ -192,7 +194,11 @@ def render(table: pa.Table, fmt: str) -> str:
 
 
 VIEWS = """
-CREATE VIEW images AS SELECT * EXCLUDE (tiles, cracks) FROM results;
+CREATE VIEW sites AS  -- each photo's site, where positions group photos into structures (cracknet.table.sites)
+    SELECT image_uri, arg_min(structure, run_id) AS structure FROM site_rows GROUP BY image_uri;
+CREATE VIEW images AS
+    SELECT r.* EXCLUDE (tiles, cracks), coalesce(s.structure, regexp_replace(r.image_uri, '/[^/]*$', '')) AS structure
+    FROM results r LEFT JOIN sites s USING (image_uri);
 CREATE VIEW tiles AS
     SELECT image_uri, t.tile_x, t.tile_y, t.tile_w, t.tile_h, t.crack_probability, model_id, run_id, run_date
     FROM (SELECT image_uri, model_id, run_id, run_date, unnest(tiles) AS t FROM results WHERE len(tiles) > 0);
@@ -204,7 +210,7 @@ CREATE VIEW current AS
         (error IS NULL OR error_kind = 'permanent') DESC,  -- a verdict over a transient failure
         scored_at DESC, run_id DESC) = 1;
 CREATE VIEW structures AS
-    SELECT regexp_replace(image_uri, '/[^/]*$', '') AS structure,
+    SELECT structure,
            count(*) AS images,
            count(*) FILTER (WHERE is_crack) AS cracks,
            count(*) FILTER (WHERE error IS NOT NULL) AS errors,
@@ -214,13 +220,12 @@ CREATE VIEW structures AS
            max(scored_at) AS last_scored_at
     FROM current GROUP BY 1 ORDER BY cracks DESC, max_crack_probability DESC NULLS LAST;
 CREATE VIEW cracks AS
-    SELECT r.image_uri, regexp_replace(r.image_uri, '/[^/]*$', '') AS structure, c.*, r.mm_per_pixel, r.mask_uri,
-           r.model_id, r.run_id, r.run_date, r.scored_at
+    SELECT r.image_uri, k.structure, c.*, r.mm_per_pixel, r.mask_uri, r.model_id, r.run_id, r.run_date, r.scored_at
     FROM (SELECT image_uri, mm_per_pixel, mask_uri, model_id, run_id, run_date, scored_at, unnest(cracks) AS c
           FROM results WHERE len(cracks) > 0) r
-    SEMI JOIN current k ON r.image_uri = k.image_uri AND r.run_id = k.run_id;
+    JOIN (SELECT image_uri, run_id, structure FROM current) k ON r.image_uri = k.image_uri AND r.run_id = k.run_id;
 CREATE VIEW located AS
-    SELECT *, regexp_replace(image_uri, '/[^/]*$', '') AS structure FROM images WHERE error IS NULL;
+    SELECT * FROM images WHERE error IS NULL;
 CREATE VIEW survey_runs AS  -- a run surveys a structure when it is the first to score one of its photos (at its
     -- version); a rescoring of the same photos (another model, --retry-errors) is not a survey
     SELECT f.structure, f.run_id, any_value(m.model_id) AS model_id, min(f.scored_at) AS scored_at
@@ -299,6 +304,7 @@ def connect(uri: str, memory_limit: str | None = None):
     con.execute("SET TimeZone = 'UTC'").fetchall()
     con.register("results", results.dataset(uri))
     con.register("runs", runs.read(uri))
+    con.register("site_rows", sites.assigned(uri))
     con.execute(VIEWS).fetchall()
     con.execute(places.SQL).fetchall()
     # From here on SQL sees the table and nothing else: no files, no environment, no extensions, and no

@@ -231,11 +231,14 @@ def test_a_photo_without_a_given_scale_takes_its_cameras_and_is_not_graded_where
         photo = Image.open(root / "tree" / "images" / f"{name}.png").convert("RGB")
         (flight / f"{name}.jpg").write_bytes(jpeg(gps=DRONE_GPS, base=DRONE_BASE, details=DRONE_DETAILS, xmp=xmp,
                                                   image=photo))
-    run_scoring(ScoreConfig(model=str(model_dir), input=str(flight), output=str(tmp_path / "results")),
-                log=lambda _: None)
+    done = run_scoring(ScoreConfig(model=str(model_dir), input=str(flight), output=str(tmp_path / "results"),
+                                   structure_from="gps:50"), log=lambda _: None)
+    assert done["sites"] == {"placed": 2, "new_sites": 1}
     rows = sorted(run_query(str(tmp_path / "results"), "SELECT image_uri, mm_per_pixel, scale_source, scale_note, "
-                                                       "severity, crack_length_mm, crack_count FROM images").to_pylist(),
+                                                       "severity, crack_length_mm, crack_count, structure "
+                                                       "FROM images").to_pylist(),
                   key=lambda r: r["image_uri"])
+    assert {r["structure"] for r in rows} == {"gps:47.37009,-8.53486"}  # DRONE_GPS, 47.370094 N 8.534861 W
     near, far = rows
     assert near["crack_count"] and far["crack_count"]
     assert near["mm_per_pixel"] == pytest.approx(13.2 * 15 / (8.8 * SIZE), rel=1e-5)

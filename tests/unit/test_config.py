@@ -14,6 +14,7 @@ from cracknet.predict.evaluate import EvaluateConfig
 from cracknet.predict.explain import ExplainConfig
 from cracknet.predict.promote import PromoteConfig
 from cracknet.table.compact import DEFAULT_RETENTION_HOURS, CompactConfig
+from cracknet.table.export import ExportConfig
 from cracknet.table.query import QueryConfig
 
 
@@ -30,7 +31,7 @@ def test_the_parser_adds_nothing_the_settings_do_not_declare():
     from cracknet.train.config import TrainConfig
 
     owners = {"train": TrainConfig, "evaluate": EvaluateConfig, "explain": ExplainConfig, "report": ReportConfig,
-              "promote": PromoteConfig, "score": ScoreConfig, "query": QueryConfig, "compact": CompactConfig,
+              "promote": PromoteConfig, "score": ScoreConfig, "query": QueryConfig, "compact": CompactConfig, "export": ExportConfig,
               "demo": DemoConfig}
     commands = subcommands()
     assert set(commands) == set(owners)
