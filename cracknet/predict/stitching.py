@@ -35,15 +35,22 @@ def photo_cracks(tile_maps: dict, boxes, width: int, height: int, threshold: flo
     {tile index: (S, S) probabilities}) and all its tiles' boxes: stitched, then cut at the model's mask
     threshold (pixels only undecoded tiles cover are background: the classifier saw no crack there); and its
     cracks by ``geometry.measure``, their widths read from the stricter ``width_threshold`` cut where the model's
-    card names one (``geometry.choose_width_threshold``). (None, []) where no tile was decoded."""
+    card names one (``geometry.choose_width_threshold``). At a scale too coarse to tell the first width class
+    from the next (``images.scale.too_coarse``) the cracks keep their millimetres but get no severity.
+    (None, []) where no tile was decoded."""
+    from cracknet.images.scale import too_coarse
     from cracknet.measure.geometry import AASHTO_RC, measure
 
     if not tile_maps:
         return None, []
+    classes = classes or AASHTO_RC
     probs = photo_probabilities(tile_maps, boxes, width, height)
     mask = probs >= threshold
     strict = probs >= width_threshold if width_threshold is not None and width_threshold > threshold else None
-    return mask, measure(mask, mm_per_pixel, classes or AASHTO_RC, width_mask=strict)
+    cracks = measure(mask, mm_per_pixel, classes, width_mask=strict)
+    if too_coarse(mm_per_pixel, classes):
+        cracks = [{**crack, "severity": None} for crack in cracks]
+    return mask, cracks
 
 
 def photo_probabilities(tile_maps: dict, boxes, width: int, height: int):

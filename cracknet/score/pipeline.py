@@ -142,9 +142,8 @@ def image_geometry(tile_maps: dict, boxes: np.ndarray, width: int, height: int, 
                    g: Geometry) -> tuple[str, str, str]:
     """One scored image's cracks (a JSON list of ``geometry.measure``'s cracks), their worst severity and its
     mask's URI ("" where none was written). At a scale too coarse to tell the first width class from the next
-    (``scale.too_coarse``), cracks keep their millimetres but no severity."""
+    (``scale.too_coarse``), cracks keep their millimetres but no severity (``photo_cracks``)."""
     from cracknet.images.decoding import mask_png
-    from cracknet.images.scale import too_coarse
     from cracknet.measure.geometry import parse_width_classes, worst
     from cracknet.predict.stitching import photo_cracks
 
@@ -153,8 +152,6 @@ def image_geometry(tile_maps: dict, boxes: np.ndarray, width: int, height: int, 
                                 classes)
     if mask is None or not mask.any():
         return "[]", "", ""
-    if too_coarse(g.mm_per_pixel, classes):
-        cracks = [{**crack, "severity": None} for crack in cracks]
     mask_uri = ""
     if g.masks and cracks:
         mask_uri = storage.join(g.masks, results.mask_name(uri, version, g.root))

@@ -82,3 +82,19 @@ def test_overlapping_tiles_stitch_into_one_map_of_the_photo_without_seams():
     one = stitch(torch.ones(1, 8, 8), [(10, 20, 30, 40)], 100, 100)
     assert torch.allclose(one[20:60, 10:40], torch.ones(40, 30)) and one.sum().item() == pytest.approx(30 * 40)
     assert one[:20].sum() == 0 and one[:, 40:].sum() == 0  # uncovered pixels are 0
+
+
+def test_a_photo_too_coarse_for_the_first_width_class_gets_millimetres_but_no_severity():
+    # The rule every caller shares (nightly scoring, explain): photo_cracks applies it.
+    import numpy as np
+
+    from cracknet.predict.stitching import photo_cracks
+
+    probs = np.zeros((64, 64), dtype=np.float32)
+    probs[30:33, 8:56] = 0.9
+    boxes = [(0, 0, 64, 64)]
+    _, fine = photo_cracks({0: probs}, boxes, 64, 64, 0.5, mm_per_pixel=0.1)
+    _, coarse = photo_cracks({0: probs}, boxes, 64, 64, 0.5, mm_per_pixel=0.5)
+    assert len(fine) == len(coarse) == 1
+    assert fine[0]["severity"] == "moderate" and coarse[0]["severity"] is None
+    assert coarse[0]["length_mm"] == pytest.approx(5 * fine[0]["length_mm"])
