@@ -197,6 +197,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"Scored {s['scored']} photos with crack geometry into {s['output']} (0.2 mm per pixel): {measured}. "
           f"Query it: cracknet query --results {s['output']} \"SELECT * FROM wider_than(1.25)\"")
     print(f"Crack geometry report: {drawn['report']}")
+    e = drawn["exported"]
+    print(f"Findings on the map: {e['output']} ({e['on_ground']} cracks placed on the ground, as their lines; "
+          f"open it in any GIS tool).")
     if cfg.adapt:
         adapted = adapt_demo(done["card"], cfg.output, verbose=cfg.verbose)
         print_training(adapted["card"])

@@ -111,9 +111,11 @@ def masks_demo(base: dict, output: str, epochs: int = 8, photos: int = 80, size:
                say: Callable[[str], None] = print, verbose: bool = False) -> dict:
     """Step 4: a mask model adapted from ``base`` on generated photos with exact masks, a survey scored with crack
     geometry, and its report. Returns the mask model's card, the scoring summary, the report and the cracks."""
+    from cracknet.demo.flight import geotag
     from cracknet.demo.synthetic import generate_masked
     from cracknet.report.build import build_report
     from cracknet.score.driver import run_scoring
+    from cracknet.table.export import ExportConfig, export
     from cracknet.table.query import run_query
     from cracknet.train.driver import run_training
 
@@ -123,17 +125,20 @@ def masks_demo(base: dict, output: str, epochs: int = 8, photos: int = 80, size:
         storage.delete_tree(folder)
     generate_masked(tree, photos=photos, size=size, seed=1)
     generate_masked(survey, photos=16, size=2 * size, seed=2)  # larger photos: scored in tiles, stitched
+    geotag(storage.join(survey, "images"))  # as a drone flight along a deck tags them: cracks land on the map
     say(f"Crack masks: adapting {base['folder']} with {photos} generated photos and their exact masks under {tree}.")
     card = run_training(TrainConfig(data=tree, output=storage.join(output, "masks-model"), base_model=base["folder"],
                                     epochs=epochs, image_size=size, batch_size=8, num_workers=2, overwrite=True,
                                     val_fraction=0.2, test_fraction=0.2, verbose=verbose), log=say)
     scored = run_scoring(ScoreConfig(model=card["folder"], input=storage.join(survey, "images"), output=results,
-                                     mm_per_pixel=0.2, masks=storage.join(results, "_masks"), verbose=verbose),
-                         log=say)
+                                     mm_per_pixel=0.2, masks=storage.join(results, "_masks"),
+                                     structure_from="gps:100", verbose=verbose), log=say)
     written = build_report(card["folder"], storage.join(output, "geometry-report"), data=survey, results=results)
+    exported = export(ExportConfig(results=results, output=storage.join(output, "findings.geojson"),
+                                   format="geojson"))
     cracks = run_query(results, "SELECT severity, count(*) AS cracks, round(sum(length_mm)) AS length_mm, "
                                 "round(max(width_p95_mm), 2) AS widest_mm FROM cracks GROUP BY 1 ORDER BY 1").to_pylist()
-    return {"card": card, "scoring": scored, "cracks": cracks, **written}
+    return {"card": card, "scoring": scored, "cracks": cracks, "exported": exported, **written}
 
 
 def adapt_demo(base: dict, output: str, epochs: int = 16, image_size: int = 128, per_class: tuple = (150, 200),

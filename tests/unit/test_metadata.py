@@ -120,3 +120,19 @@ def test_a_bad_camera_table_line_is_refused_with_its_number(text):
 
     with pytest.raises(CracknetError, match="Line 2 of the camera table"):
         camera_table("camera,sensor_width_mm\n" + text)
+
+
+def test_the_demo_flight_tags_photos_as_a_nadir_survey_along_the_deck(tmp_path):
+    from PIL import Image
+
+    from cracknet.demo.flight import DECK_START, HEADING_DEG, SPACING_M, geotag
+    from cracknet.table.sites import distances_m
+
+    for k in range(3):
+        Image.new("RGB", (32, 24), (100 + k, 100, 100)).save(tmp_path / f"{k}.jpg")
+    assert geotag(str(tmp_path)) == 3
+    metas = [photo_metadata((tmp_path / f"{k}.jpg").read_bytes()) for k in range(3)]
+    assert all(m.nadir() and m.gimbal_yaw_deg == HEADING_DEG and m.camera == "DJI FC6310" for m in metas)
+    assert (metas[0].latitude, metas[0].longitude) == pytest.approx(DECK_START, abs=1e-7)
+    steps = [distances_m([b.latitude], [b.longitude], a.latitude, a.longitude)[0] for a, b in zip(metas, metas[1:])]
+    assert steps == pytest.approx([SPACING_M] * 2, abs=0.02)
