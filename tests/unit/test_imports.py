@@ -20,6 +20,7 @@ LAYERS = (
     ("predict", None),
     ("table", None),
     ("score", None),
+    ("review", None),
     ("report", None),
     ("train", None),
     ("demo", None),
