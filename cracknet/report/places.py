@@ -110,15 +110,13 @@ def svg_map(photos: list[dict], findings: list[dict], colours: dict, width: int,
         colour = colours.get(f["severity"], UNGRADED)
         title = html.escape(f"{f['image_uri']} crack {f['crack']}: {f['severity'] or 'not graded'}"
                             + ("" if f["length_mm"] is None else f", {f['length_mm']:.0f} mm"))
-        if f["line"]:
-            for path in f["line"]:
-                xy = " ".join("{:.1f},{:.1f}".format(*to_xy(v["longitude"], v["latitude"])) for v in path)
-                parts.append(f'<polyline points="{xy}" fill="none" stroke="{colour}" stroke-width="2.5">'
-                             f'<title>{title}</title></polyline>')
-        else:
-            x, y = to_xy(f["longitude"], f["latitude"])
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}" stroke="#333" '
-                         f'stroke-width="0.5"><title>{title}</title></circle>')
+        for path in f["line"] or []:  # a crack on the ground: its line (a few pixels at a survey's scale) ...
+            xy = " ".join("{:.1f},{:.1f}".format(*to_xy(v["longitude"], v["latitude"])) for v in path)
+            parts.append(f'<polyline points="{xy}" fill="none" stroke="{colour}" stroke-width="2.5">'
+                         f'<title>{title}</title></polyline>')
+        x, y = to_xy(f["longitude"], f["latitude"])  # ... and a dot at its centre, so that it shows at any scale
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{3 if f["line"] else 5}" fill="{colour}" stroke="#333" '
+                     f'stroke-width="0.5"><title>{title}</title></circle>')
     parts += _scale_bar(px_per_m, height) + [f'<text x="{width - 24}" y="24" font-size="14">N&#8593;</text>', "</svg>"]
     return Html("".join(parts))
 

@@ -29,7 +29,7 @@ def test_the_map_draws_lines_and_dots_by_severity_and_links_each_structure(tmp_p
     maps = re.findall(r"<svg.*?</svg>", page, re.S)
     assert len(maps) == 3
     assert [m.count('stroke="#c0392b"') for m in maps] == [1, 1, 0]
-    assert [m.count('fill="#c0392b"') for m in maps] == [1, 1, 0]
+    assert [m.count('fill="#c0392b"') for m in maps] == [2, 2, 0]  # a dot at each finding, lines too
     assert [m.count('fill="#95a5a6"') for m in maps] == [3, 2, 1]
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
 

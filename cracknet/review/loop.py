@@ -1,0 +1,168 @@
+"""``cracknet review select | export | import``: a review is a folder that travels through the loop.
+
+    cracknet review select --results s3://survey/results --output s3://survey/reviews/2026-12-07 --budget 200
+    cracknet review export --review s3://survey/reviews/2026-12-07            # label-studio/tasks.json + config.xml
+    (the tasks are imported into Label Studio, reviewed, and exported as JSON)
+    cracknet review import --review s3://survey/reviews/2026-12-07 --labels export.json --output s3://survey/labelled
+
+The folder holds ``selection.parquet`` (what was picked, why, with what probability: ``review.sampling``),
+``review.json`` (the design, the model in force, the results it came from), the tasks, and after import
+``labels.parquet`` (one verdict per photo) and ``field.json`` (the model measured in the field). Import also
+writes the verdicts as a labelled tree (``crack/``, ``no_crack/``) and the corrected masks as a mask tree
+(``images/``, ``masks/``) under ``--output``, ready for ``cracknet train --base-model``, and keeps a record of the
+review beside the runs table (``<results>/_reviews/``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from cracknet import storage
+from cracknet.config import REQUIRED, option
+from cracknet.errors import CracknetError
+from cracknet.measure.geometry import DEFAULT_WIDTH_CLASSES, parse_width_classes
+from cracknet.numbers import SHARE, Range, check_fields
+from cracknet.review import labelstudio
+from cracknet.review.sampling import Design, field_estimate, select
+
+SELECTION, REVIEW, TASKS, LABELS, FIELD = "selection.parquet", "review.json", "label-studio", "labels.parquet", \
+    "field.json"
+RECORDS = "_reviews"  # beside the runs table: one JSON record per imported review
+
+
+@dataclass(frozen=True)
+class ReviewSelectConfig:
+    """``cracknet review select``: what a person should look at tonight."""
+    results: str = option(REQUIRED, "the scoring output: a folder or s3:// prefix")
+    output: str = option(REQUIRED, "the review's folder (path or s3://): its selection, tasks and labels go there")
+    budget: int = option(200, "photos to review", range=Range(1, 100_000))
+    random_share: float = option(0.25, "the share of the budget drawn at random (the part that measures the "
+                                       "model without bias)", range=SHARE)
+    seed: int = option(0, "the draw's seed: the same seed, table and budget pick the same photos", range=Range(0, None))
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.random_share <= 0:
+            raise CracknetError("--random-share must be more than 0: without a random part the field estimate "
+                                "would be biased towards the model's mistakes.")
+
+
+POPULATION = """
+SELECT c.image_uri, c.version, c.structure, c.crack_probability, c.is_crack, c.model_id, c.run_id, c.width,
+       c.height, c.mask_uri, c.severity, c.crack_length_mm AS length_mm, r.threshold, r.model AS model_folder,
+       coalesce(regexp_matches(r.alerts, '"rule": "[a-z_]*drift"'), false) AS drifted
+FROM current c JOIN runs r USING (run_id)
+WHERE c.error IS NULL AND c.model_id = (SELECT model_id FROM in_force)
+ORDER BY c.image_uri
+"""
+
+
+def select_for_review(cfg: ReviewSelectConfig) -> dict:
+    """Pick the photos (``review.sampling``) from the current rows of the model in force; write the review."""
+    from cracknet.table.query import run_query
+
+    rows = run_query(cfg.results, POPULATION).to_pylist()
+    if not rows:
+        raise CracknetError(f"{cfg.results} holds no photo scored without error by the model in force; score first.")
+    ranks = {c.name: i + 1 for i, c in enumerate(parse_width_classes(DEFAULT_WIDTH_CLASSES))}
+    for r in rows:
+        r["severity_rank"] = ranks.get(r["severity"])
+    threshold = float(rows[0]["threshold"])
+    picks = select(rows, Design(cfg.budget, cfg.random_share, cfg.seed), threshold)
+    table = pa.Table.from_pylist([{k: p.get(k) for k in SELECTION_COLUMNS} for p in picks], schema=SELECTION_SCHEMA)
+    buffer = io.BytesIO()
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, buffer)
+    storage.write_bytes(storage.join(cfg.output, SELECTION), buffer.getvalue())
+    review = {"review_id": _review_id(cfg.output), "results": storage.canonical(cfg.results),
+              "model_id": rows[0]["model_id"], "model": rows[0]["model_folder"], "threshold": threshold,
+              "design": {"budget": cfg.budget, "random_share": cfg.random_share, "seed": cfg.seed},
+              "population": len(rows), "selected": len(picks),
+              "selected_at": datetime.now(timezone.utc).isoformat()}
+    storage.write_bytes(storage.join(cfg.output, REVIEW), json.dumps(review, indent=1).encode())
+    reasons = {}
+    for p in picks:
+        reasons[p["reason"]] = reasons.get(p["reason"], 0) + 1
+    return {**review, "reasons": reasons, "structures": len({p["structure"] for p in picks})}
+
+
+SELECTION_SCHEMA = pa.schema([
+    ("image_uri", pa.string()), ("version", pa.string()), ("structure", pa.string()), ("model_id", pa.string()),
+    ("run_id", pa.string()), ("crack_probability", pa.float64()), ("is_crack", pa.bool_()), ("width", pa.int32()),
+    ("height", pa.int32()), ("mask_uri", pa.string()), ("severity", pa.string()),
+    ("reason", pa.string()),  # uncertain, severe, drift (reviewed for sure) or random
+    ("inclusion_probability", pa.float64()), ("stratum", pa.string()), ("stratum_size", pa.int64()),
+])
+SELECTION_COLUMNS = SELECTION_SCHEMA.names
+
+
+def _review_id(output: str) -> str:
+    return storage.canonical(output).rstrip("/").rsplit("/", 1)[-1] or "review"
+
+
+def read_review(review: str) -> tuple[dict, list[dict]]:
+    """A review folder's record and selection; a sentence where it is not one."""
+    import pyarrow.parquet as pq
+
+    if not storage.exists(storage.join(review, SELECTION)):
+        raise CracknetError(f"{review} holds no {SELECTION}: give the --output of `cracknet review select`.")
+    record = json.loads(storage.read_bytes(storage.join(review, REVIEW)))
+    picks = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(review, SELECTION)))).to_pylist()
+    return record, picks
+
+
+# ---------------------------------------------------------------------------------------------------
+# Out to the tool
+
+
+@dataclass(frozen=True)
+class ReviewExportConfig:
+    """``cracknet review export``: the selection as Label Studio tasks with the model's verdicts and masks."""
+    review: str = option(REQUIRED, "the review's folder (the --output of `cracknet review select`)")
+    image_url: str = option("as-is", "how tasks name photos: as-is (their URIs: s3:// for a Label Studio with that "
+                                     "bucket connected), presigned (an HTTPS link valid --link-hours), or "
+                                     "local-files:ROOT (Label Studio's local file serving from ROOT)")
+    link_hours: float = option(72.0, "how long a presigned link stays valid", range=Range(0.1, 168))
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.image_url not in ("as-is", "presigned") and not self.image_url.startswith("local-files:"):
+            raise CracknetError(f"--image-url {self.image_url!r}: give as-is, presigned or local-files:ROOT.")
+
+
+def export_tasks(cfg: ReviewExportConfig) -> dict:
+    """Write ``<review>/label-studio/tasks.json`` and ``config.xml``; photos are referenced, never copied."""
+    from cracknet.images.decoding import read_mask_png
+
+    _, picks = read_review(cfg.review)
+    tasks = []
+    for item in picks:
+        mask = read_mask_png(storage.read_bytes(item["mask_uri"])) if item["mask_uri"] else None
+        tasks.append(labelstudio.task(item, _url(item["image_uri"], cfg), mask))
+    folder = storage.join(cfg.review, TASKS)
+    storage.write_bytes(storage.join(folder, "tasks.json"), json.dumps(tasks).encode())
+    storage.write_bytes(storage.join(folder, "config.xml"), labelstudio.CONFIG.encode())
+    return {"tasks": len(tasks), "folder": folder, "masks": sum(1 for t in tasks if len(t["predictions"][0]["result"]) > 1)}
+
+
+def _url(uri: str, cfg: ReviewExportConfig) -> str:
+    if cfg.image_url == "as-is":
+        return uri
+    if cfg.image_url == "presigned":
+        if not storage.is_s3(uri):
+            raise CracknetError(f"--image-url presigned needs photos on S3; {uri} is not.")
+        bucket, key = storage.split_s3(uri)
+        return storage.s3_client().generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                                          ExpiresIn=int(cfg.link_hours * 3600))
+    from urllib.parse import quote
+
+    root = storage.canonical(cfg.image_url[len("local-files:"):])
+    if not storage.within(uri, root):
+        raise CracknetError(f"{uri} lies outside the local-files root {root}.")
+    return "/data/local-files/?d=" + quote(storage.relative(uri, root))
