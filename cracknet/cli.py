@@ -39,6 +39,7 @@ from cracknet.predict.evaluate import EvaluateConfig
 from cracknet.predict.explain import ExplainConfig
 from cracknet.predict.promote import PromoteConfig
 from cracknet.report.build import ReportConfig
+from cracknet.review.loop import ReviewExportConfig, ReviewImportConfig, ReviewSelectConfig
 from cracknet.score.config import ScoreConfig
 from cracknet.table.compact import CompactConfig
 from cracknet.table.export import ExportConfig
@@ -180,6 +181,44 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"{done['unplaced']} without a position.")
 
 
+def cmd_review_select(args: argparse.Namespace) -> None:
+    from cracknet.review.loop import ReviewSelectConfig, select_for_review
+
+    s = select_for_review(from_arguments(ReviewSelectConfig, args))
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(s["reasons"].items()))
+    print(f"Selected {s['selected']} of {s['population']} photos scored by model {s['model_id']} for review ({why}; "
+          f"{s['structures']} structures) into {args.output}. Next: cracknet review export --review {args.output}")
+
+
+def cmd_review_export(args: argparse.Namespace) -> None:
+    from cracknet.review.loop import ReviewExportConfig, export_tasks
+
+    e = export_tasks(from_arguments(ReviewExportConfig, args))
+    print(f"Wrote {e['tasks']} Label Studio tasks ({e['masks']} with the model's crack mask) and the labelling "
+          f"config to {e['folder']}: create a project with config.xml, import tasks.json, and export the "
+          f"annotations as JSON when done.")
+
+
+def cmd_review_import(args: argparse.Namespace) -> None:
+    from cracknet.review.loop import ReviewImportConfig, import_labels
+
+    i = import_labels(from_arguments(ReviewImportConfig, args))
+    f, m = i["field"], i["field"]["metrics"]
+
+    def shown(name: str) -> str:
+        low_high = f["intervals"][name]
+        return "n/a" if m[name] is None else f"{m[name]:.3f} [{low_high[0]:.3f}, {low_high[1]:.3f}]"
+
+    print(f"Imported {f['reviewed']} verdicts by {len(i['annotators'])} reviewers into {args.output} "
+          f"({i['written']['masks']} with masks, {i['written']['crack']} cracked without); "
+          f"{len(i['conflicts'])} photos with conflicting verdicts left out.")
+    print(f"In the field, model {i['model_id']}: precision {shown('precision')}, recall {shown('recall')} over "
+          f"{f['population']} photos ({f['targeted']} reviewed for cause, {f['random']} at random).")
+    for c in i["conflicts"][:10]:
+        print(f"  conflict: {c['image_uri']}: " + ", ".join(f"{who} says {'crack' if v else 'no crack'}"
+                                                          for who, v in c["verdicts"].items()))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from cracknet.demo.run import adapt_demo, masks_demo, run_demo, verdict
 
@@ -240,7 +279,25 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text)
         add_arguments(command, settings)
         command.set_defaults(run=run)
+    review = sub.add_parser("review", help="inspectors in the loop: select photos for review, export them to Label "
+                                           "Studio, import the verdicts and measure the model in the field")
+    steps = review.add_subparsers(dest="step", required=True,
+                                  parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
+    for name, help_text, settings, run in REVIEW_STEPS:
+        step = steps.add_parser(name, help=help_text)
+        add_arguments(step, settings)
+        step.set_defaults(run=run)
     return parser
+
+
+REVIEW_STEPS = (
+    ("select", "pick tonight's photos for review: the uncertain, the severe, drifted nights, and a random share",
+     ReviewSelectConfig, cmd_review_select),
+    ("export", "the selection as Label Studio tasks with the model's verdicts and masks", ReviewExportConfig,
+     cmd_review_export),
+    ("import", "Label Studio's export back: labelled trees, conflicts, and the model measured in the field",
+     ReviewImportConfig, cmd_review_import),
+)
 
 
 def _terminate(signum, frame) -> None:
@@ -249,7 +306,7 @@ def _terminate(signum, frame) -> None:
 
 # The flags that name a storage location, checked before any command runs (``storage.check_location``).
 LOCATION_ARGUMENTS = ("data", "output", "model", "input", "input_prefix", "results", "masks", "base_model", "weights",
-                      "camera_table")
+                      "camera_table", "review", "labels")
 
 
 def _listed(value) -> list[str]:

@@ -110,6 +110,12 @@ def _mask_counts(probs: np.ndarray, truth: np.ndarray, thresholds: np.ndarray, t
     return np.array(rows, dtype=np.int64)
 
 
+def pixel_counts(predicted: np.ndarray, truth: np.ndarray, tolerance: float = MASK_TOLERANCE) -> np.ndarray:
+    """One photo's drawn mask against a true one: predicted pixels near a true one, predicted, true pixels near a
+    predicted one, true (``mask_metrics``'s counts at one cut)."""
+    return _mask_counts(np.asarray(predicted, dtype=np.float32), truth, np.array([0.5]), tolerance)[0][:4]
+
+
 def _f1(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     matched_p, predicted, matched_t, true = counts[..., 0], counts[..., 1], counts[..., 2], counts[..., 3]
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -138,12 +138,12 @@ class ReviewExportConfig:
 
 def export_tasks(cfg: ReviewExportConfig) -> dict:
     """Write ``<review>/label-studio/tasks.json`` and ``config.xml``; photos are referenced, never copied."""
-    from cracknet.images.decoding import read_mask_png
+    from cracknet.images.decoding import read_mask
 
     _, picks = read_review(cfg.review)
     tasks = []
     for item in picks:
-        mask = read_mask_png(storage.read_bytes(item["mask_uri"])) if item["mask_uri"] else None
+        mask = read_mask(storage.read_bytes(item["mask_uri"])) if item["mask_uri"] else None
         tasks.append(labelstudio.task(item, _url(item["image_uri"], cfg), mask))
     folder = storage.join(cfg.review, TASKS)
     storage.write_bytes(storage.join(folder, "tasks.json"), json.dumps(tasks).encode())
@@ -166,3 +166,46 @@ def _url(uri: str, cfg: ReviewExportConfig) -> str:
     if not storage.within(uri, root):
         raise CracknetError(f"{uri} lies outside the local-files root {root}.")
     return "/data/local-files/?d=" + quote(storage.relative(uri, root))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Back from the tool
+
+
+@dataclass(frozen=True)
+class ReviewImportConfig:
+    """``cracknet review import``: verdicts and corrected masks back, as labelled trees and a field estimate."""
+    review: str = option(REQUIRED, "the review's folder (the --output of `cracknet review select`)")
+    labels: str = option(REQUIRED, "Label Studio's JSON export of the review's project (path or s3://)")
+    output: str = option(REQUIRED, "the labelled tree to write: crack/ and no_crack/ photos, and images/ with masks/ "
+                                   "where a crack was drawn (ready for cracknet train --base-model)")
+
+    def __post_init__(self):
+        if storage.overlap(self.output, self.review):
+            raise CracknetError(f"--output {self.output} overlaps the review's folder {self.review}; give a folder "
+                                "of its own.")
+
+
+def import_labels(cfg: ReviewImportConfig) -> dict:
+    """Read the tool's export, write the trees, the labels, the field estimate and the review's record."""
+    from cracknet.review import verdicts
+
+    record, picks = read_review(cfg.review)
+    found = verdicts.agreed(labelstudio.read_export(storage.read_bytes(cfg.labels)), picks)
+    written = verdicts.write_trees(found["labels"], picks, cfg.output)
+    table = verdicts.labels_table(found["labels"], picks)
+    buffer = io.BytesIO()
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, buffer)
+    storage.write_bytes(storage.join(cfg.review, LABELS), buffer.getvalue())
+    truth = {uri: label["verdict"] for uri, label in found["labels"].items()}
+    field = field_estimate([{**p, "truth": truth.get(p["image_uri"])} for p in picks])
+    field["masks"] = verdicts.mask_agreement(found["labels"], picks)
+    imported = {**record, "imported_at": datetime.now(timezone.utc).isoformat(), "labels": cfg.labels,
+                "tree": cfg.output, "annotators": found["annotators"], "conflicts": found["conflicts"],
+                "not_in_selection": found["unknown"], "field": field}
+    storage.write_bytes(storage.join(cfg.review, FIELD), json.dumps(imported, indent=1, default=str).encode())
+    storage.write_bytes(storage.join(record["results"], RECORDS, f"{record['review_id']}.json"),
+                        json.dumps(imported, indent=1, default=str).encode())
+    return {**imported, "written": written}

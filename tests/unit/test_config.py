@@ -33,8 +33,13 @@ def test_the_parser_adds_nothing_the_settings_do_not_declare():
     owners = {"train": TrainConfig, "evaluate": EvaluateConfig, "explain": ExplainConfig, "report": ReportConfig,
               "promote": PromoteConfig, "score": ScoreConfig, "query": QueryConfig, "compact": CompactConfig, "export": ExportConfig,
               "demo": DemoConfig}
+    from cracknet.review.loop import ReviewExportConfig, ReviewImportConfig, ReviewSelectConfig
+
     commands = subcommands()
-    assert set(commands) == set(owners)
+    assert set(commands) == set(owners) | {"review"}
+    steps = next(a for a in commands.pop("review")._actions if isinstance(a, argparse._SubParsersAction)).choices
+    owners.update({"select": ReviewSelectConfig, "export-tasks": ReviewExportConfig, "import": ReviewImportConfig})
+    commands.update({"select": steps["select"], "export-tasks": steps["export"], "import": steps["import"]})
     for name, parser in commands.items():
         dests = {a.dest for a in parser._actions if a.dest != "help"}
         assert dests == {f.name for f in dataclasses.fields(owners[name])}, name
