@@ -14,10 +14,18 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Label Studio, for the review loop's test: a venv of its own (its pins differ from ours).
+LABEL_STUDIO ?= .venv-labelstudio
+$(LABEL_STUDIO)/.installed: infra/labelstudio/requirements.txt
+	$(PYTHON) -m venv $(LABEL_STUDIO)
+	$(LABEL_STUDIO)/bin/python -m pip install --quiet --upgrade pip
+	$(LABEL_STUDIO)/bin/python -m pip install --quiet -r infra/labelstudio/requirements.txt
+	touch $@
+
 demo: install
 	$(BIN)/cracknet demo
 
-test: install
+test: install $(LABEL_STUDIO)/.installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The unit tests alone: no Ray, no S3 or MLflow server, no subprocess.
@@ -28,4 +36,4 @@ bench: install
 	$(BIN)/python bench/train_quality.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(LABEL_STUDIO) runs build *.egg-info
