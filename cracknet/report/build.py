@@ -11,7 +11,8 @@
   structures whose cracks grew since their previous survey, a photo of each survey side by side; where a model that
   draws masks scored them, crack geometry: the photos with the most crack length with each crack's centre
   line drawn by severity, the width distribution, and crack length per structure by severity; where photos state
-  their position, a map of the survey and of each structure with its findings (drawn offline, no map tiles).
+  their position, a map of the survey and of each structure with its findings (drawn offline, no map tiles); and
+  the model measured in the field by each imported review (``cracknet review``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cracknet.config import REQUIRED, option
 from cracknet.errors import CracknetError
 from cracknet.report.page import Report
 from cracknet.report.places import places_section
+from cracknet.report.reviews import reviews_section
 from cracknet.report.scoring import (changes_section, geometry_section, nights_section, require_results,
                                      scoring_section)
 from cracknet.report.training import evaluation_section, model_card_section, training_section
@@ -72,4 +74,5 @@ def build_report(model_uri: str | None, out: str, data: str | None = None, split
         report.attempt("Structure changes", changes_section, results)
         report.attempt("Crack geometry", geometry_section, results)
         report.attempt("Where on the structure", places_section, results)
+        report.attempt("In the field", reviews_section, results)
     return {"report": report.write(), "figures": report.files}

@@ -142,7 +142,7 @@ def _annotation(a: dict) -> dict[str, Any]:
         elif r.get("from_name") == MASK and value.get("format") == "rle" and CRACK in value.get("brushlabels", []):
             layer = decode_rle(value["rle"], int(r["original_width"]), int(r["original_height"]))
             mask = layer if mask is None else mask | layer
-    who = a.get("completed_by")
-    who = who.get("email") if isinstance(who, dict) else who
-    return {"annotator": None if who is None else str(who), "verdict": verdict, "mask": mask,
+    who = a.get("completed_by")  # a user id, or {id, email} in some exports
+    who = who.get("email") or f"user {who.get('id')}" if isinstance(who, dict) else who
+    return {"annotator": None if who is None else who if isinstance(who, str) else f"user {who}", "verdict": verdict, "mask": mask,
             "created_at": a.get("created_at"), "updated_at": a.get("updated_at")}

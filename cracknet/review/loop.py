@@ -32,7 +32,7 @@ from cracknet.review.sampling import Design, field_estimate, select
 
 SELECTION, REVIEW, TASKS, LABELS, FIELD = "selection.parquet", "review.json", "label-studio", "labels.parquet", \
     "field.json"
-RECORDS = "_reviews"  # beside the runs table: one JSON record per imported review
+RECORDS = "_reviews"  # beside the runs table: one JSON record per imported review (the report reads them)
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,27 @@ def import_labels(cfg: ReviewImportConfig) -> dict:
     imported = {**record, "imported_at": datetime.now(timezone.utc).isoformat(), "labels": cfg.labels,
                 "tree": cfg.output, "annotators": found["annotators"], "conflicts": found["conflicts"],
                 "not_in_selection": found["unknown"], "field": field}
+    imported["card"] = _record_in_card(record, field)
     storage.write_bytes(storage.join(cfg.review, FIELD), json.dumps(imported, indent=1, default=str).encode())
     storage.write_bytes(storage.join(record["results"], RECORDS, f"{record['review_id']}.json"),
                         json.dumps(imported, indent=1, default=str).encode())
     return {**imported, "written": written}
+
+
+def _record_in_card(record: dict, field: dict) -> str | None:
+    """The field estimate as an evaluation row of the model's card (surface ``field: <review>``); None where the
+    model's folder cannot be written (a registry's read-only copy): the review's own record still holds it."""
+    from cracknet.model.card import record_evaluations
+
+    m = field["metrics"]
+    row = {"data": f"review {record['review_id']} (design-weighted)", "images": field["reviewed"],
+           "population": field["population"], "threshold": record["threshold"],
+           **{k: m[k] for k in ("accuracy", "precision", "recall")},
+           "precision_interval_95": field["intervals"]["precision"],
+           "recall_interval_95": field["intervals"]["recall"], "interval_unit": "photo, within strata",
+           **({"masks": field["masks"]} if field.get("masks") else {}),
+           "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    try:
+        return record_evaluations(record["model"], {f"field: {record['review_id']}": row})
+    except CracknetError:
+        return None

@@ -163,6 +163,11 @@ def test_the_review_loop_through_label_studio(ray_cluster, label_studio, tmp_pat
     assert metrics["recall"] == 1.0 and metrics["precision"] == pytest.approx(tp / (tp + fp))
     assert field["field"]["masks"]["photos"] == len(reviewed) and 0 < field["field"]["masks"]["f1"] <= 1
     assert json.loads((results / "_reviews" / "review.json").read_text())["model_id"] == field["model_id"]
+    card = json.loads((model / "model.json").read_text())
+    assert card["evaluations"]["field: review"]["precision"] == metrics["precision"]
+    assert cli_main(["report", "--results", str(results), "--output", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "In the field" in page and f"{metrics['precision']:.3f} [" in page
 
     # The corrections are a labelled mask tree: a model is adapted from them, and measured on them
     assert cli_main(["train", "--data", str(tree), "--output", str(tmp_path / "adapted"), "--base-model", str(model),
