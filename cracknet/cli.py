@@ -194,6 +194,9 @@ def cmd_review_export(args: argparse.Namespace) -> None:
     from cracknet.review.loop import ReviewExportConfig, export_tasks
 
     e = export_tasks(from_arguments(ReviewExportConfig, args))
+    if e["format"] == "coco":
+        print(f"Wrote {e['tasks']} images and {e['masks']} crack masks as COCO to {e['folder']}/annotations.json.")
+        return
     print(f"Wrote {e['tasks']} Label Studio tasks ({e['masks']} with the model's crack mask) and the labelling "
           f"config to {e['folder']}: create a project with config.xml, import tasks.json, and export the "
           f"annotations as JSON when done.")

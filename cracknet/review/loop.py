@@ -125,6 +125,9 @@ def read_review(review: str) -> tuple[dict, list[dict]]:
 class ReviewExportConfig:
     """``cracknet review export``: the selection as Label Studio tasks with the model's verdicts and masks."""
     review: str = option(REQUIRED, "the review's folder (the --output of `cracknet review select`)")
+    format: str = option("label-studio", "label-studio: tasks.json and config.xml under label-studio/; coco: "
+                                         "coco/annotations.json (CVAT and others import it)",
+                         choices=("label-studio", "coco"))
     image_url: str = option("as-is", "how tasks name photos: as-is (their URIs: s3:// for a Label Studio with that "
                                      "bucket connected), presigned (an HTTPS link valid --link-hours), or "
                                      "local-files:ROOT (Label Studio's local file serving from ROOT)")
@@ -137,18 +140,26 @@ class ReviewExportConfig:
 
 
 def export_tasks(cfg: ReviewExportConfig) -> dict:
-    """Write ``<review>/label-studio/tasks.json`` and ``config.xml``; photos are referenced, never copied."""
+    """Write ``<review>/label-studio/tasks.json`` and ``config.xml`` (or ``<review>/coco/annotations.json``);
+    photos are referenced, never copied."""
     from cracknet.images.decoding import read_mask
+    from cracknet.review import coco
 
-    _, picks = read_review(cfg.review)
-    tasks = []
-    for item in picks:
-        mask = read_mask(storage.read_bytes(item["mask_uri"])) if item["mask_uri"] else None
-        tasks.append(labelstudio.task(item, _url(item["image_uri"], cfg), mask))
+    record, picks = read_review(cfg.review)
+    items = [(item, read_mask(storage.read_bytes(item["mask_uri"])) if item["mask_uri"] else None) for item in picks]
+    if cfg.format == "coco":
+        drawn = coco.dataset([({**item, "image_uri": _url(item["image_uri"], cfg)}, mask) for item, mask in items],
+                             f"cracknet review {record['review_id']} of model {record['model_id']}")
+        folder = storage.join(cfg.review, "coco")
+        storage.write_bytes(storage.join(folder, "annotations.json"), json.dumps(drawn).encode())
+        return {"tasks": len(drawn["images"]), "folder": folder, "masks": len(drawn["annotations"]),
+                "format": cfg.format}
+    tasks = [labelstudio.task(item, _url(item["image_uri"], cfg), mask) for item, mask in items]
     folder = storage.join(cfg.review, TASKS)
     storage.write_bytes(storage.join(folder, "tasks.json"), json.dumps(tasks).encode())
     storage.write_bytes(storage.join(folder, "config.xml"), labelstudio.CONFIG.encode())
-    return {"tasks": len(tasks), "folder": folder, "masks": sum(1 for t in tasks if len(t["predictions"][0]["result"]) > 1)}
+    return {"tasks": len(tasks), "folder": folder, "format": cfg.format,
+            "masks": sum(1 for t in tasks if len(t["predictions"][0]["result"]) > 1)}
 
 
 def _url(uri: str, cfg: ReviewExportConfig) -> str:

@@ -22,7 +22,7 @@ from PIL import Image
 from cracknet.cli import main as cli_main
 from cracknet.images.decoding import read_mask
 from cracknet.model.network import save_artifact
-from cracknet.review.labelstudio import encode_rle
+from cracknet.review.labelstudio import decode_rle, encode_rle
 from cracknet.score.config import ScoreConfig
 from cracknet.score.driver import run_scoring
 
@@ -106,6 +106,26 @@ def test_the_review_loop_through_label_studio(ray_cluster, label_studio, tmp_pat
     tasks = json.loads((review / "label-studio" / "tasks.json").read_text())
     assert len(tasks) == 20 and all(t["data"]["image"].startswith("/data/local-files/?d=survey/images/") for t in tasks)
 
+    # Label Studio's own brush codec (its SDK) reads the masks cracknet wrote, and cracknet reads its encoding
+    drawn = next(t for t in tasks if len(t["predictions"][0]["result"]) == 2)["predictions"][0]["result"][1]
+    width, height = drawn["original_width"], drawn["original_height"]
+    sdk = subprocess.run([str(LABEL_STUDIO.parent / "python"), "-c", SDK_ROUND_TRIP], check=True, text=True,
+                         capture_output=True, input=json.dumps({"rle": drawn["value"]["rle"], "h": height, "w": width}))
+    theirs = json.loads(sdk.stdout)
+    ours = decode_rle(drawn["value"]["rle"], width, height)
+    assert np.array_equal(np.array(theirs["mask"], dtype=bool), ours) and ours.any()
+    assert np.array_equal(decode_rle(theirs["rle"], width, height), ours)
+    # The same selection as COCO, read back by pycocotools: each annotation is the mask the model drew
+    from pycocotools.coco import COCO
+
+    assert cli_main(["review", "export", "--review", str(review), "--format", "coco"]) == 0
+    dataset = COCO(str(review / "coco" / "annotations.json"))
+    masks_by_uri = {p["image_uri"]: p["mask_uri"] for p in field_selection(review)}
+    assert len(dataset.getImgIds()) == 20 and dataset.getAnnIds()
+    for annotation in dataset.loadAnns(dataset.getAnnIds()):
+        uri = dataset.loadImgs(annotation["image_id"])[0]["file_name"]
+        assert np.array_equal(dataset.annToMask(annotation).astype(bool), read_mask(Path(masks_by_uri[uri]).read_bytes()))
+
     # Label Studio: a project with cracknet's config, the tasks with their predictions, the photos it serves
     project = api(base, "POST", "/api/projects", {"title": "cracknet review",
                                                   "label_config": (review / "label-studio" / "config.xml").read_text()})
@@ -174,6 +194,16 @@ def test_the_review_loop_through_label_studio(ray_cluster, label_studio, tmp_pat
                      "--epochs", "1", "--image-size", "64", "--batch-size", "4", "--num-workers", "1",
                      "--val-fraction", "0.25", "--test-fraction", "0.25", "--group-by", "none"]) == 0
     assert cli_main(["evaluate", "--model", str(tmp_path / "adapted"), "--data", f"inspectors={tree}"]) == 0
+
+
+SDK_ROUND_TRIP = """
+import json, sys
+import numpy as np
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
+given = json.load(sys.stdin)
+mask = decode_rle(given["rle"]).reshape(given["h"], given["w"], 4)[:, :, 3] > 127
+print(json.dumps({"mask": mask.astype(int).tolist(), "rle": [int(v) for v in mask2rle(mask.astype(np.uint8) * 255)]}))
+"""
 
 
 def field_selection(review: Path) -> list[dict]:
