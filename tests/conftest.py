@@ -247,3 +247,27 @@ def imagenet_like_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "resnet50.pth"
     torch.save(state, path)
     return path, state
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(s3_endpoint, tmp_path_factory):
+    """``mlflow server`` on a free localhost port (SQLite, artifacts on the S3 endpoint), one per test module that
+    asks; its URI is MLFLOW_TRACKING_URI for that module's tests."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    log = open(folder / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                             "--artifacts-destination", f"s3://{BUCKET}/mlflow-artifacts", "--workers", "1"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(port, timeout=120)
+    uri = f"http://127.0.0.1:{port}"
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    stop(proc)
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved

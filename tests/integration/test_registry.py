@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import BUCKET, free_port, model_card, stop, wait_for_port
+from conftest import BUCKET, model_card
 
 from cracknet.model.card import read_model
 from cracknet.model.network import build_model, save_artifact
@@ -17,29 +17,6 @@ from cracknet.score.config import ScoreConfig
 from cracknet.table.query import run_query
 from cracknet.train import tracking
 from cracknet.train.config import TrainConfig
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(s3_endpoint, tmp_path_factory):
-    """``mlflow server`` on a free localhost port; its URI is MLFLOW_TRACKING_URI for the module's tests."""
-    folder = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
-    log = open(folder / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                             "--artifacts-destination", f"s3://{BUCKET}/mlflow-artifacts", "--workers", "1"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    wait_for_port(port, timeout=120)
-    uri = f"http://127.0.0.1:{port}"
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    yield uri
-    stop(proc)
-    if saved is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def test_a_tracked_training_run_is_one_mlflow_run_and_a_registered_version(ray_cluster, mlflow_server,

@@ -1,7 +1,7 @@
 """The review loop end to end against a real Label Studio (its server on localhost with SQLite, from
 .venv-labelstudio, which ``make test`` installs): score, select, export the tasks, review them through Label
-Studio's API, export from Label Studio, import the verdicts and masks, measure the model in the field, and adapt
-a model from the corrections."""
+Studio's API, export from Label Studio, import the verdicts and masks, measure the model in the field, adapt a
+model from the corrections, and put it to the promotion gate on the inspectors' labels."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def verdict(cracked: bool, mask: np.ndarray | None = None) -> list[dict]:
     return result
 
 
-def test_the_review_loop_through_label_studio(ray_cluster, label_studio, tmp_path, capsys):
+def test_the_review_loop_through_label_studio(ray_cluster, label_studio, mlflow_server, tmp_path, capsys, outcome):
     base, files = label_studio
     truth = draw_survey(files / "survey", photos=30)  # every third photo shows no crack
     images = files / "survey" / "images"
@@ -194,6 +194,15 @@ def test_the_review_loop_through_label_studio(ray_cluster, label_studio, tmp_pat
                      "--epochs", "1", "--image-size", "64", "--batch-size", "4", "--num-workers", "1",
                      "--val-fraction", "0.25", "--test-fraction", "0.25", "--group-by", "none"]) == 0
     assert cli_main(["evaluate", "--model", str(tmp_path / "adapted"), "--data", f"inspectors={tree}"]) == 0
+    # ... and the promotion gate weighs it against the model in service on what the inspectors labelled: a
+    # one-epoch adaptation on 14 photos may pass or be refused; either is the gate doing its work.
+    promote = ["promote", "--registered-model", "crack-review", "--alias", "production", "--mlflow", mlflow_server]
+    assert cli_main([*promote, "--model", str(model)]) == 0
+    capsys.readouterr()
+    gate = cli_main([*promote, "--model", str(tmp_path / "adapted"), "--data", f"inspectors={tree}"])
+    printed = capsys.readouterr()
+    assert gate in (0, 1) and "inspectors" in printed.out + printed.err
+    outcome("the adapted model was promoted" if gate == 0 else "the gate kept the model in service")
 
 
 SDK_ROUND_TRIP = """
