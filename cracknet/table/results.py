@@ -303,20 +303,33 @@ def dataset(uri: str):
 
 
 def _partitioned_only(table, stored):
-    """``stored`` with each file known only by its partition (its run_date), not by the statistics in the log.
+    """``stored`` with each file known by its partition (its run_date) and by the ranges the log holds for its
+    key columns (``PRUNING_COLUMNS``), and nothing else.
 
     deltalake turns a file's logged statistics into a guarantee about its rows; where the log counts a column's
-    nulls but gives no minimum and maximum (this table logs those for ``STATS_COLUMNS`` only), the guarantee reads
+    nulls but gives no minimum and maximum (this table logs those for ``STATS_COLUMNS`` only), its guarantee reads
     ``width >= null``, and a filter on that column (``WHERE width > 10``, ``scored_at >= ...``) then skips every
-    file and returns nothing. Parquet's own row-group statistics still let a scan skip what cannot match."""
+    file and returns nothing. The ranges kept here still let a filter on a run, a model or an image skip the files
+    that cannot hold it without opening them."""
     import pyarrow.dataset as ds
 
-    actions = pa.table(table.get_add_actions(flatten=True)).select(["path", f"partition.{PARTITION}"]).to_pylist()
-    fragments = [stored.format.make_fragment(a["path"], stored.filesystem,
-                                             partition_expression=ds.field(PARTITION) == pa.scalar(
-                                                 a[f"partition.{PARTITION}"], pa.date32()))
-                 for a in actions]
+    columns = ["path", f"partition.{PARTITION}"] + [f"{end}.{c}" for c in PRUNING_COLUMNS for end in ("min", "max")]
+    actions = pa.table(table.get_add_actions(flatten=True))
+    actions = actions.select([c for c in columns if c in actions.column_names]).to_pylist()
+    fragments = []
+    for a in actions:
+        known = ds.field(PARTITION) == pa.scalar(a[f"partition.{PARTITION}"], pa.date32())
+        for c in PRUNING_COLUMNS:
+            low, high = a.get(f"min.{c}"), a.get(f"max.{c}")
+            if low is not None and high is not None:
+                known = known & (ds.field(c) >= low) & (ds.field(c) <= high)
+        fragments.append(stored.format.make_fragment(a["path"], stored.filesystem, partition_expression=known))
     return ds.FileSystemDataset(fragments, stored.schema, stored.format, stored.filesystem)
+
+
+# Never-null text columns whose logged ranges may prune files (a float's logged bound can differ from the
+# float32 it stands for by a rounding, so crack_probability is left out).
+PRUNING_COLUMNS = ("image_uri", "version", "model_id", "run_id")
 
 
 MASK_HASH = 12

@@ -169,3 +169,10 @@ def test_a_filter_on_any_column_finds_its_rows(tmp_path):
                    (f"SELECT count(*) FROM results WHERE scored_at >= TIMESTAMPTZ '{(DAY + timedelta(days=1)).date()}'", 1),
                    (f"SELECT count(*) FROM results WHERE run_date = DATE '{DAY.date()}'", 2)]:
         assert run_query(output, sql).column(0).to_pylist() == [n], sql
+    # A filter on a run or an image still skips the files that cannot hold it, unopened
+    import pyarrow.dataset as ds
+
+    stored = results.dataset(output)
+    assert len(list(stored.get_fragments(filter=ds.field("run_id") == "run-2"))) == 1
+    assert len(list(stored.get_fragments(filter=ds.field("image_uri") == "/s/a.jpg"))) == 1
+    assert len(list(stored.get_fragments(filter=ds.field("width") > 10))) == 2
