@@ -25,7 +25,8 @@ $(LABEL_STUDIO)/.installed: infra/labelstudio/requirements.txt
 demo: install
 	$(BIN)/cracknet demo
 
-test: install $(LABEL_STUDIO)/.installed
+test:
+	$(MAKE) -j2 install $(LABEL_STUDIO)/.installed  # the two venvs install side by side
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The unit tests alone: no Ray, no S3 or MLflow server, no subprocess.

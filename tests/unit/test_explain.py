@@ -31,7 +31,7 @@ def crack_model(tmp_path_factory):
     rng = np.random.default_rng(0)
     model = build_model()
     images, labels = [], []
-    for i in range(320):
+    for i in range(240):
         img = concrete(rng, SIZE)
         if i % 2:
             draw_crack(img, rng)
