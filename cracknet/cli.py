@@ -217,6 +217,8 @@ def cmd_review_import(args: argparse.Namespace) -> None:
           f"{len(i['conflicts'])} photos with conflicting verdicts left out.")
     print(f"In the field, model {i['model_id']}: precision {shown('precision')}, recall {shown('recall')} over "
           f"{f['population']} photos ({f['targeted']} reviewed for cause, {f['random']} at random).")
+    if i.get("registry"):
+        print(f"Registry: {i['registry']}")
     for c in i["conflicts"][:10]:
         print(f"  conflict: {c['image_uri']}: " + ", ".join(f"{who} says {'crack' if v else 'no crack'}"
                                                           for who, v in c["verdicts"].items()))

@@ -55,6 +55,7 @@ class ReviewSelectConfig:
 POPULATION = """
 SELECT c.image_uri, c.version, c.structure, c.crack_probability, c.is_crack, c.model_id, c.run_id, c.width,
        c.height, c.mask_uri, c.severity, c.crack_length_mm AS length_mm, r.threshold, r.model AS model_folder,
+       r.model_version,
        coalesce(regexp_matches(r.alerts, '"rule": "[a-z_]*drift"'), false) AS drifted
 FROM current c JOIN runs r USING (run_id)
 WHERE c.error IS NULL AND c.model_id = (SELECT model_id FROM in_force)
@@ -81,7 +82,8 @@ def select_for_review(cfg: ReviewSelectConfig) -> dict:
     pq.write_table(table, buffer)
     storage.write_bytes(storage.join(cfg.output, SELECTION), buffer.getvalue())
     review = {"review_id": _review_id(cfg.output), "results": storage.canonical(cfg.results),
-              "model_id": rows[0]["model_id"], "model": rows[0]["model_folder"], "threshold": threshold,
+              "model_id": rows[0]["model_id"], "model": rows[0]["model_folder"],
+              "model_version": rows[0]["model_version"], "threshold": threshold,
               "design": {"budget": cfg.budget, "random_share": cfg.random_share, "seed": cfg.seed},
               "population": len(rows), "selected": len(picks),
               "selected_at": datetime.now(timezone.utc).isoformat()}
@@ -190,6 +192,9 @@ class ReviewImportConfig:
     labels: str = option(REQUIRED, "Label Studio's JSON export of the review's project (path or s3://)")
     output: str = option(REQUIRED, "the labelled tree to write: crack/ and no_crack/ photos, and images/ with masks/ "
                                    "where a crack was drawn (ready for cracknet train --base-model)")
+    mlflow: str | None = option(None, "the MLflow registry of the model in service, where scoring read it from "
+                                      "models:/: its version gets the field estimate as a tag, and the version's "
+                                      "training run the field metrics (default: MLFLOW_TRACKING_URI)")
 
     def __post_init__(self):
         if storage.overlap(self.output, self.review):
@@ -217,6 +222,7 @@ def import_labels(cfg: ReviewImportConfig) -> dict:
                 "tree": cfg.output, "annotators": found["annotators"], "conflicts": found["conflicts"],
                 "not_in_selection": found["unknown"], "field": field}
     imported["card"] = _record_in_card(record, field)
+    imported["registry"] = _record_in_registry(record, field, cfg.mlflow)
     storage.write_bytes(storage.join(cfg.review, FIELD), json.dumps(imported, indent=1, default=str).encode())
     storage.write_bytes(storage.join(record["results"], RECORDS, f"{record['review_id']}.json"),
                         json.dumps(imported, indent=1, default=str).encode())
@@ -240,3 +246,32 @@ def _record_in_card(record: dict, field: dict) -> str | None:
         return record_evaluations(record["model"], {f"field: {record['review_id']}": row})
     except CracknetError:
         return None
+
+
+def _record_in_registry(record: dict, field: dict, mlflow: str | None) -> str | None:
+    """Where the model in service is a registered version and a registry is named: the field estimate as the
+    version's tag ``cracknet.field.<review>`` and, where the version came from a tracked training run, as that
+    run's ``field_*`` metrics. Returns what was recorded, or why not, in words; None where there is no registry.
+    The review's files are written before this: a registry that fails is said, not fatal."""
+    from cracknet.registry.mlflow_client import client, reason, tracking_uri
+
+    uri = tracking_uri(mlflow)
+    if not uri or not record.get("model_version"):
+        return None
+    name, version = record["model_version"].rsplit("/", 1)
+    metrics = {k: v for k, v in field["metrics"].items() if v is not None}
+    summary = {"review": record["review_id"], "reviewed": field["reviewed"], "population": field["population"],
+               **metrics, "intervals_95": field["intervals"]}
+    key = "cracknet.field." + "".join(c if c.isalnum() or c in "-_." else "_" for c in record["review_id"])[:200]
+    try:
+        registry = client(uri)
+        registry.set_model_version_tag(name, version, key, json.dumps(summary)[:5000])
+        run_id = registry.get_model_version(name, version).run_id
+        if run_id:
+            from mlflow.entities import Metric
+
+            now = int(datetime.now(timezone.utc).timestamp() * 1000)
+            registry.log_batch(run_id, metrics=[Metric(f"field_{k}", float(v), now, 0) for k, v in metrics.items()])
+        return f"version {version} of {name} tagged {key}" + (f"; run {run_id} has the field metrics" if run_id else "")
+    except Exception as exc:  # noqa: BLE001 - the registry's own failures; the review itself is written
+        return f"not recorded in the registry: {reason(exc, uri)}"

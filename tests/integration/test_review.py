@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 from conftest import BUCKET, free_port
 from helpers import dark_line_segmenter, draw_survey, mask_card
 from PIL import Image
@@ -101,9 +102,14 @@ def test_the_review_loop_through_label_studio(ray_cluster, label_studio, mlflow_
     images = files / "survey" / "images"
     model = tmp_path / "model"
     save_artifact(str(model), dark_line_segmenter().state_dict(), mask_card())  # says crack everywhere, draws dark
+    # The model in service: registered (a tracking server registers models kept in object storage) and scored
+    # nightly through its alias.
+    in_service = upload(model, "in-service")
+    promote = ["promote", "--registered-model", "crack-review", "--alias", "production", "--mlflow", mlflow_server]
+    assert cli_main([*promote, "--model", in_service]) == 0
     results, review = tmp_path / "results", tmp_path / "review"
-    run_scoring(ScoreConfig(model=str(model), input=str(images), output=str(results), mm_per_pixel=0.2,
-                            masks=str(results / "_masks")), log=lambda _: None)
+    run_scoring(ScoreConfig(model="models:/crack-review@production", mlflow=mlflow_server, input=str(images),
+                            output=str(results), mm_per_pixel=0.2, masks=str(results / "_masks")), log=lambda _: None)
 
     # A budget of every photo (half for cause, half at random): the labelled tree is then the same in every run,
     # and so is its split for the adaptation below (the sampling's own tests are in test_review_sampling.py).
@@ -191,8 +197,11 @@ def test_the_review_loop_through_label_studio(ray_cluster, label_studio, mlflow_
     assert metrics["recall"] == 1.0 and metrics["precision"] == pytest.approx(tp / (tp + fp))
     assert field["field"]["masks"]["photos"] == len(reviewed) and 0 < field["field"]["masks"]["f1"] <= 1
     assert json.loads((results / "_reviews" / "review.json").read_text())["model_id"] == field["model_id"]
-    card = json.loads((model / "model.json").read_text())
+    card = json.loads(storage.read_bytes(f"{in_service}/model.json"))
     assert card["evaluations"]["field: review"]["precision"] == metrics["precision"]
+    assert field["registry"] == "version 1 of crack-review tagged cracknet.field.review"
+    tag = MlflowClient(mlflow_server).get_model_version("crack-review", "1").tags["cracknet.field.review"]
+    assert json.loads(tag)["precision"] == metrics["precision"]
     assert cli_main(["report", "--results", str(results), "--output", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "report.html").read_text()
     assert "In the field" in page and f"{metrics['precision']:.3f} [" in page
@@ -204,19 +213,21 @@ def test_the_review_loop_through_label_studio(ray_cluster, label_studio, mlflow_
     assert cli_main(["evaluate", "--model", str(tmp_path / "adapted"), "--data", f"inspectors={tree}"]) == 0
     # ... and the promotion gate weighs it against the model in service on what the inspectors labelled: a
     # one-epoch adaptation on 14 photos may pass or be refused; either is the gate doing its work.
-    # (A tracking server registers models kept in object storage: both go to the S3 endpoint first.)
-    for name_, folder in (("in-service", model), ("adapted", tmp_path / "adapted" / "model")):
-        for path in folder.rglob("*"):
-            if path.is_file():
-                storage.write_bytes(f"s3://{BUCKET}/test_review/{name_}/{path.relative_to(folder).as_posix()}",
-                                    path.read_bytes())
-    promote = ["promote", "--registered-model", "crack-review", "--alias", "production", "--mlflow", mlflow_server]
-    assert cli_main([*promote, "--model", f"s3://{BUCKET}/test_review/in-service"]) == 0
     capsys.readouterr()
-    gate = cli_main([*promote, "--model", f"s3://{BUCKET}/test_review/adapted", "--data", f"inspectors={tree}"])
+    gate = cli_main([*promote, "--model", upload(tmp_path / "adapted" / "model", "adapted"),
+                     "--data", f"inspectors={tree}"])
     printed = capsys.readouterr()
     assert gate in (0, 1) and "inspectors" in printed.out + printed.err
     outcome("the adapted model was promoted" if gate == 0 else "the gate kept the model in service")
+
+
+def upload(folder: Path, name: str) -> str:
+    """A model folder copied to the S3 endpoint; its URI."""
+    uri = f"s3://{BUCKET}/test_review/{name}"
+    for path in folder.rglob("*"):
+        if path.is_file():
+            storage.write_bytes(f"{uri}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+    return uri
 
 
 SDK_ROUND_TRIP = """
