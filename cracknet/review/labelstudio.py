@@ -138,9 +138,17 @@ def _annotation(a: dict) -> dict[str, Any]:
     for r in a.get("result") or []:
         value = r.get("value") or {}
         if r.get("from_name") == VERDICT and value.get("choices"):
+            if value["choices"][0] not in (CRACK, NO_CRACK):
+                raise CracknetError(f"An annotation's verdict is {str(value['choices'][0])[:40]!r}, not {CRACK!r} or "
+                                    f"{NO_CRACK!r}: label with the config cracknet review export wrote.")
             verdict = value["choices"][0] == CRACK
         elif r.get("from_name") == MASK and value.get("format") == "rle" and CRACK in value.get("brushlabels", []):
-            layer = decode_rle(value["rle"], int(r["original_width"]), int(r["original_height"]))
+            try:
+                width, height = int(r["original_width"]), int(r["original_height"])
+            except (KeyError, TypeError, ValueError):
+                raise CracknetError("A brush mask in the labels does not say its image's size (original_width, "
+                                    "original_height): it is not Label Studio's export.") from None
+            layer = decode_rle(value["rle"], width, height)
             mask = layer if mask is None else mask | layer
     who = a.get("completed_by")  # a user id, or {id, email} in some exports
     who = who.get("email") or f"user {who.get('id')}" if isinstance(who, dict) else who

@@ -65,6 +65,8 @@ ORDER BY c.image_uri
 
 def select_for_review(cfg: ReviewSelectConfig) -> dict:
     """Pick the photos (``review.sampling``) from the current rows of the model in force; write the review."""
+    import pyarrow.parquet as pq
+
     from cracknet.table.query import run_query
 
     rows = run_query(cfg.results, POPULATION).to_pylist()
@@ -77,8 +79,6 @@ def select_for_review(cfg: ReviewSelectConfig) -> dict:
     picks = select(rows, Design(cfg.budget, cfg.random_share, cfg.seed), threshold)
     table = pa.Table.from_pylist([{k: p.get(k) for k in SELECTION_COLUMNS} for p in picks], schema=SELECTION_SCHEMA)
     buffer = io.BytesIO()
-    import pyarrow.parquet as pq
-
     pq.write_table(table, buffer)
     storage.write_bytes(storage.join(cfg.output, SELECTION), buffer.getvalue())
     review = {"review_id": _review_id(cfg.output), "results": storage.canonical(cfg.results),
@@ -204,6 +204,8 @@ class ReviewImportConfig:
 
 def import_labels(cfg: ReviewImportConfig) -> dict:
     """Read the tool's export, write the trees, the labels, the field estimate and the review's record."""
+    import pyarrow.parquet as pq
+
     from cracknet.review import verdicts
 
     record, picks = read_review(cfg.review)
@@ -211,8 +213,6 @@ def import_labels(cfg: ReviewImportConfig) -> dict:
     written = verdicts.write_trees(found["labels"], picks, cfg.output)
     table = verdicts.labels_table(found["labels"], picks)
     buffer = io.BytesIO()
-    import pyarrow.parquet as pq
-
     pq.write_table(table, buffer)
     storage.write_bytes(storage.join(cfg.review, LABELS), buffer.getvalue())
     truth = {uri: label["verdict"] for uri, label in found["labels"].items()}

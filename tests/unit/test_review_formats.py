@@ -51,3 +51,26 @@ def test_coco_masks_read_back_with_pycocotools():
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     assert annotation["bbox"] == [0, 0, int(cols[-1]) + 1, int(rows[-1]) + 1] and annotation["area"] == mask.sum()
     assert [i["file_name"] for i in reader.loadImgs(reader.getImgIds())] == ["s3://survey/a.jpg", "s3://survey/b.jpg"]
+
+
+@pytest.mark.parametrize("export, message", [
+    (b"{not json", "not Label Studio's JSON export"),
+    (b'{"tasks": []}', "a list of tasks"),
+    (b'[{"id": 3, "data": {"image": "x.jpg"}}]', "names no image_uri"),
+    (json.dumps([{"id": 1, "data": {"image_uri": "a.jpg"}, "annotations": [{"result": [
+        {"from_name": "verdict", "value": {"choices": ["Crack!"]}}]}]}]).encode(), "not 'crack' or 'no crack'"),
+    (json.dumps([{"id": 1, "data": {"image_uri": "a.jpg"}, "annotations": [{"result": [
+        {"from_name": "mask", "value": {"format": "rle", "rle": [0], "brushlabels": ["crack"]}}]}]}]).encode(),
+     "does not say its image's size"),
+])
+def test_labels_that_are_not_an_export_of_cracknets_project_are_one_sentence(export, message):
+    with pytest.raises(CracknetError, match=message):
+        labelstudio.read_export(export)
+
+
+def test_cancelled_annotations_are_left_out_and_annotators_named():
+    export = [{"id": 1, "data": {"image_uri": "a.jpg"}, "annotations": [
+        {"completed_by": 4, "result": [{"from_name": "verdict", "value": {"choices": ["crack"]}}]},
+        {"completed_by": {"id": 5, "email": "ana@example.com"}, "was_cancelled": True, "result": []}]}]
+    (task,) = labelstudio.read_export(json.dumps(export).encode())
+    assert [(a["annotator"], a["verdict"], a["mask"]) for a in task["annotations"]] == [("user 4", True, None)]
