@@ -125,7 +125,9 @@ def cmd_score(args: argparse.Namespace) -> None:
     print(f"Scored {s['scored']} images ({s['errors']} errors), skipped {s['skipped']} already scored by model "
           f"{s['model_id']}{version}, {s['images_per_second']:.1f} images/s in {s['seconds']:.1f} s "
           f"({s.get('pipeline_seconds', 0.0):.1f} s in the pipeline); results in {s['output']} (run {s['run_id']}).")
-    if s.get("sites", {}).get("placed"):
+    if s.get("sites", {}).get("error"):
+        print(f"Photos were not grouped by position this time (the next run groups them): {s['sites']['error']}")
+    elif s.get("sites", {}).get("placed"):
         print(f"Grouped {s['sites']['placed']} photos into structures by position ({s['sites']['new_sites']} new "
               f"sites).")
     for line in alert_lines(s):

@@ -103,12 +103,18 @@ def run_scoring(cfg: ScoreConfig, log=print) -> dict:
 
 
 def place_sites(output: str, radius_m: float, run_id: str, lease: Lease) -> dict:
-    """Give the table's photos with a position and no site theirs (``cracknet.table.sites``)."""
+    """Give the table's photos with a position and no site theirs (``cracknet.table.sites``). Like monitoring,
+    this never fails a run whose results are committed: a failure is reported, and the next run places what this
+    one could not."""
     from cracknet.table.query import run_query
 
-    photos = run_query(output, sites.unplaced_sql()).to_pylist()
-    lease.check()
-    return sites.place_new(output, radius_m, run_id, [(p["image_uri"], p["latitude"], p["longitude"]) for p in photos])
+    try:
+        photos = run_query(output, sites.unplaced_sql()).to_pylist()
+        lease.check()
+        return sites.place_new(output, radius_m, run_id,
+                               [(p["image_uri"], p["latitude"], p["longitude"]) for p in photos])
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        return {"placed": 0, "new_sites": 0, "error": root_cause(exc)}
 
 
 def resolve_model(cfg: ScoreConfig) -> dict:
