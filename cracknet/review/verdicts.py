@@ -4,8 +4,8 @@ a guess), written as labelled trees, and compared with the masks the model drew.
 The tree ``review import`` writes is a mixed tree (``cracknet.data.trees``): a photo whose reviewer drew or kept
 a crack mask goes to ``images/`` with its mask in ``masks/``; a photo judged not cracked goes there too, with an
 all-background mask (an exact label for the decoder); a photo judged cracked with no mask goes to ``crack/``.
-Photos keep their file names under a folder per structure, so a photo is one example, and ``--group-by folder``
-keeps a structure's photos in one split.
+Photos keep their file names under a folder per structure (named by its last name: ``folder_names``), so a
+photo is one example, and ``--group-by folder`` keeps a structure's photos in one split.
 """
 
 from __future__ import annotations
@@ -47,12 +47,15 @@ def agreed(tasks: list[dict], picks: list[dict]) -> dict:
     return {"labels": labels, "conflicts": conflicts, "unknown": sorted(set(unknown)), "annotators": sorted(annotators)}
 
 
-def tree_name(uri: str, structure: str) -> str:
-    """Where a photo goes in the tree: a folder per structure (its last name and a short hash of it, so two
-    structures never share one), then the photo's own file name."""
-    last = re.sub(r"[^A-Za-z0-9._-]+", "_", structure.rstrip("/").rsplit("/", 1)[-1])[:60] or "structure"
-    folder = f"{last}-{hashlib.sha256(structure.encode()).hexdigest()[:6]}"
-    return posixpath.join(folder, uri.rstrip("/").rsplit("/", 1)[-1])
+def folder_names(structures: set[str]) -> dict[str, str]:
+    """A folder name per structure: its last name, made safe; where two structures share one, each gets a short
+    hash of its whole name too, so that no two share a folder (and the same structures always get the same
+    names, wherever they are stored)."""
+    last = {s: re.sub(r"[^A-Za-z0-9._-]+", "_", s.rstrip("/").rsplit("/", 1)[-1])[:60] or "structure"
+            for s in structures}
+    shared = {name for name in last.values() if list(last.values()).count(name) > 1}
+    return {s: f"{name}-{hashlib.sha256(s.encode()).hexdigest()[:6]}" if name in shared else name
+            for s, name in last.items()}
 
 
 def write_trees(labels: dict, picks: list[dict], output: str) -> dict:
@@ -60,9 +63,10 @@ def write_trees(labels: dict, picks: list[dict], output: str) -> dict:
     from cracknet.images.decoding import mask_png
 
     structure = {p["image_uri"]: p["structure"] for p in picks}
+    folders = folder_names({structure[uri] for uri in labels})
     counts = {"masks": 0, "crack": 0}
     for uri, label in sorted(labels.items()):
-        name = tree_name(uri, structure[uri])
+        name = posixpath.join(folders[structure[uri]], uri.rstrip("/").rsplit("/", 1)[-1])
         data = storage.read_bytes(uri)
         if label["verdict"] and label["mask"] is None:
             storage.write_bytes(storage.join(output, "crack", name), data)

@@ -74,3 +74,12 @@ def test_cancelled_annotations_are_left_out_and_annotators_named():
         {"completed_by": {"id": 5, "email": "ana@example.com"}, "was_cancelled": True, "result": []}]}]
     (task,) = labelstudio.read_export(json.dumps(export).encode())
     assert [(a["annotator"], a["verdict"], a["mask"]) for a in task["annotations"]] == [("user 4", True, None)]
+
+
+def test_tree_folders_are_named_by_the_structure_and_never_shared():
+    from cracknet.review.verdicts import folder_names
+
+    names = folder_names({"s3://a/bridge-7", "s3://b/bridge-7", "/surveys/tunnel east/"})
+    assert names["/surveys/tunnel east/"] == "tunnel_east"
+    assert names["s3://a/bridge-7"] != names["s3://b/bridge-7"] and names["s3://a/bridge-7"].startswith("bridge-7-")
+    assert folder_names({"/x/deck"}) == {"/x/deck": "deck"}
